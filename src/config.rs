@@ -1,0 +1,425 @@
+//! Gateway configuration: a TOML file, then `SLUICE_…` environment
+//! variables, then command-line flags, each overriding the one before.
+//!
+//! Every key has an environment variable named after its path:
+//! `limits.max_frame_bytes` ⇒ `SLUICE_LIMITS_MAX_FRAME_BYTES`. The override
+//! walks the defaults' own TOML tree, so a key added to a struct is
+//! overridable without anyone remembering to wire it up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::edge_key::{EdgeKeys, KeyHash};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    #[error("environment variable {var}: {msg}")]
+    Env { var: String, msg: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the single HTTP/WebSocket port listens on.
+    pub listen: String,
+    /// Shards (one monoio runtime per thread); 0 = one per available core.
+    pub workers: usize,
+    /// `auto` (io_uring, else epoll), `io_uring`, or `epoll`.
+    pub driver: String,
+    /// Pin shard N to CPU N (modulo the available CPUs).
+    pub pin_cores: bool,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub auth: Auth,
+    /// Edge id → `sha256:<hex>` of its pre-shared key.
+    pub edge_keys: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest HTTP request head (431 past it).
+    pub max_header_bytes: usize,
+    /// Most header fields in one request (431 past it).
+    pub max_headers: usize,
+    /// Largest WebSocket frame payload from any peer (close 1009 past it).
+    pub max_frame_bytes: usize,
+    /// Largest text (JSON) message, reassembled across fragments.
+    pub max_text_bytes: usize,
+    /// Concurrent browser sessions across all shards (HTTP 503 past it).
+    pub max_sessions: usize,
+    /// Worker + relay connections one edge may hold.
+    pub max_edge_connections: usize,
+    /// Bytes queued towards one browser before its connector is paused.
+    pub session_buffer_bytes: usize,
+    /// Bytes queued towards one live-feed viewer before it is dropped (4409).
+    pub viewer_queue_bytes: usize,
+    /// Default byte quota for a token without a `quota` claim (0 = none).
+    pub default_quota_bytes: u64,
+    /// Actions a browser may queue while a query runs.
+    pub max_pending_actions: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Whole HTTP request head must arrive within this.
+    pub handshake_ms: u64,
+    /// First `{"auth": …}` message must arrive within this (4408).
+    pub auth_ms: u64,
+    /// A ping goes out after this long without traffic from the peer.
+    pub ping_interval_ms: u64,
+    /// Connection closed after this long without traffic from the peer.
+    pub idle_timeout_ms: u64,
+    /// A write that makes no progress for this long closes the connection.
+    pub write_stall_ms: u64,
+    /// How long a session waits for an idle connector worker / relay edge (4503).
+    pub pair_wait_ms: u64,
+    /// How long the connector has to start answering a request.
+    pub request_ms: u64,
+    /// After a cancel, how long the connector has to end the stream before
+    /// its worker connection is closed instead of reused.
+    pub cancel_drain_ms: u64,
+    /// SIGTERM: running streams get this long before sessions close with 1001.
+    pub drain_grace_ms: u64,
+    /// SIGTERM: the process exits at the latest this long after the grace.
+    pub shutdown_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// HS256 shared secret (empty = HS256 tokens refused).
+    pub hs256_secret: String,
+    /// Ed25519 public keys: kid → base64url of the 32 raw bytes.
+    pub ed25519_keys: BTreeMap<String, String>,
+    /// A JWKS file (OKP/Ed25519 keys) read at start.
+    pub jwks_file: String,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_s: u64,
+    /// Cut a running stream when its token expires (otherwise expiry is
+    /// checked when a session connects or reconnects).
+    pub enforce_expiry_mid_stream: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".into(),
+            workers: 0,
+            driver: "auto".into(),
+            pin_cores: false,
+            log_format: "text".into(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            auth: Auth::default(),
+            edge_keys: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 8 * 1024,
+            max_headers: 64,
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_text_bytes: 64 * 1024,
+            max_sessions: 100_000,
+            max_edge_connections: 256,
+            session_buffer_bytes: 1024 * 1024,
+            viewer_queue_bytes: 4 * 1024 * 1024,
+            default_quota_bytes: 0,
+            max_pending_actions: 8,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            handshake_ms: 10_000,
+            auth_ms: 5_000,
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
+            write_stall_ms: 30_000,
+            pair_wait_ms: 5_000,
+            request_ms: 30_000,
+            cancel_drain_ms: 5_000,
+            drain_grace_ms: 10_000,
+            shutdown_ms: 5_000,
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            hs256_secret: String::new(),
+            ed25519_keys: BTreeMap::new(),
+            jwks_file: String::new(),
+            leeway_s: 0,
+            enforce_expiry_mid_stream: false,
+        }
+    }
+}
+
+impl Config {
+    /// File (if any) → environment → caller's flag overrides → validation.
+    pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut tree = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let file: toml::Value = toml::from_str(&text)
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+            merge(&mut tree, file);
+        }
+        let env: BTreeMap<&str, &str> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("SLUICE_"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        apply_env(&mut tree, "SLUICE", &env)?;
+        // The quick-start variables named in the README.
+        if let Some(secret) = env.get("SLUICE_TOKEN_SECRET") {
+            set_path(&mut tree, &["auth", "hs256_secret"], (*secret).into());
+        }
+        let mut cfg: Config = tree
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        if let Some(list) = env.get("SLUICE_EDGE_KEYS") {
+            for (edge, hash) in parse_edge_key_list(list)? {
+                cfg.edge_keys.insert(edge, hash.to_config_string());
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return bad("listen must be an address such as 127.0.0.1:8081");
+        }
+        if !matches!(self.driver.as_str(), "auto" | "io_uring" | "epoll") {
+            return bad("driver must be auto, io_uring or epoll");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format must be text or json");
+        }
+        let l = &self.limits;
+        if l.max_header_bytes < 256 || l.max_headers == 0 {
+            return bad("limits.max_header_bytes must be >= 256 and max_headers >= 1");
+        }
+        if l.max_frame_bytes < 1024 {
+            return bad("limits.max_frame_bytes must be >= 1024");
+        }
+        if l.session_buffer_bytes < l.max_frame_bytes.min(1 << 20) {
+            return bad("limits.session_buffer_bytes must hold at least one frame (or 1 MiB)");
+        }
+        if l.max_text_bytes < 256 {
+            return bad("limits.max_text_bytes must be >= 256");
+        }
+        let t = &self.timeouts;
+        if t.ping_interval_ms == 0 || t.idle_timeout_ms < t.ping_interval_ms {
+            return bad("timeouts: idle_timeout_ms must be >= ping_interval_ms > 0");
+        }
+        EdgeKeys::from_config(&self.edge_keys).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated")
+    }
+
+    pub fn shard_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// `edge-a=key1,edge-b=key2` → hashed keys. The plaintext never outlives this.
+pub fn parse_edge_key_list(list: &str) -> Result<Vec<(String, KeyHash)>, ConfigError> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (edge, key) = item.split_once('=').ok_or_else(|| ConfigError::Env {
+            var: "SLUICE_EDGE_KEYS".into(),
+            msg: "expected edge-id=key pairs separated by commas".into(),
+        })?;
+        if edge.is_empty() || key.is_empty() {
+            return Err(ConfigError::Env {
+                var: "SLUICE_EDGE_KEYS".into(),
+                msg: "edge id and key must both be non-empty".into(),
+            });
+        }
+        out.push((edge.to_owned(), KeyHash::of(key.as_bytes())));
+    }
+    Ok(out)
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_table() && v.is_table() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn set_path(tree: &mut toml::Value, path: &[&str], value: toml::Value) {
+    let mut node = tree;
+    for key in &path[..path.len() - 1] {
+        node = node
+            .as_table_mut()
+            .expect("table")
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    node.as_table_mut()
+        .expect("table")
+        .insert(path[path.len() - 1].to_string(), value);
+}
+
+/// Overrides each scalar leaf of `tree` from `PREFIX_KEY` when set, parsed
+/// as the leaf's own type. Maps (`edge_keys`, `auth.ed25519_keys`) take
+/// `name=value,name=value`.
+fn apply_env(
+    tree: &mut toml::Value,
+    prefix: &str,
+    env: &BTreeMap<&str, &str>,
+) -> Result<(), ConfigError> {
+    let table = match tree.as_table_mut() {
+        Some(t) => t,
+        None => return Ok(()),
+    };
+    for (key, value) in table.iter_mut() {
+        let var = format!("{prefix}_{}", key.to_ascii_uppercase());
+        if let toml::Value::Table(t) = value {
+            let is_struct = var != "SLUICE_EDGE_KEYS" && var != "SLUICE_AUTH_ED25519_KEYS";
+            if is_struct {
+                apply_env(value, &var, env)?;
+                continue;
+            }
+            if let Some(raw) = env.get(var.as_str()) {
+                if var == "SLUICE_EDGE_KEYS" {
+                    continue; // hashed separately: the value holds plaintext keys
+                }
+                t.clear();
+                for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let (k, v) = item.split_once('=').ok_or_else(|| ConfigError::Env {
+                        var: var.clone(),
+                        msg: "expected name=value pairs separated by commas".into(),
+                    })?;
+                    t.insert(k.to_owned(), toml::Value::String(v.to_owned()));
+                }
+            }
+            continue;
+        }
+        let Some(raw) = env.get(var.as_str()) else {
+            continue;
+        };
+        let err = |msg: &str| ConfigError::Env {
+            var: var.clone(),
+            msg: msg.to_owned(),
+        };
+        *value = match value {
+            toml::Value::String(_) => toml::Value::String((*raw).to_owned()),
+            toml::Value::Integer(_) => {
+                toml::Value::Integer(raw.trim().parse().map_err(|_| err("expected an integer"))?)
+            }
+            toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(err("expected true or false")),
+            }),
+            toml::Value::Float(_) => {
+                toml::Value::Float(raw.trim().parse().map_err(|_| err("expected a number"))?)
+            }
+            _ => return Err(err("this key cannot be set from the environment")),
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn quick_start_env_only() {
+        let cfg = Config::load(
+            None,
+            &env(&[
+                ("SLUICE_LISTEN", "127.0.0.1:0"),
+                ("SLUICE_WORKERS", "3"),
+                ("SLUICE_TOKEN_SECRET", "s3cret"),
+                ("SLUICE_EDGE_KEYS", "edge-a=key1,edge-b=key2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.workers, 3);
+        assert_eq!(cfg.auth.hs256_secret, "s3cret");
+        assert_eq!(cfg.edge_keys.len(), 2);
+        assert!(cfg.edge_keys["edge-a"].starts_with("sha256:"));
+        assert!(!cfg.edge_keys["edge-a"].contains("key1"));
+    }
+
+    #[test]
+    fn nested_keys_and_type_errors() {
+        let cfg = Config::load(
+            None,
+            &env(&[
+                ("SLUICE_LIMITS_MAX_FRAME_BYTES", "2048"),
+                ("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "4096"),
+                ("SLUICE_AUTH_ENFORCE_EXPIRY_MID_STREAM", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.max_frame_bytes, 2048);
+        assert!(cfg.auth.enforce_expiry_mid_stream);
+        let err = Config::load(None, &env(&[("SLUICE_WORKERS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("SLUICE_WORKERS"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.example.toml");
+        Config::load(Some(&path), &[]).unwrap();
+    }
+}

@@ -1,0 +1,516 @@
+//! `subscribe`: one connector live stream fanned out to every subscribed
+//! session of that edge and dataset, on whatever shard each session lives.
+//!
+//! The first subscriber's shard owns the feed: it takes a connector worker
+//! and reads the stream. Each frame is frozen once into a `Bytes` and sent,
+//! by reference, to one bounded channel per shard that has viewers; on that
+//! shard a distributor puts it in each viewer's outbox. A viewer whose
+//! outbox is over `limits.viewer_queue_bytes` is closed (4409) instead of
+//! slowing the feed, so the others are never held back. A shard whose
+//! channel is full has fallen behind as a whole; its viewers are closed the
+//! same way.
+//!
+//! A viewer joining a running feed first gets the feed's header (the
+//! `stream_start` message and the first binary message, which carries the
+//! Arrow schema), then frames from the next one on: each binary message
+//! holds whole IPC messages, so what it receives is a valid IPC stream.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::connector::{self, EdgeConn};
+use crate::frame::{encode_server_frame, Opcode};
+use crate::ids::EdgeId;
+use crate::keepalive;
+use crate::protocol::{self, close, Reply};
+use crate::reader::{freeze, Interrupter, ReadError, TextAssembler};
+use crate::registry::ConnKind;
+use crate::session::{check_dataset, Flow, Session};
+use crate::shard::{Shard, ShardMsg};
+
+/// Frames in flight to one shard before that shard counts as fallen behind.
+const SHARD_CHANNEL_FRAMES: usize = 1024;
+
+pub type FeedKey = (EdgeId, String);
+
+#[derive(Clone)]
+enum Event {
+    /// `stream_start`, as a ready text frame.
+    Start(Bytes),
+    /// A binary data frame and its payload length.
+    Frame(Bytes, u64),
+    /// The feed ended (`stream_end` or an error), as a ready text frame.
+    End(Bytes),
+}
+
+struct Entry {
+    /// Per shard: the channel to its distributor, while it has viewers.
+    slots: Vec<Option<flume::Sender<Event>>>,
+    owner: usize,
+    /// `stream_start` and the first binary frame, once seen.
+    header: Vec<Bytes>,
+    header_done: bool,
+}
+
+/// All live feeds (shared by the shards).
+#[derive(Default)]
+pub struct Feeds {
+    map: Mutex<HashMap<FeedKey, Arc<Mutex<Entry>>>>,
+}
+
+/// A shard's viewers of one feed, and the header they have been sent.
+#[derive(Default)]
+struct Hub {
+    viewers: Vec<Weak<Session>>,
+    /// Header events this shard has seen (seeded from the entry when the
+    /// hub joined a running feed), so a joining viewer gets exactly what
+    /// precedes the frames still queued for this shard.
+    header: Vec<Bytes>,
+    header_done: bool,
+}
+
+/// A shard's view of the feeds it serves or owns.
+#[derive(Default)]
+pub struct LocalFeeds {
+    hubs: RefCell<HashMap<FeedKey, Hub>>,
+    owned: RefCell<HashMap<FeedKey, Interrupter>>,
+}
+
+/// A session's subscription.
+pub struct Subscription {
+    key: FeedKey,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn subscribe(sess: &Rc<Session>, dataset: &str) -> Flow {
+    if sess.feed.borrow().is_some() {
+        return Flow::Close(
+            close::BAD_REQUEST,
+            "bad_request",
+            "session is already subscribed to a feed".into(),
+        );
+    }
+    if let Some(refused) = check_dataset(sess, dataset) {
+        return refused;
+    }
+    let shard = &sess.shard;
+    let key: FeedKey = (sess.edge.clone(), dataset.to_owned());
+    let (entry, start) = {
+        let mut map = lock(&shard.shared.feeds.map);
+        match map.get(&key) {
+            Some(e) => (e.clone(), false),
+            None => {
+                let e = Arc::new(Mutex::new(Entry {
+                    slots: vec![None; shard.shared.shard_count()],
+                    owner: shard.id,
+                    header: Vec::new(),
+                    header_done: false,
+                }));
+                map.insert(key.clone(), e.clone());
+                (e, true)
+            }
+        }
+    };
+    // Join this shard's distributor, starting one if needed. The seed and
+    // the slot are set under the entry's lock, the same lock `broadcast`
+    // holds, so seed + channel is the feed without a gap or a duplicate.
+    {
+        let mut e = lock(&entry);
+        if e.slots[shard.id].is_none() {
+            let (tx, rx) = flume::bounded(SHARD_CHANNEL_FRAMES);
+            e.slots[shard.id] = Some(tx);
+            let hub = Hub {
+                viewers: Vec::new(),
+                header: e.header.clone(),
+                header_done: e.header_done,
+            };
+            shard.feeds.hubs.borrow_mut().insert(key.clone(), hub);
+            monoio::spawn(distribute(shard.clone(), key.clone(), entry.clone(), rx));
+        }
+    }
+    let header = {
+        let mut hubs = shard.feeds.hubs.borrow_mut();
+        let hub = hubs.entry(key.clone()).or_default();
+        hub.viewers.push(Rc::downgrade(sess));
+        hub.header.clone()
+    };
+    sess.send(&json!({"type": "subscribed", "dataset": dataset}));
+    *sess.feed.borrow_mut() = Some(Subscription { key: key.clone() });
+    for (i, frame) in header.into_iter().enumerate() {
+        let len = if i == 0 { 0 } else { payload_len(&frame) };
+        if !deliver(sess, frame, len, i > 0) {
+            break;
+        }
+    }
+    if start {
+        monoio::spawn(own(shard.clone(), key, entry));
+    }
+    Flow::Continue
+}
+
+/// Payload length of a server frame we built or forwarded.
+fn payload_len(frame: &Bytes) -> u64 {
+    match frame.get(1).map(|b| b & 0x7F) {
+        Some(126) => u16::from_be_bytes([frame[2], frame[3]]) as u64,
+        Some(127) => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&frame[2..10]);
+            u64::from_be_bytes(b)
+        }
+        Some(n) => n as u64,
+        None => 0,
+    }
+}
+
+/// Queues a frame for one viewer; closes the viewer if it is too far behind
+/// or over quota. Returns whether the viewer is still subscribed.
+fn deliver(sess: &Session, frame: Bytes, len: u64, data: bool) -> bool {
+    if !sess.outbox.is_open() {
+        return false;
+    }
+    let m = sess.shard.metrics();
+    let cap = sess.shard.cfg().limits.viewer_queue_bytes;
+    if sess.outbox.queued_bytes() + frame.len() > cap {
+        m.slow_viewer_closes.fetch_add(1, Relaxed);
+        sess.fail(
+            close::SLOW_CONSUMER,
+            "slow_consumer",
+            "viewer fell too far behind the live feed",
+        );
+        return false;
+    }
+    if data {
+        if !sess.quota.admit(len) {
+            m.quota_closes.fetch_add(1, Relaxed);
+            let msg = format!("byte quota of {} exceeded", sess.quota.limit().unwrap_or(0));
+            sess.fail(close::QUOTA, "quota_exceeded", &msg);
+            return false;
+        }
+        if sess.expired() {
+            sess.fail(close::BAD_TOKEN, "token_expired", "session token expired");
+            return false;
+        }
+        m.bytes_forwarded.fetch_add(len, Relaxed);
+        m.frames_forwarded.fetch_add(1, Relaxed);
+    }
+    sess.outbox.push(frame).is_ok()
+}
+
+/// Runs on each shard with viewers: hands each event to the local viewers.
+async fn distribute(
+    shard: Rc<Shard>,
+    key: FeedKey,
+    entry: Arc<Mutex<Entry>>,
+    rx: flume::Receiver<Event>,
+) {
+    let mut ended = false;
+    while let Ok(ev) = rx.recv_async().await {
+        let viewers: Vec<Rc<Session>> = {
+            let mut hubs = shard.feeds.hubs.borrow_mut();
+            let Some(hub) = hubs.get_mut(&key) else { break };
+            match &ev {
+                Event::Start(b) => {
+                    hub.header = vec![b.clone()];
+                    hub.header_done = false;
+                }
+                Event::Frame(b, _) if !hub.header_done => {
+                    hub.header.push(b.clone());
+                    hub.header_done = true;
+                }
+                _ => {}
+            }
+            hub.viewers.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut keep = Vec::with_capacity(viewers.len());
+        for v in viewers {
+            let still = match &ev {
+                Event::Start(b) => deliver(&v, b.clone(), 0, false),
+                Event::Frame(b, len) => deliver(&v, b.clone(), *len, true),
+                Event::End(b) => {
+                    let _ = v.outbox.push(b.clone());
+                    *v.feed.borrow_mut() = None;
+                    false
+                }
+            };
+            if still {
+                keep.push(Rc::downgrade(&v));
+            }
+        }
+        if matches!(ev, Event::End(_)) {
+            ended = true;
+        }
+        let empty = keep.is_empty();
+        if let Some(h) = shard.feeds.hubs.borrow_mut().get_mut(&key) {
+            h.viewers = keep;
+        }
+        if empty {
+            break;
+        }
+    }
+    // No viewers left, the feed ended, or this shard fell behind (the owner
+    // dropped its channel).
+    let left: Vec<Rc<Session>> = shard
+        .feeds
+        .hubs
+        .borrow_mut()
+        .remove(&key)
+        .map(|h| h.viewers)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for v in left {
+        if !ended {
+            shard.metrics().slow_viewer_closes.fetch_add(1, Relaxed);
+            v.fail(
+                close::SLOW_CONSUMER,
+                "slow_consumer",
+                "viewer fell too far behind the live feed",
+            );
+        }
+        *v.feed.borrow_mut() = None;
+    }
+    detach(&shard, &key, &entry);
+}
+
+/// Removes this shard's slot; tells the owner when no shard has viewers.
+fn detach(shard: &Shard, key: &FeedKey, entry: &Arc<Mutex<Entry>>) {
+    let (owner, none_left) = {
+        let mut e = lock(entry);
+        e.slots[shard.id] = None;
+        (e.owner, e.slots.iter().all(Option::is_none))
+    };
+    if none_left {
+        let _ = shard.shared.mailboxes[owner].send(ShardMsg::FeedIdle { key: key.clone() });
+    }
+}
+
+/// A session leaves its feed (it closed, or was closed).
+pub fn unsubscribe(sess: &Rc<Session>) {
+    let Some(sub) = sess.feed.borrow_mut().take() else {
+        return;
+    };
+    let shard = &sess.shard;
+    let mut hubs = shard.feeds.hubs.borrow_mut();
+    if let Some(h) = hubs.get_mut(&sub.key) {
+        h.viewers
+            .retain(|w| w.upgrade().is_some_and(|s| !Rc::ptr_eq(&s, sess)));
+        if h.viewers.is_empty() {
+            hubs.remove(&sub.key);
+            drop(hubs);
+            let entry = lock(&shard.shared.feeds.map).get(&sub.key).cloned();
+            if let Some(entry) = entry {
+                detach(shard, &sub.key, &entry);
+            }
+        }
+    }
+}
+
+/// The owner shard was told no viewer is left: wake the feed's reader.
+pub fn on_idle(shard: &Shard, key: &FeedKey) {
+    if let Some(i) = shard.feeds.owned.borrow().get(key) {
+        i.interrupt();
+    }
+}
+
+fn broadcast(entry: &Arc<Mutex<Entry>>, ev: Event) -> bool {
+    let mut e = lock(entry);
+    match &ev {
+        Event::Start(b) => {
+            e.header = vec![b.clone()];
+            e.header_done = false;
+        }
+        Event::Frame(b, _) if !e.header_done => {
+            e.header.push(b.clone());
+            e.header_done = true;
+        }
+        _ => {}
+    }
+    for slot in e.slots.iter_mut() {
+        if let Some(tx) = slot {
+            if tx.try_send(ev.clone()).is_err() {
+                // Full: that shard fell behind. Disconnected: it left.
+                *slot = None;
+            }
+        }
+    }
+    e.slots.iter().any(Option::is_some)
+}
+
+/// Removes the feed if it still has no viewers; false if one joined.
+fn retire_feed(shard: &Shard, key: &FeedKey, entry: &Arc<Mutex<Entry>>, force: bool) -> bool {
+    let mut map = lock(&shard.shared.feeds.map);
+    let idle = lock(entry).slots.iter().all(Option::is_none);
+    if idle || force {
+        map.remove(key);
+        true
+    } else {
+        false
+    }
+}
+
+/// The owner: reads the connector's live stream and broadcasts it.
+async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>) {
+    let (edge, dataset) = key.clone();
+    let ended = |msg: Value| protocol::text(&msg);
+    let mut w = match connector::acquire(&shard, &edge, ConnKind::Worker, Some(&dataset)).await {
+        Ok(w) => w,
+        Err(_) => {
+            retire_feed(&shard, &key, &entry, true);
+            broadcast(
+                &entry,
+                Event::End(ended(
+                    json!({"type": "error", "code": "edge_offline", "dataset": dataset,
+                    "message": format!("no connector worker of edge {edge} for the live feed")}),
+                )),
+            );
+            return;
+        }
+    };
+    let rid = format!("feed-{}", shard.shared.registry.new_conn_id());
+    shard.metrics().streams_started.fetch_add(1, Relaxed);
+    shard
+        .feeds
+        .owned
+        .borrow_mut()
+        .insert(key.clone(), w.reader.interrupter());
+    let outcome = feed(&shard, &mut w, &key, &entry, &rid).await;
+    shard.feeds.owned.borrow_mut().remove(&key);
+    retire_feed(&shard, &key, &entry, true);
+    match outcome {
+        FeedEnd::Ended(msg) => {
+            broadcast(&entry, Event::End(ended(msg)));
+            shard.metrics().streams_completed.fetch_add(1, Relaxed);
+            connector::park(shard.clone(), w);
+        }
+        FeedEnd::NoViewers => {
+            shard.metrics().streams_cancelled.fetch_add(1, Relaxed);
+            connector::cancel(&shard, w, &rid).await;
+        }
+        FeedEnd::Broken(why) => {
+            shard.metrics().streams_failed.fetch_add(1, Relaxed);
+            broadcast(
+                &entry,
+                Event::End(ended(
+                    json!({"type": "error", "code": "edge_disconnected", "dataset": dataset, "message": why}),
+                )),
+            );
+            connector::retire(&shard, w, close::GOING_AWAY, "live feed failed").await;
+        }
+    }
+}
+
+enum FeedEnd {
+    Ended(Value),
+    NoViewers,
+    Broken(String),
+}
+
+async fn feed(
+    shard: &Rc<Shard>,
+    w: &mut EdgeConn,
+    key: &FeedKey,
+    entry: &Arc<Mutex<Entry>>,
+    rid: &str,
+) -> FeedEnd {
+    let dataset = &key.1;
+    let cfg = shard.cfg();
+    if w.send_json(&json!({"action": "do_get", "request_id": rid, "ticket": dataset, "live": true}))
+        .await
+        .is_err()
+    {
+        return FeedEnd::Broken("connector connection failed".into());
+    }
+    let live = keepalive::watch(
+        Duration::from_millis(cfg.timeouts.ping_interval_ms),
+        Duration::from_millis(cfg.timeouts.idle_timeout_ms),
+        w.reader.interrupter(),
+        None,
+    );
+    let mut text = TextAssembler::new(cfg.limits.max_text_bytes);
+    loop {
+        let f = match w.reader.next().await {
+            Ok(f) => f,
+            Err(ReadError::Interrupted) => {
+                if lock(entry).slots.iter().all(Option::is_none)
+                    && retire_feed(shard, key, entry, false)
+                {
+                    return FeedEnd::NoViewers;
+                }
+                if shard.closing.get() {
+                    return FeedEnd::Broken("gateway shutting down".into());
+                }
+                if live.timed_out() {
+                    return FeedEnd::Broken("connector stopped responding".into());
+                }
+                if live.take_ping_due()
+                    && w.send(Bytes::from(encode_server_frame(Opcode::Ping, b"")))
+                        .await
+                        .is_err()
+                {
+                    return FeedEnd::Broken("connector connection failed".into());
+                }
+                continue;
+            }
+            Err(e) => return FeedEnd::Broken(format!("connector connection failed: {e}")),
+        };
+        live.seen();
+        match f.message {
+            Opcode::Binary => {
+                let len = f.payload_len();
+                if !broadcast(entry, Event::Frame(freeze(f), len))
+                    && retire_feed(shard, key, entry, false)
+                {
+                    return FeedEnd::NoViewers;
+                }
+            }
+            Opcode::Text => {
+                let Ok(Some(t)) = text.push(&f) else { continue };
+                let Ok(r) = serde_json::from_str::<Reply>(&t) else {
+                    continue;
+                };
+                if r.request_id.as_deref() != Some(rid) {
+                    continue;
+                }
+                match r.kind.as_deref() {
+                    Some("stream_start") => {
+                        let msg = json!({"type": "stream_start", "dataset": dataset, "schema": r.schema, "live": true});
+                        broadcast(entry, Event::Start(protocol::text(&msg)));
+                    }
+                    Some("stream_end") => {
+                        return FeedEnd::Ended(
+                            json!({"type": "stream_end", "dataset": dataset, "total_bytes": r.total_bytes}),
+                        )
+                    }
+                    Some("error") => {
+                        return FeedEnd::Ended(
+                            json!({"type": "error", "code": "query_failed", "dataset": dataset,
+                            "message": r.message.unwrap_or_else(|| "connector error".into())}),
+                        )
+                    }
+                    _ => {}
+                }
+            }
+            Opcode::Ping => {
+                if w.send(Bytes::from(encode_server_frame(Opcode::Pong, f.payload())))
+                    .await
+                    .is_err()
+                {
+                    return FeedEnd::Broken("connector connection failed".into());
+                }
+            }
+            Opcode::Close => return FeedEnd::Broken("connector closed its connection".into()),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `sluice`: the gateway binary.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use sluice::config::Config;
+use sluice::edge_key::KeyHash;
+use sluice::server::Gateway;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice gateway: edge-to-cloud data plane"
+)]
+struct Cli {
+    /// TOML config file (every key can also be set as SLUICE_<SECTION>_<KEY>).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Number of shards (overrides `workers`; 0 = one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read an edge key on stdin and print the `sha256:…` form for `edge_keys`.
+    HashKey,
+    /// Load and validate the configuration, print it with secrets redacted, and exit.
+    CheckConfig,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut cfg = match Config::load(cli.config.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Some(l) = cli.listen {
+        cfg.listen = l;
+    }
+    if let Some(w) = cli.workers {
+        cfg.workers = w;
+    }
+    match cli.command {
+        Some(Command::HashKey) => {
+            let mut key = String::new();
+            if std::io::stdin().read_to_string(&mut key).is_err() || key.trim().is_empty() {
+                eprintln!("sluice hash-key: pass the key on standard input");
+                std::process::exit(2);
+            }
+            println!("{}", KeyHash::of(key.trim().as_bytes()).to_config_string());
+            return;
+        }
+        Some(Command::CheckConfig) => {
+            if let Err(e) = cfg.validate() {
+                eprintln!("sluice: {e}");
+                std::process::exit(2);
+            }
+            let mut shown = cfg.clone();
+            if !shown.auth.hs256_secret.is_empty() {
+                shown.auth.hs256_secret = "<redacted>".into();
+            }
+            print!("{}", toml::to_string_pretty(&shown).unwrap_or_default());
+            return;
+        }
+        None => {}
+    }
+    init_logging(&cfg.log_format);
+    let gw = match Gateway::start(cfg) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    // One line on stdout that scripts and tests can wait for.
+    println!(
+        "sluice listening on {} ({} shards, {})",
+        gw.local_addr(),
+        gw.shard_count(),
+        gw.driver()
+    );
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sluice: cannot install signal handlers: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutdown requested");
+        // A second signal during the drain exits at once.
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                std::process::exit(130);
+            }
+        });
+        gw.drain();
+    }
+    std::process::exit(0);
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

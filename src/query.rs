@@ -1,0 +1,260 @@
+//! One `query`: take an idle connector worker, ask it for the dataset, and
+//! forward its frames to the browser until `stream_end`.
+//!
+//! The worker's socket has been moved to this session's shard, so this loop
+//! reads it and writes into the browser's outbox with no lock and no copy:
+//! each binary frame is the same `Bytes` the kernel filled, header rewritten
+//! in place (masked seed-001 connector) or untouched (fast path).
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::connector::{self, EdgeConn, Unavailable};
+use crate::frame::{encode_server_frame, Opcode};
+use crate::keepalive;
+use crate::protocol::{close, Reply};
+use crate::reader::{freeze, ReadError, TextAssembler};
+use crate::registry::ConnKind;
+use crate::session::{check_dataset, Flow, Session};
+
+/// How a stream ended, for the worker's fate and the metrics.
+enum End {
+    /// `stream_end` or a connector `error`: the worker is reusable.
+    Done,
+    /// The session went away (or hit its quota): cancel, then reuse if the
+    /// connector confirms in time.
+    Cancel(Flow),
+    /// The connector connection failed: it is closed, never reused.
+    Broken(Flow),
+}
+
+pub async fn run(sess: &Rc<Session>, dataset: &str) -> Flow {
+    if sess.feed.borrow().is_some() {
+        return Flow::Close(
+            close::BAD_REQUEST,
+            "bad_request",
+            "session is subscribed to a live feed".into(),
+        );
+    }
+    if let Some(refused) = check_dataset(sess, dataset) {
+        return refused;
+    }
+    let shard = &sess.shard;
+    let mut w = match connector::acquire(shard, &sess.edge, ConnKind::Worker, Some(dataset)).await {
+        Ok(w) => w,
+        Err(Unavailable::Offline) => {
+            return Flow::Close(
+                close::EDGE_OFFLINE,
+                "edge_offline",
+                format!("edge {} has no connector serving {dataset:?}", sess.edge),
+            )
+        }
+        Err(Unavailable::Busy) => {
+            return Flow::Close(
+                close::EDGE_OFFLINE,
+                "edge_busy",
+                format!(
+                    "no connector worker of edge {} became free in time",
+                    sess.edge
+                ),
+            )
+        }
+    };
+    if sess.gone.get() {
+        connector::park(shard.clone(), w);
+        return Flow::Ended;
+    }
+    let info_id = sess.request_id("i");
+    let get_id = sess.request_id("g");
+    shard.metrics().streams_started.fetch_add(1, Relaxed);
+    *sess.upstream.borrow_mut() = Some(w.reader.interrupter());
+    let end = stream(sess, &mut w, dataset, &info_id, &get_id).await;
+    *sess.upstream.borrow_mut() = None;
+    match end {
+        End::Done => {
+            connector::park(shard.clone(), w);
+            if sess.outbox.is_open() {
+                Flow::Continue
+            } else {
+                Flow::Ended
+            }
+        }
+        End::Cancel(flow) => {
+            shard.metrics().streams_cancelled.fetch_add(1, Relaxed);
+            connector::cancel(shard, w, &get_id).await;
+            flow
+        }
+        End::Broken(flow) => {
+            shard.metrics().streams_failed.fetch_add(1, Relaxed);
+            connector::retire(shard, w, close::GOING_AWAY, "stream failed").await;
+            flow
+        }
+    }
+}
+
+async fn stream(
+    sess: &Rc<Session>,
+    w: &mut EdgeConn,
+    dataset: &str,
+    info_id: &str,
+    get_id: &str,
+) -> End {
+    let shard = &sess.shard;
+    let cfg = shard.cfg();
+    let ask = async {
+        w.send_json(&json!({"action": "get_flight_info", "request_id": info_id, "descriptor": {"path": [dataset]}}))
+            .await?;
+        w.send_json(&json!({"action": "do_get", "request_id": get_id, "ticket": dataset}))
+            .await
+    };
+    if ask.await.is_err() {
+        return End::Broken(edge_lost("connector connection failed"));
+    }
+    let live = keepalive::watch(
+        Duration::from_millis(cfg.timeouts.ping_interval_ms),
+        Duration::from_millis(cfg.timeouts.request_ms.max(cfg.timeouts.ping_interval_ms)),
+        w.reader.interrupter(),
+        None,
+    );
+    let metrics = shard.metrics();
+    let mut text = TextAssembler::new(cfg.limits.max_text_bytes);
+    loop {
+        let f = match w.reader.next().await {
+            Ok(f) => f,
+            Err(ReadError::Interrupted) => {
+                if sess.gone.get() {
+                    return End::Cancel(Flow::Ended);
+                }
+                if live.timed_out() {
+                    return End::Broken(edge_lost("connector stopped responding mid-stream"));
+                }
+                if live.take_ping_due()
+                    && w.send(Bytes::from(encode_server_frame(Opcode::Ping, b"")))
+                        .await
+                        .is_err()
+                {
+                    return End::Broken(edge_lost("connector connection failed"));
+                }
+                continue;
+            }
+            Err(ReadError::Protocol(e)) => {
+                tracing::warn!(edge = %sess.edge, error = %e, "connector protocol violation");
+                return End::Broken(edge_lost("connector sent an invalid frame"));
+            }
+            Err(_) => return End::Broken(edge_lost("connector disconnected mid-stream")),
+        };
+        live.seen();
+        match f.message {
+            Opcode::Binary => {
+                let len = f.payload_len();
+                if sess.expired() {
+                    return End::Cancel(Flow::Close(
+                        close::BAD_TOKEN,
+                        "token_expired",
+                        "session token expired".into(),
+                    ));
+                }
+                if !sess.quota.admit(len) {
+                    metrics.quota_closes.fetch_add(1, Relaxed);
+                    return End::Cancel(quota_exceeded(sess, len));
+                }
+                if sess.outbox.push(freeze(f)).is_err() {
+                    return End::Cancel(Flow::Ended);
+                }
+                metrics.bytes_forwarded.fetch_add(len, Relaxed);
+                metrics.frames_forwarded.fetch_add(1, Relaxed);
+                // Backpressure: stop reading the connector until the browser
+                // has taken enough; TCP does the rest.
+                if sess.outbox.space().await.is_err() {
+                    return End::Cancel(Flow::Ended);
+                }
+            }
+            Opcode::Text => {
+                let t = match text.push(&f) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => continue,
+                    Err(_) => {
+                        return End::Broken(edge_lost("connector sent an invalid text message"))
+                    }
+                };
+                let Ok(reply) = serde_json::from_str::<Reply>(&t) else {
+                    tracing::warn!(edge = %sess.edge, "connector sent a message that is not JSON; ignored");
+                    continue;
+                };
+                let rid = reply.request_id.as_deref().unwrap_or("");
+                if rid == info_id {
+                    let info = reply.data.clone().unwrap_or_else(|| strip(&t));
+                    if reply.kind.as_deref() == Some("error") {
+                        continue; // the do_get that follows reports it
+                    }
+                    sess.send(&json!({"type": "flight_info", "dataset": dataset, "info": info}));
+                } else if rid == get_id {
+                    match reply.kind.as_deref() {
+                        Some("stream_start") => {
+                            let schema = reply.schema.unwrap_or(Value::Null);
+                            sess.send(&json!({"type": "stream_start", "dataset": dataset, "schema": schema}));
+                        }
+                        Some("stream_end") => {
+                            metrics.streams_completed.fetch_add(1, Relaxed);
+                            sess.send(&json!({
+                                "type": "stream_end",
+                                "dataset": dataset,
+                                "total_bytes": reply.total_bytes,
+                                "bytes_forwarded": sess.quota.used(),
+                            }));
+                            return End::Done;
+                        }
+                        Some("error") => {
+                            metrics.streams_failed.fetch_add(1, Relaxed);
+                            let msg = reply.message.unwrap_or_else(|| "connector error".into());
+                            sess.send(&json!({"type": "error", "code": "query_failed", "dataset": dataset, "message": msg}));
+                            return End::Done;
+                        }
+                        _ => {}
+                    }
+                }
+                // Anything else belongs to an earlier, cancelled request.
+            }
+            Opcode::Ping => {
+                if w.send(Bytes::from(encode_server_frame(Opcode::Pong, f.payload())))
+                    .await
+                    .is_err()
+                {
+                    return End::Broken(edge_lost("connector connection failed"));
+                }
+            }
+            Opcode::Close => {
+                return End::Broken(edge_lost("connector closed its connection mid-stream"))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn strip(text: &str) -> Value {
+    let mut v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("request_id");
+    }
+    v
+}
+
+fn edge_lost(why: &str) -> Flow {
+    Flow::Close(close::EDGE_OFFLINE, "edge_disconnected", why.to_owned())
+}
+
+fn quota_exceeded(sess: &Session, len: u64) -> Flow {
+    Flow::Close(
+        close::QUOTA,
+        "quota_exceeded",
+        format!(
+            "byte quota of {} exceeded: {} used, next frame {len}",
+            sess.quota.limit().unwrap_or(0),
+            sess.quota.used()
+        ),
+    )
+}

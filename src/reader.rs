@@ -1,0 +1,267 @@
+//! Reads WebSocket frames off a socket into owned buffers and hands each one
+//! out already in server → client wire format.
+//!
+//! This is where "forward, don't re-frame" happens. Bytes land once, from
+//! the kernel, in a `BytesMut`; a frame is split off that buffer without a
+//! copy. A masked client frame is unmasked in place and its header rewritten
+//! in place — the unmasked header is exactly 4 bytes shorter, so it ends
+//! where the mask key ended and the payload never moves. A fast-path frame
+//! (already unmasked) is handed out untouched. The resulting `Bytes` can be
+//! written to another socket, or shared by many viewers, as it is.
+//!
+//! Reads can be interrupted from another task on the same shard (keepalive
+//! timer, a browser that went away, a shard taking an idle connection)
+//! through [`Interrupter`]; the read is cancelled through io_uring's own
+//! cancellation, so no byte already received is ever dropped.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use monoio::buf::{IoBufMut, SliceMut};
+use monoio::io::{CancelableAsyncReadRent, Canceller};
+use thiserror::Error;
+
+use crate::frame::{
+    encode_server_header, parse_header, server_header_len, Fragmentation, FrameError, FrameHeader,
+    MaskRule, Opcode,
+};
+
+/// Smallest free space worth a read syscall.
+const MIN_READ: usize = 4 * 1024;
+
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("peer closed the connection")]
+    Eof,
+    #[error("read interrupted")]
+    Interrupted,
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] FrameError),
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One frame, in server → client wire format.
+#[derive(Debug)]
+pub struct InFrame {
+    pub header: FrameHeader,
+    /// Opcode of the message this frame belongs to (resolves continuations).
+    pub message: Opcode,
+    /// Header (unmasked form) + payload, ready to write to a client.
+    pub wire: BytesMut,
+    /// Where the payload starts inside `wire`.
+    pub payload_at: usize,
+}
+
+impl InFrame {
+    pub fn payload(&self) -> &[u8] {
+        &self.wire[self.payload_at..]
+    }
+
+    pub fn payload_len(&self) -> u64 {
+        self.header.payload_len
+    }
+}
+
+/// Interrupts the current (or next) read of one [`FrameReader`].
+#[derive(Clone)]
+pub struct Interrupter {
+    requested: Rc<Cell<bool>>,
+    canceller: Rc<RefCell<Option<Canceller>>>,
+}
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        self.requested.set(true);
+        let mut slot = self.canceller.borrow_mut();
+        if let Some(c) = slot.take() {
+            *slot = Some(c.cancel());
+        }
+    }
+}
+
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    rule: MaskRule,
+    max_payload: u64,
+    frag: Fragmentation,
+    chunk: usize,
+    interrupter: Interrupter,
+}
+
+impl<R: CancelableAsyncReadRent> FrameReader<R> {
+    /// `buf` holds bytes already read from this socket (after the HTTP head).
+    pub fn new(io: R, buf: BytesMut, rule: MaskRule, max_payload: usize) -> Self {
+        Self {
+            io,
+            buf,
+            rule,
+            max_payload: max_payload as u64,
+            frag: Fragmentation::default(),
+            chunk: 64 * 1024,
+            interrupter: Interrupter {
+                requested: Rc::new(Cell::new(false)),
+                canceller: Rc::new(RefCell::new(Some(Canceller::new()))),
+            },
+        }
+    }
+
+    /// How much the reader asks the kernel for at a time. Small for
+    /// connections that carry only JSON (less memory per idle session).
+    pub fn with_chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk.max(MIN_READ);
+        self
+    }
+
+    /// Raises the frame size limit (a relay session carries data frames).
+    pub fn set_max_payload(&mut self, max: usize) {
+        self.max_payload = max as u64;
+    }
+
+    pub fn interrupter(&self) -> Interrupter {
+        self.interrupter.clone()
+    }
+
+    pub fn rule(&self) -> MaskRule {
+        self.rule
+    }
+
+    /// The socket and any bytes read but not yet consumed.
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.io, self.buf)
+    }
+
+    pub fn io_mut(&mut self) -> &mut R {
+        &mut self.io
+    }
+
+    /// Reads the next frame. Fragmentation is checked (RFC 6455 §5.4);
+    /// UTF-8 of text is the caller's business, since only the caller knows
+    /// whether it reassembles the message.
+    pub async fn next(&mut self) -> Result<InFrame, ReadError> {
+        loop {
+            if self.interrupter.requested.replace(false) {
+                return Err(ReadError::Interrupted);
+            }
+            if let Some(h) = parse_header(&self.buf, self.rule, self.max_payload)? {
+                let total = h.frame_len() as usize;
+                if self.buf.len() >= total {
+                    let message = self.frag.on_frame(&h)?;
+                    return Ok(self.split_frame(h, message, total));
+                }
+                let need = total - self.buf.len();
+                if self.buf.capacity() - self.buf.len() < need {
+                    // Make room for the whole frame at once: only the part
+                    // already received moves, once.
+                    self.buf.reserve(need.max(self.chunk));
+                }
+            } else if self.buf.capacity() - self.buf.len() < MIN_READ {
+                self.buf.reserve(self.chunk);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), ReadError> {
+        let handle = match self.interrupter.canceller.borrow().as_ref() {
+            Some(c) => c.handle(),
+            None => return Err(ReadError::Interrupted),
+        };
+        let (res, buf) = self.io.cancelable_read(spare(&mut self.buf), handle).await;
+        self.buf = buf.into_inner();
+        match res {
+            Ok(0) => Err(ReadError::Eof),
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                self.interrupter.requested.set(false);
+                Err(ReadError::Interrupted)
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(ReadError::Eof),
+            Err(e) => Err(ReadError::Io(e)),
+        }
+    }
+
+    fn split_frame(&mut self, h: FrameHeader, message: Opcode, total: usize) -> InFrame {
+        let mut wire = self.buf.split_to(total);
+        let Some(key) = h.mask else {
+            return InFrame {
+                header: h,
+                message,
+                wire,
+                payload_at: h.header_len,
+            };
+        };
+        crate::frame::apply_mask(&mut wire[h.header_len..], key, 0);
+        let n = server_header_len(h.payload_len);
+        let start = h.header_len - n;
+        encode_server_header(
+            h.fin,
+            h.opcode,
+            h.payload_len,
+            &mut wire[start..h.header_len],
+        );
+        let _ = wire.split_to(start);
+        InFrame {
+            header: h,
+            message,
+            wire,
+            payload_at: n,
+        }
+    }
+}
+
+/// The free capacity after the bytes already held: monoio reads into an
+/// owned buffer from its start, so the read gets a view that begins at the
+/// end of the data (its length grows by what the kernel wrote).
+pub fn spare(buf: &mut BytesMut) -> SliceMut<BytesMut> {
+    let buf = std::mem::take(buf);
+    let (len, cap) = (buf.len(), buf.capacity());
+    buf.slice_mut(len..cap)
+}
+
+/// Turns a frame into the shareable bytes that go on the wire.
+pub fn freeze(frame: InFrame) -> Bytes {
+    frame.wire.freeze()
+}
+
+/// Reassembles a text message from its frames, bounded, and checks UTF-8.
+/// Used for the JSON control messages; data frames are never reassembled.
+pub struct TextAssembler {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl TextAssembler {
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    /// Adds a frame of a text message; returns the text once it is whole.
+    pub fn push(&mut self, f: &InFrame) -> Result<Option<String>, FrameError> {
+        if self.buf.len() + f.payload().len() > self.max {
+            self.buf = Vec::new();
+            return Err(FrameError::TooLarge(
+                (self.buf.len() + f.payload().len()) as u64,
+            ));
+        }
+        if !f.header.fin {
+            self.buf.extend_from_slice(f.payload());
+            return Ok(None);
+        }
+        let bytes = if self.buf.is_empty() {
+            f.payload().to_vec()
+        } else {
+            self.buf.extend_from_slice(f.payload());
+            std::mem::take(&mut self.buf)
+        };
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| FrameError::InvalidUtf8)
+    }
+}

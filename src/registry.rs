@@ -1,0 +1,320 @@
+//! Which edges are online, which of their connections are idle, and on which
+//! shard each one sits.
+//!
+//! This is the one structure all shards share. It is touched when a
+//! connection registers, when a session asks for a worker, and when a worker
+//! goes idle again — per stream, never per frame — so a mutex is the honest
+//! choice: the data path itself stays shard-local.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::ids::{ConnId, EdgeId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// A seed-001 `/ws/connect` worker: serves requests one at a time.
+    Worker,
+    /// A seed-000 `/edge/{id}` connection: consumed by one relay session.
+    Relay,
+}
+
+#[derive(Debug)]
+struct Slot {
+    kind: ConnKind,
+    shard: usize,
+    idle: bool,
+    datasets: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Edge {
+    tenant: String,
+    version: String,
+    conns: HashMap<ConnId, Slot>,
+    /// Idle relay connections, oldest first.
+    relay_idle: VecDeque<ConnId>,
+    /// Sessions waiting for a connection of this edge to become idle.
+    waiters: Vec<flume::Sender<()>>,
+}
+
+impl Edge {
+    fn datasets(&self) -> BTreeSet<String> {
+        self.conns
+            .values()
+            .filter(|s| s.kind == ConnKind::Worker)
+            .flat_map(|s| s.datasets.iter().cloned())
+            .collect()
+    }
+
+    fn wake_one(&mut self) {
+        while let Some(w) = self.waiters.pop() {
+            if w.send(()).is_ok() {
+                break;
+            }
+        }
+    }
+}
+
+/// Result of asking for a connection.
+pub enum Acquire {
+    /// Reserved for the caller: it is no longer idle in the registry.
+    Got {
+        conn: ConnId,
+        shard: usize,
+    },
+    /// The edge is online but every connection is busy; the receiver fires
+    /// when one becomes idle (then ask again).
+    Busy(flume::Receiver<()>),
+    Offline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterError {
+    TooManyConnections,
+    TenantMismatch,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    edges: Mutex<HashMap<EdgeId, Edge>>,
+    next_conn: AtomicU64,
+}
+
+/// Figures for `/metrics`.
+pub struct RegistryStats {
+    pub edges_online: usize,
+    pub workers_idle: usize,
+    pub workers_busy: usize,
+    pub relay_idle: usize,
+}
+
+impl Registry {
+    pub fn new_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<EdgeId, Edge>> {
+        // A panic while holding the lock cannot leave the map half-updated
+        // (every update is a single insert/remove), so poisoning is ignored.
+        self.edges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a connection, idle. An edge keeps one tenant for its lifetime.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &self,
+        edge: &EdgeId,
+        tenant: &str,
+        version: &str,
+        kind: ConnKind,
+        conn: ConnId,
+        shard: usize,
+        datasets: Vec<String>,
+        max_conns: usize,
+    ) -> Result<(), RegisterError> {
+        let mut g = self.lock();
+        let e = g.entry(edge.clone()).or_default();
+        // Relay edges name no tenant (""): they join whatever the edge has.
+        if e.tenant.is_empty() || e.conns.is_empty() {
+            if !tenant.is_empty() || e.conns.is_empty() {
+                e.tenant = tenant.to_owned();
+            }
+        } else if !tenant.is_empty() && e.tenant != tenant {
+            return Err(RegisterError::TenantMismatch);
+        }
+        if e.conns.len() >= max_conns {
+            return Err(RegisterError::TooManyConnections);
+        }
+        e.version = version.to_owned();
+        e.conns.insert(
+            conn,
+            Slot {
+                kind,
+                shard,
+                idle: true,
+                datasets,
+            },
+        );
+        if kind == ConnKind::Relay {
+            e.relay_idle.push_back(conn);
+        }
+        e.wake_one();
+        Ok(())
+    }
+
+    pub fn remove(&self, edge: &EdgeId, conn: ConnId) {
+        let mut g = self.lock();
+        if let Some(e) = g.get_mut(edge) {
+            e.conns.remove(&conn);
+            e.relay_idle.retain(|c| *c != conn);
+            if e.conns.is_empty() {
+                // Wake waiters so they see "offline" at once.
+                for w in e.waiters.drain(..) {
+                    let _ = w.send(());
+                }
+                g.remove(edge);
+            }
+        }
+    }
+
+    /// A worker re-registered: its dataset list changed.
+    pub fn update_datasets(&self, edge: &EdgeId, conn: ConnId, datasets: Vec<String>) {
+        let mut g = self.lock();
+        if let Some(s) = g.get_mut(edge).and_then(|e| e.conns.get_mut(&conn)) {
+            s.datasets = datasets;
+        }
+    }
+
+    /// A worker finished its request and waits, idle, on `shard`.
+    pub fn release(&self, edge: &EdgeId, conn: ConnId, shard: usize) {
+        let mut g = self.lock();
+        if let Some(e) = g.get_mut(edge) {
+            if let Some(s) = e.conns.get_mut(&conn) {
+                s.idle = true;
+                s.shard = shard;
+                e.wake_one();
+            }
+        }
+    }
+
+    /// Reserves an idle connection of `kind`, preferring one already on
+    /// `prefer_shard` (no socket has to move).
+    pub fn acquire(
+        &self,
+        edge: &EdgeId,
+        kind: ConnKind,
+        dataset: Option<&str>,
+        prefer_shard: usize,
+    ) -> Acquire {
+        let mut g = self.lock();
+        let Some(e) = g.get_mut(edge) else {
+            return Acquire::Offline;
+        };
+        let found = match kind {
+            ConnKind::Relay => e.relay_idle.pop_front(),
+            ConnKind::Worker => {
+                let mut best: Option<ConnId> = None;
+                for (id, s) in &e.conns {
+                    let serves = dataset.is_none_or(|d| s.datasets.iter().any(|x| x == d));
+                    if s.kind == ConnKind::Worker && s.idle && serves {
+                        if s.shard == prefer_shard {
+                            best = Some(*id);
+                            break;
+                        }
+                        best.get_or_insert(*id);
+                    }
+                }
+                best
+            }
+        };
+        match found {
+            Some(conn) => {
+                let slot = e.conns.get_mut(&conn).expect("idle conn has a slot");
+                slot.idle = false;
+                Acquire::Got {
+                    conn,
+                    shard: slot.shard,
+                }
+            }
+            None => {
+                let any = e.conns.values().any(|s| s.kind == kind);
+                if !any {
+                    return Acquire::Offline;
+                }
+                let (tx, rx) = flume::bounded(1);
+                e.waiters.retain(|w| !w.is_disconnected());
+                e.waiters.push(tx);
+                Acquire::Busy(rx)
+            }
+        }
+    }
+
+    /// Whether the edge has any connection at all.
+    pub fn is_online(&self, edge: &EdgeId) -> bool {
+        self.lock().contains_key(edge)
+    }
+
+    /// Datasets the edge's workers registered, or `None` when offline.
+    pub fn datasets(&self, edge: &EdgeId) -> Option<BTreeSet<String>> {
+        self.lock().get(edge).map(|e| e.datasets())
+    }
+
+    pub fn tenant_of(&self, edge: &EdgeId) -> Option<String> {
+        self.lock().get(edge).map(|e| e.tenant.clone())
+    }
+
+    pub fn stats(&self) -> RegistryStats {
+        let g = self.lock();
+        let mut s = RegistryStats {
+            edges_online: g.len(),
+            workers_idle: 0,
+            workers_busy: 0,
+            relay_idle: 0,
+        };
+        for e in g.values() {
+            for c in e.conns.values() {
+                match (c.kind, c.idle) {
+                    (ConnKind::Worker, true) => s.workers_idle += 1,
+                    (ConnKind::Worker, false) => s.workers_busy += 1,
+                    (ConnKind::Relay, true) => s.relay_idle += 1,
+                    _ => {}
+                }
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acquire_prefers_local_and_waits() {
+        let r = Registry::default();
+        let e = EdgeId::parse("edge-a").unwrap();
+        let (a, b) = (r.new_conn_id(), r.new_conn_id());
+        r.add(&e, "t", "1", ConnKind::Worker, a, 0, vec!["d".into()], 8)
+            .unwrap();
+        r.add(&e, "t", "1", ConnKind::Worker, b, 1, vec!["d".into()], 8)
+            .unwrap();
+        assert_eq!(
+            r.add(
+                &e,
+                "other",
+                "1",
+                ConnKind::Worker,
+                r.new_conn_id(),
+                0,
+                vec![],
+                8
+            ),
+            Err(RegisterError::TenantMismatch)
+        );
+        match r.acquire(&e, ConnKind::Worker, Some("d"), 1) {
+            Acquire::Got { conn, shard } => assert_eq!((conn, shard), (b, 1)),
+            _ => panic!("expected the shard-1 worker"),
+        }
+        assert!(
+            matches!(r.acquire(&e, ConnKind::Worker, Some("d"), 1), Acquire::Got { conn, .. } if conn == a)
+        );
+        let Acquire::Busy(rx) = r.acquire(&e, ConnKind::Worker, Some("d"), 0) else {
+            panic!("expected busy")
+        };
+        r.release(&e, a, 1);
+        assert!(rx.try_recv().is_ok());
+        assert!(matches!(
+            r.acquire(&e, ConnKind::Relay, None, 0),
+            Acquire::Offline
+        ));
+        r.remove(&e, a);
+        r.remove(&e, b);
+        assert!(matches!(
+            r.acquire(&e, ConnKind::Worker, None, 0),
+            Acquire::Offline
+        ));
+        assert_eq!(r.stats().edges_online, 0);
+    }
+}

@@ -1,0 +1,175 @@
+//! Starting the shards, and stopping them gracefully.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::edge_key::EdgeKeys;
+use crate::fanout::Feeds;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::shard::{self, ShardMsg, Shared};
+use crate::token::Verifier;
+
+/// A running gateway. The shard threads live until the process exits.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    driver: &'static str,
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    // One listener per shard on the same port: the kernel spreads accepts.
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(sock.into())
+}
+
+impl Gateway {
+    pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
+        cfg.validate()?;
+        let verifier = Verifier::from_config(&cfg.auth)?;
+        if !verifier.has_keys() {
+            tracing::warn!("no token keys configured (auth.hs256_secret / ed25519_keys / jwks_file): every browser session will be refused");
+        }
+        let edge_keys = EdgeKeys::from_config(&cfg.edge_keys)?;
+        if edge_keys.is_empty() {
+            tracing::warn!("no edge keys configured (edge_keys / SLUICE_EDGE_KEYS): every connector will be refused");
+        }
+        let n = cfg.shard_count();
+        let first =
+            bind(cfg.listen_addr()).with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..n {
+            listeners.push(bind(addr).with_context(|| format!("cannot listen on {addr}"))?);
+        }
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| flume::unbounded::<ShardMsg>()).unzip();
+        let want = match cfg.driver.as_str() {
+            "epoll" => false,
+            "io_uring" => true,
+            _ => monoio::utils::detect_uring(),
+        };
+        if cfg.driver == "io_uring" && !monoio::utils::detect_uring() {
+            bail!("driver = \"io_uring\" but io_uring is not available on this kernel");
+        }
+        let driver = if want { "io_uring" } else { "epoll" };
+        let pin = cfg.pin_cores;
+        let shared = Arc::new(Shared {
+            cfg,
+            verifier,
+            edge_keys,
+            registry: Registry::default(),
+            feeds: Feeds::default(),
+            metrics: Metrics::new(n),
+            mailboxes: txs,
+            draining: AtomicBool::new(false),
+            sessions: AtomicUsize::new(0),
+        });
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let cpus = std::thread::available_parallelism()
+            .map(|c| c.get())
+            .unwrap_or(1);
+        for (id, (listener, rx)) in listeners.into_iter().zip(rxs).enumerate() {
+            let shared = shared.clone();
+            let ready = ready_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("sluice-shard-{id}"))
+                .spawn(move || {
+                    if pin {
+                        if let Err(e) = monoio::utils::bind_to_cpu_set([id % cpus]) {
+                            tracing::warn!(shard = id, error = %e, "cannot pin shard to its core");
+                        }
+                    }
+                    let fut = shard::run(id, shared, listener, rx);
+                    if want {
+                        match RuntimeBuilder::<IoUringDriver>::new()
+                            .with_entries(4096)
+                            .enable_timer()
+                            .build()
+                        {
+                            Ok(mut rt) => {
+                                let _ = ready.send(Ok(()));
+                                rt.block_on(fut)
+                            }
+                            Err(e) => {
+                                let _ =
+                                    ready.send(Err(format!("shard {id}: io_uring runtime: {e}")));
+                            }
+                        }
+                    } else {
+                        match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
+                            Ok(mut rt) => {
+                                let _ = ready.send(Ok(()));
+                                rt.block_on(fut)
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(format!("shard {id}: epoll runtime: {e}")));
+                            }
+                        }
+                    }
+                })
+                .context("cannot spawn shard thread")?;
+        }
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => bail!(e),
+                Err(_) => bail!("a shard thread died while starting"),
+            }
+        }
+        tracing::info!(%addr, shards = n, driver, "gateway listening");
+        Ok(Gateway {
+            shared,
+            addr,
+            driver,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn driver(&self) -> &'static str {
+        self.driver
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shared.shard_count()
+    }
+
+    /// Graceful drain: readiness turns 503 and new sessions are refused at
+    /// once; running sessions get `drain_grace_ms` to finish, then every
+    /// session and connector connection is closed with 1001; returns once
+    /// all sessions are gone or `shutdown_ms` more has passed.
+    pub fn drain(&self) {
+        let t = &self.shared.cfg.timeouts;
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let active = || self.shared.sessions.load(Ordering::SeqCst);
+        tracing::info!(sessions = active(), grace_ms = t.drain_grace_ms, "draining");
+        let grace_end = Instant::now() + Duration::from_millis(t.drain_grace_ms);
+        while active() > 0 && Instant::now() < grace_end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for mb in &self.shared.mailboxes {
+            let _ = mb.send(ShardMsg::CloseAll);
+        }
+        let end = Instant::now() + Duration::from_millis(t.shutdown_ms);
+        while active() > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let the close frames reach the wire.
+        std::thread::sleep(Duration::from_millis(100));
+        tracing::info!(sessions_left = active(), "drained");
+    }
+}

@@ -1,0 +1,345 @@
+//! One shard: a thread, a monoio runtime, a listener, and the sessions that
+//! hash to it.
+//!
+//! Everything a shard owns is `Rc`/`RefCell`: no locks, no atomics on the
+//! data path. Shards talk to each other only through their mailboxes, for
+//! rare events: a browser socket accepted on the wrong shard, a connector
+//! worker moving to the shard of the session it will serve, shutdown.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::config::Config;
+use crate::edge_key::EdgeKeys;
+use crate::fanout::{self, FeedKey, Feeds, LocalFeeds};
+use crate::handoff::{self, Detached};
+use crate::http::{self, HttpError, Request};
+use crate::ids::{ConnId, EdgeId, SessionId};
+use crate::metrics::{Metrics, ShardMetrics, Snapshot};
+use crate::reader::Interrupter;
+use crate::registry::Registry;
+use crate::token::Verifier;
+use crate::{connector, session};
+
+/// State every shard can see. Read-mostly; the registry is the only part
+/// that takes a lock, and only per stream.
+pub struct Shared {
+    pub cfg: Config,
+    pub verifier: Verifier,
+    pub edge_keys: EdgeKeys,
+    pub registry: Registry,
+    pub feeds: Feeds,
+    pub metrics: Metrics,
+    pub mailboxes: Vec<flume::Sender<ShardMsg>>,
+    pub draining: AtomicBool,
+    /// Browser sessions open on all shards (for `limits.max_sessions`).
+    pub sessions: AtomicUsize,
+}
+
+impl Shared {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let r = self.registry.stats();
+        Snapshot {
+            edges_online: r.edges_online,
+            workers_idle: r.workers_idle,
+            workers_busy: r.workers_busy,
+            relay_idle: r.relay_idle,
+            ready: !self.is_draining(),
+        }
+    }
+}
+
+/// Identity of a connector/edge connection, carried with it across shards.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    pub conn: ConnId,
+    pub edge: EdgeId,
+    /// Frames arrive in server wire format (fast-path subprotocol).
+    pub fast_path: bool,
+}
+
+/// A connection leaving one shard for another.
+#[derive(Debug)]
+pub struct MovedConn {
+    pub sock: Detached,
+    pub meta: ConnMeta,
+}
+
+pub enum ShardMsg {
+    /// A browser socket accepted elsewhere whose session lives here.
+    AdoptBrowser {
+        sock: Detached,
+        req: Box<Request>,
+        sid: SessionId,
+    },
+    /// Hand idle connection `conn` to the caller (None if it is gone).
+    Take {
+        conn: ConnId,
+        reply: flume::Sender<Option<MovedConn>>,
+    },
+    /// The live feed this shard owns has no viewers left.
+    FeedIdle { key: FeedKey },
+    /// Shutdown: close every session (1001) and connection on this shard.
+    CloseAll,
+}
+
+/// An idle connection's slot, so the shard can take it or close it.
+pub struct IdleSlot {
+    pub interrupter: Interrupter,
+    pub take: Rc<RefCell<Option<flume::Sender<Option<MovedConn>>>>>,
+}
+
+/// Per-thread shard context.
+pub struct Shard {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub idle: RefCell<HashMap<ConnId, IdleSlot>>,
+    pub feeds: LocalFeeds,
+    /// Closers of everything open here, run on shutdown.
+    closers: RefCell<HashMap<u64, Rc<dyn Fn()>>>,
+    next_local: Cell<u64>,
+    pub closing: Cell<bool>,
+}
+
+/// Removes a closer when the thing it closes ends.
+pub struct CloserGuard {
+    shard: Rc<Shard>,
+    id: u64,
+}
+
+impl Drop for CloserGuard {
+    fn drop(&mut self) {
+        self.shard.closers.borrow_mut().remove(&self.id);
+    }
+}
+
+impl Shard {
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.shared.metrics.shards[self.id]
+    }
+
+    pub fn cfg(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    pub fn on_close_all(self: &Rc<Self>, f: Rc<dyn Fn()>) -> CloserGuard {
+        let id = self.next_local.get();
+        self.next_local.set(id + 1);
+        self.closers.borrow_mut().insert(id, f);
+        CloserGuard {
+            shard: self.clone(),
+            id,
+        }
+    }
+
+    fn close_all(&self) {
+        self.closing.set(true);
+        let closers: Vec<_> = self.closers.borrow().values().cloned().collect();
+        for c in closers {
+            c();
+        }
+        let idle: Vec<_> = self
+            .idle
+            .borrow()
+            .values()
+            .map(|s| s.interrupter.clone())
+            .collect();
+        for i in idle {
+            i.interrupt();
+        }
+    }
+}
+
+/// Runs shard `id` until the process exits.
+pub async fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    mailbox: flume::Receiver<ShardMsg>,
+) {
+    let shard = Rc::new(Shard {
+        id,
+        shared,
+        idle: RefCell::new(HashMap::new()),
+        feeds: LocalFeeds::default(),
+        closers: RefCell::new(HashMap::new()),
+        next_local: Cell::new(0),
+        closing: Cell::new(false),
+    });
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(shard = id, error = %e, "cannot register listener");
+            return;
+        }
+    };
+    monoio::spawn(mailbox_loop(shard.clone(), mailbox));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(handle_connection(shard.clone(), stream));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(shard = id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn mailbox_loop(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
+    while let Ok(msg) = mailbox.recv_async().await {
+        match msg {
+            ShardMsg::AdoptBrowser { sock, req, sid } => match handoff::attach(sock) {
+                Ok((stream, buffered)) => {
+                    monoio::spawn(session::run(shard.clone(), stream, *req, buffered, sid));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot adopt browser socket"),
+            },
+            ShardMsg::Take { conn, reply } => {
+                let slot = shard.idle.borrow_mut().remove(&conn);
+                match slot {
+                    Some(slot) => {
+                        *slot.take.borrow_mut() = Some(reply);
+                        slot.interrupter.interrupt();
+                    }
+                    None => {
+                        let _ = reply.send(None);
+                    }
+                }
+            }
+            ShardMsg::FeedIdle { key } => fanout::on_idle(&shard, &key),
+            ShardMsg::CloseAll => shard.close_all(),
+        }
+    }
+}
+
+/// Reads the request head, answers plain HTTP, and routes upgrades.
+async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream) {
+    let cfg = shard.cfg();
+    let deadline = Duration::from_millis(cfg.timeouts.handshake_ms);
+    let head = monoio::time::timeout(deadline, read_head(&mut stream, cfg)).await;
+    let (req, buffered) = match head {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => return, // closed before sending a request
+        Ok(Err(e)) => return reject(&shard, stream, &e).await,
+        Err(_) => {
+            return reject(
+                &shard,
+                stream,
+                &HttpError::new(408, "request head not received in time"),
+            )
+            .await
+        }
+    };
+    let path = req.path.clone();
+    match path.as_str() {
+        "/healthz" => respond(stream, 200, "text/plain", b"ok\n".to_vec()).await,
+        "/readyz" => {
+            let (status, body) = if shard.shared.is_draining() {
+                (503, "draining\n")
+            } else {
+                (200, "ready\n")
+            };
+            respond(stream, status, "text/plain", body.as_bytes().to_vec()).await
+        }
+        "/metrics" => {
+            let body = shard.shared.metrics.render(&shard.shared.snapshot());
+            respond(stream, 200, "text/plain; version=0.0.4", body.into_bytes()).await
+        }
+        "/ws/connect" => connector::serve_worker(shard, stream, req, buffered).await,
+        p if p.starts_with("/edge/") => match EdgeId::parse(&p["/edge/".len()..]) {
+            Some(edge) => connector::serve_relay(shard, stream, req, buffered, edge).await,
+            None => {
+                reject(
+                    &shard,
+                    stream,
+                    &HttpError::new(400, "invalid edge id in path"),
+                )
+                .await
+            }
+        },
+        p if p.starts_with("/stream/") => match SessionId::parse(&p["/stream/".len()..]) {
+            Some(sid) => {
+                let target = sid.shard(shard.shared.shard_count());
+                if target == shard.id {
+                    session::run(shard, stream, req, buffered, sid).await
+                } else {
+                    let msg = ShardMsg::AdoptBrowser {
+                        sock: handoff::detach(stream, buffered),
+                        req: Box::new(req),
+                        sid,
+                    };
+                    if shard.shared.mailboxes[target].send(msg).is_err() {
+                        tracing::error!(target, "shard mailbox closed");
+                    }
+                }
+            }
+            None => {
+                reject(
+                    &shard,
+                    stream,
+                    &HttpError::new(400, "invalid session id in path"),
+                )
+                .await
+            }
+        },
+        _ => reject(&shard, stream, &HttpError::new(404, "no such endpoint")).await,
+    }
+}
+
+/// Reads until a whole request head has arrived (or the limit is hit).
+async fn read_head(
+    stream: &mut TcpStream,
+    cfg: &Config,
+) -> Result<Option<(Request, BytesMut)>, HttpError> {
+    let max = cfg.limits.max_header_bytes;
+    let mut buf = BytesMut::with_capacity(1024.min(max));
+    loop {
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(max.min(buf.capacity() * 2).max(1024));
+        }
+        let (res, b) = stream.read(crate::reader::spare(&mut buf)).await;
+        buf = b.into_inner();
+        match res {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(HttpError::new(400, "connection closed mid-request")),
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+        if let Some(req) = http::parse_request(&buf, max, cfg.limits.max_headers)? {
+            let rest = buf.split_off(req.head_len);
+            return Ok(Some((req, rest)));
+        }
+    }
+}
+
+pub async fn respond(mut stream: TcpStream, status: u16, ctype: &str, body: Vec<u8>) {
+    let _ = stream.write_all(http::response(status, ctype, &body)).await;
+    let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+}
+
+pub async fn reject(shard: &Shard, mut stream: TcpStream, e: &HttpError) {
+    ShardMetrics::inc(&shard.metrics().http_rejections);
+    tracing::debug!(status = e.status, reason = e.reason, "request rejected");
+    let _ = stream.write_all(http::error_response(e)).await;
+    let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+}

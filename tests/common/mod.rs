@@ -1,0 +1,361 @@
+//! Test harness: the real `sluice` binary on an ephemeral port, and clients
+//! built on tokio-tungstenite (a WebSocket implementation the gateway does
+//! not share) playing the connector, the relay edge and the browser.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sluice::token::{sign_hs256, Claims, Mode};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789";
+pub const EDGE: &str = "edge-a";
+pub const EDGE_KEY: &str = "edge-a-key";
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A running gateway process, killed on drop.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub child: Child,
+    pub shards: usize,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// Starts the gateway with the quick-start variables plus `extra`.
+    pub fn start(shards: usize, extra: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SLUICE_LISTEN", "127.0.0.1:0")
+            .env("SLUICE_WORKERS", shards.to_string())
+            .env("SLUICE_TOKEN_SECRET", SECRET)
+            .env(
+                "SLUICE_EDGE_KEYS",
+                format!("{EDGE}={EDGE_KEY},edge-b=edge-b-key"),
+            )
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start sluice binary");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listen line");
+        // "sluice listening on 127.0.0.1:PORT (N shards, driver)"
+        let addr = line
+            .split_whitespace()
+            .nth(3)
+            .unwrap_or_else(|| panic!("gateway did not start: {line:?}"))
+            .parse()
+            .unwrap();
+        Gateway {
+            addr,
+            child,
+            shards,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Plain HTTP GET (one request per connection); returns status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        raw_http(
+            self.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        )
+        .await
+    }
+
+    /// Value of an unlabelled metric, or of a labelled series by its full name.
+    pub async fn metric(&self, series: &str) -> i64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {series} not found"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Sends raw bytes, reads the whole answer until the server closes.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn claims(sid: &str) -> Claims {
+    Claims {
+        sid: sid.into(),
+        sub: "alice".into(),
+        tenant: "acme".into(),
+        edge: EDGE.into(),
+        mode: Mode::Query,
+        datasets: None,
+        quota: None,
+        exp: sluice::token::now_s() + 300,
+        jti: Some(format!("jti-{sid}")),
+    }
+}
+
+pub fn token(c: &Claims) -> String {
+    sign_hs256(c, SECRET.as_bytes())
+}
+
+/// A session id that lands on `shard` of `n`.
+pub fn sid_on_shard(prefix: &str, shard: usize, n: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|s| sluice::ids::SessionId::parse(s).unwrap().shard(n) == shard)
+        .unwrap()
+}
+
+pub async fn connect(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        let name =
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut()
+            .insert(name, HeaderValue::from_str(v).unwrap());
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// HTTP status of a refused upgrade.
+pub async fn refused_status(url: &str, headers: &[(&str, &str)]) -> u16 {
+    match connect(url, headers).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, got an upgrade"),
+    }
+}
+
+pub async fn send_json(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string())).await.unwrap();
+}
+
+/// Next text or binary message (control frames are skipped).
+pub async fn next_msg(ws: &mut Ws) -> Message {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("stream ended")
+            .expect("websocket error");
+        match m {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+pub async fn next_json(ws: &mut Ws) -> Value {
+    match next_msg(ws).await {
+        Message::Text(t) => serde_json::from_str(&t).unwrap(),
+        other => panic!("expected JSON text, got {other:?}"),
+    }
+}
+
+/// Reads until the close frame; returns its code and reason.
+pub async fn close_of(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("timed out waiting for close");
+        match m {
+            Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                return (u16::from(code), reason.into_owned())
+            }
+            Some(Ok(Message::Close(None))) => return (1005, String::new()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+            None => panic!("connection ended without a close frame"),
+        }
+    }
+}
+
+/// Expects `{"type":"error","code":kind}` then a close with `code`.
+pub async fn expect_error_close(ws: &mut Ws, kind: &str, code: u16) -> String {
+    let v = next_json(ws).await;
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["code"], kind, "{v}");
+    let (c, _) = close_of(ws).await;
+    assert_eq!(c, code, "close code after {v}");
+    v["message"].as_str().unwrap_or("").to_owned()
+}
+
+pub async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    })))
+    .await
+    .unwrap();
+}
+
+/// A browser session with its token in the Authorization header.
+pub async fn browser(gw: &Gateway, c: &Claims) -> Ws {
+    let bearer = format!("Bearer {}", token(c));
+    connect(
+        &gw.url(&format!("/stream/{}", c.sid)),
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .expect("browser connect")
+}
+
+/// A seed-001 connector worker: registered, serving `datasets`.
+pub async fn connector(gw: &Gateway, edge: &str, key: &str, datasets: &[&str]) -> Ws {
+    let mut ws = connect(&gw.url("/ws/connect"), &[("Edge-Key", key)])
+        .await
+        .expect("connector connect");
+    send_json(
+        &mut ws,
+        json!({"action": "register", "tenant_id": "acme", "edge_id": edge, "version": "test", "datasets": datasets}),
+    )
+    .await;
+    let ok = next_json(&mut ws).await;
+    assert_eq!(ok["status"], "ok", "{ok}");
+    ws
+}
+
+/// Serves requests: for each `do_get`, `stream_start`, the frames, and
+/// `stream_end`. Returns when the gateway closes the connection.
+pub async fn serve_frames(mut ws: Ws, frames: Vec<Vec<u8>>) {
+    while let Some(Ok(m)) = ws.next().await {
+        let Message::Text(t) = m else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        let rid = v["request_id"].clone();
+        match v["action"].as_str() {
+            Some("get_flight_info") => send_json(
+                &mut ws,
+                json!({"request_id": rid, "type": "flight_info", "data": {"frames": frames.len()}}),
+            )
+            .await,
+            Some("do_get") => {
+                send_json(
+                    &mut ws,
+                    json!({"request_id": rid, "type": "stream_start", "schema": "c2NoZW1h"}),
+                )
+                .await;
+                let mut total = 0;
+                for f in &frames {
+                    total += f.len();
+                    if ws.send(Message::Binary(f.clone())).await.is_err() {
+                        return;
+                    }
+                }
+                send_json(
+                    &mut ws,
+                    json!({"request_id": rid, "type": "stream_end", "total_bytes": total}),
+                )
+                .await;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Distinct, recognisable frames: frame i is `len` bytes of a pattern.
+pub fn frames(n: usize, len: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| (0..len).map(|j| ((i * 31 + j * 7) % 251) as u8).collect())
+        .collect()
+}
+
+/// Queries `dataset` and collects binary messages until `stream_end`.
+pub async fn query_all(ws: &mut Ws, dataset: &str) -> (Vec<Vec<u8>>, Value) {
+    send_json(ws, json!({"action": "query", "dataset": dataset})).await;
+    let mut got = Vec::new();
+    loop {
+        match next_msg(ws).await {
+            Message::Binary(b) => got.push(b),
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("stream_end") => return (got, v),
+                    Some("flight_info") | Some("stream_start") => {}
+                    _ => panic!("unexpected message {v}"),
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Open file descriptors and resident memory (KiB) of a process.
+pub fn fds_and_rss(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (fds, rss)
+}
+
+/// Waits until `f` holds, or panics with `what` after 10 s.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never happened: {what}");
+}

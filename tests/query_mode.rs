@@ -1,0 +1,405 @@
+//! README scenario "query a dataset": a connector registers over
+//! `/ws/connect`, a browser authenticates on `/stream/{sid}`, lists and
+//! queries, and receives the connector's frames unchanged.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn frames_reach_browsers_on_every_shard_unchanged() {
+    let gw = Gateway::start(2, &[]);
+    let sizes = [1usize, 125, 126, 127, 65_535, 65_536, 200_000, 3, 0, 4096];
+    let sent: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| ((i * 13 + j) % 256) as u8).collect())
+        .collect();
+    let conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+    let serving = tokio::spawn(serve_frames(conn, sent.clone()));
+    let total: usize = sizes.iter().sum();
+    for shard in 0..2 {
+        let c = claims(&sid_on_shard("q", shard, 2));
+        let mut b = browser(&gw, &c).await;
+        send_json(&mut b, json!({"action": "list"})).await;
+        let listed = next_json(&mut b).await;
+        assert_eq!(
+            listed,
+            json!({"type": "datasets", "edge": EDGE, "datasets": ["ventas"]})
+        );
+        let (got, end) = query_all(&mut b, "ventas").await;
+        assert_eq!(
+            got.len(),
+            sent.len(),
+            "one binary message per connector frame"
+        );
+        assert_eq!(got, sent, "same bytes, same boundaries");
+        assert_eq!(end["total_bytes"], total);
+        assert_eq!(end["bytes_forwarded"], total);
+        close_with(&mut b, 1000, "done").await;
+        assert_eq!(close_of(&mut b).await.0, 1000);
+    }
+    assert!(gw.metric("sluice_sessions_total{shard=\"0\"}").await >= 1);
+    assert!(gw.metric("sluice_sessions_total{shard=\"1\"}").await >= 1);
+    assert_eq!(
+        gw.metric("sluice_bytes_forwarded_total").await,
+        2 * total as i64
+    );
+    assert_eq!(
+        gw.metric("sluice_frames_forwarded_total").await,
+        2 * sent.len() as i64
+    );
+    assert_eq!(gw.metric("sluice_streams_completed_total").await, 2);
+    serving.abort();
+}
+
+#[tokio::test]
+async fn same_token_may_reconnect_while_valid() {
+    let gw = Gateway::start(1, &[]);
+    let conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+    let serving = tokio::spawn(serve_frames(conn, frames(3, 100)));
+    let c = claims("again");
+    for _ in 0..2 {
+        let mut b = browser(&gw, &c).await;
+        let (got, _) = query_all(&mut b, "ventas").await;
+        assert_eq!(got, frames(3, 100));
+    }
+    serving.abort();
+}
+
+#[tokio::test]
+async fn token_from_header_query_or_first_message() {
+    let gw = Gateway::start(2, &[]);
+    let conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+    let serving = tokio::spawn(serve_frames(conn, frames(2, 10)));
+
+    let c = claims("by-query");
+    let mut b = connect(
+        &gw.url(&format!("/stream/by-query?token={}", token(&c))),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(query_all(&mut b, "ventas").await.0.len(), 2);
+
+    let c = claims("by-message");
+    let mut b = connect(&gw.url("/stream/by-message"), &[]).await.unwrap();
+    send_json(&mut b, json!({"auth": token(&c)})).await;
+    assert_eq!(query_all(&mut b, "ventas").await.0.len(), 2);
+    serving.abort();
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_4401_and_counted() {
+    let gw = Gateway::start(2, &[("SLUICE_TIMEOUTS_AUTH_MS", "300")]);
+    // Signed for another session.
+    let other = token(&claims("someone-else"));
+    let mut b = connect(
+        &gw.url("/stream/mine"),
+        &[("Authorization", &format!("Bearer {other}"))],
+    )
+    .await
+    .unwrap();
+    let msg = expect_error_close(&mut b, "unauthorized", 4401).await;
+    assert!(msg.contains("another session"), "{msg}");
+    // Expired.
+    let mut c = claims("old");
+    c.exp = sluice::token::now_s() - 600;
+    let mut b = browser(&gw, &c).await;
+    assert!(expect_error_close(&mut b, "unauthorized", 4401)
+        .await
+        .contains("expired"));
+    // Wrong key.
+    let forged = sluice::token::sign_hs256(&claims("forged"), b"not-the-secret");
+    let mut b = connect(
+        &gw.url("/stream/forged"),
+        &[("Authorization", &format!("Bearer {forged}"))],
+    )
+    .await
+    .unwrap();
+    assert!(expect_error_close(&mut b, "unauthorized", 4401)
+        .await
+        .contains("signature"));
+    // Garbage.
+    let mut b = connect(&gw.url("/stream/garbage?token=abc.def"), &[])
+        .await
+        .unwrap();
+    expect_error_close(&mut b, "unauthorized", 4401).await;
+    // First message is not an auth message.
+    let mut b = connect(&gw.url("/stream/noauth"), &[]).await.unwrap();
+    send_json(&mut b, json!({"action": "list"})).await;
+    expect_error_close(&mut b, "unauthorized", 4401).await;
+    // Nothing at all within auth_ms.
+    let mut b = connect(&gw.url("/stream/silent"), &[]).await.unwrap();
+    expect_error_close(&mut b, "auth_timeout", 4408).await;
+
+    assert_eq!(
+        gw.metric("sluice_auth_failures_total{reason=\"wrong_session\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        gw.metric("sluice_auth_failures_total{reason=\"expired\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        gw.metric("sluice_auth_failures_total{reason=\"bad_signature\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        gw.metric("sluice_auth_failures_total{reason=\"malformed\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        gw.metric("sluice_auth_failures_total{reason=\"missing\"}")
+            .await,
+        1
+    );
+    assert_eq!(gw.metric("sluice_sessions_active").await, 0);
+}
+
+#[tokio::test]
+async fn eddsa_tokens_verify_with_configured_public_keys() {
+    use base64::Engine;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+    let der = key.to_pkcs8_der().unwrap();
+    let gw = Gateway::start(1, &[("SLUICE_AUTH_ED25519_KEYS", &format!("k1={x}"))]);
+    let conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+    let serving = tokio::spawn(serve_frames(conn, frames(2, 10)));
+    let c = claims("ed");
+    let t = sluice::token::sign_ed25519(&c, der.as_bytes(), Some("k1"));
+    let mut b = connect(
+        &gw.url("/stream/ed"),
+        &[("Authorization", &format!("Bearer {t}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(query_all(&mut b, "ventas").await.0.len(), 2);
+    // Same claims, another key: refused.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])
+        .to_pkcs8_der()
+        .unwrap();
+    let t = sluice::token::sign_ed25519(&c, other.as_bytes(), Some("k1"));
+    let mut b = connect(
+        &gw.url("/stream/ed"),
+        &[("Authorization", &format!("Bearer {t}"))],
+    )
+    .await
+    .unwrap();
+    expect_error_close(&mut b, "unauthorized", 4401).await;
+    serving.abort();
+}
+
+#[tokio::test]
+async fn allow_list_unknown_dataset_and_offline_edge() {
+    let gw = Gateway::start(1, &[("SLUICE_TIMEOUTS_PAIR_WAIT_MS", "300")]);
+    let mut c = claims("offline");
+    let mut b = browser(&gw, &c).await;
+    send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
+    expect_error_close(&mut b, "edge_offline", 4503).await;
+
+    let conn = connector(&gw, EDGE, EDGE_KEY, &["ventas", "nominas"]).await;
+    let serving = tokio::spawn(serve_frames(conn, frames(1, 10)));
+    c.sid = "allow".into();
+    c.datasets = Some(vec!["ventas".into()]);
+    let mut b = browser(&gw, &c).await;
+    send_json(&mut b, json!({"action": "list"})).await;
+    assert_eq!(next_json(&mut b).await["datasets"], json!(["ventas"]));
+    send_json(&mut b, json!({"action": "query", "dataset": "nominas"})).await;
+    expect_error_close(&mut b, "forbidden", 4403).await;
+
+    let mut b = browser(&gw, &claims("unknown")).await;
+    send_json(&mut b, json!({"action": "query", "dataset": "nope"})).await;
+    expect_error_close(&mut b, "unknown_dataset", 4404).await;
+    serving.abort();
+}
+
+#[tokio::test]
+async fn connector_disconnect_mid_stream_is_an_error_never_a_stream_end() {
+    let gw = Gateway::start(2, &[]);
+    let mut conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+    let c = claims(&sid_on_shard("cut", 1, 2));
+    let mut b = browser(&gw, &c).await;
+    send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
+    // Serve two frames, then vanish without a close frame.
+    let mut rid = serde_json::Value::Null;
+    while let Some(Ok(Message::Text(t))) = conn.next().await {
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        if v["action"] == "do_get" {
+            rid = v["request_id"].clone();
+            break;
+        }
+    }
+    send_json(
+        &mut conn,
+        json!({"request_id": rid, "type": "stream_start", "schema": ""}),
+    )
+    .await;
+    conn.send(Message::Binary(vec![1; 1000])).await.unwrap();
+    conn.send(Message::Binary(vec![2; 1000])).await.unwrap();
+    drop(conn);
+    let mut binaries = 0;
+    loop {
+        match next_msg(&mut b).await {
+            Message::Binary(_) => binaries += 1,
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_ne!(v["type"], "stream_end", "stream_end must never be faked");
+                if v["type"] == "error" {
+                    assert_eq!(v["code"], "edge_disconnected");
+                    break;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(binaries, 2);
+    assert_eq!(close_of(&mut b).await.0, 4503);
+    assert_eq!(gw.metric("sluice_streams_failed_total").await, 1);
+}
+
+#[tokio::test]
+async fn browser_leaving_mid_stream_cancels_and_frees_the_worker() {
+    let gw = Gateway::start(2, &[]);
+    let mut conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+    let c = claims(&sid_on_shard("leaver", 1, 2));
+    let mut b = browser(&gw, &c).await;
+    send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
+    let rid = loop {
+        let v: serde_json::Value = match conn.next().await.unwrap().unwrap() {
+            Message::Text(t) => serde_json::from_str(&t).unwrap(),
+            _ => continue,
+        };
+        if v["action"] == "do_get" {
+            break v["request_id"].clone();
+        }
+    };
+    send_json(
+        &mut conn,
+        json!({"request_id": rid, "type": "stream_start", "schema": ""}),
+    )
+    .await;
+    conn.send(Message::Binary(vec![1; 100])).await.unwrap();
+    assert!(matches!(next_msg(&mut b).await, Message::Text(_))); // stream_start
+    assert!(matches!(next_msg(&mut b).await, Message::Binary(_)));
+    drop(b); // abrupt: TCP gone, no close frame
+             // The connector is told to stop this request...
+    let cancel = loop {
+        let v: serde_json::Value = match tokio::time::timeout(Duration::from_secs(10), conn.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => serde_json::from_str(&t).unwrap(),
+            _ => continue,
+        };
+        if v["action"] == "cancel" {
+            break v;
+        }
+    };
+    assert_eq!(cancel["request_id"], rid);
+    send_json(
+        &mut conn,
+        json!({"request_id": rid, "type": "stream_end", "total_bytes": 100}),
+    )
+    .await;
+    // ...and the same (only) worker serves the next session.
+    let serving = tokio::spawn(serve_frames(conn, frames(2, 50)));
+    let mut b2 = browser(&gw, &claims(&sid_on_shard("next", 0, 2))).await;
+    assert_eq!(query_all(&mut b2, "ventas").await.0, frames(2, 50));
+    assert_eq!(gw.metric("sluice_streams_cancelled_total").await, 1);
+    serving.abort();
+}
+
+#[tokio::test]
+async fn quota_is_exact_and_enforced_before_the_frame_that_exceeds_it() {
+    let gw = Gateway::start(1, &[]);
+    let conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+    let serving = tokio::spawn(serve_frames(conn, frames(10, 1000)));
+    for (quota, expect_frames) in [(5000u64, 5usize), (4999, 4), (10_000, 10)] {
+        let mut c = claims(&format!("quota-{quota}"));
+        c.quota = Some(quota);
+        let mut b = browser(&gw, &c).await;
+        send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
+        let mut got = 0;
+        let outcome = loop {
+            match next_msg(&mut b).await {
+                Message::Binary(f) => {
+                    assert_eq!(f.len(), 1000, "never half a frame");
+                    got += 1;
+                }
+                Message::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    match v["type"].as_str().unwrap() {
+                        "stream_end" | "error" => break v,
+                        _ => {}
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(got, expect_frames, "quota {quota}");
+        if expect_frames < 10 {
+            assert_eq!(outcome["code"], "quota_exceeded");
+            assert_eq!(close_of(&mut b).await.0, 4429);
+        } else {
+            assert_eq!(outcome["type"], "stream_end");
+            assert_eq!(outcome["bytes_forwarded"], 10_000);
+        }
+    }
+    assert_eq!(gw.metric("sluice_quota_closes_total").await, 2);
+    serving.abort();
+}
+
+#[tokio::test]
+async fn expiry_cuts_running_streams_only_when_configured() {
+    for enforce in [true, false] {
+        let flag = if enforce { "true" } else { "false" };
+        let gw = Gateway::start(1, &[("SLUICE_AUTH_ENFORCE_EXPIRY_MID_STREAM", flag)]);
+        let mut conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+        let mut c = claims("expiring");
+        c.exp = sluice::token::now_s() + 2;
+        let mut b = browser(&gw, &c).await;
+        send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
+        let rid = loop {
+            if let Message::Text(t) = conn.next().await.unwrap().unwrap() {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["action"] == "do_get" {
+                    break v["request_id"].clone();
+                }
+            }
+        };
+        send_json(
+            &mut conn,
+            json!({"request_id": rid, "type": "stream_start", "schema": ""}),
+        )
+        .await;
+        conn.send(Message::Binary(vec![1; 10])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3500)).await; // past exp (second resolution)
+        conn.send(Message::Binary(vec![2; 10])).await.unwrap();
+        send_json(
+            &mut conn,
+            json!({"request_id": rid, "type": "stream_end", "total_bytes": 20}),
+        )
+        .await;
+        let _start = next_msg(&mut b).await;
+        assert!(matches!(next_msg(&mut b).await, Message::Binary(_)));
+        if enforce {
+            expect_error_close(&mut b, "token_expired", 4401).await;
+        } else {
+            assert!(matches!(next_msg(&mut b).await, Message::Binary(_)));
+            assert_eq!(next_json(&mut b).await["type"], "stream_end");
+        }
+    }
+}

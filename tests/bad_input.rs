@@ -1,0 +1,297 @@
+//! README section "Bad input": every malformed request or frame gets the
+//! documented HTTP status or close code, and a healthy session running
+//! beside it is not disturbed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::json;
+use sluice::frame::{encode_client_frame, parse_close, parse_header, MaskRule, Opcode};
+use sluice::token::Mode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+/// A relay pair that must keep working whatever the others do.
+struct Healthy {
+    edge: Ws,
+    browser: Ws,
+    n: u32,
+}
+
+impl Healthy {
+    async fn new(gw: &Gateway) -> Healthy {
+        let mut edge = connect(&gw.url(&format!("/edge/{EDGE}")), &[("Edge-Key", EDGE_KEY)])
+            .await
+            .unwrap();
+        let mut c = claims("healthy");
+        c.mode = Mode::Relay;
+        let browser = browser(gw, &c).await;
+        assert_eq!(next_json(&mut edge).await["type"], "paired");
+        Healthy {
+            edge,
+            browser,
+            n: 0,
+        }
+    }
+
+    async fn check(&mut self) {
+        self.n += 1;
+        let m = Message::Binary(self.n.to_be_bytes().to_vec());
+        self.edge.send(m.clone()).await.unwrap();
+        assert_eq!(next_msg(&mut self.browser).await, m);
+        self.browser.send(m.clone()).await.unwrap();
+        assert_eq!(next_msg(&mut self.edge).await, m);
+    }
+}
+
+/// Opens a browser session over a raw socket (so we can send any bytes).
+async fn raw_session(gw: &Gateway, sid: &str) -> TcpStream {
+    let t = token(&claims(sid));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "GET /stream/{sid} HTTP/1.1\r\nHost: x\r\n{UPGRADE}Authorization: Bearer {t}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Reads server frames until a close; returns its code.
+async fn close_code(s: &mut TcpStream) -> u16 {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Ok(Some(h)) = parse_header(&buf, MaskRule::Forbidden, u64::MAX >> 1) {
+            let total = h.frame_len() as usize;
+            if buf.len() < total {
+                break;
+            }
+            if h.opcode == Opcode::Close {
+                let status = parse_close(&buf[h.header_len..total]).unwrap();
+                return status.map_or(1005, |s| s.code);
+            }
+            buf.drain(..total);
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("timed out waiting for a close frame")
+            .unwrap();
+        assert!(n > 0, "connection closed without a close frame");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn malformed_http_and_upgrades_get_clear_statuses() {
+    let gw = Gateway::start(
+        2,
+        &[
+            ("SLUICE_LIMITS_MAX_HEADER_BYTES", "1024"),
+            ("SLUICE_LIMITS_MAX_HEADERS", "16"),
+            ("SLUICE_TIMEOUTS_HANDSHAKE_MS", "300"),
+        ],
+    );
+    let mut healthy = Healthy::new(&gw).await;
+    let cases: Vec<(String, u16)> = vec![
+        ("\x16\x03\x01garbage\r\n\r\n".into(), 400),
+        ("GET / HTTP/1.0\r\nHost: x\r\n\r\n".into(), 505),
+        (format!("GET /stream/s HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(2000)), 431),
+        (format!("GET /stream/s HTTP/1.1\r\nHost: x\r\n{}\r\n", "X-A: 1\r\n".repeat(20)), 431),
+        ("GET /stream/s HTTP/1.1\r\nHost: x\r\n\r\n".into(), 426),
+        ("GET /stream/s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n".into(), 400),
+        (format!("GET /stream/s HTTP/1.1\r\nHost: x\r\n{}\r\n", UPGRADE.replace("Version: 13", "Version: 8")), 426),
+        (format!("POST /stream/s HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n"), 405),
+        (format!("GET /stream/bad%20sid HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n"), 400),
+        (format!("GET /nowhere HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n"), 404),
+        ("GET /healthz HTTP/1.1\r\nHo".into(), 408),
+    ];
+    for (req, status) in cases {
+        let (got, body) = raw_http(gw.addr, &req).await;
+        assert_eq!(
+            got,
+            status,
+            "request {:?} answered {body}",
+            &req[..req.len().min(60)]
+        );
+        if status != 408 {
+            assert!(
+                body.contains("\"error\""),
+                "JSON error body expected: {body}"
+            );
+        }
+        healthy.check().await;
+    }
+    assert_eq!(gw.get("/healthz").await, (200, "ok\n".into()));
+    assert!(gw.metric("sluice_http_rejections_total").await >= 11);
+}
+
+#[tokio::test]
+async fn bad_frames_get_rfc_close_codes() {
+    let gw = Gateway::start(2, &[("SLUICE_LIMITS_MAX_TEXT_BYTES", "1024")]);
+    let mut healthy = Healthy::new(&gw).await;
+    let key = [1, 2, 3, 4];
+    let mut frag_ping = encode_client_frame(Opcode::Ping, false, b"x", key);
+    frag_ping[0] &= 0x7F;
+    let mut rsv = encode_client_frame(Opcode::Text, true, b"{}", key);
+    rsv[0] |= 0x40;
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "unmasked",
+            sluice::frame::encode_server_frame(Opcode::Text, b"{}"),
+            1002,
+        ),
+        ("fragmented control frame", frag_ping, 1002),
+        ("reserved bits", rsv, 1002),
+        (
+            "unknown opcode",
+            {
+                let mut f = encode_client_frame(Opcode::Text, true, b"{}", key);
+                f[0] = 0x83;
+                f
+            },
+            1002,
+        ),
+        (
+            "continuation without start",
+            encode_client_frame(Opcode::Continuation, true, b"x", key),
+            1002,
+        ),
+        (
+            "invalid UTF-8",
+            encode_client_frame(Opcode::Text, true, &[0xff, 0xfe], key),
+            1007,
+        ),
+        (
+            "oversized",
+            encode_client_frame(Opcode::Text, true, &[b' '; 2000], key),
+            1009,
+        ),
+        (
+            "bad close code",
+            encode_client_frame(Opcode::Close, true, &1005u16.to_be_bytes(), key),
+            1002,
+        ),
+        (
+            "bad JSON",
+            encode_client_frame(Opcode::Text, true, b"{nope", key),
+            4400,
+        ),
+        (
+            "unknown action",
+            encode_client_frame(Opcode::Text, true, br#"{"action":"drop_tables"}"#, key),
+            4400,
+        ),
+        (
+            "unknown field",
+            encode_client_frame(Opcode::Text, true, br#"{"action":"list","x":1}"#, key),
+            4400,
+        ),
+        (
+            "missing dataset",
+            encode_client_frame(Opcode::Text, true, br#"{"action":"query"}"#, key),
+            4400,
+        ),
+        (
+            "binary in query mode",
+            encode_client_frame(Opcode::Binary, true, b"\x00", key),
+            4400,
+        ),
+    ];
+    for (i, (what, bytes, code)) in cases.into_iter().enumerate() {
+        let mut s = raw_session(&gw, &format!("bad-{i}")).await;
+        s.write_all(&bytes).await.unwrap();
+        assert_eq!(close_code(&mut s).await, code, "{what}");
+        healthy.check().await;
+    }
+    // A text message split across frames is reassembled; the limit applies to the whole.
+    let mut s = raw_session(&gw, "frag").await;
+    let mut big = encode_client_frame(Opcode::Text, false, &[b' '; 700], key);
+    big.extend(encode_client_frame(
+        Opcode::Continuation,
+        true,
+        &[b' '; 700],
+        key,
+    ));
+    s.write_all(&big).await.unwrap();
+    assert_eq!(close_code(&mut s).await, 1009);
+    healthy.check().await;
+    assert_eq!(gw.metric("sluice_sessions_active").await, 1);
+}
+
+#[tokio::test]
+async fn bad_connectors_are_refused() {
+    let gw = Gateway::start(1, &[("SLUICE_TIMEOUTS_AUTH_MS", "300")]);
+    let mut healthy = Healthy::new(&gw).await;
+    let url = gw.url("/ws/connect");
+    assert_eq!(refused_status(&url, &[]).await, 401);
+    assert_eq!(refused_status(&url, &[("Edge-Key", "nope")]).await, 401);
+    healthy.check().await;
+
+    // The key of edge-b cannot register edge-a.
+    let mut ws = connect(&url, &[("Edge-Key", "edge-b-key")]).await.unwrap();
+    send_json(
+        &mut ws,
+        json!({"action": "register", "tenant_id": "acme", "edge_id": EDGE, "datasets": ["x"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["status"], "error");
+    assert_eq!(close_of(&mut ws).await.0, 4403);
+    // No edge_id: the tenant id is the edge id (seed 001).
+    let mut ws = connect(&url, &[("Edge-Key", "edge-b-key")]).await.unwrap();
+    send_json(
+        &mut ws,
+        json!({"action": "register", "tenant_id": "edge-b", "datasets": ["x"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["status"], "ok");
+    drop(ws);
+    for (what, msg, code) in [
+        ("not JSON", Message::Text("hello".into()), 4400),
+        (
+            "not register",
+            Message::Text(json!({"action": "do_get"}).to_string()),
+            4400,
+        ),
+        ("binary", Message::Binary(vec![1, 2, 3]), 4400),
+    ] {
+        let mut ws = connect(&url, &[("Edge-Key", EDGE_KEY)]).await.unwrap();
+        ws.send(msg).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["status"], "error", "{what}");
+        assert_eq!(close_of(&mut ws).await.0, code, "{what}");
+        healthy.check().await;
+    }
+    let mut ws = connect(&url, &[("Edge-Key", EDGE_KEY)]).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["status"], "error");
+    assert_eq!(close_of(&mut ws).await.0, 4408);
+    healthy.check().await;
+}
+
+#[tokio::test]
+async fn session_limit_answers_503() {
+    let gw = Gateway::start(1, &[("SLUICE_LIMITS_MAX_SESSIONS", "2")]);
+    let _a = browser(&gw, &claims("a")).await;
+    let _b = browser(&gw, &claims("b")).await;
+    let t = token(&claims("c"));
+    let status = refused_status(
+        &gw.url("/stream/c"),
+        &[("Authorization", &format!("Bearer {t}"))],
+    )
+    .await;
+    assert_eq!(status, 503);
+}

@@ -1,0 +1,137 @@
+//! README scenario "relay": an edge dials `/edge/{id}` and waits; a browser
+//! whose token says `"mode":"relay"` takes it; frames flow both ways
+//! unchanged and close codes pass through.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::json;
+use sluice::token::Mode;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn edge_conn(gw: &Gateway) -> Ws {
+    connect(&gw.url(&format!("/edge/{EDGE}")), &[("Edge-Key", EDGE_KEY)])
+        .await
+        .expect("edge connect")
+}
+
+fn relay_claims(sid: &str) -> sluice::token::Claims {
+    let mut c = claims(sid);
+    c.mode = Mode::Relay;
+    c
+}
+
+async fn pair(gw: &Gateway, sid: &str) -> (Ws, Ws) {
+    let mut edge = edge_conn(gw).await;
+    let b = browser(gw, &relay_claims(sid)).await;
+    let paired = next_json(&mut edge).await;
+    assert_eq!(
+        paired,
+        json!({"type": "paired", "session_id": sid, "sub": "alice"})
+    );
+    (edge, b)
+}
+
+#[tokio::test]
+async fn frames_flow_both_ways_unchanged() {
+    let gw = Gateway::start(2, &[]);
+    for shard in 0..2 {
+        let sid = sid_on_shard("relay", shard, 2);
+        let (mut edge, mut b) = pair(&gw, &sid).await;
+        for (i, size) in [0usize, 1, 125, 126, 65_536, 300_000]
+            .into_iter()
+            .enumerate()
+        {
+            let down: Vec<u8> = (0..size).map(|j| (i + j) as u8).collect();
+            edge.send(Message::Binary(down.clone())).await.unwrap();
+            assert_eq!(next_msg(&mut b).await, Message::Binary(down));
+            let up: Vec<u8> = (0..size).map(|j| (i * 3 + j) as u8).collect();
+            b.send(Message::Binary(up.clone())).await.unwrap();
+            assert_eq!(next_msg(&mut edge).await, Message::Binary(up));
+        }
+        b.send(Message::Text("hola ñandú €".into())).await.unwrap();
+        assert_eq!(
+            next_msg(&mut edge).await,
+            Message::Text("hola ñandú €".into())
+        );
+        edge.send(Message::Text("{\"x\":1}".into())).await.unwrap();
+        assert_eq!(next_msg(&mut b).await, Message::Text("{\"x\":1}".into()));
+    }
+}
+
+#[tokio::test]
+async fn close_codes_pass_through_both_ways() {
+    let gw = Gateway::start(2, &[]);
+    // Browser closes: the edge sees the browser's code and reason.
+    let (mut edge, mut b) = pair(&gw, "closer-b").await;
+    close_with(&mut b, 4000, "user left").await;
+    assert_eq!(close_of(&mut edge).await, (4000, "user left".to_string()));
+    assert_eq!(close_of(&mut b).await.0, 4000);
+    // Edge closes: the browser sees the edge's code.
+    let (mut edge, mut b) = pair(&gw, "closer-e").await;
+    close_with(&mut edge, 4321, "edge done").await;
+    assert_eq!(close_of(&mut b).await, (4321, "edge done".to_string()));
+    assert_eq!(close_of(&mut edge).await.0, 4321);
+    // Edge vanishes without a close: the browser gets an error and 4503.
+    let (edge, mut b) = pair(&gw, "closer-x").await;
+    drop(edge);
+    expect_error_close(&mut b, "edge_disconnected", 4503).await;
+}
+
+#[tokio::test]
+async fn each_edge_connection_serves_one_session_and_none_left_means_4503() {
+    let gw = Gateway::start(1, &[("SLUICE_TIMEOUTS_PAIR_WAIT_MS", "300")]);
+    let (_edge, _b) = pair(&gw, "first").await;
+    let mut b2 = browser(&gw, &relay_claims("second")).await;
+    expect_error_close(&mut b2, "edge_offline", 4503).await;
+    // A waiting session pairs with an edge that arrives within pair_wait.
+    let gw = Gateway::start(1, &[("SLUICE_TIMEOUTS_PAIR_WAIT_MS", "5000")]);
+    let mut e1 = edge_conn(&gw).await;
+    let _b1 = browser(&gw, &relay_claims("one")).await;
+    assert_eq!(next_json(&mut e1).await["type"], "paired");
+    let waiting = tokio::spawn({
+        let url = gw.url("/stream/two");
+        let t = token(&relay_claims("two"));
+        async move {
+            let mut b = connect(&url, &[("Authorization", &format!("Bearer {t}"))])
+                .await
+                .unwrap();
+            b.send(Message::Text("after pairing".into())).await.unwrap();
+            b
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut e2 = edge_conn(&gw).await;
+    assert_eq!(next_json(&mut e2).await["session_id"], "two");
+    assert_eq!(
+        next_msg(&mut e2).await,
+        Message::Text("after pairing".into())
+    );
+    drop(waiting.await.unwrap());
+}
+
+#[tokio::test]
+async fn relay_quota_and_bad_edge_keys() {
+    let gw = Gateway::start(1, &[]);
+    let mut edge = edge_conn(&gw).await;
+    let mut c = relay_claims("metered");
+    c.quota = Some(250);
+    let mut b = browser(&gw, &c).await;
+    assert_eq!(next_json(&mut edge).await["type"], "paired");
+    edge.send(Message::Binary(vec![0; 200])).await.unwrap();
+    assert_eq!(next_msg(&mut b).await, Message::Binary(vec![0; 200]));
+    edge.send(Message::Binary(vec![0; 51])).await.unwrap();
+    expect_error_close(&mut b, "quota_exceeded", 4429).await;
+    assert_eq!(close_of(&mut edge).await.0, 4429);
+
+    let url = gw.url(&format!("/edge/{EDGE}"));
+    assert_eq!(refused_status(&url, &[]).await, 401);
+    assert_eq!(refused_status(&url, &[("Edge-Key", "wrong")]).await, 401);
+    // A valid key for another edge is no key for this one.
+    assert_eq!(
+        refused_status(&url, &[("Edge-Key", "edge-b-key")]).await,
+        401
+    );
+    assert_eq!(gw.metric("sluice_edge_auth_failures_total").await, 3);
+}

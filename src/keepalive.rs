@@ -7,8 +7,10 @@
 //! connection. The reader never runs a read with a timeout, because a
 //! timed-out io_uring read could lose bytes it had already received.
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +24,9 @@ pub struct Liveness {
     ping_due: Cell<bool>,
     timed_out: Cell<bool>,
     stopped: Cell<bool>,
+    /// The timer task, woken by `stop` so it ends at once instead of at its
+    /// next tick (a closed connection must not be kept alive by its timer).
+    timer: RefCell<Option<Waker>>,
 }
 
 impl Liveness {
@@ -42,13 +47,28 @@ impl Liveness {
     /// Ends the timer task (the connection closed or moved to another shard).
     pub fn stop(&self) {
         self.stopped.set(true);
+        if let Some(w) = self.timer.borrow_mut().take() {
+            w.wake();
+        }
     }
 }
 
 impl Drop for Liveness {
     fn drop(&mut self) {
-        self.stopped.set(true);
+        self.stop();
     }
+}
+
+/// Resolves once the connection's `Liveness` is stopped or dropped.
+async fn stopped(live: &Weak<Liveness>) {
+    poll_fn(|cx| match live.upgrade() {
+        Some(l) if !l.stopped.get() => {
+            *l.timer.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+        _ => Poll::Ready(()),
+    })
+    .await
 }
 
 /// Starts the timer task on the current shard.
@@ -66,13 +86,17 @@ pub fn watch(
         ping_due: Cell::new(false),
         timed_out: Cell::new(false),
         stopped: Cell::new(false),
+        timer: RefCell::new(None),
     });
     let weak = Rc::downgrade(&live);
     let tick = (ping_interval / 2).max(Duration::from_millis(50));
     monoio::spawn(async move {
         let mut pinged_at: Option<Instant> = None;
         loop {
-            monoio::time::sleep(tick).await;
+            monoio::select! {
+                _ = monoio::time::sleep(tick) => {}
+                _ = stopped(&weak) => break,
+            }
             let Some(live) = weak.upgrade() else { break };
             if live.stopped.get() {
                 break;

@@ -71,6 +71,9 @@ pub struct Limits {
     pub default_quota_bytes: u64,
     /// Actions a browser may queue while a query runs.
     pub max_pending_actions: usize,
+    /// Bytes asked of the kernel per read on data-carrying connections
+    /// (connector workers, relay legs). Larger: fewer syscalls per frame.
+    pub read_chunk_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,7 +102,7 @@ pub struct Timeouts {
     pub shutdown_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     /// HS256 shared secret (empty = HS256 tokens refused).
@@ -144,6 +147,7 @@ impl Default for Limits {
             viewer_queue_bytes: 4 * 1024 * 1024,
             default_quota_bytes: 0,
             max_pending_actions: 8,
+            read_chunk_bytes: 256 * 1024,
         }
     }
 }
@@ -161,18 +165,6 @@ impl Default for Timeouts {
             cancel_drain_ms: 5_000,
             drain_grace_ms: 10_000,
             shutdown_ms: 5_000,
-        }
-    }
-}
-
-impl Default for Auth {
-    fn default() -> Self {
-        Self {
-            hs256_secret: String::new(),
-            ed25519_keys: BTreeMap::new(),
-            jwks_file: String::new(),
-            leeway_s: 0,
-            enforce_expiry_mid_stream: false,
         }
     }
 }
@@ -233,6 +225,9 @@ impl Config {
         }
         if l.session_buffer_bytes < l.max_frame_bytes.min(1 << 20) {
             return bad("limits.session_buffer_bytes must hold at least one frame (or 1 MiB)");
+        }
+        if l.read_chunk_bytes < 4096 {
+            return bad("limits.read_chunk_bytes must be >= 4096");
         }
         if l.max_text_bytes < 256 {
             return bad("limits.max_text_bytes must be >= 256");

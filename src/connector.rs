@@ -97,7 +97,8 @@ pub async fn serve_worker(
     } else {
         MaskRule::Required
     };
-    let mut reader = FrameReader::new(stream, buffered, rule, cfg.limits.max_frame_bytes);
+    let mut reader = FrameReader::new(stream, buffered, rule, cfg.limits.max_frame_bytes)
+        .with_chunk(cfg.limits.read_chunk_bytes);
     let wait = Duration::from_millis(cfg.timeouts.auth_ms);
     let first =
         monoio::time::timeout(wait, read_text(&mut reader, cfg.limits.max_text_bytes)).await;
@@ -265,7 +266,8 @@ pub async fn serve_relay(
     } else {
         MaskRule::Required
     };
-    let reader = FrameReader::new(stream, buffered, rule, cfg.limits.max_frame_bytes);
+    let reader = FrameReader::new(stream, buffered, rule, cfg.limits.max_frame_bytes)
+        .with_chunk(cfg.limits.read_chunk_bytes);
     let conn = shard.shared.registry.new_conn_id();
     let added = shard.shared.registry.add(
         &edge,
@@ -448,7 +450,8 @@ fn adopt(shard: &Shard, moved: MovedConn, kind: ConnKind) -> Option<EdgeConn> {
                     buffered,
                     rule,
                     shard.cfg().limits.max_frame_bytes,
-                ),
+                )
+                .with_chunk(shard.cfg().limits.read_chunk_bytes),
                 meta: moved.meta,
                 kind,
             })

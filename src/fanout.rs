@@ -30,7 +30,7 @@ use crate::frame::{encode_server_frame, Opcode};
 use crate::ids::EdgeId;
 use crate::keepalive;
 use crate::protocol::{self, close, Reply};
-use crate::reader::{freeze, Interrupter, ReadError, TextAssembler};
+use crate::reader::{freeze, Interrupter, ReadError, TextAssembler, Wire};
 use crate::registry::ConnKind;
 use crate::session::{check_dataset, Flow, Session};
 use crate::shard::{Shard, ShardMsg};
@@ -45,7 +45,7 @@ enum Event {
     /// `stream_start`, as a ready text frame.
     Start(Bytes),
     /// A binary data frame and its payload length.
-    Frame(Bytes, u64),
+    Frame(Wire, u64),
     /// The feed ended (`stream_end` or an error), as a ready text frame.
     End(Bytes),
 }
@@ -55,7 +55,7 @@ struct Entry {
     slots: Vec<Option<flume::Sender<Event>>>,
     owner: usize,
     /// `stream_start` and the first binary frame, once seen.
-    header: Vec<Bytes>,
+    header: Vec<Wire>,
     header_done: bool,
 }
 
@@ -72,7 +72,7 @@ struct Hub {
     /// Header events this shard has seen (seeded from the entry when the
     /// hub joined a running feed), so a joining viewer gets exactly what
     /// precedes the frames still queued for this shard.
-    header: Vec<Bytes>,
+    header: Vec<Wire>,
     header_done: bool,
 }
 
@@ -159,7 +159,8 @@ pub fn subscribe(sess: &Rc<Session>, dataset: &str) -> Flow {
 }
 
 /// Payload length of a server frame we built or forwarded.
-fn payload_len(frame: &Bytes) -> u64 {
+fn payload_len(frame: &Wire) -> u64 {
+    let frame = &frame.head;
     match frame.get(1).map(|b| b & 0x7F) {
         Some(126) => u16::from_be_bytes([frame[2], frame[3]]) as u64,
         Some(127) => {
@@ -174,7 +175,7 @@ fn payload_len(frame: &Bytes) -> u64 {
 
 /// Queues a frame for one viewer; closes the viewer if it is too far behind
 /// or over quota. Returns whether the viewer is still subscribed.
-fn deliver(sess: &Session, frame: Bytes, len: u64, data: bool) -> bool {
+fn deliver(sess: &Session, frame: Wire, len: u64, data: bool) -> bool {
     if !sess.outbox.is_open() {
         return false;
     }
@@ -203,7 +204,7 @@ fn deliver(sess: &Session, frame: Bytes, len: u64, data: bool) -> bool {
         m.bytes_forwarded.fetch_add(len, Relaxed);
         m.frames_forwarded.fetch_add(1, Relaxed);
     }
-    sess.outbox.push(frame).is_ok()
+    sess.outbox.push_wire(frame).is_ok()
 }
 
 /// Runs on each shard with viewers: hands each event to the local viewers.
@@ -220,7 +221,7 @@ async fn distribute(
             let Some(hub) = hubs.get_mut(&key) else { break };
             match &ev {
                 Event::Start(b) => {
-                    hub.header = vec![b.clone()];
+                    hub.header = vec![Wire::from(b.clone())];
                     hub.header_done = false;
                 }
                 Event::Frame(b, _) if !hub.header_done => {
@@ -234,7 +235,7 @@ async fn distribute(
         let mut keep = Vec::with_capacity(viewers.len());
         for v in viewers {
             let still = match &ev {
-                Event::Start(b) => deliver(&v, b.clone(), 0, false),
+                Event::Start(b) => deliver(&v, Wire::from(b.clone()), 0, false),
                 Event::Frame(b, len) => deliver(&v, b.clone(), *len, true),
                 Event::End(b) => {
                     let _ = v.outbox.push(b.clone());
@@ -327,7 +328,7 @@ fn broadcast(entry: &Arc<Mutex<Entry>>, ev: Event) -> bool {
     let mut e = lock(entry);
     match &ev {
         Event::Start(b) => {
-            e.header = vec![b.clone()];
+            e.header = vec![Wire::from(b.clone())];
             e.header_done = false;
         }
         Event::Frame(b, _) if !e.header_done => {
@@ -502,10 +503,9 @@ async fn feed(
                 }
             }
             Opcode::Ping => {
-                if w.send(Bytes::from(encode_server_frame(Opcode::Pong, f.payload())))
-                    .await
-                    .is_err()
-                {
+                let pong = Bytes::from(encode_server_frame(Opcode::Pong, f.payload()));
+                if let Err(e) = w.send(pong).await {
+                    tracing::debug!(error = %e, "pong to connector failed");
                     return FeedEnd::Broken("connector connection failed".into());
                 }
             }

@@ -348,6 +348,18 @@ impl Fragmentation {
         self.open = if h.fin { None } else { Some(msg) };
         Ok(msg)
     }
+
+    /// Reverts `on_frame` (which returned `message`) for a frame that will
+    /// be looked at again.
+    pub fn undo(&mut self, h: &FrameHeader, message: Opcode) {
+        if h.opcode.is_control() {
+            return;
+        }
+        self.open = match h.opcode {
+            Opcode::Continuation => Some(message),
+            _ => None,
+        };
+    }
 }
 
 #[cfg(test)]

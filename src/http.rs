@@ -277,7 +277,10 @@ mod tests {
 
     #[test]
     fn partial_and_oversized() {
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHo", 8192, 32), Ok(None));
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nHo", 8192, 32),
+            Ok(None)
+        ));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
         assert_eq!(
             parse_request(big.as_bytes(), 8192, 32).unwrap_err().status,

@@ -19,6 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
 
+use crate::reader::Wire;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
@@ -70,6 +72,15 @@ impl Outbox {
             w.wake();
         }
         Ok(())
+    }
+
+    /// Queues a forwarded frame (one or two pieces, written back to back).
+    pub fn push_wire(&self, frame: Wire) -> Result<(), Gone> {
+        self.push(frame.head)?;
+        match frame.tail {
+            Some(t) => self.push(t),
+            None => Ok(()),
+        }
     }
 
     /// Queues a frame only if the queue is under its cap.

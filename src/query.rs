@@ -162,7 +162,7 @@ async fn stream(
                     metrics.quota_closes.fetch_add(1, Relaxed);
                     return End::Cancel(quota_exceeded(sess, len));
                 }
-                if sess.outbox.push(freeze(f)).is_err() {
+                if sess.outbox.push_wire(freeze(f)).is_err() {
                     return End::Cancel(Flow::Ended);
                 }
                 metrics.bytes_forwarded.fetch_add(len, Relaxed);
@@ -220,10 +220,9 @@ async fn stream(
                 // Anything else belongs to an earlier, cancelled request.
             }
             Opcode::Ping => {
-                if w.send(Bytes::from(encode_server_frame(Opcode::Pong, f.payload())))
-                    .await
-                    .is_err()
-                {
+                let pong = Bytes::from(encode_server_frame(Opcode::Pong, f.payload()));
+                if let Err(e) = w.send(pong).await {
+                    tracing::debug!(error = %e, "pong to connector failed");
                     return End::Broken(edge_lost("connector connection failed"));
                 }
             }

@@ -53,10 +53,40 @@ pub struct InFrame {
     pub wire: BytesMut,
     /// Where the payload starts inside `wire`.
     pub payload_at: usize,
+    /// The rest of the payload when a binary frame straddled two read
+    /// buffers: it stays in two pieces rather than being copied together.
+    pub tail: Option<BytesMut>,
+}
+
+/// A frame ready for the wire: one piece, or two for a frame that
+/// straddled read buffers. Cloning shares the bytes.
+#[derive(Debug, Clone)]
+pub struct Wire {
+    pub head: Bytes,
+    pub tail: Option<Bytes>,
+}
+
+impl Wire {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.as_ref().map_or(0, Bytes::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Bytes> for Wire {
+    fn from(head: Bytes) -> Self {
+        Wire { head, tail: None }
+    }
 }
 
 impl InFrame {
+    /// The payload. Only binary data frames are ever split in two, and
+    /// callers read the payload only of text and control frames.
     pub fn payload(&self) -> &[u8] {
+        debug_assert!(self.tail.is_none(), "payload() of a split frame");
         &self.wire[self.payload_at..]
     }
 
@@ -90,6 +120,9 @@ pub struct FrameReader<R> {
     frag: Fragmentation,
     chunk: usize,
     interrupter: Interrupter,
+    /// A binary frame whose header and first bytes are in `.1`, waiting for
+    /// the rest of its payload in `buf`.
+    split: Option<(FrameHeader, Opcode, BytesMut)>,
 }
 
 impl<R: CancelableAsyncReadRent> FrameReader<R> {
@@ -106,14 +139,19 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
                 requested: Rc::new(Cell::new(false)),
                 canceller: Rc::new(RefCell::new(Some(Canceller::new()))),
             },
+            split: None,
         }
     }
 
     /// How much the reader asks the kernel for at a time. Small for
     /// connections that carry only JSON (less memory per idle session).
     pub fn with_chunk(mut self, chunk: usize) -> Self {
-        self.chunk = chunk.max(MIN_READ);
+        self.set_chunk(chunk);
         self
+    }
+
+    pub fn set_chunk(&mut self, chunk: usize) {
+        self.chunk = chunk.max(MIN_READ);
     }
 
     /// Raises the frame size limit (a relay session carries data frames).
@@ -129,8 +167,10 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
         self.rule
     }
 
-    /// The socket and any bytes read but not yet consumed.
+    /// The socket and any bytes read but not yet consumed. Only called
+    /// between frames (a connection is handed over when idle).
     pub fn into_parts(self) -> (R, BytesMut) {
+        debug_assert!(self.split.is_none());
         (self.io, self.buf)
     }
 
@@ -146,6 +186,16 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
             if self.interrupter.requested.replace(false) {
                 return Err(ReadError::Interrupted);
             }
+            if let Some((h, _, head)) = &self.split {
+                let rest = h.frame_len() as usize - head.len();
+                if self.buf.len() >= rest {
+                    let (h, message, head) = self.split.take().expect("checked");
+                    let tail = self.buf.split_to(rest);
+                    return Ok(self.join_split(h, message, head, tail));
+                }
+                self.fill().await?;
+                continue;
+            }
             if let Some(h) = parse_header(&self.buf, self.rule, self.max_payload)? {
                 let total = h.frame_len() as usize;
                 if self.buf.len() >= total {
@@ -154,8 +204,18 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
                 }
                 let need = total - self.buf.len();
                 if self.buf.capacity() - self.buf.len() < need {
-                    // Make room for the whole frame at once: only the part
-                    // already received moves, once.
+                    let message = self.frag.on_frame(&h)?;
+                    if message == Opcode::Binary {
+                        // Keep what we have as the frame's first piece and
+                        // read the rest into a fresh buffer: nothing moves.
+                        let head = self.buf.split_to(self.buf.len());
+                        self.buf.reserve(need.max(self.chunk));
+                        self.split = Some((h, message, head));
+                        continue;
+                    }
+                    // Text and control frames are small: make room (the
+                    // part already received moves, once).
+                    self.frag.undo(&h, message);
                     self.buf.reserve(need.max(self.chunk));
                 }
             } else if self.buf.capacity() - self.buf.len() < MIN_READ {
@@ -185,31 +245,58 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
     }
 
     fn split_frame(&mut self, h: FrameHeader, message: Opcode, total: usize) -> InFrame {
-        let mut wire = self.buf.split_to(total);
-        let Some(key) = h.mask else {
-            return InFrame {
-                header: h,
-                message,
-                wire,
-                payload_at: h.header_len,
-            };
-        };
-        crate::frame::apply_mask(&mut wire[h.header_len..], key, 0);
-        let n = server_header_len(h.payload_len);
-        let start = h.header_len - n;
-        encode_server_header(
-            h.fin,
-            h.opcode,
-            h.payload_len,
-            &mut wire[start..h.header_len],
-        );
-        let _ = wire.split_to(start);
-        InFrame {
+        let wire = self.buf.split_to(total);
+        to_server_format(h, message, wire, None)
+    }
+
+    fn join_split(
+        &mut self,
+        h: FrameHeader,
+        message: Opcode,
+        head: BytesMut,
+        mut tail: BytesMut,
+    ) -> InFrame {
+        if let Some(key) = h.mask {
+            let first = head.len() - h.header_len;
+            crate::frame::apply_mask(&mut tail, key, first % 4);
+        }
+        to_server_format(h, message, head, Some(tail))
+    }
+}
+
+/// Unmasks the head's payload bytes in place and writes the unmasked
+/// header over the end of the masked one, so the payload never moves.
+fn to_server_format(
+    h: FrameHeader,
+    message: Opcode,
+    mut wire: BytesMut,
+    tail: Option<BytesMut>,
+) -> InFrame {
+    let Some(key) = h.mask else {
+        return InFrame {
             header: h,
             message,
             wire,
-            payload_at: n,
-        }
+            payload_at: h.header_len,
+            tail,
+        };
+    };
+    crate::frame::apply_mask(&mut wire[h.header_len..], key, 0);
+    let n = server_header_len(h.payload_len);
+    let start = h.header_len - n;
+    encode_server_header(
+        h.fin,
+        h.opcode,
+        h.payload_len,
+        &mut wire[start..h.header_len],
+    );
+    let _ = wire.split_to(start);
+    InFrame {
+        header: h,
+        message,
+        wire,
+        payload_at: n,
+        tail,
     }
 }
 
@@ -223,8 +310,11 @@ pub fn spare(buf: &mut BytesMut) -> SliceMut<BytesMut> {
 }
 
 /// Turns a frame into the shareable bytes that go on the wire.
-pub fn freeze(frame: InFrame) -> Bytes {
-    frame.wire.freeze()
+pub fn freeze(frame: InFrame) -> Wire {
+    Wire {
+        head: frame.wire.freeze(),
+        tail: frame.tail.map(BytesMut::freeze),
+    }
 }
 
 /// Reassembles a text message from its frames, bounded, and checks UTF-8.

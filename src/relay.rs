@@ -52,7 +52,8 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
     let stall = Duration::from_millis(cfg.timeouts.write_stall_ms);
     let edge_writer = monoio::spawn(edge_out.clone().run_writer(ewr, stall));
     let edge_reader: FrameReader<OwnedReadHalf<TcpStream>> =
-        FrameReader::new(erd, buffered, rule, cfg.limits.max_frame_bytes);
+        FrameReader::new(erd, buffered, rule, cfg.limits.max_frame_bytes)
+            .with_chunk(cfg.limits.read_chunk_bytes);
     let _ = edge_out.push(protocol::text(&json!({
         "type": "paired",
         "session_id": sess.sid.as_str(),
@@ -61,6 +62,7 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
     tracing::info!(sid = %sess.sid, edge = %meta.edge, conn = %meta.conn, "relay paired");
 
     browser.set_max_payload(cfg.limits.max_frame_bytes);
+    browser.set_chunk(cfg.limits.read_chunk_bytes);
     let ping = Duration::from_millis(cfg.timeouts.ping_interval_ms);
     let idle = Duration::from_millis(cfg.timeouts.idle_timeout_ms);
     let up_int = browser.interrupter();
@@ -201,7 +203,7 @@ async fn pump(
         } else {
             metrics.bytes_upstream.fetch_add(len, Relaxed);
         }
-        if to.push(freeze(f)).is_err() || to.space().await.is_err() {
+        if to.push_wire(freeze(f)).is_err() || to.space().await.is_err() {
             break;
         }
     }

@@ -85,12 +85,13 @@ async fn one_feed_many_viewers_late_joiner_gets_the_header() {
     }
 }
 
-#[tokio::test]
+// Multi-threaded so that the fast viewer reads while the feeder writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_viewer_is_dropped_and_the_others_keep_up() {
     let gw = Gateway::start(
         2,
         &[
-            ("SLUICE_LIMITS_VIEWER_QUEUE_BYTES", "1048576"),
+            ("SLUICE_LIMITS_VIEWER_QUEUE_BYTES", "4194304"),
             ("SLUICE_TIMEOUTS_WRITE_STALL_MS", "60000"),
         ],
     );
@@ -104,10 +105,13 @@ async fn slow_viewer_is_dropped_and_the_others_keep_up() {
     )
     .await;
     let frame = vec![7u8; 256 * 1024];
-    let n = 200; // 50 MiB: far more than the slow viewer's socket and queue hold
+    // A live feed has a rate: 256 KiB every 10 ms (~25 MB/s) for 30 MiB, far
+    // more than the slow viewer's socket buffers and 4 MiB queue hold.
+    let n = 120;
     let feeder = tokio::spawn(async move {
         for _ in 0..n {
             conn.send(Message::Binary(frame.clone())).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         conn
     });

@@ -403,3 +403,117 @@ async fn expiry_cuts_running_streams_only_when_configured() {
         }
     }
 }
+
+/// The project's own connector negotiates `sluice.frames.v1` and sends its
+/// frames already in server wire format (unmasked); they pass untouched.
+#[tokio::test]
+async fn fast_path_connector_frames_pass_through_untouched() {
+    use sluice::frame::{encode_server_frame, Opcode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(2, &[]);
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "GET /ws/connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, {}\r\nEdge-Key: {EDGE_KEY}\r\n\r\n",
+        sluice::http::FAST_PATH_PROTOCOL
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(
+        head.contains("Sec-WebSocket-Protocol: sluice.frames.v1"),
+        "{head}"
+    );
+    let register =
+        json!({"action": "register", "tenant_id": "acme", "edge_id": EDGE, "datasets": ["ventas"]});
+    s.write_all(&encode_server_frame(
+        Opcode::Text,
+        register.to_string().as_bytes(),
+    ))
+    .await
+    .unwrap();
+
+    let mut b = browser(&gw, &claims(&sid_on_shard("fast", 1, 2))).await;
+    send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
+    // Read gateway frames until do_get; answer with unmasked frames.
+    let mut buf = Vec::new();
+    let rid = loop {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(at) = text.find("\"do_get\"") {
+            let start = text[..at].rfind('{').unwrap();
+            let end = at + text[at..].find('}').unwrap() + 1;
+            let v: serde_json::Value = serde_json::from_str(&text[start..end]).unwrap();
+            break v["request_id"].clone();
+        }
+    };
+    let start = json!({"request_id": rid, "type": "stream_start", "schema": ""});
+    s.write_all(&encode_server_frame(
+        Opcode::Text,
+        start.to_string().as_bytes(),
+    ))
+    .await
+    .unwrap();
+    let payloads = frames(5, 70_000);
+    for p in &payloads {
+        s.write_all(&encode_server_frame(Opcode::Binary, p))
+            .await
+            .unwrap();
+    }
+    let end = json!({"request_id": rid, "type": "stream_end", "total_bytes": 350_000});
+    s.write_all(&encode_server_frame(
+        Opcode::Text,
+        end.to_string().as_bytes(),
+    ))
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    loop {
+        match next_msg(&mut b).await {
+            Message::Binary(p) => got.push(p),
+            Message::Text(t) if t.contains("stream_end") => break,
+            Message::Text(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, payloads);
+    // On the fast path a masked frame is a protocol violation.
+    let masked = sluice::frame::encode_client_frame(Opcode::Text, true, b"{}", [1, 2, 3, 4]);
+    s.write_all(&masked).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    let at = rest
+        .windows(2)
+        .rposition(|w| w[0] == 0x88)
+        .expect("close frame");
+    assert_eq!(u16::from_be_bytes([rest[at + 2], rest[at + 3]]), 1002);
+}
+
+/// The epoll fallback driver, and frames straddling many small reads (the
+/// reader keeps a straddling binary frame in two pieces instead of copying).
+#[tokio::test]
+async fn epoll_driver_and_frames_split_across_reads() {
+    let gw = Gateway::start(
+        2,
+        &[
+            ("SLUICE_DRIVER", "epoll"),
+            ("SLUICE_LIMITS_READ_CHUNK_BYTES", "4096"),
+        ],
+    );
+    let sent: Vec<Vec<u8>> = [5000usize, 1, 70_000, 4090, 4096, 12_345, 0, 300_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| ((i * 7 + j * 3) % 256) as u8).collect())
+        .collect();
+    let conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+    let serving = tokio::spawn(serve_frames(conn, sent.clone()));
+    for shard in 0..2 {
+        let mut b = browser(&gw, &claims(&sid_on_shard("ep", shard, 2))).await;
+        assert_eq!(query_all(&mut b, "ventas").await.0, sent);
+    }
+    serving.abort();
+}

@@ -343,7 +343,7 @@ pub fn fds_and_rss(pid: u32) -> (usize, u64) {
     let rss = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().split_whitespace().next())
+        .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     (fds, rss)

@@ -1,0 +1,59 @@
+//! Criterion micro-benchmarks of the per-frame and per-session hot paths.
+//!
+//!     cargo bench --bench hot_path
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use sluice::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
+use sluice::ids::SessionId;
+use sluice::quota::Quota;
+use sluice::token::{sign_hs256, Claims, Mode, Verifier};
+
+fn frames(c: &mut Criterion) {
+    let f = encode_client_frame(Opcode::Binary, true, &[0u8; 65536], [1, 2, 3, 4]);
+    c.bench_function("frame/parse_header_64k_masked", |b| {
+        b.iter(|| parse_header(black_box(&f), MaskRule::Required, 1 << 24).unwrap())
+    });
+    let mut g = c.benchmark_group("frame/unmask");
+    for size in [1024usize, 65536] {
+        let mut buf = vec![7u8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("{size}"), |b| {
+            b.iter(|| apply_mask(black_box(&mut buf), [1, 2, 3, 4], 0))
+        });
+    }
+    g.finish();
+}
+
+fn sessions(c: &mut Criterion) {
+    let v = Verifier::from_config(&sluice::config::Auth {
+        hs256_secret: "bench-secret".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let sid = SessionId::parse("s-bench").unwrap();
+    let t = sign_hs256(
+        &Claims {
+            sid: "s-bench".into(),
+            sub: "u".into(),
+            tenant: "t".into(),
+            edge: "e".into(),
+            mode: Mode::Query,
+            datasets: None,
+            quota: Some(1 << 30),
+            exp: sluice::token::now_s() + 3600,
+            jti: None,
+        },
+        b"bench-secret",
+    );
+    c.bench_function("token/verify_hs256", |b| {
+        b.iter(|| v.verify(black_box(&t), &sid).unwrap())
+    });
+    c.bench_function("shard/route_session_id", |b| {
+        b.iter(|| black_box(&sid).shard(16))
+    });
+    let q = Quota::new(Some(u64::MAX));
+    c.bench_function("quota/admit", |b| b.iter(|| q.admit(black_box(65536))));
+}
+
+criterion_group!(benches, frames, sessions);
+criterion_main!(benches);

@@ -32,6 +32,7 @@ struct Args {
     runs: usize,
     latency_secs: u64,
     only: String,
+    idle: usize,
 }
 
 fn args() -> Args {
@@ -41,6 +42,7 @@ fn args() -> Args {
         runs: 3,
         latency_secs: 5,
         only: String::new(),
+        idle: 10_000,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -51,7 +53,8 @@ fn args() -> Args {
             "--size" => a.size = next().expect("--size BYTES"),
             "--runs" => a.runs = next().expect("--runs N"),
             "--latency-secs" => a.latency_secs = next().expect("--latency-secs N") as u64,
-            "--only" => a.only = v.get(i + 1).cloned().expect("--only bulk|latency"),
+            "--only" => a.only = v.get(i + 1).cloned().expect("--only bulk|latency|idle"),
+            "--idle" => a.idle = next().expect("--idle N"),
             _ => {}
         }
         i += 1;
@@ -436,12 +439,60 @@ fn main() {
         a.runs,
         if pinned { "pinned" } else { "unpinned" }
     );
-    if a.only != "latency" {
+    if a.only.is_empty() || a.only == "bulk" {
         bulk_table(&a, &gw);
     }
-    if a.only != "bulk" {
+    if a.only.is_empty() || a.only == "latency" {
         latency_table(&a, &gw);
     }
+    if a.only.is_empty() || a.only == "idle" {
+        drop(gw);
+        idle_table(&a, &start_gateway(pinned));
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Gateway memory per idle, authenticated browser session.
+fn idle_table(a: &Args, gw: &Gateway) {
+    let pid = gw.child.id();
+    // Warm up allocator arenas and shard tables with a few sessions.
+    let warm: Vec<_> = (0..100)
+        .map(|i| idle_session(gw, &format!("warm-{i}")))
+        .collect();
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(pid);
+    let held: Vec<_> = (0..a.idle)
+        .map(|i| idle_session(gw, &format!("idle-{i}")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid);
+    println!(
+        "\nidle sessions: {} authenticated sessions held open, gateway RSS {} -> {} KiB: {:.2} KiB per idle session",
+        held.len(),
+        before,
+        after,
+        (after.saturating_sub(before)) as f64 / held.len() as f64
+    );
+}
+
+fn idle_session(gw: &Gateway, sid: &str) -> TcpStream {
+    let t = sign_hs256(&claims(sid, Mode::Query), SECRET.as_bytes());
+    ws_connect(
+        gw.addr,
+        &format!("/stream/{sid}"),
+        &[("Authorization", &format!("Bearer {t}"))],
+    )
+    .0
 }
 
 fn bulk_table(a: &Args, gw: &Gateway) {

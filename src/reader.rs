@@ -28,8 +28,12 @@ use crate::frame::{
     MaskRule, Opcode,
 };
 
-/// Smallest free space worth a read syscall.
+/// Smallest free space worth a read syscall, for large chunks; small
+/// chunks (JSON-only browsers) use a quarter of theirs.
 const MIN_READ: usize = 4 * 1024;
+/// Smallest chunk: a JSON-only connection reads in pieces this small, so an
+/// idle session costs little memory.
+const MIN_CHUNK: usize = 512;
 
 #[derive(Debug, Error)]
 pub enum ReadError {
@@ -151,7 +155,7 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
     }
 
     pub fn set_chunk(&mut self, chunk: usize) {
-        self.chunk = chunk.max(MIN_READ);
+        self.chunk = chunk.max(MIN_CHUNK);
     }
 
     /// Raises the frame size limit (a relay session carries data frames).
@@ -218,7 +222,7 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
                     self.frag.undo(&h, message);
                     self.buf.reserve(need.max(self.chunk));
                 }
-            } else if self.buf.capacity() - self.buf.len() < MIN_READ {
+            } else if self.buf.capacity() - self.buf.len() < MIN_READ.min(self.chunk / 4) {
                 self.buf.reserve(self.chunk);
             }
             self.fill().await?;

@@ -166,10 +166,13 @@ pub async fn run(
             .clone()
             .run_writer(wr, Duration::from_millis(cfg.timeouts.write_stall_ms)),
     );
+    // An idle session reads only small JSON messages: a small buffer (it
+    // starts in what is left of the request head's).
     let mut reader = FrameReader::new(rd, buffered, MaskRule::Required, cfg.limits.max_text_bytes)
-        .with_chunk(4096);
+        .with_chunk(512);
 
-    match authenticate(&shard, &mut reader, &outbox, token, &sid).await {
+    // Boxed: the session's task does not keep the authentication state.
+    match Box::pin(authenticate(&shard, &mut reader, &outbox, token, &sid)).await {
         Err((code, kind, message)) => {
             let _ = outbox.push(protocol::error(kind, &message));
             outbox.close(protocol::closing(code, &message));
@@ -324,7 +327,7 @@ async fn serve(
     }));
     match sess.claims.mode {
         Mode::Query => serve_actions(&sess, reader).await,
-        Mode::Relay => relay::run(&sess, reader).await,
+        Mode::Relay => Box::pin(relay::run(&sess, reader)).await,
     }
     fanout::unsubscribe(&sess);
     tracing::info!(sid = %sess.sid, bytes = sess.quota.used(), "session closed");
@@ -353,7 +356,8 @@ async fn serve_actions(sess: &Rc<Session>, reader: BrowserReader) {
         }
         let flow = match req {
             BrowserRequest::List => list(sess),
-            BrowserRequest::Query(d) => query::run(sess, &d).await,
+            // Boxed: an idle session does not carry a query's state.
+            BrowserRequest::Query(d) => Box::pin(query::run(sess, &d)).await,
             BrowserRequest::Subscribe(d) => fanout::subscribe(sess, &d),
         };
         match flow {

@@ -210,7 +210,13 @@ async fn mailbox_loop(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
         match msg {
             ShardMsg::AdoptBrowser { sock, req, sid } => match handoff::attach(sock) {
                 Ok((stream, buffered)) => {
-                    monoio::spawn(session::run(shard.clone(), stream, *req, buffered, sid));
+                    monoio::spawn(Box::pin(session::run(
+                        shard.clone(),
+                        stream,
+                        *req,
+                        buffered,
+                        sid,
+                    )));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot adopt browser socket"),
             },
@@ -265,9 +271,19 @@ async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             let body = shard.shared.metrics.render(&shard.shared.snapshot());
             respond(stream, 200, "text/plain; version=0.0.4", body.into_bytes()).await
         }
-        "/ws/connect" => connector::serve_worker(shard, stream, req, buffered).await,
+        // Each long-lived connection gets a task of its own sized for its
+        // endpoint, and this one (which held the request head) ends.
+        "/ws/connect" => {
+            monoio::spawn(Box::pin(connector::serve_worker(
+                shard, stream, req, buffered,
+            )));
+        }
         p if p.starts_with("/edge/") => match EdgeId::parse(&p["/edge/".len()..]) {
-            Some(edge) => connector::serve_relay(shard, stream, req, buffered, edge).await,
+            Some(edge) => {
+                monoio::spawn(Box::pin(connector::serve_relay(
+                    shard, stream, req, buffered, edge,
+                )));
+            }
             None => {
                 reject(
                     &shard,
@@ -281,7 +297,7 @@ async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             Some(sid) => {
                 let target = sid.shard(shard.shared.shard_count());
                 if target == shard.id {
-                    session::run(shard, stream, req, buffered, sid).await
+                    monoio::spawn(Box::pin(session::run(shard, stream, req, buffered, sid)));
                 } else {
                     let msg = ShardMsg::AdoptBrowser {
                         sock: handoff::detach(stream, buffered),

@@ -398,7 +398,7 @@ async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>) {
             shard.metrics().streams_cancelled.fetch_add(1, Relaxed);
             connector::cancel(&shard, w, &rid).await;
         }
-        FeedEnd::Broken(why) => {
+        FeedEnd::Broken(code, why) => {
             shard.metrics().streams_failed.fetch_add(1, Relaxed);
             broadcast(
                 &entry,
@@ -406,7 +406,7 @@ async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>) {
                     json!({"type": "error", "code": "edge_disconnected", "dataset": dataset, "message": why}),
                 )),
             );
-            connector::retire(&shard, w, close::GOING_AWAY, "live feed failed").await;
+            connector::retire(&shard, w, code, "live feed failed").await;
         }
     }
 }
@@ -414,7 +414,8 @@ async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>) {
 enum FeedEnd {
     Ended(Value),
     NoViewers,
-    Broken(String),
+    /// Close code for the connector, and why.
+    Broken(u16, String),
 }
 
 async fn feed(
@@ -430,7 +431,7 @@ async fn feed(
         .await
         .is_err()
     {
-        return FeedEnd::Broken("connector connection failed".into());
+        return FeedEnd::Broken(close::GOING_AWAY, "connector connection failed".into());
     }
     let live = keepalive::watch(
         Duration::from_millis(cfg.timeouts.ping_interval_ms),
@@ -449,21 +450,33 @@ async fn feed(
                     return FeedEnd::NoViewers;
                 }
                 if shard.closing.get() {
-                    return FeedEnd::Broken("gateway shutting down".into());
+                    return FeedEnd::Broken(close::GOING_AWAY, "gateway shutting down".into());
                 }
                 if live.timed_out() {
-                    return FeedEnd::Broken("connector stopped responding".into());
+                    return FeedEnd::Broken(
+                        close::GOING_AWAY,
+                        "connector stopped responding".into(),
+                    );
                 }
                 if live.take_ping_due()
                     && w.send(Bytes::from(encode_server_frame(Opcode::Ping, b"")))
                         .await
                         .is_err()
                 {
-                    return FeedEnd::Broken("connector connection failed".into());
+                    return FeedEnd::Broken(
+                        close::GOING_AWAY,
+                        "connector connection failed".into(),
+                    );
                 }
                 continue;
             }
-            Err(e) => return FeedEnd::Broken(format!("connector connection failed: {e}")),
+            Err(e) => {
+                let code = match &e {
+                    ReadError::Protocol(p) => p.close_code(),
+                    _ => close::GOING_AWAY,
+                };
+                return FeedEnd::Broken(code, format!("connector connection failed: {e}"));
+            }
         };
         live.seen();
         match f.message {
@@ -506,10 +519,15 @@ async fn feed(
                 let pong = Bytes::from(encode_server_frame(Opcode::Pong, f.payload()));
                 if let Err(e) = w.send(pong).await {
                     tracing::debug!(error = %e, "pong to connector failed");
-                    return FeedEnd::Broken("connector connection failed".into());
+                    return FeedEnd::Broken(
+                        close::GOING_AWAY,
+                        "connector connection failed".into(),
+                    );
                 }
             }
-            Opcode::Close => return FeedEnd::Broken("connector closed its connection".into()),
+            Opcode::Close => {
+                return FeedEnd::Broken(close::GOING_AWAY, "connector closed its connection".into())
+            }
             _ => {}
         }
     }

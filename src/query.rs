@@ -28,8 +28,9 @@ enum End {
     /// The session went away (or hit its quota): cancel, then reuse if the
     /// connector confirms in time.
     Cancel(Flow),
-    /// The connector connection failed: it is closed, never reused.
-    Broken(Flow),
+    /// The connector connection failed (or broke the protocol: the code
+    /// says how): it is closed, never reused.
+    Broken(u16, Flow),
 }
 
 pub async fn run(sess: &Rc<Session>, dataset: &str) -> Flow {
@@ -88,9 +89,9 @@ pub async fn run(sess: &Rc<Session>, dataset: &str) -> Flow {
             connector::cancel(shard, w, &get_id).await;
             flow
         }
-        End::Broken(flow) => {
+        End::Broken(code, flow) => {
             shard.metrics().streams_failed.fetch_add(1, Relaxed);
-            connector::retire(shard, w, close::GOING_AWAY, "stream failed").await;
+            connector::retire(shard, w, code, "stream failed").await;
             flow
         }
     }
@@ -112,7 +113,7 @@ async fn stream(
             .await
     };
     if ask.await.is_err() {
-        return End::Broken(edge_lost("connector connection failed"));
+        return End::Broken(close::GOING_AWAY, edge_lost("connector connection failed"));
     }
     let live = keepalive::watch(
         Duration::from_millis(cfg.timeouts.ping_interval_ms),
@@ -130,22 +131,33 @@ async fn stream(
                     return End::Cancel(Flow::Ended);
                 }
                 if live.timed_out() {
-                    return End::Broken(edge_lost("connector stopped responding mid-stream"));
+                    return End::Broken(
+                        close::GOING_AWAY,
+                        edge_lost("connector stopped responding mid-stream"),
+                    );
                 }
                 if live.take_ping_due()
                     && w.send(Bytes::from(encode_server_frame(Opcode::Ping, b"")))
                         .await
                         .is_err()
                 {
-                    return End::Broken(edge_lost("connector connection failed"));
+                    return End::Broken(
+                        close::GOING_AWAY,
+                        edge_lost("connector connection failed"),
+                    );
                 }
                 continue;
             }
             Err(ReadError::Protocol(e)) => {
                 tracing::warn!(edge = %sess.edge, error = %e, "connector protocol violation");
-                return End::Broken(edge_lost("connector sent an invalid frame"));
+                return End::Broken(e.close_code(), edge_lost("connector sent an invalid frame"));
             }
-            Err(_) => return End::Broken(edge_lost("connector disconnected mid-stream")),
+            Err(_) => {
+                return End::Broken(
+                    close::GOING_AWAY,
+                    edge_lost("connector disconnected mid-stream"),
+                )
+            }
         };
         live.seen();
         match f.message {
@@ -177,8 +189,11 @@ async fn stream(
                 let t = match text.push(&f) {
                     Ok(Some(t)) => t,
                     Ok(None) => continue,
-                    Err(_) => {
-                        return End::Broken(edge_lost("connector sent an invalid text message"))
+                    Err(e) => {
+                        return End::Broken(
+                            e.close_code(),
+                            edge_lost("connector sent an invalid text message"),
+                        )
                     }
                 };
                 let Ok(reply) = serde_json::from_str::<Reply>(&t) else {
@@ -223,11 +238,17 @@ async fn stream(
                 let pong = Bytes::from(encode_server_frame(Opcode::Pong, f.payload()));
                 if let Err(e) = w.send(pong).await {
                     tracing::debug!(error = %e, "pong to connector failed");
-                    return End::Broken(edge_lost("connector connection failed"));
+                    return End::Broken(
+                        close::GOING_AWAY,
+                        edge_lost("connector connection failed"),
+                    );
                 }
             }
             Opcode::Close => {
-                return End::Broken(edge_lost("connector closed its connection mid-stream"))
+                return End::Broken(
+                    close::GOING_AWAY,
+                    edge_lost("connector closed its connection mid-stream"),
+                )
             }
             _ => {}
         }

@@ -295,3 +295,30 @@ async fn session_limit_answers_503() {
     .await;
     assert_eq!(status, 503);
 }
+
+#[tokio::test]
+async fn oversized_connector_frame_closes_it_with_1009_and_the_browser_with_4503() {
+    let gw = Gateway::start(1, &[("SLUICE_LIMITS_MAX_FRAME_BYTES", "4096")]);
+    let mut healthy = Healthy::new(&gw).await;
+    let mut conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+    let mut b = browser(&gw, &claims("big-frame")).await;
+    send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
+    let rid = loop {
+        let v = next_json(&mut conn).await;
+        if v["action"] == "do_get" {
+            break v["request_id"].clone();
+        }
+    };
+    send_json(
+        &mut conn,
+        json!({"request_id": rid, "type": "stream_start", "schema": ""}),
+    )
+    .await;
+    conn.send(Message::Binary(vec![0; 4096])).await.unwrap();
+    conn.send(Message::Binary(vec![0; 4097])).await.unwrap();
+    assert_eq!(next_json(&mut b).await["type"], "stream_start");
+    assert_eq!(next_msg(&mut b).await, Message::Binary(vec![0; 4096]));
+    expect_error_close(&mut b, "edge_disconnected", 4503).await;
+    assert_eq!(close_of(&mut conn).await.0, 1009);
+    healthy.check().await;
+}

@@ -201,6 +201,49 @@ async fn eddsa_tokens_verify_with_configured_public_keys() {
 }
 
 #[tokio::test]
+async fn eddsa_keys_from_a_jwks_file() {
+    use base64::Engine;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[11u8; 32]);
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes());
+    let jwks = json!({"keys": [
+        {"kty": "RSA", "kid": "ignored", "n": "AQAB", "e": "AQAB"},
+        {"kty": "OKP", "crv": "Ed25519", "kid": "2026-11", "x": x},
+    ]});
+    let path = std::env::temp_dir().join(format!("sluice-jwks-{}.json", std::process::id()));
+    std::fs::write(&path, jwks.to_string()).unwrap();
+    let gw = Gateway::start(1, &[("SLUICE_AUTH_JWKS_FILE", path.to_str().unwrap())]);
+    let der = key.to_pkcs8_der().unwrap();
+    for kid in [Some("2026-11"), None] {
+        let c = claims("jwks");
+        let t = sluice::token::sign_ed25519(&c, der.as_bytes(), kid);
+        let mut b = connect(
+            &gw.url("/stream/jwks"),
+            &[("Authorization", &format!("Bearer {t}"))],
+        )
+        .await
+        .unwrap();
+        send_json(&mut b, json!({"action": "list"})).await;
+        // Authenticated: the answer is about the (offline) edge, not the token.
+        expect_error_close(&mut b, "edge_offline", 4503).await;
+    }
+    let t = sluice::token::sign_ed25519(&claims("jwks"), der.as_bytes(), Some("unknown-kid"));
+    let mut b = connect(
+        &gw.url("/stream/jwks"),
+        &[("Authorization", &format!("Bearer {t}"))],
+    )
+    .await
+    .unwrap();
+    expect_error_close(&mut b, "unauthorized", 4401).await;
+    assert_eq!(
+        gw.metric("sluice_auth_failures_total{reason=\"unknown_key\"}")
+            .await,
+        1
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
 async fn allow_list_unknown_dataset_and_offline_edge() {
     let gw = Gateway::start(1, &[("SLUICE_TIMEOUTS_PAIR_WAIT_MS", "300")]);
     let mut c = claims("offline");

@@ -10,45 +10,11 @@ use common::*;
 use futures_util::SinkExt;
 use serde_json::json;
 use sluice::frame::{encode_client_frame, parse_close, parse_header, MaskRule, Opcode};
-use sluice::token::Mode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
-
-/// A relay pair that must keep working whatever the others do.
-struct Healthy {
-    edge: Ws,
-    browser: Ws,
-    n: u32,
-}
-
-impl Healthy {
-    async fn new(gw: &Gateway) -> Healthy {
-        let mut edge = connect(&gw.url(&format!("/edge/{EDGE}")), &[("Edge-Key", EDGE_KEY)])
-            .await
-            .unwrap();
-        let mut c = claims("healthy");
-        c.mode = Mode::Relay;
-        let browser = browser(gw, &c).await;
-        assert_eq!(next_json(&mut edge).await["type"], "paired");
-        Healthy {
-            edge,
-            browser,
-            n: 0,
-        }
-    }
-
-    async fn check(&mut self) {
-        self.n += 1;
-        let m = Message::Binary(self.n.to_be_bytes().to_vec());
-        self.edge.send(m.clone()).await.unwrap();
-        assert_eq!(next_msg(&mut self.browser).await, m);
-        self.browser.send(m.clone()).await.unwrap();
-        assert_eq!(next_msg(&mut self.edge).await, m);
-    }
-}
 
 /// Opens a browser session over a raw socket (so we can send any bytes).
 async fn raw_session(gw: &Gateway, sid: &str) -> TcpStream {

@@ -97,6 +97,7 @@ async fn token_from_header_query_or_first_message() {
 #[tokio::test]
 async fn bad_tokens_are_refused_with_4401_and_counted() {
     let gw = Gateway::start(2, &[("SLUICE_TIMEOUTS_AUTH_MS", "300")]);
+    let mut healthy = Healthy::new(&gw).await;
     // Signed for another session.
     let other = token(&claims("someone-else"));
     let mut b = connect(
@@ -137,6 +138,7 @@ async fn bad_tokens_are_refused_with_4401_and_counted() {
     // Nothing at all within auth_ms.
     let mut b = connect(&gw.url("/stream/silent"), &[]).await.unwrap();
     expect_error_close(&mut b, "auth_timeout", 4408).await;
+    healthy.check().await;
 
     assert_eq!(
         gw.metric("sluice_auth_failures_total{reason=\"wrong_session\"}")
@@ -163,7 +165,11 @@ async fn bad_tokens_are_refused_with_4401_and_counted() {
             .await,
         1
     );
-    assert_eq!(gw.metric("sluice_sessions_active").await, 0);
+    assert_eq!(
+        gw.metric("sluice_sessions_active").await,
+        1,
+        "only the healthy session is left"
+    );
 }
 
 #[tokio::test]
@@ -270,6 +276,7 @@ async fn allow_list_unknown_dataset_and_offline_edge() {
 #[tokio::test]
 async fn connector_disconnect_mid_stream_is_an_error_never_a_stream_end() {
     let gw = Gateway::start(2, &[]);
+    let mut healthy = Healthy::new(&gw).await;
     let mut conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
     let c = claims(&sid_on_shard("cut", 1, 2));
     let mut b = browser(&gw, &c).await;
@@ -308,6 +315,7 @@ async fn connector_disconnect_mid_stream_is_an_error_never_a_stream_end() {
     }
     assert_eq!(binaries, 2);
     assert_eq!(close_of(&mut b).await.0, 4503);
+    healthy.check().await;
     assert_eq!(gw.metric("sluice_streams_failed_total").await, 1);
 }
 

@@ -359,3 +359,36 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
     }
     panic!("never happened: {what}");
 }
+
+/// A relay pair that must keep working whatever the others do.
+pub struct Healthy {
+    edge: Ws,
+    browser: Ws,
+    n: u32,
+}
+
+impl Healthy {
+    pub async fn new(gw: &Gateway) -> Healthy {
+        let mut edge = connect(&gw.url(&format!("/edge/{EDGE}")), &[("Edge-Key", EDGE_KEY)])
+            .await
+            .unwrap();
+        let mut c = claims("healthy");
+        c.mode = sluice::token::Mode::Relay;
+        let browser = browser(gw, &c).await;
+        assert_eq!(next_json(&mut edge).await["type"], "paired");
+        Healthy {
+            edge,
+            browser,
+            n: 0,
+        }
+    }
+
+    pub async fn check(&mut self) {
+        self.n += 1;
+        let m = Message::Binary(self.n.to_be_bytes().to_vec());
+        self.edge.send(m.clone()).await.unwrap();
+        assert_eq!(next_msg(&mut self.browser).await, m);
+        self.browser.send(m.clone()).await.unwrap();
+        assert_eq!(next_msg(&mut self.edge).await, m);
+    }
+}

@@ -269,17 +269,7 @@ async fn oversized_connector_frame_closes_it_with_1009_and_the_browser_with_4503
     let mut conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
     let mut b = browser(&gw, &claims("big-frame")).await;
     send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
-    let rid = loop {
-        let v = next_json(&mut conn).await;
-        if v["action"] == "do_get" {
-            break v["request_id"].clone();
-        }
-    };
-    send_json(
-        &mut conn,
-        json!({"request_id": rid, "type": "stream_start", "schema": ""}),
-    )
-    .await;
+    start_stream(&mut conn).await;
     conn.send(Message::Binary(vec![0; 4096])).await.unwrap();
     conn.send(Message::Binary(vec![0; 4097])).await.unwrap();
     assert_eq!(next_json(&mut b).await["type"], "stream_start");

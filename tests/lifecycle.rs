@@ -74,19 +74,7 @@ async fn sigterm_drains_then_closes_with_1001_and_exits() {
     let mut conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
     let mut b = browser(&gw, &claims(&sid_on_shard("running", 1, 2))).await;
     send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
-    let rid = loop {
-        if let Message::Text(t) = conn.next().await.unwrap().unwrap() {
-            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            if v["action"] == "do_get" {
-                break v["request_id"].clone();
-            }
-        }
-    };
-    send_json(
-        &mut conn,
-        json!({"request_id": rid, "type": "stream_start", "schema": ""}),
-    )
-    .await;
+    start_stream(&mut conn).await;
     assert_eq!(gw.get("/readyz").await.0, 200);
 
     let started = Instant::now();

@@ -7,26 +7,15 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Waits for the gateway's `do_get` on a connector; returns its request id.
+/// Waits for the gateway's live `do_get` on a connector; returns its request id.
 async fn await_do_get(conn: &mut Ws) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), conn.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["action"] == "do_get" {
-                assert_eq!(v["live"], true);
-                return v["request_id"].clone();
-            }
-        }
-    }
+    let v = await_action(conn, "do_get").await;
+    assert_eq!(v["live"], true);
+    v["request_id"].clone()
 }
 
 async fn subscribe(gw: &Gateway, sid: &str) -> Ws {
@@ -153,19 +142,7 @@ async fn feed_is_cancelled_when_the_last_viewer_leaves() {
     .await;
     drop(a);
     drop(b);
-    let cancel = loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), conn.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["action"] == "cancel" {
-                break v;
-            }
-        }
-    };
+    let cancel = await_action(&mut conn, "cancel").await;
     assert_eq!(cancel["request_id"], rid);
     send_json(
         &mut conn,

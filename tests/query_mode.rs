@@ -326,39 +326,13 @@ async fn browser_leaving_mid_stream_cancels_and_frees_the_worker() {
     let c = claims(&sid_on_shard("leaver", 1, 2));
     let mut b = browser(&gw, &c).await;
     send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
-    let rid = loop {
-        let v: serde_json::Value = match conn.next().await.unwrap().unwrap() {
-            Message::Text(t) => serde_json::from_str(&t).unwrap(),
-            _ => continue,
-        };
-        if v["action"] == "do_get" {
-            break v["request_id"].clone();
-        }
-    };
-    send_json(
-        &mut conn,
-        json!({"request_id": rid, "type": "stream_start", "schema": ""}),
-    )
-    .await;
+    let rid = start_stream(&mut conn).await;
     conn.send(Message::Binary(vec![1; 100])).await.unwrap();
     assert!(matches!(next_msg(&mut b).await, Message::Text(_))); // stream_start
     assert!(matches!(next_msg(&mut b).await, Message::Binary(_)));
     drop(b); // abrupt: TCP gone, no close frame
              // The connector is told to stop this request...
-    let cancel = loop {
-        let v: serde_json::Value = match tokio::time::timeout(Duration::from_secs(10), conn.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => serde_json::from_str(&t).unwrap(),
-            _ => continue,
-        };
-        if v["action"] == "cancel" {
-            break v;
-        }
-    };
+    let cancel = await_action(&mut conn, "cancel").await;
     assert_eq!(cancel["request_id"], rid);
     send_json(
         &mut conn,
@@ -423,19 +397,7 @@ async fn expiry_cuts_running_streams_only_when_configured() {
         c.exp = sluice::token::now_s() + 2;
         let mut b = browser(&gw, &c).await;
         send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
-        let rid = loop {
-            if let Message::Text(t) = conn.next().await.unwrap().unwrap() {
-                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                if v["action"] == "do_get" {
-                    break v["request_id"].clone();
-                }
-            }
-        };
-        send_json(
-            &mut conn,
-            json!({"request_id": rid, "type": "stream_start", "schema": ""}),
-        )
-        .await;
+        let rid = start_stream(&mut conn).await;
         conn.send(Message::Binary(vec![1; 10])).await.unwrap();
         tokio::time::sleep(Duration::from_millis(3500)).await; // past exp (second resolution)
         conn.send(Message::Binary(vec![2; 10])).await.unwrap();

@@ -21,19 +21,7 @@ async fn a_browser_that_stops_reading_pauses_its_connector() {
     let mut conn = connector(&gw, EDGE, EDGE_KEY, &["big"]).await;
     let mut b = browser(&gw, &claims("stalled")).await;
     send_json(&mut b, json!({"action": "query", "dataset": "big"})).await;
-    let rid = loop {
-        if let Message::Text(t) = conn.next().await.unwrap().unwrap() {
-            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            if v["action"] == "do_get" {
-                break v["request_id"].clone();
-            }
-        }
-    };
-    send_json(
-        &mut conn,
-        json!({"request_id": rid, "type": "stream_start", "schema": ""}),
-    )
-    .await;
+    let rid = start_stream(&mut conn).await;
     let (_, rss_before) = fds_and_rss(gw.pid());
     let frames_total = 400; // 100 MiB
     let sent = Arc::new(AtomicUsize::new(0));

@@ -270,6 +270,29 @@ pub async fn connector(gw: &Gateway, edge: &str, key: &str, datasets: &[&str]) -
     ws
 }
 
+/// Waits for the gateway's next request with this `action` on a connector.
+pub async fn await_action(conn: &mut Ws, action: &str) -> Value {
+    loop {
+        if let Message::Text(t) = next_msg(conn).await {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["action"] == action {
+                return v;
+            }
+        }
+    }
+}
+
+/// Waits for `do_get`, answers `stream_start`, returns the request id.
+pub async fn start_stream(conn: &mut Ws) -> Value {
+    let rid = await_action(conn, "do_get").await["request_id"].clone();
+    send_json(
+        conn,
+        json!({"request_id": rid, "type": "stream_start", "schema": ""}),
+    )
+    .await;
+    rid
+}
+
 /// Serves requests: for each `do_get`, `stream_start`, the frames, and
 /// `stream_end`. Returns when the gateway closes the connection.
 pub async fn serve_frames(mut ws: Ws, frames: Vec<Vec<u8>>) {

@@ -150,7 +150,11 @@ async fn pump(
         live.seen();
         match f.header.opcode {
             Opcode::Ping => {
-                let _ = own.push(Bytes::from(encode_server_frame(Opcode::Pong, f.payload())));
+                // Pongs to a peer that does not read are bounded too.
+                let pong = Bytes::from(encode_server_frame(Opcode::Pong, f.payload()));
+                if own.push(pong).is_err() || own.space().await.is_err() {
+                    break;
+                }
                 continue;
             }
             Opcode::Pong => continue,

@@ -383,6 +383,11 @@ async fn read_actions(
     let max = sess.shard.cfg().limits.max_text_bytes;
     let mut text = TextAssembler::new(max);
     loop {
+        // A client that sends (pings, actions) but does not read its answers
+        // is not read either until it does: its answers stay bounded.
+        if sess.outbox.space().await.is_err() {
+            break;
+        }
         let f = match reader.next().await {
             Ok(f) => f,
             Err(ReadError::Interrupted) => {

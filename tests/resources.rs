@@ -181,3 +181,56 @@ async fn one_session(base: &str, addr: std::net::SocketAddr, i: usize) {
         }
     }
 }
+
+/// A client that floods pings (or actions) and never reads the answers is
+/// no longer read once its answers fill its buffer: gateway memory stays
+/// bounded and other sessions are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_cannot_grow_the_gateway() {
+    let gw = Gateway::start(1, &[("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "1048576")]);
+    let mut healthy = Healthy::new(&gw).await;
+    let b = browser(&gw, &claims("flooder")).await;
+    let (mut sink, _stream) = b.split();
+    let (_, rss_before) = fds_and_rss(gw.pid());
+    let sent = Arc::new(AtomicUsize::new(0));
+    let flood = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            let ping = Message::Ping(vec![7; 125]);
+            let list = Message::Text(json!({"action": "list"}).to_string());
+            for i in 0..400_000usize {
+                let m = if i % 2 == 0 {
+                    ping.clone()
+                } else {
+                    list.clone()
+                };
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    // Wait until the flood is held back by TCP flow control.
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sent.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(
+        last < 400_000,
+        "the gateway should stop reading a client that does not read"
+    );
+    let (_, rss_after) = fds_and_rss(gw.pid());
+    let growth = rss_after.saturating_sub(rss_before);
+    assert!(
+        growth < 16 * 1024,
+        "gateway grew by {growth} KiB under a ping/action flood"
+    );
+    healthy.check().await;
+    flood.abort();
+}

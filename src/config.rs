@@ -74,6 +74,8 @@ pub struct Limits {
     /// Bytes asked of the kernel per read on data-carrying connections
     /// (connector workers, relay legs). Larger: fewer syscalls per frame.
     pub read_chunk_bytes: usize,
+    /// SO_SNDBUF/SO_RCVBUF of every accepted socket; 0 = kernel autotuning.
+    pub socket_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +150,7 @@ impl Default for Limits {
             default_quota_bytes: 0,
             max_pending_actions: 8,
             read_chunk_bytes: 256 * 1024,
+            socket_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }

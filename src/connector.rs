@@ -165,7 +165,7 @@ async fn read_text(
 
 async fn register(
     shard: Rc<Shard>,
-    mut reader: FrameReader<TcpStream>,
+    reader: FrameReader<TcpStream>,
     r: Register,
     allowed: Vec<String>,
     fast: bool,
@@ -187,41 +187,6 @@ async fn register(
     let datasets: Vec<String> = r.datasets.into_iter().filter(|d| !d.is_empty()).collect();
     let conn = shard.shared.registry.new_conn_id();
     let version = r.version.unwrap_or_default();
-    let added = shard.shared.registry.add(
-        &edge,
-        &r.tenant_id,
-        &version,
-        ConnKind::Worker,
-        conn,
-        shard.id,
-        datasets.clone(),
-        shard.cfg().limits.max_edge_connections,
-    );
-    match added {
-        Err(RegisterError::TooManyConnections) => {
-            return refuse(
-                &shard,
-                reader,
-                close::QUOTA,
-                "too many connections for this edge",
-            )
-            .await
-        }
-        Err(RegisterError::TenantMismatch) => {
-            return refuse(
-                &shard,
-                reader,
-                close::FORBIDDEN,
-                "edge is registered to another tenant",
-            )
-            .await
-        }
-        Ok(()) => {}
-    }
-    tracing::info!(%edge, %conn, tenant = %r.tenant_id, %version, datasets = datasets.len(), fast, "connector worker registered");
-    let ok = json!({"status": "ok", "data": {"session_id": conn.to_string()}});
-    let _ = reader.io_mut().write_all(protocol::text(&ok)).await;
-    shard.metrics().connector_conns_active.fetch_add(1, Relaxed);
     let c = EdgeConn {
         meta: ConnMeta {
             conn,
@@ -231,13 +196,45 @@ async fn register(
         kind: ConnKind::Worker,
         reader,
     };
-    park(shard, c);
+    // Minded before the registry shows it and before the `ok`: once the
+    // connector reads `ok`, a session can be served by it (a take that
+    // comes first waits in the slot until the `ok` is written).
+    let take = mind(&shard, &c);
+    let added = shard.shared.registry.add(
+        &c.meta.edge,
+        &r.tenant_id,
+        &version,
+        ConnKind::Worker,
+        conn,
+        shard.id,
+        datasets.clone(),
+        shard.cfg().limits.max_edge_connections,
+    );
+    let refused = match added {
+        Err(RegisterError::TooManyConnections) => {
+            Some((close::QUOTA, "too many connections for this edge"))
+        }
+        Err(RegisterError::TenantMismatch) => {
+            Some((close::FORBIDDEN, "edge is registered to another tenant"))
+        }
+        Ok(()) => None,
+    };
+    if let Some((code, reason)) = refused {
+        shard.idle.borrow_mut().remove(&conn);
+        return refuse(&shard, c.reader, code, reason).await;
+    }
+    tracing::info!(edge = %c.meta.edge, %conn, tenant = %r.tenant_id, %version, datasets = datasets.len(), fast, "connector worker registered");
+    let ok = json!({"status": "ok", "data": {"session_id": conn.to_string()}});
+    let mut c = c;
+    let _ = c.reader.io_mut().write_all(protocol::text(&ok)).await;
+    shard.metrics().connector_conns_active.fetch_add(1, Relaxed);
+    monoio::spawn(idle(shard, c, take));
 }
 
 /// `GET /edge/{edge_id}`: authenticate, then wait in the edge's relay pool.
 pub async fn serve_relay(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     req: Request,
     buffered: BytesMut,
     edge: EdgeId,
@@ -257,20 +254,30 @@ pub async fn serve_relay(
         )
         .await;
     }
-    if !switch(&mut stream, &up, fast).await {
-        return;
-    }
     let cfg = shard.cfg();
     let rule = if fast {
         MaskRule::Forbidden
     } else {
         MaskRule::Required
     };
-    let reader = FrameReader::new(stream, buffered, rule, cfg.limits.max_frame_bytes)
-        .with_chunk(cfg.limits.read_chunk_bytes);
     let conn = shard.shared.registry.new_conn_id();
+    let mut c = EdgeConn {
+        meta: ConnMeta {
+            conn,
+            edge,
+            fast_path: fast,
+        },
+        kind: ConnKind::Relay,
+        reader: FrameReader::new(stream, buffered, rule, cfg.limits.max_frame_bytes)
+            .with_chunk(cfg.limits.read_chunk_bytes),
+    };
+    // In the pool before the 101 goes out, so a session arriving right
+    // after the edge sees its handshake complete finds it. A session that
+    // takes it meanwhile gets it once the 101 is written (the take waits in
+    // the slot until the idle task runs).
+    let take = mind(&shard, &c);
     let added = shard.shared.registry.add(
-        &edge,
+        &c.meta.edge,
         "",
         "",
         ConnKind::Relay,
@@ -280,36 +287,51 @@ pub async fn serve_relay(
         cfg.limits.max_edge_connections,
     );
     if added.is_err() {
-        return refuse(
-            &shard,
-            reader,
-            close::QUOTA,
-            "too many connections for this edge",
-        )
-        .await;
+        shard.idle.borrow_mut().remove(&conn);
+        let (stream, _) = c.reader.into_parts();
+        let e = HttpError::new(429, "too many connections for this edge");
+        return reject(&shard, stream, &e).await;
     }
-    tracing::info!(%edge, %conn, "relay edge connected");
+    let resp = http::switching_protocols(&up.accept, fast.then_some(FAST_PATH_PROTOCOL));
+    if c.reader.io_mut().write_all(resp).await.0.is_err() {
+        shard.idle.borrow_mut().remove(&conn);
+        if let Some(reply) = take.borrow_mut().take() {
+            let _ = reply.send(None);
+        }
+        shard.shared.registry.remove(&c.meta.edge, conn);
+        return;
+    }
+    tracing::info!(edge = %c.meta.edge, %conn, "relay edge connected");
     shard.metrics().relay_conns_active.fetch_add(1, Relaxed);
-    let c = EdgeConn {
-        meta: ConnMeta {
-            conn,
-            edge,
-            fast_path: fast,
+    monoio::spawn(idle(shard, c, take));
+}
+
+type TakeCell = Rc<RefCell<Option<flume::Sender<Option<MovedConn>>>>>;
+
+/// Gives the shard a handle on an idle connection, so a session can take
+/// it. Done before the registry shows the connection as idle: a `Take`
+/// that arrives before the idle task first runs finds the slot, and the
+/// task hands the connection over as soon as it starts.
+fn mind(shard: &Shard, c: &EdgeConn) -> TakeCell {
+    let take: TakeCell = Rc::new(RefCell::new(None));
+    shard.idle.borrow_mut().insert(
+        c.meta.conn,
+        IdleSlot {
+            interrupter: c.reader.interrupter(),
+            take: take.clone(),
         },
-        kind: ConnKind::Relay,
-        reader,
-    };
-    // Already marked idle by `add`; just start minding it.
-    monoio::spawn(idle(shard, c));
+    );
+    take
 }
 
 /// Puts a connection back in the pool on this shard.
 pub fn park(shard: Rc<Shard>, c: EdgeConn) {
+    let take = mind(&shard, &c);
     shard
         .shared
         .registry
         .release(&c.meta.edge, c.meta.conn, shard.id);
-    monoio::spawn(idle(shard, c));
+    monoio::spawn(idle(shard, c, take));
 }
 
 fn gauge(shard: &Shard, kind: ConnKind) -> &std::sync::atomic::AtomicI64 {
@@ -322,15 +344,7 @@ fn gauge(shard: &Shard, kind: ConnKind) -> &std::sync::atomic::AtomicI64 {
 /// Minds an idle connection: answers pings, keeps it alive, notices when
 /// it dies, accepts a re-register (dataset list refresh), and hands it over
 /// when a session on any shard takes it.
-async fn idle(shard: Rc<Shard>, mut c: EdgeConn) {
-    let take = Rc::new(RefCell::new(None));
-    shard.idle.borrow_mut().insert(
-        c.meta.conn,
-        IdleSlot {
-            interrupter: c.reader.interrupter(),
-            take: take.clone(),
-        },
-    );
+async fn idle(shard: Rc<Shard>, mut c: EdgeConn, take: TakeCell) {
     let t = &shard.cfg().timeouts;
     let live = keepalive::watch(
         Duration::from_millis(t.ping_interval_ms),

@@ -17,7 +17,8 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use monoio::io::AsyncWriteRent;
+use monoio::io::{AsyncWriteRent, OwnedWriteHalf};
+use monoio::net::TcpStream;
 
 use crate::reader::Wire;
 
@@ -95,9 +96,14 @@ struct Inner {
     queued: usize,
     cap: usize,
     state: State,
-    writer: Option<Waker>,
+    /// The socket half while no writer task runs. A writer task lives only
+    /// while there is something to write, so an idle connection costs no
+    /// task: `push` starts one, and it parks the socket here when done.
+    parked: Option<(Writer, Duration)>,
     waiters: Vec<Waker>,
 }
+
+type Writer = OwnedWriteHalf<TcpStream>;
 
 /// Cheap to clone; all clones are the same queue.
 #[derive(Clone)]
@@ -114,9 +120,31 @@ impl Outbox {
             queued: 0,
             cap,
             state: State::Open,
-            writer: None,
+            parked: None,
             waiters: Vec::new(),
         })))
+    }
+
+    /// Hands the socket half to the outbox; frames pushed from now on are
+    /// written to it, each `stall` without progress dropping the peer.
+    pub fn attach(&self, io: Writer, stall: Duration) {
+        self.0.borrow_mut().parked = Some((io, stall));
+        self.kick();
+    }
+
+    /// Starts a writer task if there is something to write and none runs.
+    fn kick(&self) {
+        let job = {
+            let mut g = self.0.borrow_mut();
+            if g.queue.is_empty() {
+                None
+            } else {
+                g.parked.take()
+            }
+        };
+        if let Some((io, stall)) = job {
+            monoio::spawn(self.clone().run_writer(io, stall));
+        }
     }
 
     /// Queues a frame regardless of the cap (the caller waits on
@@ -128,9 +156,8 @@ impl Outbox {
         }
         g.queued += frame.len();
         g.queue.push_back(frame);
-        if let Some(w) = g.writer.take() {
-            w.wake();
-        }
+        drop(g);
+        self.kick();
         Ok(())
     }
 
@@ -167,12 +194,11 @@ impl Outbox {
         g.queued += frame.len();
         g.queue.push_back(frame);
         g.state = State::Closing;
-        if let Some(w) = g.writer.take() {
-            w.wake();
-        }
         for w in g.waiters.drain(..) {
             w.wake();
         }
+        drop(g);
+        self.kick();
     }
 
     pub fn is_open(&self) -> bool {
@@ -216,6 +242,7 @@ impl Outbox {
     fn finish(&self) {
         let mut g = self.0.borrow_mut();
         g.state = State::Done;
+        g.parked = None;
         g.queue.clear();
         g.queued = 0;
         for w in g.waiters.drain(..) {
@@ -224,30 +251,23 @@ impl Outbox {
     }
 
     /// Takes the queued frames (up to a batch) for one gathered write;
-    /// `true` when the close frame is among them.
-    async fn next_batch(&self) -> Option<(Vec<Bytes>, bool)> {
-        poll_fn(|cx| {
-            let mut g = self.0.borrow_mut();
-            if !g.queue.is_empty() {
-                let mut batch = Vec::with_capacity(g.queue.len().min(BATCH_FRAMES));
-                let mut bytes = 0;
-                while let Some(b) = g.queue.front() {
-                    if batch.len() == BATCH_FRAMES || (bytes > 0 && bytes + b.len() > BATCH_BYTES) {
-                        break;
-                    }
-                    bytes += b.len();
-                    batch.push(g.queue.pop_front().expect("front exists"));
-                }
-                let last = g.queue.is_empty() && g.state == State::Closing;
-                return Poll::Ready(Some((batch, last)));
+    /// `true` when the close frame is among them. `None`: nothing to write.
+    fn next_batch(&self) -> Option<(Vec<Bytes>, bool)> {
+        let mut g = self.0.borrow_mut();
+        if g.queue.is_empty() {
+            return None;
+        }
+        let mut batch = Vec::with_capacity(g.queue.len().min(BATCH_FRAMES));
+        let mut bytes = 0;
+        while let Some(b) = g.queue.front() {
+            if batch.len() == BATCH_FRAMES || (bytes > 0 && bytes + b.len() > BATCH_BYTES) {
+                break;
             }
-            if g.state != State::Open {
-                return Poll::Ready(None);
-            }
-            g.writer = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+            bytes += b.len();
+            batch.push(g.queue.pop_front().expect("front exists"));
+        }
+        let last = g.queue.is_empty() && g.state == State::Closing;
+        Some((batch, last))
     }
 
     fn written(&self, n: usize) {
@@ -261,12 +281,19 @@ impl Outbox {
         }
     }
 
-    /// Writes queued frames to `io` until the close frame is written, the
-    /// peer is gone, or a write makes no progress for `stall`. Frames queued
-    /// together go out in one `writev`. Returns the socket half so the
-    /// caller can shut it down or hand it on.
-    pub async fn run_writer<W: AsyncWriteRent>(self, mut io: W, stall: Duration) -> W {
-        'frames: while let Some((batch, last)) = self.next_batch().await {
+    /// Writes queued frames until the queue is empty (then parks the
+    /// socket half), the close frame is written, the peer is gone, or a
+    /// write makes no progress for `stall`. Frames queued together go out
+    /// in one `writev`.
+    async fn run_writer(self, mut io: Writer, stall: Duration) {
+        loop {
+            let Some((batch, last)) = self.next_batch() else {
+                // Nothing left: park. A later push starts a new writer.
+                self.0.borrow_mut().parked = Some((io, stall));
+                // A frame may have arrived while this task was finishing.
+                self.kick();
+                return;
+            };
             let mut pending = Gather::new(batch);
             while !pending.is_empty() {
                 let (res, g) = match monoio::time::timeout(stall, io.writev(pending)).await {
@@ -276,27 +303,25 @@ impl Outbox {
                             stall_ms = stall.as_millis() as u64,
                             "write stalled; dropping peer"
                         );
-                        break 'frames;
+                        return self.finish();
                     }
                 };
                 match res {
-                    Ok(0) => break 'frames,
-                    Ok(n) => {
+                    Ok(n) if n > 0 => {
                         self.written(n);
                         pending = g.advance(n);
                     }
+                    Ok(_) => return self.finish(),
                     Err(e) => {
                         tracing::debug!(error = %e, "write failed; peer gone");
-                        break 'frames;
+                        return self.finish();
                     }
                 }
             }
             if last {
-                break;
+                return self.finish();
             }
         }
-        self.finish();
-        io
     }
 }
 

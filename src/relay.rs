@@ -50,7 +50,7 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
     let (erd, ewr) = stream.into_split();
     let edge_out = Outbox::new(cfg.limits.session_buffer_bytes);
     let stall = Duration::from_millis(cfg.timeouts.write_stall_ms);
-    let edge_writer = monoio::spawn(edge_out.clone().run_writer(ewr, stall));
+    edge_out.attach(ewr, stall);
     let edge_reader: FrameReader<OwnedReadHalf<TcpStream>> =
         FrameReader::new(erd, buffered, rule, cfg.limits.max_frame_bytes)
             .with_chunk(cfg.limits.read_chunk_bytes);
@@ -94,7 +94,7 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
     *sess.upstream.borrow_mut() = None;
     // Whatever ended the relay, both sides get a close (no-op if sent).
     edge_out.close(protocol::closing(close::NORMAL, "session closed"));
-    let _ = edge_writer.await;
+    edge_out.finished().await;
     shard.shared.registry.remove(&meta.edge, meta.conn);
     shard.metrics().relay_conns_active.fetch_sub(1, Relaxed);
     tracing::info!(sid = %sess.sid, edge = %meta.edge, "relay ended");

@@ -161,11 +161,7 @@ pub async fn run(
     let _count = SessionCount::new(&shard);
     let (rd, wr) = stream.into_split();
     let outbox = Outbox::new(cfg.limits.session_buffer_bytes);
-    let writer = monoio::spawn(
-        outbox
-            .clone()
-            .run_writer(wr, Duration::from_millis(cfg.timeouts.write_stall_ms)),
-    );
+    outbox.attach(wr, Duration::from_millis(cfg.timeouts.write_stall_ms));
     // An idle session reads only small JSON messages: a small buffer (it
     // starts in what is left of the request head's).
     let mut reader = FrameReader::new(rd, buffered, MaskRule::Required, cfg.limits.max_text_bytes)
@@ -180,7 +176,7 @@ pub async fn run(
         Ok(claims) => serve(shard, sid, claims, reader, outbox.clone()).await,
     }
     outbox.close(protocol::closing(close::NORMAL, ""));
-    let _ = writer.await;
+    outbox.finished().await;
 }
 
 async fn authenticate(

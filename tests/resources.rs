@@ -80,7 +80,11 @@ async fn a_browser_that_stops_reading_pauses_its_connector() {
 
 #[tokio::test]
 async fn ten_thousand_sessions_leave_nothing_behind() {
-    let gw = Gateway::start(2, &[]);
+    // One relay edge id per concurrent client, so each pairs with its own.
+    let keys: Vec<String> = (0..CLIENTS)
+        .map(|w| format!("churn-edge-{w}=k{w}"))
+        .collect();
+    let gw = Gateway::start(2, &[("SLUICE_EDGE_KEYS", &keys.join(","))]);
     let addr = gw.addr;
     // Relay edges for the relay share of the churn.
     let run = |from: usize, to: usize| {
@@ -88,7 +92,7 @@ async fn ten_thousand_sessions_leave_nothing_behind() {
         async move {
             let mut tasks = tokio::task::JoinSet::new();
             let next = Arc::new(AtomicUsize::new(from));
-            for _ in 0..32 {
+            for w in 0..CLIENTS {
                 let next = next.clone();
                 let base = gw_url.clone();
                 tasks.spawn(async move {
@@ -97,7 +101,7 @@ async fn ten_thousand_sessions_leave_nothing_behind() {
                         if i >= to {
                             break;
                         }
-                        one_session(&base, addr, i).await;
+                        one_session(&base, addr, i, w).await;
                     }
                 });
             }
@@ -125,8 +129,10 @@ async fn ten_thousand_sessions_leave_nothing_behind() {
     assert_eq!(gw.metric("sluice_sessions_total").await, 11_000 / 4 * 3);
 }
 
-/// One of four ways to end a session, by `i % 4`.
-async fn one_session(base: &str, addr: std::net::SocketAddr, i: usize) {
+const CLIENTS: usize = 32;
+
+/// One of four ways to end a session, by `i % 4`; `w` is the client.
+async fn one_session(base: &str, addr: std::net::SocketAddr, i: usize, w: usize) {
     let sid = format!("churn-{i}");
     match i % 4 {
         // Clean: authenticate, ask, close with a close frame.
@@ -161,11 +167,16 @@ async fn one_session(base: &str, addr: std::net::SocketAddr, i: usize) {
         }
         // Relay pair, closed by the browser.
         _ => {
-            let mut edge = connect(&format!("{base}/edge/{EDGE}"), &[("Edge-Key", EDGE_KEY)])
-                .await
-                .unwrap();
+            let key = format!("k{w}");
+            let mut edge = connect(
+                &format!("{base}/edge/churn-edge-{w}"),
+                &[("Edge-Key", &key)],
+            )
+            .await
+            .unwrap();
             let mut c = claims(&sid);
             c.mode = Mode::Relay;
+            c.edge = format!("churn-edge-{w}");
             let t = token(&c);
             let mut b = connect(
                 &format!("{base}/stream/{sid}"),

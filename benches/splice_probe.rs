@@ -78,17 +78,7 @@ fn proxy(to: SocketAddr, splice: bool, uring: bool) -> SocketAddr {
         let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .build()
             .expect("io_uring runtime");
-        rt.block_on(async move {
-            let l = monoio::net::TcpListener::from_std(l).unwrap();
-            let (mut src, _) = l.accept().await.unwrap();
-            let mut dst = monoio::net::TcpStream::connect(to).await.unwrap();
-            let _ = dst.set_nodelay(true);
-            if splice {
-                monoio::io::zero_copy(&mut src, &mut dst).await.unwrap();
-            } else {
-                monoio::io::copy(&mut src, &mut dst).await.unwrap();
-            }
-        });
+        rt.block_on(forward(l, to, splice));
     });
     addr
 }

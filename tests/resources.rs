@@ -42,15 +42,7 @@ async fn a_browser_that_stops_reading_pauses_its_connector() {
         }
     });
     // Wait until the connector is blocked (no progress for a while).
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = sent.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = until_stalled(&sent).await;
     let (_, rss_blocked) = fds_and_rss(gw.pid());
     assert!(
         last < frames_total / 2,
@@ -223,15 +215,7 @@ async fn a_client_that_never_reads_its_answers_cannot_grow_the_gateway() {
         }
     });
     // Wait until the flood is held back by TCP flow control.
-    let mut last = usize::MAX;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = sent.load(Ordering::SeqCst);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = until_stalled(&sent).await;
     assert!(
         last < 400_000,
         "the gateway should stop reading a client that does not read"
@@ -244,4 +228,18 @@ async fn a_client_that_never_reads_its_answers_cannot_grow_the_gateway() {
     );
     healthy.check().await;
     flood.abort();
+}
+
+/// Waits until a sender's counter stops moving (TCP flow control holds it);
+/// returns where it stopped.
+async fn until_stalled(sent: &AtomicUsize) -> usize {
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sent.load(Ordering::SeqCst);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
 }

@@ -12,6 +12,9 @@
 //! p99 from an HDR histogram; the gateway's added latency is the difference
 //! from the direct path measured in the same run.
 
+mod support;
+use support::pin;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -404,15 +407,6 @@ fn latency(p: Pair, masked_source: bool, rate: u64, secs: u64) -> Histogram<u64>
     let h = rx.recv().unwrap();
     reader.join().unwrap();
     h
-}
-
-fn pin(cpu: usize) {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    if cpus > 1 {
-        let _ = monoio::utils::bind_to_cpu_set([cpu % cpus]);
-    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

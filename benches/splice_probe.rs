@@ -5,18 +5,12 @@
 //!
 //!     cargo bench --bench splice_probe [-- --mib 2048 --runs 3]
 
+mod support;
+use support::pin;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Instant;
-
-fn pin(cpu: usize) {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    if cpus > 1 {
-        let _ = monoio::utils::bind_to_cpu_set([cpu % cpus]);
-    }
-}
 
 /// Sink: accepts one connection and reads `total` bytes.
 fn sink(total: usize) -> (SocketAddr, std::thread::JoinHandle<Instant>) {

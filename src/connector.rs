@@ -12,7 +12,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use serde_json::json;
 
-use crate::frame::{encode_server_frame, parse_close, MaskRule, Opcode};
+use crate::frame::{parse_close, MaskRule, Opcode};
 use crate::handoff;
 use crate::http::{self, HttpError, Request, FAST_PATH_PROTOCOL};
 use crate::ids::EdgeId;
@@ -148,7 +148,7 @@ async fn read_text(
                 }
             }
             Opcode::Ping => {
-                let pong = Bytes::from(encode_server_frame(Opcode::Pong, f.payload()));
+                let pong = protocol::pong(f.payload());
                 let _ = reader.io_mut().write_all(pong).await;
             }
             Opcode::Close => return Err((close::NORMAL, "closed before register".into())),
@@ -359,7 +359,7 @@ async fn idle(shard: Rc<Shard>, mut c: EdgeConn, take: TakeCell) {
                 live.seen();
                 match f.message {
                     Opcode::Ping => {
-                        let pong = Bytes::from(encode_server_frame(Opcode::Pong, f.payload()));
+                        let pong = protocol::pong(f.payload());
                         if c.send(pong).await.is_err() {
                             break (close::GOING_AWAY, "write failed".into());
                         }
@@ -393,7 +393,7 @@ async fn idle(shard: Rc<Shard>, mut c: EdgeConn, take: TakeCell) {
                     break (close::GOING_AWAY, "idle timeout".into());
                 }
                 if live.take_ping_due() {
-                    let ping = Bytes::from(encode_server_frame(Opcode::Ping, b""));
+                    let ping = protocol::ping();
                     if c.send(ping).await.is_err() {
                         break (close::GOING_AWAY, "write failed".into());
                     }

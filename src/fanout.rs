@@ -26,7 +26,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::connector::{self, EdgeConn};
-use crate::frame::{encode_server_frame, Opcode};
+use crate::frame::Opcode;
 use crate::ids::EdgeId;
 use crate::keepalive;
 use crate::protocol::{self, close, Reply};
@@ -458,11 +458,7 @@ async fn feed(
                         "connector stopped responding".into(),
                     );
                 }
-                if live.take_ping_due()
-                    && w.send(Bytes::from(encode_server_frame(Opcode::Ping, b"")))
-                        .await
-                        .is_err()
-                {
+                if live.take_ping_due() && w.send(protocol::ping()).await.is_err() {
                     return FeedEnd::Broken(
                         close::GOING_AWAY,
                         "connector connection failed".into(),
@@ -516,7 +512,7 @@ async fn feed(
                 }
             }
             Opcode::Ping => {
-                let pong = Bytes::from(encode_server_frame(Opcode::Pong, f.payload()));
+                let pong = protocol::pong(f.payload());
                 if let Err(e) = w.send(pong).await {
                     tracing::debug!(error = %e, "pong to connector failed");
                     return FeedEnd::Broken(

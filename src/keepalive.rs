@@ -15,10 +15,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use crate::frame::{encode_server_frame, Opcode};
 use crate::outbox::Outbox;
+use crate::protocol;
 use crate::reader::Interrupter;
 
 pub struct Liveness {
@@ -69,7 +67,7 @@ impl Liveness {
             self.pinged_at.set(Some(now));
             match &self.outbox {
                 Some(o) => {
-                    let _ = o.push(Bytes::from(encode_server_frame(Opcode::Ping, b"")));
+                    let _ = o.push(protocol::ping());
                 }
                 None => {
                     self.ping_due.set(true);

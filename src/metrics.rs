@@ -64,13 +64,6 @@ impl Metrics {
         }
     }
 
-    pub fn sessions_active(&self) -> i64 {
-        self.shards
-            .iter()
-            .map(|s| s.sessions_active.load(Relaxed))
-            .sum()
-    }
-
     pub fn render(&self, snap: &Snapshot) -> String {
         let mut out = String::with_capacity(4096);
         let mut gauge = |name: &str, help: &str, v: i64| {

@@ -7,7 +7,7 @@
 //! stop reading their own source while the queue is over its cap: that is
 //! how a browser that stops reading slows its connector through TCP flow
 //! control instead of growing the gateway's memory. A fan-out producer that
-//! must not wait uses [`Outbox::try_push`] and drops the viewer instead.
+//! must not wait checks [`Outbox::queued_bytes`] and drops the viewer instead.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -168,20 +168,6 @@ impl Outbox {
             Some(t) => self.push(t),
             None => Ok(()),
         }
-    }
-
-    /// Queues a frame only if the queue is under its cap.
-    pub fn try_push(&self, frame: Bytes) -> Result<bool, Gone> {
-        {
-            let g = self.0.borrow();
-            if g.state != State::Open {
-                return Err(Gone);
-            }
-            if g.queued >= g.cap {
-                return Ok(false);
-            }
-        }
-        self.push(frame).map(|_| true)
     }
 
     /// Queues a close frame; after it nothing is accepted, and the writer

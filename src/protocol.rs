@@ -76,6 +76,16 @@ pub fn text(v: &Value) -> Bytes {
     Bytes::from(encode_server_frame(Opcode::Text, v.to_string().as_bytes()))
 }
 
+/// The answer to a ping: a pong carrying the same payload (RFC 6455 §5.5.3).
+pub fn pong(ping_payload: &[u8]) -> Bytes {
+    Bytes::from(encode_server_frame(Opcode::Pong, ping_payload))
+}
+
+/// A keepalive ping.
+pub fn ping() -> Bytes {
+    Bytes::from(encode_server_frame(Opcode::Ping, b""))
+}
+
 pub fn closing(code: u16, reason: &str) -> Bytes {
     Bytes::from(close_frame(code, reason))
 }

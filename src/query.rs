@@ -10,13 +10,12 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::connector::{self, EdgeConn, Unavailable};
-use crate::frame::{encode_server_frame, Opcode};
+use crate::frame::Opcode;
 use crate::keepalive;
-use crate::protocol::{close, Reply};
+use crate::protocol::{self, close, Reply};
 use crate::reader::{freeze, ReadError, TextAssembler};
 use crate::registry::ConnKind;
 use crate::session::{check_dataset, Flow, Session};
@@ -136,11 +135,7 @@ async fn stream(
                         edge_lost("connector stopped responding mid-stream"),
                     );
                 }
-                if live.take_ping_due()
-                    && w.send(Bytes::from(encode_server_frame(Opcode::Ping, b"")))
-                        .await
-                        .is_err()
-                {
+                if live.take_ping_due() && w.send(protocol::ping()).await.is_err() {
                     return End::Broken(
                         close::GOING_AWAY,
                         edge_lost("connector connection failed"),
@@ -235,7 +230,7 @@ async fn stream(
                 // Anything else belongs to an earlier, cancelled request.
             }
             Opcode::Ping => {
-                let pong = Bytes::from(encode_server_frame(Opcode::Pong, f.payload()));
+                let pong = protocol::pong(f.payload());
                 if let Err(e) = w.send(pong).await {
                     tracing::debug!(error = %e, "pong to connector failed");
                     return End::Broken(

@@ -116,13 +116,14 @@ impl Registry {
     ) -> Result<(), RegisterError> {
         let mut g = self.lock();
         let e = g.entry(edge.clone()).or_default();
-        // Relay edges name no tenant (""): they join whatever the edge has.
-        if e.tenant.is_empty() || e.conns.is_empty() {
-            if !tenant.is_empty() || e.conns.is_empty() {
-                e.tenant = tenant.to_owned();
-            }
-        } else if !tenant.is_empty() && e.tenant != tenant {
-            return Err(RegisterError::TenantMismatch);
+        // The first tenant named owns the edge while it has connections.
+        // Relay edges name none (""): they join whatever the edge has.
+        match (e.conns.is_empty(), tenant.is_empty()) {
+            (true, _) => e.tenant = tenant.to_owned(),
+            (false, true) => {}
+            (false, false) if e.tenant.is_empty() => e.tenant = tenant.to_owned(),
+            (false, false) if e.tenant != tenant => return Err(RegisterError::TenantMismatch),
+            (false, false) => {}
         }
         if e.conns.len() >= max_conns {
             return Err(RegisterError::TooManyConnections);
@@ -229,11 +230,6 @@ impl Registry {
                 Acquire::Busy(rx)
             }
         }
-    }
-
-    /// Whether the edge has any connection at all.
-    pub fn is_online(&self, edge: &EdgeId) -> bool {
-        self.lock().contains_key(edge)
     }
 
     /// Datasets the edge's workers registered, or `None` when offline.

@@ -7,13 +7,12 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::Bytes;
 use monoio::io::{OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
 use serde_json::json;
 
 use crate::connector::{self, Unavailable};
-use crate::frame::{encode_server_frame, parse_close, Opcode};
+use crate::frame::{parse_close, Opcode};
 use crate::keepalive;
 use crate::outbox::Outbox;
 use crate::protocol::{self, close};
@@ -151,7 +150,7 @@ async fn pump(
         match f.header.opcode {
             Opcode::Ping => {
                 // Pongs to a peer that does not read are bounded too.
-                let pong = Bytes::from(encode_server_frame(Opcode::Pong, f.payload()));
+                let pong = protocol::pong(f.payload());
                 if own.push(pong).is_err() || own.space().await.is_err() {
                     break;
                 }

@@ -6,12 +6,12 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
 use serde_json::{json, Value};
 
-use crate::frame::{encode_server_frame, parse_close, MaskRule, Opcode};
+use crate::frame::{parse_close, MaskRule, Opcode};
 use crate::http::{self, HttpError, Request};
 use crate::ids::{EdgeId, SessionId};
 use crate::keepalive::{self, Liveness};
@@ -233,7 +233,7 @@ async fn next_text(
         let f = reader.next().await.map_err(read_failure)?;
         match f.message {
             Opcode::Ping => {
-                let _ = outbox.push(Bytes::from(encode_server_frame(Opcode::Pong, f.payload())));
+                let _ = outbox.push(protocol::pong(f.payload()));
             }
             Opcode::Pong => {}
             Opcode::Close => return Err((close::NORMAL, "closed", "closed by client".into())),
@@ -406,9 +406,7 @@ async fn read_actions(
         live.seen();
         match f.message {
             Opcode::Ping => {
-                let _ = sess
-                    .outbox
-                    .push(Bytes::from(encode_server_frame(Opcode::Pong, f.payload())));
+                let _ = sess.outbox.push(protocol::pong(f.payload()));
             }
             Opcode::Pong => {}
             Opcode::Close => {

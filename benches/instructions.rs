@@ -1,0 +1,143 @@
+//! Instruction-count harness for the CI regression gate (`.ci/instructions`).
+//!
+//! Each case runs its hot path `ITERATIONS` times inside a function whose
+//! name contains `measured_`; callgrind counts only inside that function
+//! (`--toggle-collect=*measured_*`), so setup, the allocator warming up and
+//! process start are not counted. Instruction counts do not depend on what
+//! else the machine is doing, which is what lets CI gate on them without
+//! flaking.
+//!
+//!     cargo bench --bench instructions -- --list
+//!     valgrind --tool=callgrind --toggle-collect='*measured_*' \
+//!         target/release/deps/instructions-* --case unmask_64k
+
+use std::hint::black_box;
+
+use sluice::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
+use sluice::ids::SessionId;
+use sluice::quota::Quota;
+use sluice::token::{sign_hs256, Claims, Mode, Verifier};
+
+const ITERATIONS: u64 = 1000;
+
+const CASES: &[&str] = &[
+    "frame_header",
+    "unmask_1k",
+    "unmask_64k",
+    "token_hs256",
+    "shard_route",
+    "quota_admit",
+    "http_upgrade",
+];
+
+#[inline(never)]
+fn measured_frame_header(f: &[u8]) {
+    for _ in 0..ITERATIONS {
+        black_box(parse_header(black_box(f), MaskRule::Required, 1 << 24).unwrap());
+    }
+}
+
+#[inline(never)]
+fn measured_unmask(buf: &mut [u8]) {
+    for _ in 0..ITERATIONS {
+        apply_mask(black_box(&mut *buf), [1, 2, 3, 4], 0);
+    }
+}
+
+#[inline(never)]
+fn measured_token(v: &Verifier, t: &str, sid: &SessionId) {
+    for _ in 0..ITERATIONS {
+        black_box(v.verify(black_box(t), sid).unwrap());
+    }
+}
+
+#[inline(never)]
+fn measured_shard_route(sid: &SessionId) {
+    for _ in 0..ITERATIONS {
+        black_box(black_box(sid).shard(16));
+    }
+}
+
+#[inline(never)]
+fn measured_quota(q: &Quota) {
+    for _ in 0..ITERATIONS {
+        black_box(q.admit(black_box(65536)));
+    }
+}
+
+#[inline(never)]
+fn measured_http_upgrade(req: &[u8]) {
+    for _ in 0..ITERATIONS {
+        let r = sluice::http::parse_request(black_box(req), 8192, 64)
+            .unwrap()
+            .unwrap();
+        black_box(sluice::http::validate_upgrade(&r).unwrap());
+    }
+}
+
+fn claims() -> Claims {
+    Claims {
+        sid: "s-bench".into(),
+        sub: "u".into(),
+        tenant: "t".into(),
+        edge: "e".into(),
+        mode: Mode::Query,
+        datasets: None,
+        quota: Some(1 << 30),
+        // Fixed far-future expiry: the token's bytes (and so the count)
+        // must not change from day to day.
+        exp: 4_102_444_800,
+        jti: None,
+    }
+}
+
+fn run(case: &str) {
+    match case {
+        "frame_header" => {
+            let f = encode_client_frame(Opcode::Binary, true, &[0u8; 65536], [1, 2, 3, 4]);
+            measured_frame_header(&f);
+        }
+        "unmask_1k" => measured_unmask(&mut vec![7u8; 1024]),
+        "unmask_64k" => measured_unmask(&mut vec![7u8; 65536]),
+        "token_hs256" => {
+            let v = Verifier::from_config(&sluice::config::Auth {
+                hs256_secret: "bench-secret".into(),
+                ..Default::default()
+            })
+            .unwrap();
+            let sid = SessionId::parse("s-bench").unwrap();
+            measured_token(&v, &sign_hs256(&claims(), b"bench-secret"), &sid);
+        }
+        "shard_route" => measured_shard_route(&SessionId::parse("s-bench-0123456789").unwrap()),
+        "quota_admit" => measured_quota(&Quota::new(Some(u64::MAX))),
+        "http_upgrade" => measured_http_upgrade(
+            b"GET /stream/s-0123456789abcdef HTTP/1.1\r\nHost: gw.example.com\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Version: 13\r\nAuthorization: Bearer abc.def.ghi\r\n\r\n",
+        ),
+        other => {
+            eprintln!("unknown case {other:?}; cases: {}", CASES.join(", "));
+            std::process::exit(2);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--case") {
+        run(args.get(i + 1).map(String::as_str).unwrap_or(""));
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
+        println!("iterations {ITERATIONS}");
+        for c in CASES {
+            println!("{c}");
+        }
+        return;
+    }
+    // `cargo bench` / `cargo test --benches` without a case: run each once
+    // natively, so the harness is known to work before valgrind sees it.
+    for c in CASES {
+        run(c);
+    }
+}

@@ -1,0 +1,102 @@
+//! `bulk`: one stream of large frames as fast as the path carries them.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use sluice::frame::Opcode;
+
+use super::{pin_current, sinks, Ctx, Driven};
+use crate::report::Outcome;
+use crate::sink::Event;
+
+pub struct Params {
+    pub frames: u64,
+    pub size: usize,
+    pub runs: usize,
+}
+
+pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
+    let mut out: Vec<Outcome> = ctx
+        .targets
+        .iter()
+        .map(|d| Outcome::new(d.route.target.name()))
+        .collect();
+    let mut cpu = vec![0.0; out.len()];
+    // Interleaved rounds: drift on a shared machine hits every target alike.
+    for round in 0..p.runs {
+        for (i, d) in ctx.targets.iter().enumerate() {
+            let before = d.proc.map(|p| p.cpu_secs());
+            match once(ctx, d, p, round) {
+                Ok(mb) => out[i].runs_mb_per_s.push(mb),
+                Err(e) => out[i].error(format!("round {round}: {e:#}")),
+            }
+            if let (Some(b), Some(pr)) = (before, d.proc) {
+                cpu[i] += pr.cpu_secs() - b;
+            }
+        }
+    }
+    let gib = (p.frames as f64 * p.size as f64) / (1u64 << 30) as f64;
+    for (i, o) in out.iter_mut().enumerate() {
+        o.mb_per_s = median(&o.runs_mb_per_s);
+        o.messages = p.frames * o.runs_mb_per_s.len() as u64;
+        if let Some(pr) = ctx.targets[i].proc {
+            let runs = o.runs_mb_per_s.len().max(1) as f64;
+            o.proxy_cpu_s = Some(cpu[i] / runs);
+            o.proxy_peak_rss_kib = Some(pr.peak_rss_kib());
+            o.note = Some(format!("{:.2} proxy CPU-s per GiB", cpu[i] / runs / gib));
+        }
+    }
+    out
+}
+
+fn once(ctx: &Ctx, d: &Driven, p: &Params, round: usize) -> Result<f64> {
+    let (mut src, parts) = d.route.open_stream(round)?;
+    let frame = src.enc.frame(Opcode::Binary, &vec![0xab; p.size]);
+    let mut sink = sinks(ctx.rt, vec![parts])?.pop().expect("one sink");
+    let cpu = ctx.layout.source_cpu(d.route.target, false);
+    let n = p.frames;
+    let t0 = Instant::now();
+    let writer = std::thread::spawn(move || -> std::io::Result<_> {
+        pin_current(cpu);
+        for _ in 0..n {
+            src.stream.write_all(&frame)?;
+        }
+        src.end();
+        Ok(src)
+    });
+    let got = ctx.rt.block_on(async {
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        while frames < n {
+            match sink.next().await? {
+                Event::Binary { len, .. } => {
+                    frames += 1;
+                    bytes += len as u64;
+                }
+                Event::Closed { code, reason } => {
+                    bail!("closed {code:?} {reason} after {frames} frames")
+                }
+                Event::Text(_) => {}
+            }
+        }
+        sink.close().await;
+        Ok(bytes)
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let src = writer.join().expect("writer thread")?;
+    drop(src);
+    let bytes = got?;
+    if bytes != n * p.size as u64 {
+        bail!("received {bytes} payload bytes, sent {}", n * p.size as u64);
+    }
+    Ok(bytes as f64 / secs / 1e6)
+}
+
+pub fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    Some(s[s.len() / 2])
+}

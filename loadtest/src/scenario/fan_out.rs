@@ -1,0 +1,127 @@
+//! `fan-out`: one live feed delivered to many viewers. Through the gateway
+//! the connector sends each frame once and the gateway copies it to every
+//! subscribed viewer; on the direct and proxied paths the origin itself
+//! writes each frame to every viewer's connection.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use sluice::frame::Opcode;
+use sluice::token::Mode;
+
+use super::{collect, paced, sinks, Ctx, Driven};
+use crate::report::Outcome;
+use crate::targets::SinkParts;
+use crate::wire::{Encoding, Source};
+
+pub struct Params {
+    pub viewers: usize,
+    pub size: usize,
+    pub rate: u64,
+    pub duration: Duration,
+}
+
+pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
+    ctx.targets
+        .iter()
+        .map(|d| {
+            let mut o = Outcome::new(d.route.target.name());
+            let (sources, parts) = match open(d, p) {
+                Ok(x) => x,
+                Err(e) => {
+                    o.error(format!("{e:#}"));
+                    return o;
+                }
+            };
+            let sinks = match sinks(ctx.rt, parts) {
+                Ok(s) => s,
+                Err(e) => {
+                    o.error(e);
+                    return o;
+                }
+            };
+            let total = p.rate * p.duration.as_secs().max(1);
+            let before = d.proc.map(|pr| pr.cpu_secs());
+            let sender = paced(
+                sources,
+                total,
+                Duration::from_nanos(1_000_000_000 / p.rate),
+                p.size,
+                true,
+                ctx.epoch,
+                ctx.layout.source_cpu(d.route.target, true),
+            );
+            collect(ctx.rt, sinks, total, ctx.epoch, p.duration, &mut o);
+            let (sources, errors) = sender.join().expect("sender thread");
+            drop(sources);
+            for e in errors {
+                o.error(e);
+            }
+            if let (Some(b), Some(pr)) = (before, d.proc) {
+                o.proxy_cpu_s = Some(pr.cpu_secs() - b);
+                o.proxy_peak_rss_kib = Some(pr.peak_rss_kib());
+            }
+            o
+        })
+        .collect()
+}
+
+fn open(d: &Driven, p: &Params) -> Result<(Vec<Source>, Vec<SinkParts>)> {
+    let r = &d.route;
+    if !r.target.is_gateway() {
+        let mut sources = vec![];
+        let mut parts = vec![];
+        for n in 0..p.viewers {
+            let (s, k) = r
+                .open_stream(200_000 + n)
+                .with_context(|| format!("viewer {n}"))?;
+            sources.push(s);
+            parts.push(k);
+        }
+        return Ok((sources, parts));
+    }
+    let fast = r.target != crate::targets::Target::GatewayQuery;
+    let (mut feed, enc) = r.connector(fast, &["feed"])?;
+    let mut parts = vec![];
+    let mut rid = None;
+    for n in 0..p.viewers {
+        let mut v = r
+            .browser(&format!("lt-view-{n}-{}", std::process::id()), Mode::Query)
+            .with_context(|| format!("viewer {n}"))?;
+        v.send_json(
+            Encoding::Masked,
+            &json!({"action": "subscribe", "dataset": "feed"}),
+        )?;
+        if rid.is_none() {
+            let id =
+                feed.wait_for("action", "do_get", Duration::from_secs(10))?["request_id"].clone();
+            feed.send_json(
+                enc,
+                &json!({"request_id": id, "type": "stream_start", "schema": ""}),
+            )?;
+            // The first binary message is the schema late joiners are sent;
+            // 8 bytes, so the sinks do not take it for a stamped frame.
+            std::io::Write::write_all(&mut feed.stream, &enc.frame(Opcode::Binary, b"schema!!"))?;
+            rid = Some(id);
+        }
+        v.wait_for("type", "stream_start", Duration::from_secs(10))
+            .with_context(|| format!("viewer {n} subscribing"))?;
+        parts.push(v.into_parts());
+    }
+    let rid = rid.unwrap_or_default();
+    let end = enc.frame(
+        Opcode::Text,
+        json!({"request_id": rid, "type": "stream_end", "total_bytes": 0})
+            .to_string()
+            .as_bytes(),
+    );
+    Ok((
+        vec![Source {
+            stream: feed.into_parts().0,
+            enc,
+            finish: Some(end),
+        }],
+        parts,
+    ))
+}

@@ -1,0 +1,559 @@
+//! What traffic goes through: the gateway (three paths), nothing (a direct
+//! socket to the origin), or nginx / haproxy as WebSocket proxies in front
+//! of the same origin. Each target yields connected (source, sink) pairs.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine;
+use serde_json::json;
+use sha1::{Digest, Sha1};
+use sluice::frame::Opcode;
+use sluice::token::{sign_hs256, Claims, Mode};
+
+use crate::wire::{self, Conn, Encoding, Source};
+
+const SETUP: Duration = Duration::from_secs(10);
+
+/// One way through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Direct,
+    /// Query mode with the project's connector fast path (unmasked frames).
+    Gateway,
+    /// Query mode, plain seed-001 connector (masked frames, unmasked in place).
+    GatewayQuery,
+    /// Relay mode (seed 000), masked edge frames.
+    GatewayRelay,
+    Nginx,
+    Haproxy,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target> {
+        Ok(match s {
+            "direct" => Target::Direct,
+            "gateway" | "gateway-fast" => Target::Gateway,
+            "gateway-query" => Target::GatewayQuery,
+            "gateway-relay" => Target::GatewayRelay,
+            "nginx" => Target::Nginx,
+            "haproxy" => Target::Haproxy,
+            _ => bail!("unknown target {s:?} (direct, gateway, gateway-query, gateway-relay, nginx, haproxy)"),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Gateway => "gateway",
+            Target::GatewayQuery => "gateway-query",
+            Target::GatewayRelay => "gateway-relay",
+            Target::Nginx => "nginx",
+            Target::Haproxy => "haproxy",
+        }
+    }
+
+    pub fn is_gateway(self) -> bool {
+        matches!(
+            self,
+            Target::Gateway | Target::GatewayQuery | Target::GatewayRelay
+        )
+    }
+}
+
+/// CPU seconds and memory of a process, from /proc.
+#[derive(Clone, Copy, Debug)]
+pub struct Proc(pub u32);
+
+impl Proc {
+    pub fn cpu_secs(self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // /proc reports times in USER_HZ ticks, which Linux fixes at 100.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn status_kib(self, key: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn rss_kib(self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    pub fn peak_rss_kib(self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+}
+
+/// Where the gateway is and the secrets to talk to it.
+pub struct GatewaySpec {
+    pub addr: Option<SocketAddr>,
+    pub pid: Option<u32>,
+    pub bin: PathBuf,
+    pub workers: usize,
+    pub secret: String,
+    pub edge: String,
+    pub tenant: String,
+    pub edge_key: String,
+    pub cpus: Option<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A process the loader started; killed on drop.
+pub struct Spawned {
+    child: Child,
+    _dir: Option<TempDir>,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Result<TempDir> {
+        let p = std::env::temp_dir().join(format!("sluice-loadtest-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pinned(cpus: &Option<String>, bin: &str) -> Command {
+    match cpus {
+        Some(list) if has("taskset") => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", list, bin]);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
+/// Whether a program is on PATH (or an absolute path that exists).
+pub fn has(prog: &str) -> bool {
+    if prog.contains('/') {
+        return std::path::Path::new(prog).exists();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(prog).is_file())
+}
+
+fn find(prog: &str) -> String {
+    for d in ["/usr/sbin", "/sbin"] {
+        let p = std::path::Path::new(d).join(prog);
+        if p.is_file() {
+            return p.display().to_string();
+        }
+    }
+    prog.to_string()
+}
+
+/// Connections a proxy can hold within the open-files limit it inherits
+/// (each proxied connection takes two descriptors).
+fn fd_budget() -> u64 {
+    let hard = rlimit::Resource::NOFILE
+        .get()
+        .map(|(_, h)| h)
+        .unwrap_or(1024);
+    (hard.min(400_000).saturating_sub(64) / 2).max(64)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> Result<()> {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!("{what} exited at start ({st})");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("{what} did not listen on {addr} within 5 s")
+}
+
+/// Starts the gateway binary, or returns `None` when attaching to one.
+pub fn start_gateway(spec: &mut GatewaySpec) -> Result<Option<Spawned>> {
+    if spec.addr.is_some() {
+        return Ok(None);
+    }
+    let bin = spec.bin.display().to_string();
+    if !spec.bin.exists() {
+        bail!("gateway binary {bin} not found: build it with `cargo build --release` or pass --gateway-bin / --gateway ADDR");
+    }
+    let mut cmd = pinned(&spec.cpus, &bin);
+    cmd.env("SLUICE_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_WORKERS", spec.workers.to_string())
+        .env("SLUICE_TOKEN_SECRET", &spec.secret)
+        .env(
+            "SLUICE_EDGE_KEYS",
+            format!("{}={}", spec.edge, spec.edge_key),
+        )
+        .env("SLUICE_LOG", "warn")
+        .env("SLUICE_LIMITS_MAX_SESSIONS", "200000")
+        .env("SLUICE_LIMITS_MAX_EDGE_CONNECTIONS", "100000");
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {bin}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line)?;
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .nth(3)
+        .ok_or_else(|| anyhow!("gateway did not print its listen line (got {line:?})"))?
+        .parse()?;
+    spec.addr = Some(addr);
+    spec.pid = Some(child.id());
+    Ok(Some(Spawned { child, _dir: None }))
+}
+
+/// nginx 1 worker as a WebSocket reverse proxy to `origin`.
+pub fn start_nginx(
+    origin: SocketAddr,
+    cpus: &Option<String>,
+) -> Result<(Spawned, SocketAddr, Proc)> {
+    let dir = TempDir::new("nginx")?;
+    let port = free_port()?;
+    let d = dir.0.display();
+    let conns = fd_budget();
+    let nofile = conns * 2 + 32;
+    let conf = format!(
+        "worker_processes 1;\nmaster_process off;\ndaemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+         worker_rlimit_nofile {nofile};\nevents {{ worker_connections {conns}; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         upstream origin {{ server {origin}; }}\n\
+         server {{\n    listen 127.0.0.1:{port} reuseport;\n    location / {{\n      proxy_pass http://origin;\n\
+         proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection \"upgrade\";\n\
+         proxy_buffering off;\n      proxy_read_timeout 3600s;\n      proxy_send_timeout 3600s;\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.0.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let bin = find("nginx");
+    let mut child = pinned(cpus, &bin)
+        .args([
+            "-c",
+            &path.display().to_string(),
+            "-p",
+            &d.to_string(),
+            "-e",
+            &format!("{d}/error.log"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start nginx")?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_listening(addr, "nginx", &mut child)?;
+    let pid = Proc(child.id());
+    Ok((
+        Spawned {
+            child,
+            _dir: Some(dir),
+        },
+        addr,
+        pid,
+    ))
+}
+
+/// haproxy, one thread, HTTP mode (WebSocket upgrade → tunnel) to `origin`.
+pub fn start_haproxy(
+    origin: SocketAddr,
+    cpus: &Option<String>,
+) -> Result<(Spawned, SocketAddr, Proc)> {
+    let dir = TempDir::new("haproxy")?;
+    let port = free_port()?;
+    let conns = fd_budget();
+    let conf = format!(
+        "global\n  nbthread 1\n  maxconn {conns}\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n\
+         timeout server 1h\n  timeout tunnel 1h\n\nfrontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\n\
+         backend be\n  server origin {origin}\n"
+    );
+    let path = dir.0.join("haproxy.cfg");
+    std::fs::write(&path, conf)?;
+    let bin = find("haproxy");
+    let mut child = pinned(cpus, &bin)
+        .args(["-db", "-f", &path.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start haproxy")?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_listening(addr, "haproxy", &mut child)?;
+    let pid = Proc(child.id());
+    Ok((
+        Spawned {
+            child,
+            _dir: Some(dir),
+        },
+        addr,
+        pid,
+    ))
+}
+
+/// The far end for the direct and proxied paths: a WebSocket server that
+/// hands each `/hold/{n}` connection to the scenario (it becomes the source)
+/// and greets each `/greet/{n}` connection with one text message.
+pub struct Origin {
+    pub addr: SocketAddr,
+    held: Arc<Mutex<HashMap<String, mpsc::Sender<TcpStream>>>>,
+}
+
+impl Origin {
+    pub fn start() -> Result<Origin> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let held: Arc<Mutex<HashMap<String, mpsc::Sender<TcpStream>>>> = Default::default();
+        let h = held.clone();
+        std::thread::Builder::new()
+            .name("origin".into())
+            .spawn(move || {
+                for s in l.incoming().flatten() {
+                    let h = h.clone();
+                    std::thread::spawn(move || {
+                        let _ = origin_conn(s, &h);
+                    });
+                }
+            })?;
+        Ok(Origin { addr, held })
+    }
+
+    /// Registers interest in `/hold/{key}` before the client connects.
+    fn expect(&self, key: &str) -> mpsc::Receiver<TcpStream> {
+        let (tx, rx) = mpsc::channel();
+        self.held.lock().unwrap().insert(key.to_string(), tx);
+        rx
+    }
+}
+
+fn origin_conn(
+    mut s: TcpStream,
+    held: &Mutex<HashMap<String, mpsc::Sender<TcpStream>>>,
+) -> Result<()> {
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(SETUP))?;
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 2048];
+    let head_end = loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(&buf[..head_end])?;
+    let path = req.path.unwrap_or("/").to_string();
+    let key = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
+        .map(|h| h.value.to_vec())
+        .ok_or_else(|| anyhow!("no key"))?;
+    let mut sha = Sha1::new();
+    sha.update(&key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    s.write_all(
+        format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+            .as_bytes(),
+    )?;
+    s.set_read_timeout(None)?;
+    if let Some(key) = path.strip_prefix("/hold/") {
+        if let Some(tx) = held.lock().unwrap().remove(key) {
+            let _ = tx.send(s);
+        }
+        return Ok(());
+    }
+    // Greeting: one text message, then wait for the client to leave.
+    s.write_all(&Encoding::Plain.frame(Opcode::Text, b"{\"type\":\"hello\"}"))?;
+    let mut conn = Conn::accepted(s, buf[head_end..].to_vec());
+    loop {
+        match conn.next_frame(Duration::from_secs(3600)) {
+            Ok((Opcode::Close, _)) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Everything needed to open sessions on a target.
+pub struct Route<'a> {
+    pub target: Target,
+    pub addr: SocketAddr,
+    pub origin: &'a Origin,
+    pub gw: &'a GatewaySpec,
+}
+
+/// The socket and pending bytes of a sink, to be moved into the runtime.
+pub type SinkParts = (TcpStream, Vec<u8>);
+
+impl Route<'_> {
+    fn claims(&self, sid: &str, mode: Mode) -> Claims {
+        Claims {
+            sid: sid.into(),
+            sub: "loadtest".into(),
+            tenant: self.gw.tenant.clone(),
+            edge: self.gw.edge.clone(),
+            mode,
+            datasets: None,
+            quota: None,
+            exp: sluice::token::now_s() + 3600,
+            jti: None,
+        }
+    }
+
+    pub fn token(&self, sid: &str, mode: Mode) -> String {
+        sign_hs256(&self.claims(sid, mode), self.gw.secret.as_bytes())
+    }
+
+    /// A browser session on the gateway, authenticated by header.
+    pub fn browser(&self, sid: &str, mode: Mode) -> Result<Conn> {
+        let t = self.token(sid, mode);
+        wire::connect(
+            self.addr,
+            &format!("/stream/{sid}"),
+            &[("Authorization", format!("Bearer {t}"))],
+        )
+    }
+
+    /// A registered connector worker serving `datasets`.
+    pub fn connector(&self, fast: bool, datasets: &[&str]) -> Result<(Conn, Encoding)> {
+        let mut h = vec![("Edge-Key", self.gw.edge_key.clone())];
+        if fast {
+            h.push((
+                "Sec-WebSocket-Protocol",
+                sluice::http::FAST_PATH_PROTOCOL.to_string(),
+            ));
+        }
+        let mut c = wire::connect(self.addr, "/ws/connect", &h)?;
+        let enc = if fast {
+            Encoding::Plain
+        } else {
+            Encoding::Masked
+        };
+        c.send_json(
+            enc,
+            &json!({"action": "register", "tenant_id": self.gw.tenant, "edge_id": self.gw.edge,
+                    "version": "loadtest", "datasets": datasets}),
+        )?;
+        let v = c.next_json(SETUP)?;
+        if v["status"] != "ok" {
+            bail!("register refused: {v}");
+        }
+        Ok((c, enc))
+    }
+
+    /// One stream, ready for data: the source writes, the sink reads.
+    pub fn open_stream(&self, n: usize) -> Result<(Source, SinkParts)> {
+        match self.target {
+            Target::Direct | Target::Nginx | Target::Haproxy => {
+                let key = format!("{}-{n}", self.target.name());
+                let rx = self.origin.expect(&key);
+                let sink = wire::connect(self.addr, &format!("/hold/{key}"), &[])?;
+                let up = rx
+                    .recv_timeout(SETUP)
+                    .context("origin never saw the connection")?;
+                Ok((
+                    Source {
+                        stream: up,
+                        enc: Encoding::Plain,
+                        finish: None,
+                    },
+                    sink.into_parts(),
+                ))
+            }
+            Target::GatewayRelay => {
+                let mut edge = wire::connect(
+                    self.addr,
+                    &format!("/edge/{}", self.gw.edge),
+                    &[("Edge-Key", self.gw.edge_key.clone())],
+                )?;
+                let browser =
+                    self.browser(&format!("lt-relay-{n}-{}", std::process::id()), Mode::Relay)?;
+                edge.wait_for("type", "paired", SETUP)?;
+                Ok((
+                    Source {
+                        stream: edge.into_parts().0,
+                        enc: Encoding::Masked,
+                        finish: None,
+                    },
+                    browser.into_parts(),
+                ))
+            }
+            Target::Gateway | Target::GatewayQuery => {
+                let fast = self.target == Target::Gateway;
+                let (mut worker, enc) = self.connector(fast, &["bulk"])?;
+                let mut browser = self.browser(
+                    &format!("lt-q-{n}-{fast}-{}", std::process::id()),
+                    Mode::Query,
+                )?;
+                browser.send_json(
+                    Encoding::Masked,
+                    &json!({"action": "query", "dataset": "bulk"}),
+                )?;
+                let rid = worker.wait_for("action", "do_get", SETUP)?["request_id"].clone();
+                worker.send_json(
+                    enc,
+                    &json!({"request_id": rid, "type": "stream_start", "schema": ""}),
+                )?;
+                browser.wait_for("type", "stream_start", SETUP)?;
+                let end = enc.frame(
+                    Opcode::Text,
+                    json!({"request_id": rid, "type": "stream_end", "total_bytes": 0})
+                        .to_string()
+                        .as_bytes(),
+                );
+                Ok((
+                    Source {
+                        stream: worker.into_parts().0,
+                        enc,
+                        finish: Some(end),
+                    },
+                    browser.into_parts(),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The load generator against the real gateway, nginx and haproxy, at toy
+//! sizes: every scenario completes with no errors, delivers every frame it
+//! sent, and writes its JSON report, HDR files and plot. (The figures
+//! themselves are for benchmarks, never asserted here.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn loader(scenario: &str, args: &[&str]) -> Value {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
+    let gateway = bin.with_file_name("sluice");
+    assert!(
+        gateway.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` so the gateway binary is built",
+        gateway.display()
+    );
+    let out =
+        std::env::temp_dir().join(format!("sluice-lt-test-{scenario}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = Command::new(&bin)
+        .arg(scenario)
+        .args([
+            "--targets",
+            "direct,gateway,gateway-query,gateway-relay,nginx,haproxy",
+        ])
+        .args(["--no-pin", "--out"])
+        .arg(&out)
+        .args(args)
+        .output()
+        .expect("run sluice-loadtest");
+    let text =
+        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "sluice-loadtest {scenario} failed:\n{text}"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["outcomes"].as_array().unwrap().len(), 6, "{text}");
+    for o in report["outcomes"].as_array().unwrap() {
+        assert_eq!(o["errors"], 0, "{}: {o}", o["target"]);
+    }
+    if report["outcomes"][0].get("latency").is_some() {
+        for t in ["direct", "gateway", "nginx", "haproxy"] {
+            let hgrm = std::fs::read_to_string(out.join(format!("{t}.hgrm"))).unwrap();
+            assert!(
+                hgrm.contains("Percentile") && hgrm.contains("#[Max"),
+                "{hgrm}"
+            );
+        }
+        let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("gateway"),
+            "not a plot: {}",
+            &svg[..200.min(svg.len())]
+        );
+    }
+    let _ = std::fs::remove_dir_all(Path::new(&out));
+    report
+}
+
+fn each(report: &Value, f: impl Fn(&Value)) {
+    report["outcomes"].as_array().unwrap().iter().for_each(f);
+}
+
+#[test]
+fn bulk_carries_every_byte_on_every_path() {
+    let r = loader(
+        "bulk",
+        &["--frames", "300", "--frame-size", "65536", "--runs", "1"],
+    );
+    each(&r, |o| {
+        assert_eq!(o["messages"], 300, "{o}");
+        assert!(o["mb_per_s"].as_f64().unwrap() > 0.0, "{o}");
+        assert!(o["ratio_to_direct"].as_f64().is_some(), "{o}");
+    });
+    each(&r, |o| {
+        if o["target"] != "direct" {
+            assert!(
+                o["proxy_cpu_s"].as_f64().is_some(),
+                "proxy CPU is reported: {o}"
+            );
+        }
+    });
+}
+
+#[test]
+fn latency_and_fan_in_record_every_stamped_frame() {
+    let r = loader("latency", &["--rate", "500", "--duration", "1"]);
+    each(&r, |o| assert_eq!(o["latency"]["count"], 500, "{o}"));
+    let r = loader(
+        "fan-in",
+        &["--sessions", "20", "--rate", "20", "--duration", "1"],
+    );
+    each(&r, |o| assert_eq!(o["messages"], 400, "{o}"));
+}
+
+#[test]
+fn fan_out_reaches_every_viewer() {
+    let r = loader(
+        "fan-out",
+        &[
+            "--viewers",
+            "30",
+            "--rate",
+            "50",
+            "--frame-size",
+            "2048",
+            "--duration",
+            "1",
+        ],
+    );
+    each(&r, |o| assert_eq!(o["messages"], 30 * 50, "{o}"));
+}
+
+#[test]
+fn churn_and_idle_sessions_all_answer() {
+    let r = loader("churn", &["--rate", "100", "--duration", "1"]);
+    each(&r, |o| assert_eq!(o["messages"], 100, "{o}"));
+    let r = loader("idle", &["--sessions", "200", "--hold", "0"]);
+    each(&r, |o| {
+        assert_eq!(o["messages"], 200, "{o}");
+        if o["target"] != "direct" {
+            assert!(o["kib_per_session"].as_f64().is_some(), "{o}");
+        }
+    });
+}

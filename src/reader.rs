@@ -34,6 +34,13 @@ const MIN_READ: usize = 4 * 1024;
 /// Smallest chunk: a JSON-only connection reads in pieces this small, so an
 /// idle session costs little memory.
 const MIN_CHUNK: usize = 512;
+/// Where a data connection's chunk starts before it has shown it streams:
+/// 200 slow streams then hold 200 × 16 KiB of read buffer, not 200 × the
+/// configured maximum.
+const START_CHUNK: usize = 16 * 1024;
+/// Reads this far in a row that use under an eighth of what was offered
+/// halve the chunk again.
+const SHRINK_AFTER: u32 = 32;
 
 #[derive(Debug, Error)]
 pub enum ReadError {
@@ -122,7 +129,7 @@ pub struct FrameReader<R> {
     rule: MaskRule,
     max_payload: u64,
     frag: Fragmentation,
-    chunk: usize,
+    chunk: Chunk,
     interrupter: Interrupter,
     /// A binary frame whose header and first bytes are in `.1`, waiting for
     /// the rest of its payload in `buf`.
@@ -138,7 +145,7 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
             rule,
             max_payload: max_payload as u64,
             frag: Fragmentation::default(),
-            chunk: 64 * 1024,
+            chunk: Chunk::fixed(64 * 1024),
             interrupter: Interrupter {
                 requested: Rc::new(Cell::new(false)),
                 canceller: Rc::new(RefCell::new(Some(Canceller::new()))),
@@ -154,8 +161,10 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
         self
     }
 
+    /// Sets the largest chunk; reading starts at `START_CHUNK` (or the
+    /// maximum, if smaller) and adapts to the stream.
     pub fn set_chunk(&mut self, chunk: usize) {
-        self.chunk = chunk.max(MIN_CHUNK);
+        self.chunk = Chunk::adaptive(chunk);
     }
 
     /// Raises the frame size limit (a relay session carries data frames).
@@ -213,17 +222,17 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
                         // Keep what we have as the frame's first piece and
                         // read the rest into a fresh buffer: nothing moves.
                         let head = self.buf.split_to(self.buf.len());
-                        self.buf.reserve(need.max(self.chunk));
+                        self.buf.reserve(need.max(self.chunk.get()));
                         self.split = Some((h, message, head));
                         continue;
                     }
                     // Text and control frames are small: make room (the
                     // part already received moves, once).
                     self.frag.undo(&h, message);
-                    self.buf.reserve(need.max(self.chunk));
+                    self.buf.reserve(need.max(self.chunk.get()));
                 }
-            } else if self.buf.capacity() - self.buf.len() < MIN_READ.min(self.chunk / 4) {
-                self.buf.reserve(self.chunk);
+            } else if self.buf.capacity() - self.buf.len() < MIN_READ.min(self.chunk.get() / 4) {
+                self.buf.reserve(self.chunk.get());
             }
             self.fill().await?;
         }
@@ -234,11 +243,15 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
             Some(c) => c.handle(),
             None => return Err(ReadError::Interrupted),
         };
+        let offered = self.buf.capacity() - self.buf.len();
         let (res, buf) = self.io.cancelable_read(spare(&mut self.buf), handle).await;
         self.buf = buf.into_inner();
         match res {
             Ok(0) => Err(ReadError::Eof),
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                self.chunk.after_read(n, offered);
+                Ok(())
+            }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
                 self.interrupter.requested.set(false);
                 Err(ReadError::Interrupted)
@@ -357,5 +370,98 @@ impl TextAssembler {
         String::from_utf8(bytes)
             .map(Some)
             .map_err(|_| FrameError::InvalidUtf8)
+    }
+}
+
+/// Bytes asked of the kernel per read: doubles while reads fill what was
+/// offered (a bulk stream), up to the configured maximum; halves again when
+/// reads stay small, so slow streams keep small buffers.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    cur: usize,
+    max: usize,
+    small_reads: u32,
+}
+
+impl Chunk {
+    fn fixed(size: usize) -> Self {
+        Self {
+            cur: size,
+            max: size,
+            small_reads: 0,
+        }
+    }
+
+    fn adaptive(max: usize) -> Self {
+        let max = max.max(MIN_CHUNK);
+        Self {
+            cur: max.min(START_CHUNK),
+            max,
+            small_reads: 0,
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.cur
+    }
+
+    fn after_read(&mut self, n: usize, offered: usize) {
+        let floor = self.max.min(START_CHUNK);
+        if n == offered && self.cur < self.max {
+            self.cur = (self.cur * 2).min(self.max);
+            self.small_reads = 0;
+        } else if n < self.cur / 8 && self.cur > floor {
+            self.small_reads += 1;
+            if self.small_reads >= SHRINK_AFTER {
+                self.cur = (self.cur / 2).max(floor);
+                self.small_reads = 0;
+            }
+        } else {
+            self.small_reads = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    #[test]
+    fn grows_while_reads_fill_the_buffer_up_to_the_maximum() {
+        let mut c = Chunk::adaptive(256 * 1024);
+        assert_eq!(c.get(), START_CHUNK);
+        for _ in 0..10 {
+            let offered = c.get();
+            c.after_read(offered, offered);
+        }
+        assert_eq!(c.get(), 256 * 1024);
+    }
+
+    #[test]
+    fn shrinks_back_after_a_run_of_small_reads_but_not_below_the_start() {
+        let mut c = Chunk::adaptive(256 * 1024);
+        for _ in 0..10 {
+            let offered = c.get();
+            c.after_read(offered, offered);
+        }
+        for _ in 0..SHRINK_AFTER - 1 {
+            c.after_read(100, 256 * 1024);
+        }
+        assert_eq!(c.get(), 256 * 1024, "one short run is not enough");
+        c.after_read(100, 256 * 1024);
+        assert_eq!(c.get(), 128 * 1024);
+        for _ in 0..SHRINK_AFTER * 20 {
+            c.after_read(100, c.get());
+        }
+        assert_eq!(c.get(), START_CHUNK);
+    }
+
+    #[test]
+    fn a_small_maximum_is_used_as_is() {
+        let mut c = Chunk::adaptive(4096);
+        assert_eq!(c.get(), 4096);
+        c.after_read(4096, 4096);
+        assert_eq!(c.get(), 4096);
+        assert_eq!(Chunk::adaptive(1).get(), MIN_CHUNK);
     }
 }

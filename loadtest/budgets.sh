@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every scenario at the sizes ARCHITECTURE.md's budgets name, each
+# against the direct path, the gateway, nginx and haproxy in the same run,
+# then prints the README's figures table from the JSON reports.
+#
+#     loadtest/budgets.sh                 # everything (about 10 minutes)
+#     loadtest/budgets.sh bulk latency    # some scenarios
+#
+# Reports, HDR files and plots land in target/loadtest/<scenario>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p sluice -p sluice-loadtest
+lt=target/release/sluice-loadtest
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(bulk latency fan-in fan-out churn idle)
+failed=()
+for s in "${want[@]}"; do
+  # A scenario with errors still leaves its report; go on to the next one.
+  set +e
+  case "$s" in
+    bulk)    $lt bulk --frames 20000 --frame-size 65536 --runs 5 ;;
+    latency) $lt latency --frame-size 1024 --rate 2000 --duration 10 ;;
+    fan-in)  $lt fan-in --sessions 200 --frame-size 4096 --rate 50 --duration 10 ;;
+    fan-out) $lt fan-out --viewers 1000 --frame-size 16384 --rate 64 --duration 10 ;;
+    churn)   $lt churn --rate 500 --duration 10 ;;
+    # 10,000 sessions through a proxy need 20,000 descriptors in the loader
+    # alone; the proxies are compared at 4,000.
+    idle)    $lt idle --sessions 10000 --targets gateway --out target/loadtest/idle
+             $lt idle --sessions 4000 --out target/loadtest/idle-4000 ;;
+    *) echo "unknown scenario $s" >&2; exit 2 ;;
+  esac
+  [ $? = 0 ] || failed+=("$s")
+  set -e
+done
+python3 loadtest/summary.py target/loadtest
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "scenarios with errors: ${failed[*]}" >&2
+  exit 1
+fi

@@ -71,8 +71,9 @@ pub struct Limits {
     pub default_quota_bytes: u64,
     /// Actions a browser may queue while a query runs.
     pub max_pending_actions: usize,
-    /// Bytes asked of the kernel per read on data-carrying connections
-    /// (connector workers, relay legs). Larger: fewer syscalls per frame.
+    /// Largest read on data-carrying connections (connector workers, relay
+    /// legs). Reads start at 16 KiB and double while they fill the buffer:
+    /// a bulk stream makes few syscalls, a slow one keeps a small buffer.
     pub read_chunk_bytes: usize,
     /// SO_SNDBUF/SO_RCVBUF of every accepted socket; 0 = kernel autotuning.
     pub socket_buffer_bytes: usize,

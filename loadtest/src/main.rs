@@ -96,6 +96,11 @@ struct Args {
     /// CPU for the loader's sources and sinks. Default 1 on a multi-core host.
     #[arg(long)]
     load_cpu: Option<usize>,
+    /// CPU for the sources alone (default: the load CPU; in timed scenarios
+    /// the direct path's source goes to the proxy CPU). On a host with
+    /// cores to spare, give source, sink and proxy a core each.
+    #[arg(long)]
+    source_cpu: Option<usize>,
     /// Do not pin anything.
     #[arg(long)]
     no_pin: bool,
@@ -159,6 +164,7 @@ fn run() -> Result<()> {
             .as_deref()
             .and_then(|l| l.split([',', '-']).next())
             .and_then(|c| c.parse().ok()),
+        source_cpu: if pin { a.source_cpu } else { None },
     };
 
     let targets: Vec<Target> = if a.targets.is_empty() {
@@ -322,6 +328,12 @@ fn run() -> Result<()> {
 }
 
 fn describe(l: &Layout, gw: &GatewaySpec, cores: usize) -> String {
+    if let (Some(p), Some(c), Some(s)) = (l.proxy_cpu, l.load_cpu, l.source_cpu) {
+        return format!(
+            "{cores} CPUs; gateway ({} shard(s)) / nginx / haproxy pinned to CPU {p}; sinks on CPU {c}; sources on CPU {s}",
+            gw.workers
+        );
+    }
     match (l.proxy_cpu, l.load_cpu) {
         (Some(p), Some(c)) => format!(
             "{cores} CPUs; gateway ({} shard(s)) / nginx / haproxy pinned to CPU {p}; loader sources and sinks on CPU {c}; \

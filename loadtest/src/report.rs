@@ -61,6 +61,13 @@ pub struct Outcome {
     pub proxy_cpu_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_peak_rss_kib: Option<u64>,
+    /// CPU seconds of the loader itself (sources, sinks, origin) in the
+    /// measured phase, and that phase's wall time: with the proxy's CPU,
+    /// they say which side was the bottleneck.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loader_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
     /// Proxy memory per held connection (idle scenario).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kib_per_session: Option<f64>,
@@ -166,6 +173,18 @@ impl Report {
                         l.p99_us - d
                     );
                 }
+            }
+            if let (Some(w), Some(l)) = (o.wall_s, o.loader_cpu_s) {
+                let proxy = o
+                    .proxy_cpu_s
+                    .map(|p| format!("proxy {:.0}% of a core, ", p / w * 100.0))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "  {}: busy during the measured {w:.1} s: {proxy}loader {:.0}% of a core",
+                    o.target,
+                    l / w * 100.0
+                );
             }
             if let Some(k) = o.kib_per_session {
                 let _ = writeln!(s, "  {}: {k:.2} KiB per held session", o.target);

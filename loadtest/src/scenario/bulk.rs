@@ -22,29 +22,28 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
         .iter()
         .map(|d| Outcome::new(d.route.target.name()))
         .collect();
-    let mut cpu = vec![0.0; out.len()];
     // Interleaved rounds: drift on a shared machine hits every target alike.
     for round in 0..p.runs {
         for (i, d) in ctx.targets.iter().enumerate() {
-            let before = d.proc.map(|p| p.cpu_secs());
+            let meter = super::Meter::start(d.proc);
             match once(ctx, d, p, round) {
                 Ok(mb) => out[i].runs_mb_per_s.push(mb),
                 Err(e) => out[i].error(format!("round {round}: {e:#}")),
             }
-            if let (Some(b), Some(pr)) = (before, d.proc) {
-                cpu[i] += pr.cpu_secs() - b;
-            }
+            meter.stop(&mut out[i]);
         }
     }
     let gib = (p.frames as f64 * p.size as f64) / (1u64 << 30) as f64;
-    for (i, o) in out.iter_mut().enumerate() {
+    for o in out.iter_mut() {
         o.mb_per_s = median(&o.runs_mb_per_s);
         o.messages = p.frames * o.runs_mb_per_s.len() as u64;
-        if let Some(pr) = ctx.targets[i].proc {
-            let runs = o.runs_mb_per_s.len().max(1) as f64;
-            o.proxy_cpu_s = Some(cpu[i] / runs);
-            o.proxy_peak_rss_kib = Some(pr.peak_rss_kib());
-            o.note = Some(format!("{:.2} proxy CPU-s per GiB", cpu[i] / runs / gib));
+        // Per-run averages (setup included: it is small next to a GiB).
+        let runs = p.runs.max(1) as f64;
+        for v in [&mut o.proxy_cpu_s, &mut o.loader_cpu_s, &mut o.wall_s] {
+            *v = v.map(|x| x / runs);
+        }
+        if let Some(c) = o.proxy_cpu_s {
+            o.note = Some(format!("{:.2} proxy CPU-s per GiB", c / gib));
         }
     }
     out

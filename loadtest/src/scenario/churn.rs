@@ -38,7 +38,7 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
             } else {
                 None
             };
-            let before = d.proc.map(|pr| pr.cpu_secs());
+            let meter = super::Meter::start(d.proc);
             let total = p.rate * p.duration.as_secs().max(1);
             let period = Duration::from_nanos(1_000_000_000 / p.rate);
             let epoch = ctx.epoch;
@@ -82,10 +82,7 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
             }
             o.latency = Some(Latency::of(&h));
             o.hist = Some(h);
-            if let (Some(b), Some(pr)) = (before, d.proc) {
-                o.proxy_cpu_s = Some(pr.cpu_secs() - b);
-                o.proxy_peak_rss_kib = Some(pr.peak_rss_kib());
-            }
+            meter.stop(&mut o);
             o.note = Some(format!(
                 "{} sessions opened and closed at {}/s",
                 total, p.rate

@@ -42,7 +42,7 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
                 }
             };
             let total = p.rate * p.duration.as_secs().max(1);
-            let before = d.proc.map(|pr| pr.cpu_secs());
+            let meter = super::Meter::start(d.proc);
             let sender = paced(
                 sources,
                 total,
@@ -58,10 +58,7 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
             for e in errors {
                 o.error(e);
             }
-            if let (Some(b), Some(pr)) = (before, d.proc) {
-                o.proxy_cpu_s = Some(pr.cpu_secs() - b);
-                o.proxy_peak_rss_kib = Some(pr.peak_rss_kib());
-            }
+            meter.stop(&mut o);
             o
         })
         .collect()

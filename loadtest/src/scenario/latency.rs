@@ -46,7 +46,7 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
             let per_stream = p.rate * p.duration.as_secs().max(1);
             let total = per_stream * p.streams as u64;
             let period = Duration::from_nanos(1_000_000_000 / (p.rate * p.streams as u64));
-            let before = d.proc.map(|pr| pr.cpu_secs());
+            let meter = super::Meter::start(d.proc);
             let sender = paced(
                 sources,
                 total,
@@ -62,10 +62,7 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
             for e in errors {
                 o.error(e);
             }
-            if let (Some(b), Some(pr)) = (before, d.proc) {
-                o.proxy_cpu_s = Some(pr.cpu_secs() - b);
-                o.proxy_peak_rss_kib = Some(pr.peak_rss_kib());
-            }
+            meter.stop(&mut o);
             o
         })
         .collect()

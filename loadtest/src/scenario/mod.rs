@@ -31,11 +31,16 @@ pub struct Layout {
     /// there in the timed scenarios, so that its two ends sit on different
     /// cores as the proxied paths' do.
     pub proxy_cpu: Option<usize>,
+    /// Explicit CPU for every source (on hosts with cores to spare, so
+    /// that source and sink do not share one).
+    pub source_cpu: Option<usize>,
 }
 
 impl Layout {
     pub fn source_cpu(&self, target: Target, timed: bool) -> Option<usize> {
-        if timed && target == Target::Direct {
+        if self.source_cpu.is_some() {
+            self.source_cpu
+        } else if timed && target == Target::Direct {
             self.proxy_cpu.or(self.load_cpu)
         } else {
             self.load_cpu
@@ -120,6 +125,39 @@ pub fn paced(
         }
         (sources, errors)
     })
+}
+
+/// CPU and wall time of one measured phase, for the proxy and the loader.
+pub struct Meter {
+    proc: Option<Proc>,
+    proxy: f64,
+    loader: f64,
+    t0: Instant,
+}
+
+impl Meter {
+    pub fn start(proc: Option<Proc>) -> Meter {
+        Meter {
+            proc,
+            proxy: proc.map(|p| p.cpu_secs()).unwrap_or(0.0),
+            loader: Proc(std::process::id()).cpu_secs(),
+            t0: Instant::now(),
+        }
+    }
+
+    /// Adds this phase's figures to `o` (several phases accumulate).
+    pub fn stop(self, o: &mut Outcome) {
+        let add = |v: &mut Option<f64>, x: f64| *v = Some(v.unwrap_or(0.0) + x);
+        add(&mut o.wall_s, self.t0.elapsed().as_secs_f64());
+        add(
+            &mut o.loader_cpu_s,
+            Proc(std::process::id()).cpu_secs() - self.loader,
+        );
+        if let Some(p) = self.proc {
+            add(&mut o.proxy_cpu_s, p.cpu_secs() - self.proxy);
+            o.proxy_peak_rss_kib = Some(p.peak_rss_kib());
+        }
+    }
 }
 
 /// What one sink saw of a timed stream.

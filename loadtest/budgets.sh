@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 cargo build --release -q -p sluice -p sluice-loadtest
 lt=target/release/sluice-loadtest
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(bulk latency fan-in fan-out churn idle)
+[ ${#want[@]} -gt 0 ] || want=(bulk latency fan-in fan-out churn idle revoke)
 failed=()
 # A scenario with errors still leaves its report; go on to the next one.
 run() { "$@" || failed+=("${*:2}"); }
@@ -30,6 +30,13 @@ for s in "${want[@]}"; do
     # alone; the proxies are compared at 4,000.
     idle)    run $lt idle --sessions 10000 --targets gateway --out target/loadtest/idle
              run $lt idle --sessions 4000 --out target/loadtest/idle-4000 ;;
+    # A throwaway redis-server for the revocation storm.
+    revoke)  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+             redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+             rpid=$!
+             sleep 0.5
+             run $lt revoke --redis "redis://127.0.0.1:$port/" --sessions 1000 --rate 1000
+             kill $rpid ;;
     *) echo "unknown scenario $s" >&2; exit 2 ;;
   esac
 done

@@ -38,7 +38,8 @@ if b:
                   + f"{b[t]['loader_cpu_s'] / b[t]['wall_s'] * 100:.0f}%" for t in targets]))
 for name, label in [("latency", "1 KiB at 2,000/s"), ("fan-in", "200 streams × 50/s × 4 KiB"),
                     ("fan-out", "1 MiB/s feed → 1,000 viewers"), ("fan-out-100", "1 MiB/s feed → 100 viewers"),
-                    ("churn", "500 sessions/s open→answer")]:
+                    ("churn", "500 sessions/s open→answer"),
+                    ("revoke", "revoke 1,000 live sessions at 1,000/s, publish→4410")]:
     r = load(name)
     if not r:
         continue

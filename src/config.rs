@@ -44,6 +44,7 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub auth: Auth,
+    pub revocation: Revocation,
     /// Edge id → `sha256:<hex>` of its pre-shared key.
     pub edge_keys: BTreeMap<String, String>,
 }
@@ -121,6 +122,40 @@ pub struct Auth {
     pub enforce_expiry_mid_stream: bool,
 }
 
+/// Hot revocation through Redis. The control plane publishes a revoked
+/// session on `channel` and stores it under `key_prefix{sid}` with a TTL of
+/// the token's remaining life, so a gateway that was disconnected when it
+/// was published still finds it when it reconnects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Revocation {
+    /// `redis://host:port/db`; empty = no revocation (tokens live until `exp`).
+    pub redis_url: String,
+    /// Pub/sub channel carrying `{"sid": …, "exp": unix seconds}` (or a bare sid).
+    pub channel: String,
+    /// Keys `key_prefix + sid` hold revocations published while we were away.
+    pub key_prefix: String,
+    /// How long a revocation without `exp` is remembered, in seconds.
+    pub default_ttl_s: u64,
+    /// Reconnect backoff ceiling after the Redis link drops.
+    pub max_backoff_ms: u64,
+    /// A link silent this long is checked with PING; a failed check reconnects.
+    pub health_check_ms: u64,
+}
+
+impl Default for Revocation {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            channel: "sluice:revocations".into(),
+            key_prefix: "sluice:revoked:".into(),
+            default_ttl_s: 24 * 3600,
+            max_backoff_ms: 2_000,
+            health_check_ms: 2_000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -132,6 +167,7 @@ impl Default for Config {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             auth: Auth::default(),
+            revocation: Revocation::default(),
             edge_keys: BTreeMap::new(),
         }
     }
@@ -239,6 +275,21 @@ impl Config {
         let t = &self.timeouts;
         if t.ping_interval_ms == 0 || t.idle_timeout_ms < t.ping_interval_ms {
             return bad("timeouts: idle_timeout_ms must be >= ping_interval_ms > 0");
+        }
+        let r = &self.revocation;
+        if !r.redis_url.is_empty() {
+            if !["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|p| r.redis_url.starts_with(p))
+            {
+                return bad("revocation.redis_url must start with redis://, rediss:// or unix://");
+            }
+            if r.channel.is_empty() || r.key_prefix.is_empty() {
+                return bad("revocation.channel and revocation.key_prefix must not be empty");
+            }
+            if r.health_check_ms == 0 || r.max_backoff_ms == 0 {
+                return bad("revocation.health_check_ms and max_backoff_ms must be > 0");
+            }
         }
         EdgeKeys::from_config(&self.edge_keys).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())

@@ -24,6 +24,7 @@ pub mod quota;
 pub mod reader;
 pub mod registry;
 pub mod relay;
+pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod shard;

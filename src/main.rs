@@ -16,7 +16,7 @@ use sluice::server::Gateway;
 )]
 struct Cli {
     /// TOML config file (every key can also be set as SLUICE_<SECTION>_<KEY>).
-    #[arg(long, env = "SLUICE_CONFIG")]
+    #[arg(long, env = "SLUICE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on (overrides `listen`).
     #[arg(long)]
@@ -70,6 +70,9 @@ fn main() {
             let mut shown = cfg.clone();
             if !shown.auth.hs256_secret.is_empty() {
                 shown.auth.hs256_secret = "<redacted>".into();
+            }
+            if shown.revocation.redis_url.contains('@') {
+                shown.revocation.redis_url = "<redacted: holds credentials>".into();
             }
             print!("{}", toml::to_string_pretty(&shown).unwrap_or_default());
             return;

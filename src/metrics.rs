@@ -26,6 +26,7 @@ pub struct ShardMetrics {
     pub streams_failed: AtomicU64,
     pub streams_cancelled: AtomicU64,
     pub quota_closes: AtomicU64,
+    pub revoked_closes: AtomicU64,
     pub slow_viewer_closes: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub http_rejections: AtomicU64,
@@ -55,6 +56,10 @@ pub struct Snapshot {
     pub workers_busy: usize,
     pub relay_idle: usize,
     pub ready: bool,
+    /// `None` when revocation is off; else whether the Redis link is up.
+    pub revocation_link: Option<bool>,
+    pub revocations_received: u64,
+    pub revocations_remembered: usize,
 }
 
 impl Metrics {
@@ -74,6 +79,18 @@ impl Metrics {
             "1 while accepting new sessions",
             snap.ready as i64,
         );
+        if let Some(up) = snap.revocation_link {
+            gauge(
+                "sluice_revocation_link_up",
+                "1 while subscribed to the Redis revocation channel",
+                up as i64,
+            );
+            gauge(
+                "sluice_revocations_remembered",
+                "Revoked session ids kept until their tokens expire",
+                snap.revocations_remembered as i64,
+            );
+        }
         gauge(
             "sluice_edges_online",
             "Edges with at least one connection",
@@ -95,8 +112,15 @@ impl Metrics {
             snap.relay_idle as i64,
         );
 
+        if snap.revocation_link.is_some() {
+            let _ = writeln!(
+                out,
+                "# HELP sluice_revocations_received_total Revocations received (channel and resync)\n# TYPE sluice_revocations_received_total counter\nsluice_revocations_received_total {}",
+                snap.revocations_received
+            );
+        }
         type Get = fn(&ShardMetrics) -> i64;
-        let per_shard: [(&str, &str, &str, Get); 16] = [
+        let per_shard: [(&str, &str, &str, Get); 17] = [
             (
                 "sluice_sessions_active",
                 "gauge",
@@ -162,6 +186,12 @@ impl Metrics {
                 "counter",
                 "Streams cancelled because the browser left",
                 |s| s.streams_cancelled.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_revoked_closes_total",
+                "counter",
+                "Sessions closed (4410) or refused because they were revoked",
+                |s| s.revoked_closes.load(Relaxed) as i64,
             ),
             (
                 "sluice_quota_closes_total",

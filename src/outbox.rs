@@ -92,7 +92,10 @@ enum State {
 }
 
 struct Inner {
-    queue: VecDeque<Bytes>,
+    /// Frames in write order; `true` marks the second piece of a frame
+    /// split across two buffers, which must never be separated from the
+    /// first (see [`Outbox::discard_pending`]).
+    queue: VecDeque<(Bytes, bool)>,
     queued: usize,
     cap: usize,
     state: State,
@@ -155,7 +158,7 @@ impl Outbox {
             return Err(Gone);
         }
         g.queued += frame.len();
-        g.queue.push_back(frame);
+        g.queue.push_back((frame, false));
         drop(g);
         self.kick();
         Ok(())
@@ -163,10 +166,38 @@ impl Outbox {
 
     /// Queues a forwarded frame (one or two pieces, written back to back).
     pub fn push_wire(&self, frame: Wire) -> Result<(), Gone> {
-        self.push(frame.head)?;
-        match frame.tail {
-            Some(t) => self.push(t),
-            None => Ok(()),
+        let mut g = self.0.borrow_mut();
+        if g.state != State::Open {
+            return Err(Gone);
+        }
+        g.queued += frame.head.len();
+        g.queue.push_back((frame.head, false));
+        if let Some(t) = frame.tail {
+            g.queued += t.len();
+            g.queue.push_back((t, true));
+        }
+        drop(g);
+        self.kick();
+        Ok(())
+    }
+
+    /// Drops the frames no write has started on, so that what is queued
+    /// next (a revocation's close) goes out now instead of after megabytes
+    /// of data. A frame whose first piece is already with the writer keeps
+    /// its second piece: the stream stays well-framed.
+    pub fn discard_pending(&self) {
+        let mut g = self.0.borrow_mut();
+        if g.state != State::Open {
+            return;
+        }
+        let keep = g.queue.iter().take_while(|(_, tail)| *tail).count();
+        let dropped: usize = g.queue.iter().skip(keep).map(|(b, _)| b.len()).sum();
+        g.queue.truncate(keep);
+        g.queued -= dropped;
+        if g.queued < g.cap {
+            for w in g.waiters.drain(..) {
+                w.wake();
+            }
         }
     }
 
@@ -178,7 +209,7 @@ impl Outbox {
             return;
         }
         g.queued += frame.len();
-        g.queue.push_back(frame);
+        g.queue.push_back((frame, false));
         g.state = State::Closing;
         for w in g.waiters.drain(..) {
             w.wake();
@@ -245,12 +276,12 @@ impl Outbox {
         }
         let mut batch = Vec::with_capacity(g.queue.len().min(BATCH_FRAMES));
         let mut bytes = 0;
-        while let Some(b) = g.queue.front() {
+        while let Some((b, _)) = g.queue.front() {
             if batch.len() == BATCH_FRAMES || (bytes > 0 && bytes + b.len() > BATCH_BYTES) {
                 break;
             }
             bytes += b.len();
-            batch.push(g.queue.pop_front().expect("front exists"));
+            batch.push(g.queue.pop_front().expect("front exists").0);
         }
         let last = g.queue.is_empty() && g.state == State::Closing;
         Some((batch, last))

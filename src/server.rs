@@ -14,6 +14,7 @@ use crate::edge_key::EdgeKeys;
 use crate::fanout::Feeds;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::revocation::{self, Revocations};
 use crate::shard::{self, ShardMsg, Shared};
 use crate::token::Verifier;
 
@@ -74,6 +75,7 @@ impl Gateway {
         }
         let driver = if want { "io_uring" } else { "epoll" };
         let pin = cfg.pin_cores;
+        let revocation_on = !cfg.revocation.redis_url.is_empty();
         let shared = Arc::new(Shared {
             cfg,
             verifier,
@@ -84,6 +86,7 @@ impl Gateway {
             mailboxes: txs,
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
+            revocations: Revocations::new(revocation_on),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let cpus = std::thread::available_parallelism()
@@ -137,6 +140,7 @@ impl Gateway {
                 Err(_) => bail!("a shard thread died while starting"),
             }
         }
+        revocation::start(shared.clone()).context("cannot start the revocation thread")?;
         tracing::info!(%addr, shards = n, driver, "gateway listening");
         Ok(Gateway {
             shared,

@@ -69,6 +69,12 @@ impl Session {
         self.stop();
     }
 
+    /// Revoked: the error and close go out ahead of any data still queued.
+    pub fn revoke(&self) {
+        self.outbox.discard_pending();
+        self.fail(close::REVOKED, "revoked", "session revoked");
+    }
+
     /// Stops the session's tasks (reader, upstream) without a message.
     pub fn stop(&self) {
         self.gone.set(true);
@@ -321,6 +327,23 @@ async fn serve(
             s.fail(close::GOING_AWAY, "shutting_down", "gateway shutting down");
         }
     }));
+    // Registered before the check: a revocation that lands after the check
+    // finds the session in the shard's table.
+    let weak = Rc::downgrade(&sess);
+    let _revoker = shard.on_revoke(
+        &sess.sid,
+        Rc::new(move || {
+            if let Some(s) = weak.upgrade() {
+                s.shard.metrics().revoked_closes.fetch_add(1, Relaxed);
+                s.revoke();
+            }
+        }),
+    );
+    if shard.shared.revocations.is_revoked(&sess.sid) {
+        shard.metrics().revoked_closes.fetch_add(1, Relaxed);
+        sess.revoke();
+        return;
+    }
     match sess.claims.mode {
         Mode::Query => serve_actions(&sess, reader).await,
         Mode::Relay => Box::pin(relay::run(&sess, reader)).await,

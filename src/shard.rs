@@ -26,6 +26,7 @@ use crate::ids::{ConnId, EdgeId, SessionId};
 use crate::metrics::{Metrics, ShardMetrics, Snapshot};
 use crate::reader::Interrupter;
 use crate::registry::Registry;
+use crate::revocation::Revocations;
 use crate::token::Verifier;
 use crate::{connector, session};
 
@@ -42,6 +43,7 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Browser sessions open on all shards (for `limits.max_sessions`).
     pub sessions: AtomicUsize,
+    pub revocations: Revocations,
 }
 
 impl Shared {
@@ -60,7 +62,13 @@ impl Shared {
             workers_idle: r.workers_idle,
             workers_busy: r.workers_busy,
             relay_idle: r.relay_idle,
-            ready: !self.is_draining(),
+            ready: !self.is_draining() && self.revocations.healthy(),
+            revocation_link: self
+                .revocations
+                .enabled()
+                .then(|| self.revocations.healthy()),
+            revocations_received: self.revocations.received.load(Ordering::Relaxed),
+            revocations_remembered: self.revocations.len(),
         }
     }
 }
@@ -97,6 +105,8 @@ pub enum ShardMsg {
     FeedIdle { key: FeedKey },
     /// Shutdown: close every session (1001) and connection on this shard.
     CloseAll,
+    /// Close every session with this id (4410): it was revoked.
+    Revoke(SessionId),
 }
 
 /// An idle connection's slot, so the shard can take it or close it.
@@ -104,6 +114,10 @@ pub struct IdleSlot {
     pub interrupter: Interrupter,
     pub take: Rc<RefCell<Option<flume::Sender<Option<MovedConn>>>>>,
 }
+
+/// What closes each session open under one id (a browser may reconnect
+/// with the same token while its first connection is still open).
+type Closers = HashMap<u64, Rc<dyn Fn()>>;
 
 /// Per-thread shard context.
 pub struct Shard {
@@ -113,6 +127,8 @@ pub struct Shard {
     pub feeds: LocalFeeds,
     /// Closers of everything open here, run on shutdown.
     closers: RefCell<HashMap<u64, Rc<dyn Fn()>>>,
+    /// Closers of the sessions open here, by session id, run on revocation.
+    revokers: RefCell<HashMap<SessionId, Closers>>,
     next_local: Cell<u64>,
     pub closing: Cell<bool>,
 }
@@ -126,6 +142,25 @@ pub struct CloserGuard {
 impl Drop for CloserGuard {
     fn drop(&mut self) {
         self.shard.closers.borrow_mut().remove(&self.id);
+    }
+}
+
+/// Removes a session's revoker when the session ends.
+pub struct RevokerGuard {
+    shard: Rc<Shard>,
+    sid: SessionId,
+    id: u64,
+}
+
+impl Drop for RevokerGuard {
+    fn drop(&mut self) {
+        let mut map = self.shard.revokers.borrow_mut();
+        if let Some(m) = map.get_mut(&self.sid) {
+            m.remove(&self.id);
+            if m.is_empty() {
+                map.remove(&self.sid);
+            }
+        }
     }
 }
 
@@ -145,6 +180,34 @@ impl Shard {
         CloserGuard {
             shard: self.clone(),
             id,
+        }
+    }
+
+    /// Registers what closes session `sid` if it is revoked.
+    pub fn on_revoke(self: &Rc<Self>, sid: &SessionId, f: Rc<dyn Fn()>) -> RevokerGuard {
+        let id = self.next_local.get();
+        self.next_local.set(id + 1);
+        self.revokers
+            .borrow_mut()
+            .entry(sid.clone())
+            .or_default()
+            .insert(id, f);
+        RevokerGuard {
+            shard: self.clone(),
+            sid: sid.clone(),
+            id,
+        }
+    }
+
+    fn revoke(&self, sid: &SessionId) {
+        let closers: Vec<_> = self
+            .revokers
+            .borrow()
+            .get(sid)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for c in closers {
+            c();
         }
     }
 
@@ -179,6 +242,7 @@ pub async fn run(
         idle: RefCell::new(HashMap::new()),
         feeds: LocalFeeds::default(),
         closers: RefCell::new(HashMap::new()),
+        revokers: RefCell::new(HashMap::new()),
         next_local: Cell::new(0),
         closing: Cell::new(false),
     });
@@ -234,6 +298,7 @@ async fn mailbox_loop(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
             }
             ShardMsg::FeedIdle { key } => fanout::on_idle(&shard, &key),
             ShardMsg::CloseAll => shard.close_all(),
+            ShardMsg::Revoke(sid) => shard.revoke(&sid),
         }
     }
 }
@@ -262,6 +327,8 @@ async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         "/readyz" => {
             let (status, body) = if shard.shared.is_draining() {
                 (503, "draining\n")
+            } else if !shard.shared.revocations.healthy() {
+                (503, "revocation link to Redis down\n")
             } else {
                 (200, "ready\n")
             };

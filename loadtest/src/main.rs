@@ -42,6 +42,8 @@ enum Scenario {
     Churn,
     /// Many idle sessions: memory per session.
     Idle,
+    /// Revocation storm through Redis: publish → 4410 at the browser.
+    Revoke,
 }
 
 #[derive(Parser, Debug)]
@@ -130,6 +132,14 @@ struct Args {
     #[arg(long)]
     hold: Option<u64>,
 
+    /// Redis the gateway takes revocations from (revoke). A gateway the
+    /// loader starts is pointed at it.
+    #[arg(long, env = "SLUICE_REVOCATION_REDIS_URL")]
+    redis: Option<String>,
+    /// Revocation channel (the gateway's `revocation.channel`).
+    #[arg(long, default_value = "sluice:revocations")]
+    revoke_channel: String,
+
     /// Directory for report.json, the .hgrm files and latency.svg.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -167,7 +177,10 @@ fn run() -> Result<()> {
         source_cpu: if pin { a.source_cpu } else { None },
     };
 
-    let targets: Vec<Target> = if a.targets.is_empty() {
+    let targets: Vec<Target> = if a.scenario == Scenario::Revoke {
+        // Revocation exists only in the gateway: no baseline to replay on.
+        vec![Target::Gateway]
+    } else if a.targets.is_empty() {
         let mut t = vec![Target::Direct, Target::Gateway];
         if targets::has("nginx") {
             t.push(Target::Nginx);
@@ -183,6 +196,14 @@ fn run() -> Result<()> {
             .collect::<Result<_>>()?
     };
     let mut gw = gateway_spec(&a, &proxy_cpus)?;
+    if a.scenario == Scenario::Revoke {
+        let url = a.redis.clone().context(
+            "revoke needs Redis: --redis redis://HOST:PORT/ (or SLUICE_REVOCATION_REDIS_URL)",
+        )?;
+        gw.env.push(("SLUICE_REVOCATION_REDIS_URL".into(), url));
+        gw.env
+            .push(("SLUICE_REVOCATION_CHANNEL".into(), a.revoke_channel.clone()));
+    }
     let _gateway = if targets.iter().any(|t| t.is_gateway()) {
         targets::start_gateway(&mut gw)?
     } else {
@@ -288,6 +309,18 @@ fn run() -> Result<()> {
             (
                 json!({"sessions_per_s": p.rate, "duration_s": p.duration.as_secs()}),
                 scenario::churn::run(&ctx, &p),
+            )
+        }
+        Scenario::Revoke => {
+            let p = scenario::revoke::Params {
+                sessions: a.sessions.unwrap_or(1000),
+                rate: a.rate.unwrap_or(1000),
+                redis_url: a.redis.clone().unwrap_or_default(),
+                channel: a.revoke_channel.clone(),
+            };
+            (
+                json!({"sessions": p.sessions, "revocations_per_s": p.rate}),
+                scenario::revoke::run(&ctx, &p),
             )
         }
         Scenario::Idle => {

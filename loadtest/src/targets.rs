@@ -242,7 +242,61 @@ pub fn start_gateway(spec: &mut GatewaySpec) -> Result<Option<Spawned>> {
         .parse()?;
     spec.addr = Some(addr);
     spec.pid = Some(child.id());
-    Ok(Some(Spawned { child, _dir: None }))
+    let spawned = Spawned { child, _dir: None };
+    wait_ready(addr)?;
+    Ok(Some(spawned))
+}
+
+/// Waits for `/readyz` to answer 200 (with Redis configured, the gateway
+/// is ready once its revocation link is up).
+fn wait_ready(addr: SocketAddr) -> Result<()> {
+    let mut last = String::new();
+    for _ in 0..250 {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: loadtest\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+            last = out
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("gateway at {addr} never became ready: {last}")
+}
+
+/// Starts a proxy pinned to `cpus` and waits until it listens on `port`.
+fn spawn_proxy(
+    name: &str,
+    args: &[String],
+    cpus: &Option<String>,
+    port: u16,
+    dir: TempDir,
+) -> Result<(Spawned, SocketAddr, Proc)> {
+    let mut child = pinned(cpus, &find(name))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {name}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_listening(addr, name, &mut child)?;
+    let pid = Proc(child.id());
+    Ok((
+        Spawned {
+            child,
+            _dir: Some(dir),
+        },
+        addr,
+        pid,
+    ))
 }
 
 /// nginx 1 worker as a WebSocket reverse proxy to `origin`.
@@ -267,31 +321,15 @@ pub fn start_nginx(
     );
     let path = dir.0.join("nginx.conf");
     std::fs::write(&path, conf)?;
-    let bin = find("nginx");
-    let mut child = pinned(cpus, &bin)
-        .args([
-            "-c",
-            &path.display().to_string(),
-            "-p",
-            &d.to_string(),
-            "-e",
-            &format!("{d}/error.log"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start nginx")?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    wait_listening(addr, "nginx", &mut child)?;
-    let pid = Proc(child.id());
-    Ok((
-        Spawned {
-            child,
-            _dir: Some(dir),
-        },
-        addr,
-        pid,
-    ))
+    let args = [
+        "-c".to_string(),
+        path.display().to_string(),
+        "-p".to_string(),
+        d.to_string(),
+        "-e".to_string(),
+        format!("{d}/error.log"),
+    ];
+    spawn_proxy("nginx", &args, cpus, port, dir)
 }
 
 /// haproxy, one thread, HTTP mode (WebSocket upgrade → tunnel) to `origin`.
@@ -309,24 +347,12 @@ pub fn start_haproxy(
     );
     let path = dir.0.join("haproxy.cfg");
     std::fs::write(&path, conf)?;
-    let bin = find("haproxy");
-    let mut child = pinned(cpus, &bin)
-        .args(["-db", "-f", &path.display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start haproxy")?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    wait_listening(addr, "haproxy", &mut child)?;
-    let pid = Proc(child.id());
-    Ok((
-        Spawned {
-            child,
-            _dir: Some(dir),
-        },
-        addr,
-        pid,
-    ))
+    let args = [
+        "-db".to_string(),
+        "-f".to_string(),
+        path.display().to_string(),
+    ];
+    spawn_proxy("haproxy", &args, cpus, port, dir)
 }
 
 /// The far end for the direct and proxied paths: a WebSocket server that
@@ -485,6 +511,18 @@ impl Route<'_> {
         Ok((c, enc))
     }
 
+    /// Keeps the edge online for scenarios whose sessions ask it questions
+    /// (`list`): one registered fast-path worker, held by the caller.
+    pub fn edge_online(&self) -> Result<Option<Conn>> {
+        if !self.target.is_gateway() {
+            return Ok(None);
+        }
+        let (c, _) = self
+            .connector(true, &["bulk"])
+            .context("registering the edge")?;
+        Ok(Some(c))
+    }
+
     /// One stream, ready for data: the source writes, the sink reads.
     pub fn open_stream(&self, n: usize) -> Result<(Source, SinkParts)> {
         match self.target {
@@ -539,12 +577,7 @@ impl Route<'_> {
                     &json!({"request_id": rid, "type": "stream_start", "schema": ""}),
                 )?;
                 browser.wait_for("type", "stream_start", SETUP)?;
-                let end = enc.frame(
-                    Opcode::Text,
-                    json!({"request_id": rid, "type": "stream_end", "total_bytes": 0})
-                        .to_string()
-                        .as_bytes(),
-                );
+                let end = wire::stream_end(enc, &rid);
                 Ok((
                     Source {
                         stream: worker.into_parts().0,

@@ -47,10 +47,8 @@ pub struct Conn {
     rule: MaskRule,
 }
 
-/// Opens `path` on `addr` as a WebSocket client.
-pub fn connect(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> Result<Conn> {
-    let stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    stream.set_nodelay(true)?;
+/// The client's opening handshake (RFC 6455 §4.1) with extra headers.
+pub fn upgrade_request(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> String {
     let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -59,6 +57,20 @@ pub fn connect(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> Resu
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    req
+}
+
+/// A connector's `stream_end` for request `rid`, ready to write.
+pub fn stream_end(enc: Encoding, rid: &Value) -> Vec<u8> {
+    let v = serde_json::json!({"request_id": rid, "type": "stream_end", "total_bytes": 0});
+    enc.frame(Opcode::Text, v.to_string().as_bytes())
+}
+
+/// Opens `path` on `addr` as a WebSocket client.
+pub fn connect(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> Result<Conn> {
+    let stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true)?;
+    let req = upgrade_request(addr, path, headers);
     let mut c = Conn {
         stream,
         buf: Vec::with_capacity(4096),

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use sluice::token::Mode;
 
 use super::Ctx;
-use crate::report::{histogram, Latency, Outcome};
+use crate::report::Outcome;
 use crate::sink::{self, Event};
 use crate::targets::Route;
 
@@ -24,19 +24,12 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
         .map(|(t, d)| {
             let mut o = Outcome::new(d.route.target.name());
             // `list` needs the edge online: one registered worker, held for the run.
-            let _edge = if d.route.target.is_gateway() {
-                match d
-                    .route
-                    .connector(d.route.target == crate::targets::Target::Gateway, &["bulk"])
-                {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        o.error(format!("registering the edge: {e:#}"));
-                        return o;
-                    }
+            let _edge = match d.route.edge_online() {
+                Ok(c) => c,
+                Err(e) => {
+                    o.error(format!("{e:#}"));
+                    return o;
                 }
-            } else {
-                None
             };
             let meter = super::Meter::start(d.proc);
             let total = p.rate * p.duration.as_secs().max(1);
@@ -70,18 +63,7 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
                 }
                 all
             });
-            let mut h = histogram();
-            for r in results {
-                match r {
-                    Ok(ns) => {
-                        let _ = h.record(ns);
-                        o.messages += 1;
-                    }
-                    Err(e) => o.error(e),
-                }
-            }
-            o.latency = Some(Latency::of(&h));
-            o.hist = Some(h);
+            super::fold(results, &mut o);
             meter.stop(&mut o);
             o.note = Some(format!(
                 "{} sessions opened and closed at {}/s",

@@ -10,7 +10,7 @@ use serde_json::json;
 use sluice::frame::Opcode;
 use sluice::token::Mode;
 
-use super::{collect, paced, sinks, Ctx, Driven};
+use super::{open_streams, timed, Ctx, Driven, Timed};
 use crate::report::Outcome;
 use crate::targets::SinkParts;
 use crate::wire::{Encoding, Source};
@@ -34,31 +34,16 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
                     return o;
                 }
             };
-            let sinks = match sinks(ctx.rt, parts) {
-                Ok(s) => s,
-                Err(e) => {
-                    o.error(e);
-                    return o;
-                }
-            };
             let total = p.rate * p.duration.as_secs().max(1);
-            let meter = super::Meter::start(d.proc);
-            let sender = paced(
-                sources,
+            let t = Timed {
                 total,
-                Duration::from_nanos(1_000_000_000 / p.rate),
-                p.size,
-                true,
-                ctx.epoch,
-                ctx.layout.source_cpu(d.route.target, true),
-            );
-            collect(ctx.rt, sinks, total, ctx.epoch, p.duration, &mut o);
-            let (sources, errors) = sender.join().expect("sender thread");
-            drop(sources);
-            for e in errors {
-                o.error(e);
-            }
-            meter.stop(&mut o);
+                period: Duration::from_nanos(1_000_000_000 / p.rate),
+                size: p.size,
+                broadcast: true,
+                expect_each: total,
+                duration: p.duration,
+            };
+            timed(ctx, d, sources, parts, &t, &mut o);
             o
         })
         .collect()
@@ -67,16 +52,7 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
 fn open(d: &Driven, p: &Params) -> Result<(Vec<Source>, Vec<SinkParts>)> {
     let r = &d.route;
     if !r.target.is_gateway() {
-        let mut sources = vec![];
-        let mut parts = vec![];
-        for n in 0..p.viewers {
-            let (s, k) = r
-                .open_stream(200_000 + n)
-                .with_context(|| format!("viewer {n}"))?;
-            sources.push(s);
-            parts.push(k);
-        }
-        return Ok((sources, parts));
+        return open_streams(r, p.viewers, 200_000);
     }
     let fast = r.target != crate::targets::Target::GatewayQuery;
     let (mut feed, enc) = r.connector(fast, &["feed"])?;
@@ -107,12 +83,7 @@ fn open(d: &Driven, p: &Params) -> Result<(Vec<Source>, Vec<SinkParts>)> {
         parts.push(v.into_parts());
     }
     let rid = rid.unwrap_or_default();
-    let end = enc.frame(
-        Opcode::Text,
-        json!({"request_id": rid, "type": "stream_end", "total_bytes": 0})
-            .to_string()
-            .as_bytes(),
-    );
+    let end = crate::wire::stream_end(enc, &rid);
     Ok((
         vec![Source {
             stream: feed.into_parts().0,

@@ -25,16 +25,12 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
         .map(|(t, d)| {
             let mut o = Outcome::new(d.route.target.name());
             let r = &d.route;
-            let _edge = if r.target.is_gateway() {
-                match r.connector(true, &["bulk"]) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        o.error(format!("registering the edge: {e:#}"));
-                        return o;
-                    }
+            let _edge = match d.route.edge_online() {
+                Ok(c) => c,
+                Err(e) => {
+                    o.error(format!("{e:#}"));
+                    return o;
                 }
-            } else {
-                None
             };
             // Warm the allocator and the proxy's tables before the baseline.
             let warm: Vec<_> = (0..100)

@@ -7,11 +7,12 @@ pub mod churn;
 pub mod fan_out;
 pub mod idle;
 pub mod latency;
+pub mod revoke;
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use fastwebsockets::Role;
 use hdrhistogram::Histogram;
 use sluice::frame::Opcode;
@@ -19,7 +20,7 @@ use tokio::runtime::Runtime;
 
 use crate::report::{histogram, Outcome};
 use crate::sink::{Event, Sink};
-use crate::targets::{Proc, Route, Target};
+use crate::targets::{Proc, Route, SinkParts, Target};
 use crate::wire::{stamped, Source};
 
 /// Where the loader's own threads run.
@@ -219,6 +220,86 @@ pub async fn record(
     }
     sink.close().await;
     seen
+}
+
+/// The shape of a timed run.
+pub struct Timed {
+    /// Frames the sender writes (each to every source with `broadcast`).
+    pub total: u64,
+    pub period: Duration,
+    pub size: usize,
+    pub broadcast: bool,
+    /// Stamped frames each sink must see.
+    pub expect_each: u64,
+    pub duration: Duration,
+}
+
+/// Runs one timed measurement: the sources paced on their own thread, the
+/// sinks recording on the runtime, the proxy's and loader's CPU metered.
+pub fn timed(
+    ctx: &Ctx,
+    d: &Driven,
+    sources: Vec<Source>,
+    parts: Vec<SinkParts>,
+    t: &Timed,
+    o: &mut Outcome,
+) {
+    let sinks = match sinks(ctx.rt, parts) {
+        Ok(s) => s,
+        Err(e) => return o.error(e),
+    };
+    let meter = Meter::start(d.proc);
+    let cpu = ctx.layout.source_cpu(d.route.target, true);
+    let sender = paced(
+        sources,
+        t.total,
+        t.period,
+        t.size,
+        t.broadcast,
+        ctx.epoch,
+        cpu,
+    );
+    collect(ctx.rt, sinks, t.expect_each, ctx.epoch, t.duration, o);
+    let (sources, errors) = sender.join().expect("sender thread");
+    drop(sources);
+    for e in errors {
+        o.error(e);
+    }
+    meter.stop(o);
+}
+
+/// Opens `n` streams on a route, numbered from `first`.
+pub fn open_streams(
+    route: &Route,
+    n: usize,
+    first: usize,
+) -> Result<(Vec<Source>, Vec<SinkParts>)> {
+    let mut sources = Vec::with_capacity(n);
+    let mut parts = Vec::with_capacity(n);
+    for i in 0..n {
+        let (s, k) = route
+            .open_stream(first + i)
+            .with_context(|| format!("opening stream {i}"))?;
+        sources.push(s);
+        parts.push(k);
+    }
+    Ok((sources, parts))
+}
+
+/// Folds per-session latencies (ns) or errors into an outcome.
+pub fn fold(results: Vec<Result<u64, String>>, o: &mut Outcome) {
+    let mut h = histogram();
+    for r in results {
+        match r {
+            Ok(ns) => {
+                let _ = h.record(ns);
+                o.messages += 1;
+            }
+            Err(e) => o.error(e),
+        }
+    }
+    o.latency = Some(crate::report::Latency::of(&h));
+    o.hist = Some(h);
 }
 
 /// Moves setup sockets into the runtime as sinks.

@@ -1,0 +1,191 @@
+//! README section "Revocation": a session revoked through Redis is closed
+//! at once with 4410 (ahead of data still queued for it), cannot come back,
+//! and a revocation published while the gateway's Redis link is down takes
+//! effect when the link returns. Against a real `redis-server`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn ready(gw: &Gateway) -> u16 {
+    gw.get("/readyz").await.0
+}
+
+async fn wait_ready(gw: &Gateway, want: u16) {
+    for _ in 0..500 {
+        if ready(gw).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("/readyz never answered {want}");
+}
+
+#[tokio::test]
+async fn a_revoked_session_is_closed_at_once_and_cannot_reconnect() {
+    let redis = Redis::start();
+    // 8 MiB may queue for a session in the gateway, in front of small
+    // socket buffers: without the revocation jumping the queue, the victim
+    // would read at least 8 MiB before its close.
+    let gw = Gateway::start(
+        2,
+        &[
+            ("SLUICE_REVOCATION_REDIS_URL", &redis.url()),
+            ("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "8388608"),
+            ("SLUICE_LIMITS_SOCKET_BUFFER_BYTES", "65536"),
+        ],
+    );
+    wait_ready(&gw, 200).await;
+    assert_eq!(gw.metric("sluice_revocation_link_up").await, 1);
+
+    let mut conn = connector(&gw, EDGE, EDGE_KEY, &["d"]).await;
+    let mut victim = browser(&gw, &claims("rev-victim")).await;
+    let mut bystander = browser(&gw, &claims("rev-bystander")).await;
+    send_json(&mut victim, json!({"action": "query", "dataset": "d"})).await;
+    start_stream(&mut conn).await;
+    // The victim does not read: megabytes queue up for it in the gateway
+    // and the connector is paused by TCP flow control.
+    let writer = tokio::spawn(async move {
+        for _ in 0..256 {
+            if conn
+                .send(Message::Binary(vec![7u8; 64 * 1024]))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        conn
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let far = sluice::token::now_s() + 300;
+    let published: i64 = redis.cmd(
+        redis::cmd("PUBLISH")
+            .arg("sluice:revocations")
+            .arg(json!({"sid": "rev-victim", "exp": far}).to_string()),
+    );
+    assert_eq!(published, 1, "the gateway is subscribed");
+
+    // The close overtakes the queued data: at most what already sat in
+    // socket buffers arrives first.
+    let mut data = 0usize;
+    let code = loop {
+        match next_msg(&mut victim).await {
+            Message::Binary(b) => data += b.len(),
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "error" {
+                    assert_eq!(v["code"], "revoked", "{v}");
+                    break close_of(&mut victim).await.0;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, 4410);
+    assert!(
+        data < 4 << 20,
+        "the close did not overtake the queued data ({data} B read first)"
+    );
+
+    // Everyone else is untouched.
+    send_json(&mut bystander, json!({"action": "list"})).await;
+    let v = next_json(&mut bystander).await;
+    assert_ne!(v["type"], "error", "{v}");
+
+    // The revoked token cannot open a new session, on any shard it lands on.
+    let mut again = browser(&gw, &claims("rev-victim")).await;
+    expect_error_close(&mut again, "revoked", 4410).await;
+    assert!(gw.metric("sluice_revoked_closes_total").await >= 2);
+    assert_eq!(gw.metric("sluice_revocations_received_total").await, 1);
+    drop(writer);
+}
+
+#[tokio::test]
+async fn a_revocation_published_while_the_link_is_down_applies_when_it_returns() {
+    let redis = Redis::start();
+    let link = Cuttable::to(format!("127.0.0.1:{}", redis.port).parse().unwrap());
+    let gw = Gateway::start(
+        1,
+        &[
+            (
+                "SLUICE_REVOCATION_REDIS_URL",
+                &format!("redis://{}/", link.addr),
+            ),
+            ("SLUICE_REVOCATION_HEALTH_CHECK_MS", "200"),
+            ("SLUICE_REVOCATION_MAX_BACKOFF_MS", "200"),
+        ],
+    );
+    wait_ready(&gw, 200).await;
+    let _conn = connector(&gw, EDGE, EDGE_KEY, &["d"]).await;
+    let mut live = browser(&gw, &claims("rev-partitioned")).await;
+
+    link.cut();
+    // Readiness tells the truth: no new sessions while revocations could be missed.
+    wait_ready(&gw, 503).await;
+    assert_eq!(gw.metric("sluice_revocation_link_up").await, 0);
+
+    // The control plane revokes meanwhile: stored with a TTL, and published
+    // to nobody (the gateway is cut off).
+    let _: () = redis.cmd(
+        redis::cmd("SET")
+            .arg("sluice:revoked:rev-partitioned")
+            .arg("1")
+            .arg("EX")
+            .arg(300),
+    );
+    let heard: i64 = redis.cmd(
+        redis::cmd("PUBLISH")
+            .arg("sluice:revocations")
+            .arg("rev-partitioned"),
+    );
+    assert_eq!(heard, 0, "nobody was subscribed during the cut");
+
+    // The session is still open (nothing could tell the gateway)...
+    send_json(&mut live, json!({"action": "list"})).await;
+    assert_ne!(next_json(&mut live).await["type"], "error");
+
+    // ...until the link returns: resync, then 4410.
+    link.restore();
+    expect_error_close(&mut live, "revoked", 4410).await;
+    wait_ready(&gw, 200).await;
+    assert_eq!(gw.metric("sluice_revocation_link_up").await, 1);
+    let mut again = browser(&gw, &claims("rev-partitioned")).await;
+    expect_error_close(&mut again, "revoked", 4410).await;
+}
+
+#[tokio::test]
+async fn without_redis_configured_nothing_changes_and_a_bad_url_is_refused() {
+    let gw = Gateway::start(1, &[]);
+    assert_eq!(ready(&gw).await, 200);
+    let (_, metrics) = gw.get("/metrics").await;
+    assert!(!metrics.contains("sluice_revocation_link_up"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .env("SLUICE_REVOCATION_REDIS_URL", "http://nope")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revocation.redis_url"));
+    // A URL with a password is never printed.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .env(
+            "SLUICE_REVOCATION_REDIS_URL",
+            "redis://:hunter2@127.0.0.1:6379/",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("redis_url") && !shown.contains("hunter2"),
+        "{shown}"
+    );
+}

@@ -197,7 +197,11 @@ async fn bad_frames_get_rfc_close_codes() {
     s.write_all(&big).await.unwrap();
     assert_eq!(close_code(&mut s).await, 1009);
     healthy.check().await;
-    assert_eq!(gw.metric("sluice_sessions_active").await, 1);
+    assert_eq!(
+        gw.metric_settles("sluice_sessions_active", 1).await,
+        1,
+        "only the healthy session is left"
+    );
 }
 
 #[tokio::test]

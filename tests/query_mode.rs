@@ -166,7 +166,7 @@ async fn bad_tokens_are_refused_with_4401_and_counted() {
         1
     );
     assert_eq!(
-        gw.metric("sluice_sessions_active").await,
+        gw.metric_settles("sluice_sessions_active", 1).await,
         1,
         "only the healthy session is left"
     );

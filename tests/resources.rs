@@ -109,8 +109,12 @@ async fn ten_thousand_sessions_leave_nothing_behind() {
     let pid = gw.pid();
     eventually("sessions closed", || fds_and_rss(pid).0 <= fds0).await;
     let (fds1, rss1) = fds_and_rss(pid);
-    assert_eq!(gw.metric("sluice_sessions_active").await, 0);
-    assert_eq!(gw.metric("sluice_relay_connections_active").await, 0);
+    assert_eq!(gw.metric_settles("sluice_sessions_active", 0).await, 0);
+    assert_eq!(
+        gw.metric_settles("sluice_relay_connections_active", 0)
+            .await,
+        0
+    );
     assert!(fds1 <= fds0, "descriptors: {fds0} before, {fds1} after");
     let growth = rss1.saturating_sub(rss0);
     assert!(

@@ -89,6 +89,21 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Waits (up to 5 s) for a metric to reach `want`; returns its last value.
+    /// Sessions update their gauges as their tasks end, just after the
+    /// peer has seen the close.
+    pub async fn metric_settles(&self, series: &str, want: i64) -> i64 {
+        let mut v = self.metric(series).await;
+        for _ in 0..250 {
+            if v == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            v = self.metric(series).await;
+        }
+        v
+    }
+
     /// Plain HTTP GET (one request per connection); returns status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         raw_http(

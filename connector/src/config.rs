@@ -1,0 +1,350 @@
+//! Connector configuration: a TOML file (the seed's `config.yml` keys have
+//! equivalents), or the quick-start flags; the edge key comes from a file or
+//! `SLUICE_EDGE_KEY` and is never printed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The pre-shared edge key. Debug and Display never show it.
+#[derive(Clone, Default)]
+pub struct EdgeKey(String);
+
+impl EdgeKey {
+    pub fn new(k: impl Into<String>) -> Self {
+        Self(k.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EdgeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EdgeKey(<redacted>)")
+    }
+}
+
+/// File formats a dataset can be read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Ndjson,
+    Parquet,
+}
+
+impl Format {
+    /// From a path's extension (`.csv`, `.ndjson`/`.jsonl`/`.json`, `.parquet`/`.pq`).
+    pub fn from_path(p: &str) -> Option<Format> {
+        let lower = p.to_ascii_lowercase();
+        let ext = lower.rsplit('.').next()?;
+        match ext {
+            "csv" | "tsv" => Some(Format::Csv),
+            "ndjson" | "jsonl" | "json" => Some(Format::Ndjson),
+            "parquet" | "pq" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+}
+
+/// IPC body compression for a dataset's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+/// A declared column (`type` in Arrow's own notation: `Int64`, `Utf8`,
+/// `Float64`, `Timestamp(Millisecond, None)`, …).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    #[serde(default = "yes")]
+    pub nullable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub name: String,
+    /// A file path or a glob (`/data/sales/*.parquet`).
+    pub source: String,
+    /// Default: from the extension.
+    #[serde(default)]
+    pub format: Option<Format>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Declared schema; default: inferred from the first rows (CSV, NDJSON)
+    /// or read from the file (Parquet).
+    #[serde(default)]
+    pub schema: Option<Vec<Column>>,
+    /// CSV: the first line names the columns.
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// CSV field delimiter.
+    #[serde(default = "comma")]
+    pub delimiter: char,
+}
+
+fn comma() -> char {
+    ','
+}
+
+impl DatasetConfig {
+    pub fn format(&self) -> Result<Format, ConfigError> {
+        self.format.or_else(|| Format::from_path(&self.source)).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "dataset {}: cannot tell the format of {:?} from its extension; set format = \"csv\" | \"ndjson\" | \"parquet\"",
+                self.name, self.source
+            ))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `ws://host:port` (the `/ws/connect` path is added when missing).
+    pub gateway: String,
+    pub tenant: String,
+    /// Default: the tenant id.
+    pub edge: String,
+    /// File holding the edge key (else `SLUICE_EDGE_KEY`).
+    pub edge_key_file: Option<PathBuf>,
+    /// Parallel worker connections (the seed's `parallel_connections`).
+    pub workers: usize,
+    /// Bytes per binary message: 64 KiB to 1 MiB (the seed's `max_chunk_size`).
+    pub chunk_bytes: usize,
+    /// Rows per record batch read from a source.
+    pub batch_rows: usize,
+    /// First reconnect delay (the seed's `reconnect_delay`), doubled per failure.
+    pub reconnect_delay_ms: u64,
+    pub max_reconnect_delay_ms: u64,
+    /// How often globs are re-read so that files appearing or vanishing
+    /// change the advertised dataset list.
+    pub rescan_ms: u64,
+    /// Use the gateway's fast path when it offers it.
+    pub fast_path: bool,
+    pub datasets: Vec<DatasetConfig>,
+    #[serde(skip)]
+    pub edge_key: EdgeKey,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            gateway: String::new(),
+            tenant: String::new(),
+            edge: String::new(),
+            edge_key_file: None,
+            workers: 3,
+            chunk_bytes: 256 * 1024,
+            batch_rows: 64 * 1024,
+            reconnect_delay_ms: 500,
+            max_reconnect_delay_ms: 30_000,
+            rescan_ms: 5_000,
+            fast_path: true,
+            datasets: Vec::new(),
+            edge_key: EdgeKey::default(),
+        }
+    }
+}
+
+pub const MIN_CHUNK: usize = 64 * 1024;
+pub const MAX_CHUNK: usize = 1024 * 1024;
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Fills the key (file, else `env_key`) and defaults, then validates.
+    pub fn finish(mut self, env_key: Option<String>) -> Result<Config, ConfigError> {
+        let key = match &self.edge_key_file {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+            None => env_key.unwrap_or_default(),
+        };
+        if key.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no edge key: set edge_key_file or SLUICE_EDGE_KEY".into(),
+            ));
+        }
+        self.edge_key = EdgeKey::new(key);
+        if self.edge.is_empty() {
+            self.edge = self.tenant.clone();
+        }
+        if !self.gateway.starts_with("ws://") {
+            return Err(ConfigError::Invalid(
+                if self.gateway.starts_with("wss://") {
+                    "gateway: wss:// is not supported yet (TLS arrives with its own issue); use ws:// behind a TLS tunnel".into()
+                } else {
+                    format!("gateway must be ws://HOST:PORT, got {:?}", self.gateway)
+                },
+            ));
+        }
+        if self.tenant.is_empty() {
+            return Err(ConfigError::Invalid("tenant is required".into()));
+        }
+        if !(MIN_CHUNK..=MAX_CHUNK).contains(&self.chunk_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "chunk_bytes must be between {MIN_CHUNK} and {MAX_CHUNK}"
+            )));
+        }
+        if self.workers == 0 || self.batch_rows == 0 {
+            return Err(ConfigError::Invalid(
+                "workers and batch_rows must be > 0".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.datasets {
+            d.format()?;
+            if !seen.insert(d.name.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "dataset {} is listed twice",
+                    d.name
+                )));
+            }
+            if d.name.is_empty() || d.name.contains(char::is_whitespace) {
+                return Err(ConfigError::Invalid(format!(
+                    "dataset name {:?} is not valid",
+                    d.name
+                )));
+            }
+        }
+        Ok(self)
+    }
+
+    /// `host:port` and path of the gateway's connector endpoint.
+    pub fn endpoint(&self) -> (String, String) {
+        let rest = self.gateway.trim_start_matches("ws://");
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let path = if path.is_empty() || path == "/" {
+            "/ws/connect"
+        } else {
+            path
+        };
+        (host.to_string(), path.to_string())
+    }
+
+    pub fn reconnect(&self) -> (Duration, Duration) {
+        (
+            Duration::from_millis(self.reconnect_delay_ms.max(10)),
+            Duration::from_millis(self.max_reconnect_delay_ms.max(self.reconnect_delay_ms)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_never_shown() {
+        let k = EdgeKey::new("s3cret");
+        assert!(!format!("{k:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn endpoint_defaults_to_ws_connect() {
+        let mut c = Config {
+            gateway: "ws://gw:8081".into(),
+            tenant: "t".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.endpoint(), ("gw:8081".into(), "/ws/connect".into()));
+        c.gateway = "ws://gw:8081/custom/connect".into();
+        assert_eq!(c.endpoint().1, "/custom/connect");
+        let c = c.finish(Some("k".into())).unwrap();
+        assert_eq!(c.edge, "t");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let base = || Config {
+            gateway: "ws://gw:1".into(),
+            tenant: "t".into(),
+            ..Default::default()
+        };
+        assert!(base()
+            .finish(None)
+            .unwrap_err()
+            .to_string()
+            .contains("edge key"));
+        let mut c = base();
+        c.chunk_bytes = 1024;
+        assert!(c
+            .finish(Some("k".into()))
+            .unwrap_err()
+            .to_string()
+            .contains("chunk_bytes"));
+        let mut c = base();
+        c.gateway = "wss://gw".into();
+        assert!(c
+            .finish(Some("k".into()))
+            .unwrap_err()
+            .to_string()
+            .contains("wss"));
+        let mut c = base();
+        c.datasets.push(DatasetConfig {
+            name: "x".into(),
+            source: "/data/x.xlsx".into(),
+            format: None,
+            compression: Compression::None,
+            schema: None,
+            header: true,
+            delimiter: ',',
+        });
+        assert!(c
+            .finish(Some("k".into()))
+            .unwrap_err()
+            .to_string()
+            .contains("format"));
+    }
+}

@@ -1,0 +1,155 @@
+//! The outbound WebSocket to the gateway: handshake with the edge key,
+//! fast-path negotiation, and the split read/write halves.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine;
+use fastwebsockets::{after_handshake_split, Role, WebSocketRead, WebSocketWrite};
+use sha1::{Digest, Sha1};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::config::Config;
+
+/// The gateway's fast-path subprotocol: frames in server → client format.
+pub const FAST_PATH_PROTOCOL: &str = "sluice.frames.v1";
+
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error("cannot reach the gateway at {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("gateway refused the edge key (HTTP 401): check the key and the edge id")]
+    Unauthorized,
+    #[error("gateway answered HTTP {0} to the upgrade")]
+    Refused(u16),
+    #[error("bad handshake answer from the gateway: {0}")]
+    Handshake(String),
+    #[error("connection to the gateway failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+/// Bytes the handshake read past the response head, served first.
+pub struct Prefixed {
+    pending: Vec<u8>,
+    at: usize,
+    inner: OwnedReadHalf,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.pending.len() {
+            let n = buf.remaining().min(self.pending.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.pending[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+pub struct Link {
+    /// Frames go out unmasked (the gateway accepted the fast path).
+    pub fast: bool,
+    pub read: WebSocketRead<Prefixed>,
+    pub write: WebSocketWrite<OwnedWriteHalf>,
+}
+
+pub async fn connect(cfg: &Config) -> Result<Link, LinkError> {
+    tokio::time::timeout(Duration::from_secs(10), handshake(cfg))
+        .await
+        .map_err(|_| LinkError::Timeout)?
+}
+
+async fn handshake(cfg: &Config) -> Result<Link, LinkError> {
+    let (host, path) = cfg.endpoint();
+    let mut s = TcpStream::connect(&host)
+        .await
+        .map_err(|source| LinkError::Connect {
+            addr: host.clone(),
+            source,
+        })?;
+    s.set_nodelay(true)?;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nEdge-Key: {}\r\n",
+        cfg.edge_key.expose()
+    );
+    if cfg.fast_path {
+        req.push_str(&format!("Sec-WebSocket-Protocol: {FAST_PATH_PROTOCOL}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(LinkError::Handshake("connection closed".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if buf.len() > 16 * 1024 {
+            return Err(LinkError::Handshake("response head too large".into()));
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&buf[..end])
+        .map_err(|e| LinkError::Handshake(e.to_string()))?;
+    match resp.code {
+        Some(101) => {}
+        Some(401) => return Err(LinkError::Unauthorized),
+        Some(c) => return Err(LinkError::Refused(c)),
+        None => return Err(LinkError::Handshake("no status".into())),
+    }
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+    };
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    if header("sec-websocket-accept").as_deref() != Some(accept.as_str()) {
+        return Err(LinkError::Handshake("wrong Sec-WebSocket-Accept".into()));
+    }
+    let fast =
+        cfg.fast_path && header("sec-websocket-protocol").as_deref() == Some(FAST_PATH_PROTOCOL);
+    let pending = buf[end..].to_vec();
+    let (r, w) = s.into_split();
+    // On the fast path the connector writes server-format (unmasked)
+    // frames, which is fastwebsockets' server role; otherwise it is a
+    // plain RFC 6455 client and masks.
+    let role = if fast { Role::Server } else { Role::Client };
+    let (mut read, mut write) = after_handshake_split(
+        Prefixed {
+            pending,
+            at: 0,
+            inner: r,
+        },
+        w,
+        role,
+    );
+    read.set_auto_close(true);
+    read.set_auto_pong(true);
+    read.set_max_message_size(1 << 20);
+    write.set_writev(true);
+    Ok(Link { fast, read, write })
+}

@@ -52,11 +52,16 @@ pub enum Format {
     Csv,
     Ndjson,
     Parquet,
+    /// Synthetic machine metrics, generated live (for demos and load tests).
+    Metrics,
 }
 
 impl Format {
     /// From a path's extension (`.csv`, `.ndjson`/`.jsonl`/`.json`, `.parquet`/`.pq`).
     pub fn from_path(p: &str) -> Option<Format> {
+        if p == "metrics" || p.starts_with("metrics:") {
+            return Some(Format::Metrics);
+        }
         let lower = p.to_ascii_lowercase();
         let ext = lower.rsplit('.').next()?;
         match ext {
@@ -115,6 +120,24 @@ pub struct DatasetConfig {
     /// CSV field delimiter.
     #[serde(default = "comma")]
     pub delimiter: char,
+    /// CSV / NDJSON: a `subscribe` follows the file, streaming lines as they
+    /// are appended (a `query` still returns the file as it is).
+    #[serde(default)]
+    pub tail: bool,
+    /// Metrics: batches per second.
+    #[serde(default = "ten")]
+    pub rate_hz: f64,
+    /// Metrics: machines (rows per batch).
+    #[serde(default = "eight")]
+    pub machines: usize,
+}
+
+fn ten() -> f64 {
+    10.0
+}
+
+fn eight() -> usize {
+    8
 }
 
 fn comma() -> char {
@@ -248,6 +271,20 @@ impl Config {
                     d.name
                 )));
             }
+            if d.tail && d.format()? == Format::Parquet {
+                return Err(ConfigError::Invalid(format!(
+                    "dataset {}: tail follows appended lines; Parquet files cannot be tailed",
+                    d.name
+                )));
+            }
+            if d.format()? == Format::Metrics
+                && !(d.rate_hz > 0.0 && d.rate_hz <= 1000.0 && d.machines > 0)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "dataset {}: metrics need 0 < rate_hz <= 1000 and machines > 0",
+                    d.name
+                )));
+            }
             if d.name.is_empty() || d.name.contains(char::is_whitespace) {
                 return Err(ConfigError::Invalid(format!(
                     "dataset name {:?} is not valid",
@@ -340,6 +377,9 @@ mod tests {
             schema: None,
             header: true,
             delimiter: ',',
+            tail: false,
+            rate_hz: 10.0,
+            machines: 8,
         });
         assert!(c
             .finish(Some("k".into()))

@@ -98,6 +98,15 @@ impl IpcFramer {
         out.push(m);
     }
 
+    /// Sends what is pending now (live feeds: latency over message size).
+    pub fn flush(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        if !self.pending.is_empty() {
+            self.emit(&mut out);
+        }
+        out
+    }
+
     /// Ends the stream (end-of-stream marker); returns the last messages.
     pub fn finish(mut self) -> Result<Vec<Vec<u8>>, ArrowError> {
         self.writer.finish()?;

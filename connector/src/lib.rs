@@ -6,6 +6,7 @@
 pub mod config;
 pub mod ipc;
 pub mod link;
+pub mod live;
 pub mod source;
 pub mod stream;
 pub mod worker;

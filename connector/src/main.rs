@@ -26,7 +26,8 @@ struct Cli {
     /// Edge id (default: the tenant id).
     #[arg(long)]
     edge: Option<String>,
-    /// NAME=PATH (a file or a glob; the format from the extension). Repeatable.
+    /// NAME=PATH (a file or a glob; the format from the extension; `metrics`
+    /// for a synthetic live feed). Repeatable.
     #[arg(long = "dataset", value_name = "NAME=PATH")]
     datasets: Vec<String>,
     /// Parallel worker connections.
@@ -38,6 +39,9 @@ struct Cli {
     /// IPC body compression for datasets given with --dataset: none, lz4, zstd.
     #[arg(long, default_value = "none")]
     compression: String,
+    /// CSV / NDJSON datasets given with --dataset follow appended lines when subscribed to.
+    #[arg(long)]
+    tail: bool,
     /// Do not connect: read every dataset once into DIR/<name>.arrows
     /// (IPC stream files) and print rows, bytes and time. Checks a dataset
     /// before it goes live; measures conversion speed.
@@ -178,6 +182,9 @@ fn apply(cli: &Cli) -> anyhow::Result<Config> {
             schema: None,
             header: true,
             delimiter: ',',
+            tail: cli.tail,
+            rate_hz: 10.0,
+            machines: 8,
         });
     }
     Ok(cfg)

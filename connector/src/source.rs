@@ -65,6 +65,9 @@ impl Dataset {
 
     /// The files behind the dataset now, in name order.
     pub fn files(&self) -> Result<Vec<PathBuf>, SourceError> {
+        if self.format == Format::Metrics {
+            return Ok(Vec::new());
+        }
         let src = &self.cfg.source;
         if !src.contains(['*', '?', '[']) {
             let p = PathBuf::from(src);
@@ -121,6 +124,9 @@ impl Dataset {
         if let Some(s) = self.declared()? {
             return Ok(s);
         }
+        if self.format == Format::Metrics {
+            return Ok(crate::live::metrics_schema());
+        }
         let first = &files[0];
         let mut file = self.open_file(first)?;
         match self.format {
@@ -148,7 +154,27 @@ impl Dataset {
                 Ok(Arc::new(Schema::new(fields)))
             }
             Format::Parquet => Ok(self.parquet(first, file)?.schema().clone()),
+            Format::Metrics => Ok(crate::live::metrics_schema()),
         }
+    }
+
+    /// Streams only live (`subscribe`), never as a finite query.
+    pub fn live_only(&self) -> bool {
+        self.format == Format::Metrics
+    }
+
+    pub(crate) fn err_at(&self, file: Option<&Path>, msg: impl std::fmt::Display) -> SourceError {
+        self.err(file, msg)
+    }
+
+    pub(crate) fn csv_reader_builder(
+        &self,
+        schema: &SchemaRef,
+        header: bool,
+    ) -> arrow_csv::ReaderBuilder {
+        arrow_csv::ReaderBuilder::new(schema.clone())
+            .with_format(self.csv_format().with_header(header))
+            .with_batch_size(self.batch_rows)
     }
 
     fn csv_format(&self) -> arrow_csv::reader::Format {
@@ -236,6 +262,7 @@ impl Dataset {
                 ))
             }
             Format::Ndjson => Ok(Box::new(NdjsonRows::new(me, path, file, schema.clone())?)),
+            Format::Metrics => Err(self.err(None, "a live feed: subscribe to it")),
         }
     }
 }

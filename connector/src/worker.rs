@@ -222,9 +222,17 @@ async fn handle(
             let Some(ds) = sh.find(&name) else {
                 return send(Out::Text(error(&rid, &format!("unknown dataset {name:?}")))).await;
             };
+            let live = v["live"].as_bool().unwrap_or(false);
+            if ds.live_only() && !live {
+                return send(Out::Text(error(
+                    &rid,
+                    &format!("dataset {name} is a live feed: subscribe to it"),
+                )))
+                .await;
+            }
             let cancel = Arc::new(AtomicBool::new(false));
             let (c, t, r, chunk) = (cancel.clone(), tx.clone(), rid.clone(), sh.cfg.chunk_bytes);
-            let done = tokio::task::spawn_blocking(move || produce(&ds, &r, &t, &c, chunk));
+            let done = tokio::task::spawn_blocking(move || produce(&ds, &r, &t, &c, chunk, live));
             *running = Some(Running { rid, cancel, done });
             Ok(())
         }
@@ -254,14 +262,21 @@ fn produce(
     tx: &mpsc::Sender<Out>,
     cancel: &AtomicBool,
     chunk: usize,
+    live: bool,
 ) {
     let send = |o: Out| tx.blocking_send(o).is_ok();
-    let outcome = stream::run(ds, chunk, cancel, |p| match p {
+    let emit = |p: Piece| match p {
         Piece::Start(schema) => send(Out::Text(
             json!({"request_id": rid, "type": "stream_start", "schema": schema}).to_string(),
         )),
         Piece::Data(m) => send(Out::Binary(m)),
-    });
+    };
+    // A live feed runs until the gateway cancels it (last viewer gone).
+    let outcome = if live {
+        crate::live::run(ds, chunk, cancel, emit)
+    } else {
+        stream::run(ds, chunk, cancel, emit)
+    };
     match outcome {
         Outcome::Done { bytes, rows } => {
             tracing::info!(dataset = ds.name(), rows, bytes, "stream complete");

@@ -54,6 +54,8 @@ pub enum Format {
     Parquet,
     /// Synthetic machine metrics, generated live (for demos and load tests).
     Metrics,
+    /// The rows of a PostgreSQL query (`query`, `connection`).
+    Postgres,
 }
 
 impl Format {
@@ -61,6 +63,9 @@ impl Format {
     pub fn from_path(p: &str) -> Option<Format> {
         if p == "metrics" || p.starts_with("metrics:") {
             return Some(Format::Metrics);
+        }
+        if p == "postgres" || p.starts_with("postgres://") || p.starts_with("postgresql://") {
+            return Some(Format::Postgres);
         }
         let lower = p.to_ascii_lowercase();
         let ext = lower.rsplit('.').next()?;
@@ -130,6 +135,17 @@ pub struct DatasetConfig {
     /// Metrics: machines (rows per batch).
     #[serde(default = "eight")]
     pub machines: usize,
+    /// PostgreSQL: the query whose rows are the dataset.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// PostgreSQL: connection string (`postgres://user:pass@host:port/db`);
+    /// better kept out of the file with `connection_env`.
+    #[serde(default)]
+    pub connection: Option<String>,
+    /// PostgreSQL: environment variable holding the connection string
+    /// (default `SLUICE_POSTGRES_URL`).
+    #[serde(default)]
+    pub connection_env: Option<String>,
 }
 
 fn ten() -> f64 {
@@ -285,6 +301,13 @@ impl Config {
                     d.name
                 )));
             }
+            if d.format()? == Format::Postgres && d.query.as_deref().unwrap_or("").trim().is_empty()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "dataset {}: a PostgreSQL dataset needs query = \"SELECT …\"",
+                    d.name
+                )));
+            }
             if d.name.is_empty() || d.name.contains(char::is_whitespace) {
                 return Err(ConfigError::Invalid(format!(
                     "dataset name {:?} is not valid",
@@ -380,6 +403,9 @@ mod tests {
             tail: false,
             rate_hz: 10.0,
             machines: 8,
+            query: None,
+            connection: None,
+            connection_env: None,
         });
         assert!(c
             .finish(Some("k".into()))

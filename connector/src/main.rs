@@ -185,6 +185,9 @@ fn apply(cli: &Cli) -> anyhow::Result<Config> {
             tail: cli.tail,
             rate_hz: 10.0,
             machines: 8,
+            query: None,
+            connection: None,
+            connection_env: None,
         });
     }
     Ok(cfg)

@@ -65,7 +65,7 @@ impl Dataset {
 
     /// The files behind the dataset now, in name order.
     pub fn files(&self) -> Result<Vec<PathBuf>, SourceError> {
-        if self.format == Format::Metrics {
+        if matches!(self.format, Format::Metrics | Format::Postgres) {
             return Ok(Vec::new());
         }
         let src = &self.cfg.source;
@@ -127,6 +127,9 @@ impl Dataset {
         if self.format == Format::Metrics {
             return Ok(crate::live::metrics_schema());
         }
+        if self.format == Format::Postgres {
+            return self.pg_schema();
+        }
         let first = &files[0];
         let mut file = self.open_file(first)?;
         match self.format {
@@ -155,6 +158,7 @@ impl Dataset {
             }
             Format::Parquet => Ok(self.parquet(first, file)?.schema().clone()),
             Format::Metrics => Ok(crate::live::metrics_schema()),
+            Format::Postgres => self.pg_schema(),
         }
     }
 
@@ -196,7 +200,8 @@ impl Dataset {
         let files = self.files()?;
         let schema = self.schema(&files)?;
         let mut bytes = 0;
-        let mut rows = Some(0u64);
+        // Only Parquet knows its row count without reading the rows.
+        let mut rows = (self.format == Format::Parquet).then_some(0u64);
         for f in &files {
             bytes += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
             rows = match (rows, self.format) {
@@ -217,6 +222,9 @@ impl Dataset {
 
     /// All the dataset's rows as record batches, file after file.
     pub fn open(self: &Arc<Self>) -> Result<(SchemaRef, Batches), SourceError> {
+        if self.format == Format::Postgres {
+            return self.pg_open();
+        }
         let files = self.files()?;
         let schema = self.schema(&files)?;
         let me = self.clone();
@@ -263,6 +271,7 @@ impl Dataset {
             }
             Format::Ndjson => Ok(Box::new(NdjsonRows::new(me, path, file, schema.clone())?)),
             Format::Metrics => Err(self.err(None, "a live feed: subscribe to it")),
+            Format::Postgres => Err(self.err(None, "a query, not a file")),
         }
     }
 }

@@ -53,6 +53,33 @@ async def fetch(url: str, token: str, dataset: str):
                 return chunks, events
 
 
+def text_rows(t: pa.Table, csv_source=False):
+    """Rows as PostgreSQL's text output would spell them."""
+    if csv_source:
+        # Read every column of the export as text, nulls as None.
+        return [[None if v in (None, "") else str(v) for v in r.values()] for r in t.to_pylist()]
+    out = []
+    for r in t.to_pylist():
+        row = []
+        for v in r.values():
+            if v is None:
+                row.append(None)
+            elif isinstance(v, bool):
+                row.append("t" if v else "f")
+            elif hasattr(v, "isoformat") and hasattr(v, "hour"):
+                row.append(v.isoformat(sep=" "))
+            else:
+                row.append(str(v))
+        out.append(row)
+    return out
+
+
+def read_text_csv(path: str) -> pa.Table:
+    import pyarrow.csv as pc
+    names = pc.read_csv(path).column_names
+    return pc.read_csv(path, convert_options=pc.ConvertOptions(column_types={n: pa.string() for n in names}))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
@@ -60,6 +87,8 @@ def main() -> int:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--source")
     ap.add_argument("--expect-error", action="store_true")
+    ap.add_argument("--as-text", action="store_true",
+                    help="compare values as PostgreSQL's CSV export writes them (source is that export)")
     a = ap.parse_args()
     chunks, events = asyncio.run(fetch(a.url, a.token, a.dataset))
     last = events[-1]
@@ -74,12 +103,21 @@ def main() -> int:
         return 1
     # Every binary message holds whole IPC messages: each prefix decodes.
     got = pa.ipc.open_stream(io.BytesIO(b"".join(chunks))).read_all()
-    want = read_source(a.source)
+    want = read_text_csv(a.source) if a.as_text else read_source(a.source)
     out["rows"] = got.num_rows
     out["want_rows"] = want.num_rows
     problems = []
     if got.column_names != want.column_names:
         problems.append(f"columns {got.column_names} != {want.column_names}")
+    elif a.as_text:
+        g, w = text_rows(got), text_rows(want, csv_source=True)
+        if g != w:
+            for i, (x, y) in enumerate(zip(g, w)):
+                if x != y:
+                    problems.append(f"row {i}: {x} != {y}")
+                    break
+            if len(g) != len(w):
+                problems.append(f"{len(g)} rows != {len(w)}")
     elif got.to_pylist() != want.to_pylist():
         for i, (g, w) in enumerate(zip(got.to_pylist(), want.to_pylist())):
             if g != w:

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow_array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use base64::Engine;
 
 use crate::config::Format;
-use crate::ipc::{schema_message, IpcFramer};
+use crate::ipc::IpcFramer;
 use crate::source::Dataset;
 use crate::stream::{Outcome, Piece};
 
@@ -52,13 +51,9 @@ pub fn run(
             Err(e) => return Outcome::Failed(e.0),
         },
     };
-    let start = match schema_message(&schema) {
-        Ok(b) => base64::engine::general_purpose::STANDARD.encode(b),
-        Err(e) => return Outcome::Failed(format!("dataset {}: {e}", ds.name())),
-    };
-    let mut framer = match IpcFramer::new(&schema, ds.cfg.compression, chunk) {
-        Ok(f) => f,
-        Err(e) => return Outcome::Failed(format!("dataset {}: {e}", ds.name())),
+    let (start, mut framer) = match crate::stream::begin(ds, &schema, chunk) {
+        Ok(x) => x,
+        Err(o) => return o,
     };
     if !emit(Piece::Start(start)) {
         return Outcome::Gone;

@@ -28,6 +28,20 @@ pub enum Outcome {
     Gone,
 }
 
+/// The `stream_start` schema (base64 IPC) and the framer for a stream.
+pub(crate) fn begin(
+    ds: &Dataset,
+    schema: &arrow_schema::Schema,
+    chunk: usize,
+) -> Result<(String, IpcFramer), Outcome> {
+    let fail = |e: &dyn std::fmt::Display| Outcome::Failed(format!("dataset {}: {e}", ds.name()));
+    let start = schema_message(schema)
+        .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+        .map_err(|e| fail(&e))?;
+    let framer = IpcFramer::new(schema, ds.cfg.compression, chunk).map_err(|e| fail(&e))?;
+    Ok((start, framer))
+}
+
 /// Streams `ds`; `emit` returns false when the receiver is gone.
 pub fn run(
     ds: &Arc<Dataset>,
@@ -40,17 +54,13 @@ pub fn run(
         Err(e) => return Outcome::Failed(e.0),
     };
     let fail = |e: &dyn std::fmt::Display| Outcome::Failed(format!("dataset {}: {e}", ds.name()));
-    let start = match schema_message(&schema) {
-        Ok(b) => base64::engine::general_purpose::STANDARD.encode(b),
-        Err(e) => return fail(&e),
+    let (start, mut framer) = match begin(ds, &schema, chunk) {
+        Ok(x) => x,
+        Err(o) => return o,
     };
     if !emit(Piece::Start(start)) {
         return Outcome::Gone;
     }
-    let mut framer = match IpcFramer::new(&schema, ds.cfg.compression, chunk) {
-        Ok(f) => f,
-        Err(e) => return fail(&e),
-    };
     for b in batches {
         if cancel.load(Ordering::Relaxed) {
             return Outcome::Failed("cancelled by the gateway".into());

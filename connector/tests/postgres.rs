@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -191,7 +192,7 @@ connection = "postgres://postgres:secret-pw@127.0.0.1:1/postgres"
         .read_to_end(&mut out)
         .unwrap();
     std::fs::write(&csv, out).unwrap();
-    let (ok, v) = browse_pg(addr, "s-pg", "sales_db", &csv);
+    let (ok, v) = browse_with(addr, "s-pg", "sales_db", Some(&csv), &["--as-text"]);
     assert!(ok, "{v}");
     assert_eq!(v["rows"], 30001, "{v}");
 
@@ -205,35 +206,4 @@ connection = "postgres://postgres:secret-pw@127.0.0.1:1/postgres"
             "the password never leaves the connector: {msg}"
         );
     }
-}
-
-use std::io::Read;
-
-/// The Python browser comparing with the PostgreSQL export (types as
-/// PostgreSQL prints them: the comparison is on text).
-fn browse_pg(
-    addr: std::net::SocketAddr,
-    sid: &str,
-    ds: &str,
-    csv: &Path,
-) -> (bool, serde_json::Value) {
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/fetch_compare.py"))
-        .args([
-            "--url",
-            &format!("ws://{addr}/stream/{sid}"),
-            "--token",
-            &token(sid),
-            "--dataset",
-            ds,
-        ])
-        .arg("--source")
-        .arg(csv)
-        .arg("--as-text")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = serde_json::from_str(text.lines().last().unwrap_or("{}"))
-        .unwrap_or_else(|_| panic!("{text:?} {}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.success(), v)
 }

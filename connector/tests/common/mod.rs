@@ -139,6 +139,17 @@ pub fn browse(
     dataset: &str,
     source: Option<&Path>,
 ) -> (bool, serde_json::Value) {
+    browse_with(addr, sid, dataset, source, &[])
+}
+
+/// The Python browser with extra flags (`--as-text`).
+pub fn browse_with(
+    addr: SocketAddr,
+    sid: &str,
+    dataset: &str,
+    source: Option<&Path>,
+    extra: &[&str],
+) -> (bool, serde_json::Value) {
     let mut cmd = Command::new("python3");
     cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/fetch_compare.py"))
         .args([
@@ -148,7 +159,8 @@ pub fn browse(
             &token(sid),
             "--dataset",
             dataset,
-        ]);
+        ])
+        .args(extra);
     match source {
         Some(s) => cmd.arg("--source").arg(s),
         None => cmd.arg("--expect-error"),

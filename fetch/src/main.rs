@@ -1,0 +1,237 @@
+//! `sluice-fetch`: downloads one dataset through the Sluice gateway into a
+//! file, decoding the Arrow IPC stream batch by batch as it arrives
+//! (constant memory), with a progress bar on a terminal and a one-line
+//! summary otherwise.
+//!
+//!     sluice-fetch --gateway ws://127.0.0.1:8081 --session SID --token TOKEN \
+//!         --dataset sales -o sales.parquet
+
+mod output;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::StreamDecoder;
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+use output::Output;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Mode {
+    /// Write batches as they arrive: constant memory, any size.
+    Stream,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Download one dataset through the Sluice gateway into .arrow, .parquet or .csv"
+)]
+struct Cli {
+    /// Gateway, ws://HOST:PORT.
+    #[arg(long, env = "SLUICE_GATEWAY")]
+    gateway: String,
+    /// Session token from the control plane (or one you signed).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Session id the token was issued for (default: the token's `sid`).
+    #[arg(long)]
+    session: Option<String>,
+    #[arg(long)]
+    dataset: String,
+    #[arg(long, value_enum, default_value = "stream")]
+    mode: Mode,
+    /// Output file; its extension picks the format.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+    /// Give up when no message arrives for this long.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout_s: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Err(e) = rt.block_on(run(&cli)) {
+        eprintln!("sluice-fetch: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The `sid` claim of a JWT, read without verifying (the gateway verifies).
+fn sid_of(token: &str) -> Option<String> {
+    let body = token.split('.').nth(1)?;
+    let v: Value = serde_json::from_slice(&base64_decode(body)?).ok()?;
+    v["sid"].as_str().map(String::from)
+}
+
+/// base64url without padding (JWT segments), kept dependency-free.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c)? << (18 - 6 * i);
+        }
+        let k = chunk.len();
+        out.push((n >> 16) as u8);
+        if k > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if k > 3 {
+            out.push(n as u8);
+        }
+    }
+    Some(out)
+}
+
+async fn run(cli: &Cli) -> Result<()> {
+    let sid = match &cli.session {
+        Some(s) => s.clone(),
+        None => sid_of(&cli.token)
+            .ok_or_else(|| anyhow!("cannot read `sid` from the token; pass --session"))?,
+    };
+    // Refuse a bad output name before asking the gateway for anything.
+    let mut out = Output::new(&cli.output)?;
+    let base = cli.gateway.trim_end_matches('/');
+    if !base.starts_with("ws://") {
+        bail!("--gateway must be ws://HOST:PORT");
+    }
+    let mut req = format!("{base}/stream/{sid}").into_client_request()?;
+    req.headers_mut().insert(
+        "Authorization",
+        HeaderValue::from_str(&format!("Bearer {}", cli.token))?,
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, None, false)
+        .await
+        .with_context(|| format!("connecting to {base}"))?;
+    ws.send(Message::Text(
+        json!({"action": "query", "dataset": cli.dataset}).to_string(),
+    ))
+    .await?;
+
+    let mut decoder = StreamDecoder::new();
+    let (mut rows, mut bytes, mut messages) = (0u64, 0u64, 0u64);
+    let t0 = Instant::now();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new_spinner();
+        b.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"));
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let result: Result<()> = async {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(cli.idle_timeout_s), ws.next())
+                .await
+                .map_err(|_| anyhow!("nothing from the gateway for {} s", cli.idle_timeout_s))?
+                .ok_or_else(|| {
+                    anyhow!("the gateway closed the connection before the end of the stream")
+                })??;
+            match msg {
+                Message::Binary(b) => {
+                    messages += 1;
+                    bytes += b.len() as u64;
+                    let mut buf = Buffer::from_vec(b);
+                    while !buf.is_empty() {
+                        match decoder.decode(&mut buf)? {
+                            Some(batch) => {
+                                rows += batch.num_rows() as u64;
+                                out.write(&batch.schema(), &batch)?;
+                            }
+                            None => {
+                                if buf.is_empty() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    if let Some(b) = &bar {
+                        let secs = t0.elapsed().as_secs_f64().max(1e-3);
+                        b.set_message(format!(
+                            "{}: {rows} rows, {:.1} MB, {:.1} MB/s",
+                            cli.dataset,
+                            bytes as f64 / 1e6,
+                            bytes as f64 / 1e6 / secs
+                        ));
+                    }
+                }
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t)?;
+                    match v["type"].as_str() {
+                        Some("stream_end") => {
+                            let said = v["total_bytes"].as_u64();
+                            if said.is_some_and(|n| n != bytes) {
+                                bail!(
+                                    "stream_end says {} bytes, {bytes} arrived",
+                                    said.unwrap_or(0)
+                                );
+                            }
+                            return Ok(());
+                        }
+                        Some("error") => bail!(
+                            "{} ({})",
+                            v["message"].as_str().unwrap_or("error"),
+                            v["code"].as_str().unwrap_or("-")
+                        ),
+                        _ => {}
+                    }
+                }
+                Message::Close(c) => bail!(
+                    "the gateway closed the session: {}",
+                    c.map(|c| format!("{} {}", u16::from(c.code), c.reason))
+                        .unwrap_or_default()
+                ),
+                _ => {}
+            }
+        }
+    }
+    .await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let _ = ws.close(None).await;
+    match result {
+        Ok(()) => {
+            decoder.finish().context("the IPC stream is incomplete")?;
+            let schema = decoder
+                .schema()
+                .ok_or_else(|| anyhow!("the stream carried no schema"))?;
+            let path = out.finish(&schema)?;
+            let secs = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "sluice-fetch: {}: {rows} rows, {bytes} bytes in {messages} messages, {secs:.2} s ({:.1} MB/s) -> {}",
+                cli.dataset,
+                bytes as f64 / 1e6 / secs.max(1e-6),
+                path.display()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            out.abandon();
+            Err(e)
+        }
+    }
+}

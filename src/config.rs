@@ -68,6 +68,9 @@ pub struct Limits {
     pub session_buffer_bytes: usize,
     /// Bytes queued towards one live-feed viewer before it is dropped (4409).
     pub viewer_queue_bytes: usize,
+    /// A `buffered` query is collected whole and sent as one message; past
+    /// this size it ends with `too_large` (4413) instead.
+    pub max_buffered_bytes: usize,
     /// Default byte quota for a token without a `quota` claim (0 = none).
     pub default_quota_bytes: u64,
     /// Actions a browser may queue while a query runs.
@@ -183,6 +186,7 @@ impl Default for Limits {
             max_sessions: 100_000,
             max_edge_connections: 256,
             session_buffer_bytes: 1024 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
             viewer_queue_bytes: 4 * 1024 * 1024,
             default_quota_bytes: 0,
             max_pending_actions: 8,

@@ -22,6 +22,7 @@ pub mod close {
     pub const AUTH_TIMEOUT: u16 = 4408;
     pub const SLOW_CONSUMER: u16 = 4409;
     pub const REVOKED: u16 = 4410;
+    pub const TOO_LARGE: u16 = 4413;
     pub const QUOTA: u16 = 4429;
     pub const EDGE_OFFLINE: u16 = 4503;
 }
@@ -70,6 +71,9 @@ pub struct Action {
     pub dataset: Option<String>,
     #[serde(default)]
     pub auth: Option<String>,
+    /// `query` only: `"stream"` (default) or `"buffered"`.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 pub fn text(v: &Value) -> Bytes {

@@ -32,7 +32,7 @@ enum End {
     Broken(u16, Flow),
 }
 
-pub async fn run(sess: &Rc<Session>, dataset: &str) -> Flow {
+pub async fn run(sess: &Rc<Session>, dataset: &str, buffered: bool) -> Flow {
     if sess.feed.borrow().is_some() {
         return Flow::Close(
             close::BAD_REQUEST,
@@ -72,7 +72,7 @@ pub async fn run(sess: &Rc<Session>, dataset: &str) -> Flow {
     let get_id = sess.request_id("g");
     shard.metrics().streams_started.fetch_add(1, Relaxed);
     *sess.upstream.borrow_mut() = Some(w.reader.interrupter());
-    let end = stream(sess, &mut w, dataset, &info_id, &get_id).await;
+    let end = stream(sess, &mut w, dataset, &info_id, &get_id, buffered).await;
     *sess.upstream.borrow_mut() = None;
     match end {
         End::Done => {
@@ -102,6 +102,7 @@ async fn stream(
     dataset: &str,
     info_id: &str,
     get_id: &str,
+    buffered: bool,
 ) -> End {
     let shard = &sess.shard;
     let cfg = shard.cfg();
@@ -122,6 +123,8 @@ async fn stream(
     );
     let metrics = shard.metrics();
     let mut text = TextAssembler::new(cfg.limits.max_text_bytes);
+    // `buffered`: the payloads, concatenated, sent as one message at the end.
+    let mut held: Vec<u8> = Vec::new();
     loop {
         let f = match w.reader.next().await {
             Ok(f) => f,
@@ -165,9 +168,28 @@ async fn stream(
                         "session token expired".into(),
                     ));
                 }
+                if buffered && held.len() as u64 + len > cfg.limits.max_buffered_bytes as u64 {
+                    return End::Cancel(Flow::Close(
+                        close::TOO_LARGE,
+                        "too_large",
+                        format!(
+                            "dataset {dataset} is larger than the buffered limit of {} bytes; fetch it streamed",
+                            cfg.limits.max_buffered_bytes
+                        ),
+                    ));
+                }
                 if !sess.quota.admit(len) {
                     metrics.quota_closes.fetch_add(1, Relaxed);
                     return End::Cancel(quota_exceeded(sess, len));
+                }
+                if buffered {
+                    // Collecting is the point of this mode: one copy, bounded.
+                    // A frame that straddled two reads is in two pieces.
+                    held.extend_from_slice(&f.wire[f.payload_at..]);
+                    if let Some(t) = &f.tail {
+                        held.extend_from_slice(t);
+                    }
+                    continue;
                 }
                 if sess.outbox.push_wire(freeze(f)).is_err() {
                     return End::Cancel(Flow::Ended);
@@ -210,6 +232,17 @@ async fn stream(
                         }
                         Some("stream_end") => {
                             metrics.streams_completed.fetch_add(1, Relaxed);
+                            if buffered {
+                                let frame =
+                                    crate::frame::encode_server_frame(Opcode::Binary, &held);
+                                metrics
+                                    .bytes_forwarded
+                                    .fetch_add(held.len() as u64, Relaxed);
+                                metrics.frames_forwarded.fetch_add(1, Relaxed);
+                                if sess.outbox.push(frame.into()).is_err() {
+                                    return End::Done;
+                                }
+                            }
                             sess.send(&json!({
                                 "type": "stream_end",
                                 "dataset": dataset,

@@ -355,7 +355,8 @@ async fn serve(
 /// A validated browser request.
 enum BrowserRequest {
     List,
-    Query(String),
+    /// Dataset, and whether the answer is collected whole (`buffered`).
+    Query(String, bool),
     Subscribe(String),
 }
 
@@ -376,7 +377,7 @@ async fn serve_actions(sess: &Rc<Session>, reader: BrowserReader) {
         let flow = match req {
             BrowserRequest::List => list(sess),
             // Boxed: an idle session does not carry a query's state.
-            BrowserRequest::Query(d) => Box::pin(query::run(sess, &d)).await,
+            BrowserRequest::Query(d, buffered) => Box::pin(query::run(sess, &d, buffered)).await,
             BrowserRequest::Subscribe(d) => fanout::subscribe(sess, &d),
         };
         match flow {
@@ -493,7 +494,14 @@ fn parse_action(text: &str) -> Result<BrowserRequest, String> {
     };
     match a.action.as_deref() {
         Some("list") => Ok(BrowserRequest::List),
-        Some("query") => Ok(BrowserRequest::Query(dataset()?)),
+        Some("query") => {
+            let buffered = match a.mode.as_deref() {
+                None | Some("stream") => false,
+                Some("buffered") => true,
+                Some(m) => return Err(format!("unknown query mode {m:?} (stream or buffered)")),
+            };
+            Ok(BrowserRequest::Query(dataset()?, buffered))
+        }
         Some("subscribe") => Ok(BrowserRequest::Subscribe(dataset()?)),
         Some(other) => Err(format!("unknown action {other:?}")),
         None if a.auth.is_some() => Err("already authenticated".into()),

@@ -530,3 +530,66 @@ async fn epoll_driver_and_frames_split_across_reads() {
     }
     serving.abort();
 }
+
+#[tokio::test]
+async fn buffered_queries_answer_once_and_refuse_what_is_too_big() {
+    let gw = Gateway::start(2, &[("SLUICE_LIMITS_MAX_BUFFERED_BYTES", "300000")]);
+    let conn = connector(&gw, EDGE, EDGE_KEY, &["small", "big"]).await;
+    let small = frames(20, 10_000);
+    tokio::spawn(serve_frames(conn, small.clone()));
+    // 20 frames of 10 kB: collected, then one binary message, then stream_end.
+    let mut b = browser(&gw, &claims("buffered-1")).await;
+    send_json(
+        &mut b,
+        json!({"action": "query", "dataset": "small", "mode": "buffered"}),
+    )
+    .await;
+    let mut binaries = vec![];
+    let end = loop {
+        match next_msg(&mut b).await {
+            Message::Binary(p) => binaries.push(p),
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "stream_end" {
+                    break v;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(binaries.len(), 1, "answered once");
+    assert_eq!(binaries[0], small.concat(), "the payloads, in order, whole");
+    assert_eq!(end["bytes_forwarded"], 200_000);
+    // Past the limit: too_large, 4413, and nothing half-sent.
+    let conn = connector(&gw, EDGE, EDGE_KEY, &["small", "big"]).await;
+    tokio::spawn(serve_frames(conn, frames(40, 10_000)));
+    let mut b = browser(&gw, &claims("buffered-2")).await;
+    send_json(
+        &mut b,
+        json!({"action": "query", "dataset": "big", "mode": "buffered"}),
+    )
+    .await;
+    let msg = loop {
+        match next_msg(&mut b).await {
+            Message::Binary(_) => panic!("no data before the refusal"),
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "error" {
+                    assert_eq!(v["code"], "too_large", "{v}");
+                    break v["message"].as_str().unwrap_or_default().to_string();
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(msg.contains("300000"), "{msg}");
+    assert_eq!(close_of(&mut b).await.0, 4413);
+    // An unknown mode is a bad request.
+    let mut b = browser(&gw, &claims("buffered-3")).await;
+    send_json(
+        &mut b,
+        json!({"action": "query", "dataset": "small", "mode": "psychic"}),
+    )
+    .await;
+    expect_error_close(&mut b, "bad_request", 4400).await;
+}

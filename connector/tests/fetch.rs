@@ -26,16 +26,19 @@ fn fetch_bin() -> PathBuf {
 }
 
 fn fetch(addr: std::net::SocketAddr, sid: &str, dataset: &str, out: &Path) -> std::process::Output {
+    fetch_mode(addr, sid, dataset, out, "stream")
+}
+
+fn fetch_mode(
+    addr: std::net::SocketAddr,
+    sid: &str,
+    dataset: &str,
+    out: &Path,
+    mode: &str,
+) -> std::process::Output {
     Command::new(fetch_bin())
-        .args([
-            "--gateway",
-            &format!("ws://{addr}"),
-            "--token",
-            &token(sid),
-            "--dataset",
-            dataset,
-            "-o",
-        ])
+        .args(["--gateway", &format!("ws://{addr}"), "--token", &token(sid)])
+        .args(["--dataset", dataset, "--mode", mode, "-o"])
         .arg(out)
         .output()
         .unwrap()
@@ -63,9 +66,14 @@ fn fetch_streams_into_arrow_parquet_and_csv_and_leaves_nothing_on_failure() {
     wait_workers(addr, 2);
     let out_dir = dir.join(format!("fetched-{}", free_port()));
     std::fs::create_dir_all(&out_dir).unwrap();
-    for ext in ["arrow", "parquet", "csv"] {
-        let out = out_dir.join(format!("sales.{ext}"));
-        let r = fetch(addr, &format!("s-fetch-{ext}"), "sales", &out);
+    for (ext, mode) in [
+        ("arrow", "stream"),
+        ("parquet", "stream"),
+        ("csv", "stream"),
+        ("parquet", "buffered"),
+    ] {
+        let out = out_dir.join(format!("sales-{mode}.{ext}"));
+        let r = fetch_mode(addr, &format!("s-fetch-{ext}-{mode}"), "sales", &out, mode);
         let err = String::from_utf8_lossy(&r.stderr);
         assert!(r.status.success(), "{ext}: {err}");
         assert!(err.contains("50000 rows"), "summary line: {err}");
@@ -94,8 +102,36 @@ fn fetch_streams_into_arrow_parquet_and_csv_and_leaves_nothing_on_failure() {
         !out.exists() && !out_dir.join("bad.parquet.part").exists(),
         "no partial file is left"
     );
+    // Buffered past the gateway's limit: refused whole, nothing written.
+    let (_gw2, addr2) = small_gateway();
+    let _c2 = connector(&[
+        "--gateway",
+        &format!("ws://{addr2}"),
+        "--tenant",
+        "acme",
+        "--edge",
+        "edge-a",
+        "--workers",
+        "1",
+        "--dataset",
+        &arg("sales", "sales.parquet"),
+    ]);
+    wait_workers(addr2, 1);
+    let out = out_dir.join("too-big.parquet");
+    let r = fetch_mode(addr2, "s-fetch-too-big", "sales", &out, "buffered");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("too_large"), "{err}");
+    assert!(!out.exists());
     // A bad output name is refused before anything is downloaded.
     let r = fetch(addr, "s-fetch-xlsx", "sales", &out_dir.join("sales.xlsx"));
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains(".arrow, .parquet or .csv"));
+}
+
+/// A gateway whose buffered limit (100 kB) is below the test dataset's size.
+fn small_gateway() -> (Proc, std::net::SocketAddr) {
+    gateway_with(
+        free_port(),
+        &[("SLUICE_LIMITS_MAX_BUFFERED_BYTES", "100000")],
+    )
 }

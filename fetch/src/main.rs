@@ -29,6 +29,10 @@ use output::Output;
 enum Mode {
     /// Write batches as they arrive: constant memory, any size.
     Stream,
+    /// The gateway collects the whole dataset and answers with one message
+    /// (bounded by its `max_buffered_bytes`: larger datasets are refused
+    /// with `too_large`, 4413).
+    Buffered,
 }
 
 #[derive(Parser, Debug)]
@@ -125,11 +129,21 @@ async fn run(cli: &Cli) -> Result<()> {
         "Authorization",
         HeaderValue::from_str(&format!("Bearer {}", cli.token))?,
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, None, false)
+    // One buffered answer can be as large as the gateway allows.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+        max_message_size: None,
+        max_frame_size: None,
+        ..Default::default()
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
         .await
         .with_context(|| format!("connecting to {base}"))?;
+    let mode = match cli.mode {
+        Mode::Stream => "stream",
+        Mode::Buffered => "buffered",
+    };
     ws.send(Message::Text(
-        json!({"action": "query", "dataset": cli.dataset}).to_string(),
+        json!({"action": "query", "dataset": cli.dataset, "mode": mode}).to_string(),
     ))
     .await?;
 

@@ -32,6 +32,11 @@ pub fn free_port() -> u16 {
 
 /// The gateway binary built next to this test (by `cargo test --workspace`).
 pub fn gateway(port: u16) -> (Proc, SocketAddr) {
+    gateway_with(port, &[])
+}
+
+/// The gateway with extra `SLUICE_*` settings.
+pub fn gateway_with(port: u16, extra: &[(&str, &str)]) -> (Proc, SocketAddr) {
     let bin = std::env::current_exe()
         .unwrap()
         .parent()
@@ -50,6 +55,7 @@ pub fn gateway(port: u16) -> (Proc, SocketAddr) {
         .env("SLUICE_TOKEN_SECRET", SECRET)
         .env("SLUICE_EDGE_KEYS", format!("edge-a={KEY}"))
         .env("SLUICE_LOG", "warn")
+        .envs(extra.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -21,7 +21,7 @@ pub const FAST_PATH_PROTOCOL: &str = "sluice.frames.v1";
 
 #[derive(Debug, Error)]
 pub enum LinkError {
-    #[error("cannot reach the gateway at {addr}: {source}")]
+    #[error("cannot reach the gateway at {addr}")]
     Connect { addr: String, source: io::Error },
     #[error("gateway refused the edge key (HTTP 401): check the key and the edge id")]
     Unauthorized,

@@ -51,6 +51,15 @@ pub fn run(
             Err(e) => return Outcome::Failed(e.0),
         },
     };
+    // Where the tail starts is fixed before the viewer hears of the feed:
+    // a line appended once it has the schema is a new line.
+    let from = match ds.format {
+        Format::Metrics => None,
+        _ => match tail_start(ds) {
+            Ok(f) => Some(f),
+            Err(e) => return Outcome::Failed(e),
+        },
+    };
     let (start, mut framer) = match crate::stream::begin(ds, &schema, chunk) {
         Ok(x) => x,
         Err(o) => return o,
@@ -72,7 +81,14 @@ pub fn run(
     };
     let result = match ds.format {
         Format::Metrics => metrics(ds, cancel, &schema, &mut framer, &mut send),
-        _ => tail(ds, cancel, &schema, &mut framer, &mut send),
+        _ => tail(
+            ds,
+            from.expect("set for files"),
+            cancel,
+            &schema,
+            &mut framer,
+            &mut send,
+        ),
     };
     match result {
         Ok(true) => Outcome::Done {
@@ -138,24 +154,31 @@ fn metrics(
     Ok(true)
 }
 
-/// Follows the dataset's (last) file from its current end: complete new
-/// lines become a batch; a file that shrank was rotated or truncated and is
-/// read again from its start.
-fn tail(
-    ds: &Dataset,
-    cancel: &AtomicBool,
-    schema: &SchemaRef,
-    framer: &mut IpcFramer,
-    send: &mut Send<'_>,
-) -> Result<bool, String> {
+/// The followed file (the dataset's last), its length and its line count now.
+fn tail_start(ds: &Dataset) -> Result<(PathBuf, u64, u64), String> {
     let path: PathBuf = ds
         .files()
         .map_err(|e| e.0)?
         .pop()
         .ok_or_else(|| format!("dataset {}: no file to follow", ds.name()))?;
     let at = |e: &dyn std::fmt::Display| ds.err_at(Some(&path), e).0;
-    let mut pos = std::fs::metadata(&path).map_err(|e| at(&e))?.len();
-    let mut line_no = count_lines(&path).map_err(|e| at(&e))?;
+    let pos = std::fs::metadata(&path).map_err(|e| at(&e))?.len();
+    let lines = count_lines(&path).map_err(|e| at(&e))?;
+    Ok((path, pos, lines))
+}
+
+/// Follows the file from where `tail_start` found its end: complete new
+/// lines become a batch; a file that shrank was rotated or truncated and is
+/// read again from its start.
+fn tail(
+    ds: &Dataset,
+    (path, mut pos, mut line_no): (PathBuf, u64, u64),
+    cancel: &AtomicBool,
+    schema: &SchemaRef,
+    framer: &mut IpcFramer,
+    send: &mut Send<'_>,
+) -> Result<bool, String> {
+    let at = |e: &dyn std::fmt::Display| ds.err_at(Some(&path), e).0;
     while !cancel.load(Ordering::Relaxed) {
         std::thread::sleep(TAIL_POLL);
         let len = match std::fs::metadata(&path) {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -200,4 +201,66 @@ fn live_feeds_stream_generated_metrics_and_appended_lines() {
             .contains("live feed"),
         "{v}"
     );
+}
+
+#[test]
+fn a_connector_killed_mid_stream_fails_the_stream_and_a_restarted_one_serves_again() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = data();
+    let big = dir.join("big.csv");
+    if !big.exists() {
+        let st = Command::new("python3")
+            .args(["-c", "import sys, pyarrow as pa, pyarrow.csv as c; n=600000; c.write_csv(pa.table({'id': range(n), 'v': [i * 0.5 for i in range(n)], 's': [f'row-{i}' for i in range(n)]}), sys.argv[1])"])
+            .arg(&big)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let (_gw, addr) = gateway(free_port());
+    let args = |w: &str| {
+        vec![
+            "--gateway".to_string(),
+            format!("ws://{addr}"),
+            "--tenant".into(),
+            "acme".into(),
+            "--edge".into(),
+            "edge-a".into(),
+            "--workers".into(),
+            w.to_string(),
+            "--dataset".into(),
+            format!("big={}", big.display()),
+        ]
+    };
+    let a1 = args("1");
+    let mut c = connector(&a1.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_workers(addr, 1);
+    let sid = "s-kill-connector";
+    let mut reader = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/slow_reader.py"))
+        .args([&format!("ws://{addr}/stream/{sid}"), &token(sid), "big"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(reader.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+    // The browser is not reading: the connector is paused mid-stream. Kill it.
+    let _ = c.0.kill();
+    let _ = c.0.wait();
+    reader.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["last"]["type"], "error", "never a short stream_end: {v}");
+    assert_eq!(v["close"], 4503, "{v}");
+    let _ = reader.wait();
+    // A new connector process serves the dataset whole.
+    let a2 = args("1");
+    let _c2 = connector(&a2.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_workers(addr, 1);
+    let (ok, v) = browse(addr, "s-after-restart", "big", Some(&big));
+    assert!(ok, "{v}");
+    assert_eq!(v["rows"], 600000, "{v}");
 }

@@ -61,6 +61,12 @@ fn fetch_streams_into_arrow_parquet_and_csv_and_leaves_nothing_on_failure() {
         "--dataset",
         &arg("sales", "sales.parquet"),
         "--dataset",
+        &arg("sales_csv", "sales.csv"),
+        "--dataset",
+        &arg("sales_ndjson", "sales.ndjson"),
+        "--dataset",
+        &arg("parts", "parts/*.parquet"),
+        "--dataset",
         &arg("bad", "broken.csv"),
     ]);
     wait_workers(addr, 2);
@@ -88,6 +94,33 @@ fn fetch_streams_into_arrow_parquet_and_csv_and_leaves_nothing_on_failure() {
             "{ext}: {}",
             String::from_utf8_lossy(&cmp.stdout)
         );
+    }
+    // Every source type, both patterns, compared with the source itself.
+    for (ds, src) in [
+        ("sales_csv", "sales.csv"),
+        ("sales_ndjson", "sales.ndjson"),
+        ("parts", "parts/*.parquet"),
+    ] {
+        for mode in ["stream", "buffered"] {
+            let out = out_dir.join(format!("{ds}-{mode}.parquet"));
+            let r = fetch_mode(addr, &format!("s-fetch-{ds}-{mode}"), ds, &out, mode);
+            assert!(
+                r.status.success(),
+                "{ds} {mode}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            let cmp = Command::new("python3")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare_files.py"))
+                .arg(&out)
+                .arg(dir.join(src))
+                .output()
+                .unwrap();
+            assert!(
+                cmp.status.success(),
+                "{ds} {mode}: {}",
+                String::from_utf8_lossy(&cmp.stdout)
+            );
+        }
     }
     // A stream that fails half way: an error naming the row, no file.
     let out = out_dir.join("bad.parquet");

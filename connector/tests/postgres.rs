@@ -196,6 +196,33 @@ connection = "postgres://postgres:secret-pw@127.0.0.1:1/postgres"
     assert!(ok, "{v}");
     assert_eq!(v["rows"], 30001, "{v}");
 
+    // The same query through sluice-fetch, both patterns.
+    let fetch = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("sluice-fetch");
+    for mode in ["stream", "buffered"] {
+        let out = dir.join(format!("sales_db-{mode}.csv"));
+        let r = Command::new(&fetch)
+            .args([
+                "--gateway",
+                &format!("ws://{addr}"),
+                "--token",
+                &token(&format!("s-pg-fetch-{mode}")),
+            ])
+            .args(["--dataset", "sales_db", "--mode", mode, "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            r.status.success() && err.contains("30001 rows"),
+            "{mode}: {err}"
+        );
+    }
     for (ds, needle) in [("bad_query", "no_such_column"), ("db_down", "127.0.0.1:1")] {
         let (ok, v) = browse(addr, &format!("s-{ds}"), ds, None);
         assert!(ok, "{ds}: {v}");

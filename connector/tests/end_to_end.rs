@@ -50,22 +50,18 @@ fn bad_data_ends_the_stream_with_an_error_naming_dataset_file_and_row() {
     let dir = data();
     let (_gw, addr) = gateway(free_port());
     let arg = |n: &str, f: &str| format!("{n}={}", dir.join(f).display());
-    let _c = connector(&[
-        "--gateway",
-        &format!("ws://{addr}"),
-        "--tenant",
-        "acme",
-        "--edge",
-        "edge-a",
-        "--workers",
-        "1",
-        "--dataset",
-        &arg("bad_csv", "broken.csv"),
-        "--dataset",
-        &arg("bad_ndjson", "broken.ndjson"),
-        "--dataset",
-        &arg("fake_parquet", "fake.parquet"),
-    ]);
+    let _c = quick_connector(
+        addr,
+        1,
+        &[
+            "--dataset",
+            &arg("bad_csv", "broken.csv"),
+            "--dataset",
+            &arg("bad_ndjson", "broken.ndjson"),
+            "--dataset",
+            &arg("fake_parquet", "fake.parquet"),
+        ],
+    );
     wait_workers(addr, 1);
     for (ds, file, row) in [
         ("bad_csv", "broken.csv", Some("1502")),
@@ -155,21 +151,17 @@ fn live_feeds_stream_generated_metrics_and_appended_lines() {
     let feed = dir.join(format!("feed-{}.csv", free_port()));
     std::fs::write(&feed, "id,temp\n1,20.5\n2,21.0\n").unwrap();
     let (_gw, addr) = gateway(free_port());
-    let _c = connector(&[
-        "--gateway",
-        &format!("ws://{addr}"),
-        "--tenant",
-        "acme",
-        "--edge",
-        "edge-a",
-        "--workers",
-        "3",
-        "--tail",
-        "--dataset",
-        "machines=metrics",
-        "--dataset",
-        &format!("feed={}", feed.display()),
-    ]);
+    let _c = quick_connector(
+        addr,
+        3,
+        &[
+            "--tail",
+            "--dataset",
+            "machines=metrics",
+            "--dataset",
+            &format!("feed={}", feed.display()),
+        ],
+    );
     wait_workers(addr, 3);
     // Generated metrics: 8 machines per batch, batch after batch.
     let v = subscribe(addr, "s-live-metrics", "machines", 24, None);
@@ -217,22 +209,8 @@ fn a_connector_killed_mid_stream_fails_the_stream_and_a_restarted_one_serves_aga
         assert!(st.success());
     }
     let (_gw, addr) = gateway(free_port());
-    let args = |w: &str| {
-        vec![
-            "--gateway".to_string(),
-            format!("ws://{addr}"),
-            "--tenant".into(),
-            "acme".into(),
-            "--edge".into(),
-            "edge-a".into(),
-            "--workers".into(),
-            w.to_string(),
-            "--dataset".into(),
-            format!("big={}", big.display()),
-        ]
-    };
-    let a1 = args("1");
-    let mut c = connector(&a1.iter().map(String::as_str).collect::<Vec<_>>());
+    let dataset = format!("big={}", big.display());
+    let mut c = quick_connector(addr, 1, &["--dataset", &dataset]);
     wait_workers(addr, 1);
     let sid = "s-kill-connector";
     let mut reader = Command::new("python3")
@@ -257,8 +235,7 @@ fn a_connector_killed_mid_stream_fails_the_stream_and_a_restarted_one_serves_aga
     assert_eq!(v["close"], 4503, "{v}");
     let _ = reader.wait();
     // A new connector process serves the dataset whole.
-    let a2 = args("1");
-    let _c2 = connector(&a2.iter().map(String::as_str).collect::<Vec<_>>());
+    let _c2 = quick_connector(addr, 1, &["--dataset", &dataset]);
     wait_workers(addr, 1);
     let (ok, v) = browse(addr, "s-after-restart", "big", Some(&big));
     assert!(ok, "{v}");

@@ -4,26 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
-
-fn fetch_bin() -> PathBuf {
-    let b = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("sluice-fetch");
-    assert!(
-        b.exists(),
-        "{} missing: run `cargo test --workspace`",
-        b.display()
-    );
-    b
-}
 
 fn fetch(addr: std::net::SocketAddr, sid: &str, dataset: &str, out: &Path) -> std::process::Output {
     fetch_mode(addr, sid, dataset, out, "stream")
@@ -36,7 +20,7 @@ fn fetch_mode(
     out: &Path,
     mode: &str,
 ) -> std::process::Output {
-    Command::new(fetch_bin())
+    Command::new(sibling_bin("sluice-fetch"))
         .args(["--gateway", &format!("ws://{addr}"), "--token", &token(sid)])
         .args(["--dataset", dataset, "--mode", mode, "-o"])
         .arg(out)
@@ -49,26 +33,22 @@ fn fetch_streams_into_arrow_parquet_and_csv_and_leaves_nothing_on_failure() {
     let dir = data();
     let (_gw, addr) = gateway(free_port());
     let arg = |n: &str, f: &str| format!("{n}={}", dir.join(f).display());
-    let _c = connector(&[
-        "--gateway",
-        &format!("ws://{addr}"),
-        "--tenant",
-        "acme",
-        "--edge",
-        "edge-a",
-        "--workers",
-        "2",
-        "--dataset",
-        &arg("sales", "sales.parquet"),
-        "--dataset",
-        &arg("sales_csv", "sales.csv"),
-        "--dataset",
-        &arg("sales_ndjson", "sales.ndjson"),
-        "--dataset",
-        &arg("parts", "parts/*.parquet"),
-        "--dataset",
-        &arg("bad", "broken.csv"),
-    ]);
+    let _c = quick_connector(
+        addr,
+        2,
+        &[
+            "--dataset",
+            &arg("sales", "sales.parquet"),
+            "--dataset",
+            &arg("sales_csv", "sales.csv"),
+            "--dataset",
+            &arg("sales_ndjson", "sales.ndjson"),
+            "--dataset",
+            &arg("parts", "parts/*.parquet"),
+            "--dataset",
+            &arg("bad", "broken.csv"),
+        ],
+    );
     wait_workers(addr, 2);
     let out_dir = dir.join(format!("fetched-{}", free_port()));
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -137,18 +117,7 @@ fn fetch_streams_into_arrow_parquet_and_csv_and_leaves_nothing_on_failure() {
     );
     // Buffered past the gateway's limit: refused whole, nothing written.
     let (_gw2, addr2) = small_gateway();
-    let _c2 = connector(&[
-        "--gateway",
-        &format!("ws://{addr2}"),
-        "--tenant",
-        "acme",
-        "--edge",
-        "edge-a",
-        "--workers",
-        "1",
-        "--dataset",
-        &arg("sales", "sales.parquet"),
-    ]);
+    let _c2 = quick_connector(addr2, 1, &["--dataset", &arg("sales", "sales.parquet")]);
     wait_workers(addr2, 1);
     let out = out_dir.join("too-big.parquet");
     let r = fetch_mode(addr2, "s-fetch-too-big", "sales", &out, "buffered");

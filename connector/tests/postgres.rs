@@ -197,13 +197,7 @@ connection = "postgres://postgres:secret-pw@127.0.0.1:1/postgres"
     assert_eq!(v["rows"], 30001, "{v}");
 
     // The same query through sluice-fetch, both patterns.
-    let fetch = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("sluice-fetch");
+    let fetch = sibling_bin("sluice-fetch");
     for mode in ["stream", "buffered"] {
         let out = dir.join(format!("sales_db-{mode}.csv"));
         let r = Command::new(&fetch)

@@ -37,18 +37,7 @@ pub fn gateway(port: u16) -> (Proc, SocketAddr) {
 
 /// The gateway with extra `SLUICE_*` settings.
 pub fn gateway_with(port: u16, extra: &[(&str, &str)]) -> (Proc, SocketAddr) {
-    let bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("sluice");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo test --workspace`",
-        bin.display()
-    );
+    let bin = sibling_bin("sluice");
     let mut child = Command::new(bin)
         .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
         .env("SLUICE_WORKERS", "2")
@@ -70,6 +59,42 @@ pub fn gateway_with(port: u16, extra: &[(&str, &str)]) -> (Proc, SocketAddr) {
         .parse()
         .unwrap();
     (Proc(child), addr)
+}
+
+/// A binary built next to this test (`cargo test --workspace` builds them).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let b = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join(name);
+    assert!(
+        b.exists(),
+        "{} missing: run `cargo test --workspace`",
+        b.display()
+    );
+    b
+}
+
+/// The connector on the quick-start flags (edge-a of tenant acme, the
+/// gateway at `addr`, `workers` connections) plus `rest` (datasets, …).
+pub fn quick_connector(addr: SocketAddr, workers: usize, rest: &[&str]) -> Proc {
+    let gw = format!("ws://{addr}");
+    let w = workers.to_string();
+    let mut args = vec![
+        "--gateway",
+        &gw,
+        "--tenant",
+        "acme",
+        "--edge",
+        "edge-a",
+        "--workers",
+        &w,
+    ];
+    args.extend_from_slice(rest);
+    connector(&args)
 }
 
 pub fn connector(args: &[&str]) -> Proc {

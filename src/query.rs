@@ -20,6 +20,18 @@ use crate::reader::{freeze, ReadError, TextAssembler};
 use crate::registry::ConnKind;
 use crate::session::{check_dataset, Flow, Session};
 
+/// The three transfer patterns of seed 003.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryMode {
+    /// Frames forwarded as they come (the default).
+    Stream,
+    /// Collected whole and sent as one message, bounded by `max_buffered_bytes`.
+    Buffered,
+    /// The connector exports to object storage; only its presigned URL
+    /// crosses the gateway.
+    Offload,
+}
+
 /// How a stream ended, for the worker's fate and the metrics.
 enum End {
     /// `stream_end` or a connector `error`: the worker is reusable.
@@ -32,7 +44,7 @@ enum End {
     Broken(u16, Flow),
 }
 
-pub async fn run(sess: &Rc<Session>, dataset: &str, buffered: bool) -> Flow {
+pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
     if sess.feed.borrow().is_some() {
         return Flow::Close(
             close::BAD_REQUEST,
@@ -72,7 +84,7 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, buffered: bool) -> Flow {
     let get_id = sess.request_id("g");
     shard.metrics().streams_started.fetch_add(1, Relaxed);
     *sess.upstream.borrow_mut() = Some(w.reader.interrupter());
-    let end = stream(sess, &mut w, dataset, &info_id, &get_id, buffered).await;
+    let end = stream(sess, &mut w, dataset, &info_id, &get_id, mode).await;
     *sess.upstream.borrow_mut() = None;
     match end {
         End::Done => {
@@ -102,15 +114,19 @@ async fn stream(
     dataset: &str,
     info_id: &str,
     get_id: &str,
-    buffered: bool,
+    mode: QueryMode,
 ) -> End {
+    let buffered = mode == QueryMode::Buffered;
     let shard = &sess.shard;
     let cfg = shard.cfg();
     let ask = async {
         w.send_json(&json!({"action": "get_flight_info", "request_id": info_id, "descriptor": {"path": [dataset]}}))
             .await?;
-        w.send_json(&json!({"action": "do_get", "request_id": get_id, "ticket": dataset}))
-            .await
+        let mut get = json!({"action": "do_get", "request_id": get_id, "ticket": dataset});
+        if mode == QueryMode::Offload {
+            get["offload"] = true.into();
+        }
+        w.send_json(&get).await
     };
     if ask.await.is_err() {
         return End::Broken(close::GOING_AWAY, edge_lost("connector connection failed"));
@@ -229,6 +245,11 @@ async fn stream(
                         Some("stream_start") => {
                             let schema = reply.schema.unwrap_or(Value::Null);
                             sess.send(&json!({"type": "stream_start", "dataset": dataset, "schema": schema}));
+                        }
+                        Some("offload") if mode == QueryMode::Offload => {
+                            let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                            sess.send(&json!({"type": "offload", "dataset": dataset, "url": v["url"],
+                                "bytes": v["bytes"], "rows": v["rows"], "expires_at": v["expires_at"]}));
                         }
                         Some("stream_end") => {
                             metrics.streams_completed.fetch_add(1, Relaxed);

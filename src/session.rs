@@ -17,6 +17,7 @@ use crate::ids::{EdgeId, SessionId};
 use crate::keepalive::{self, Liveness};
 use crate::outbox::Outbox;
 use crate::protocol::{self, close, Action};
+use crate::query::QueryMode;
 use crate::quota::Quota;
 use crate::reader::{FrameReader, Interrupter, ReadError, TextAssembler};
 use crate::shard::{reject, Shard};
@@ -355,8 +356,7 @@ async fn serve(
 /// A validated browser request.
 enum BrowserRequest {
     List,
-    /// Dataset, and whether the answer is collected whole (`buffered`).
-    Query(String, bool),
+    Query(String, QueryMode),
     Subscribe(String),
 }
 
@@ -377,7 +377,7 @@ async fn serve_actions(sess: &Rc<Session>, reader: BrowserReader) {
         let flow = match req {
             BrowserRequest::List => list(sess),
             // Boxed: an idle session does not carry a query's state.
-            BrowserRequest::Query(d, buffered) => Box::pin(query::run(sess, &d, buffered)).await,
+            BrowserRequest::Query(d, mode) => Box::pin(query::run(sess, &d, mode)).await,
             BrowserRequest::Subscribe(d) => fanout::subscribe(sess, &d),
         };
         match flow {
@@ -495,12 +495,17 @@ fn parse_action(text: &str) -> Result<BrowserRequest, String> {
     match a.action.as_deref() {
         Some("list") => Ok(BrowserRequest::List),
         Some("query") => {
-            let buffered = match a.mode.as_deref() {
-                None | Some("stream") => false,
-                Some("buffered") => true,
-                Some(m) => return Err(format!("unknown query mode {m:?} (stream or buffered)")),
+            let mode = match a.mode.as_deref() {
+                None | Some("stream") => QueryMode::Stream,
+                Some("buffered") => QueryMode::Buffered,
+                Some("offload") => QueryMode::Offload,
+                Some(m) => {
+                    return Err(format!(
+                        "unknown query mode {m:?} (stream, buffered or offload)"
+                    ))
+                }
             };
-            Ok(BrowserRequest::Query(dataset()?, buffered))
+            Ok(BrowserRequest::Query(dataset()?, mode))
         }
         Some("subscribe") => Ok(BrowserRequest::Subscribe(dataset()?)),
         Some(other) => Err(format!("unknown action {other:?}")),

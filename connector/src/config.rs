@@ -196,6 +196,8 @@ pub struct Config {
     /// Use the gateway's fast path when it offers it.
     pub fast_path: bool,
     pub datasets: Vec<DatasetConfig>,
+    /// Where `offload` requests put their exports (S3-compatible).
+    pub offload: crate::offload::OffloadConfig,
     #[serde(skip)]
     pub edge_key: EdgeKey,
 }
@@ -215,6 +217,7 @@ impl Default for Config {
             rescan_ms: 5_000,
             fast_path: true,
             datasets: Vec::new(),
+            offload: crate::offload::OffloadConfig::default(),
             edge_key: EdgeKey::default(),
         }
     }
@@ -344,6 +347,14 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_annotated_example_is_a_valid_config() {
+        let c: Config = toml::from_str(include_str!("../connector.example.toml")).unwrap();
+        let c = c.finish(Some("k".into())).unwrap();
+        assert!(c.datasets.len() >= 4);
+        assert_eq!(c.offload.url_ttl_s, 900);
+    }
 
     #[test]
     fn key_is_never_shown() {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ipc;
 pub mod link;
 pub mod live;
+pub mod offload;
 mod pg;
 pub mod source;
 pub mod stream;

@@ -223,6 +223,37 @@ async fn handle(
                 return send(Out::Text(error(&rid, &format!("unknown dataset {name:?}")))).await;
             };
             let live = v["live"].as_bool().unwrap_or(false);
+            if v["offload"].as_bool().unwrap_or(false) {
+                let (t, r, cfg, chunk) = (
+                    tx.clone(),
+                    rid.clone(),
+                    sh.cfg.offload.clone(),
+                    sh.cfg.chunk_bytes,
+                );
+                let done = tokio::spawn(async move {
+                    let rid_s = r.as_str().unwrap_or_default().to_string();
+                    let msg = match crate::offload::run(ds, chunk, &cfg, &rid_s).await {
+                        Ok(o) => {
+                            let _ = t
+                                .send(Out::Text(
+                                    json!({"request_id": r, "type": "offload", "url": o.url, "bytes": o.bytes,
+                                           "rows": o.rows, "expires_at": o.expires_at})
+                                    .to_string(),
+                                ))
+                                .await;
+                            json!({"request_id": r, "type": "stream_end", "total_bytes": 0, "rows": o.rows}).to_string()
+                        }
+                        Err(e) => error(&r, &e),
+                    };
+                    let _ = t.send(Out::Text(msg)).await;
+                });
+                *running = Some(Running {
+                    rid,
+                    cancel: Arc::new(AtomicBool::new(false)),
+                    done,
+                });
+                return Ok(());
+            }
             if ds.live_only() && !live {
                 return send(Out::Text(error(
                     &rid,

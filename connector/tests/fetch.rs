@@ -124,6 +124,15 @@ fn fetch_streams_into_arrow_parquet_and_csv_and_leaves_nothing_on_failure() {
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("too_large"), "{err}");
     assert!(!out.exists());
+    // Offload from a connector with no object store configured: a clear no.
+    let out = out_dir.join("offload.parquet");
+    let r = fetch_mode(addr, "s-fetch-no-offload", "sales", &out, "offload");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("offload is not configured"),
+        "{err}"
+    );
+    assert!(!out.exists());
     // A bad output name is refused before anything is downloaded.
     let r = fetch(addr, "s-fetch-xlsx", "sales", &out_dir.join("sales.xlsx"));
     assert!(!r.status.success());

@@ -33,6 +33,9 @@ enum Mode {
     /// (bounded by its `max_buffered_bytes`: larger datasets are refused
     /// with `too_large`, 4413).
     Buffered,
+    /// The connector exports to S3-compatible storage; the gateway passes a
+    /// presigned URL and the file is downloaded from the store directly.
+    Offload,
 }
 
 #[derive(Parser, Debug)]
@@ -72,6 +75,19 @@ fn main() {
         eprintln!("sluice-fetch: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Decodes whole IPC messages and writes their batches; returns the rows.
+fn feed(decoder: &mut StreamDecoder, bytes: Vec<u8>, out: &mut Output) -> Result<u64> {
+    let mut rows = 0;
+    let mut buf = Buffer::from_vec(bytes);
+    while !buf.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buf)? {
+            rows += batch.num_rows() as u64;
+            out.write(&batch.schema(), &batch)?;
+        }
+    }
+    Ok(rows)
 }
 
 /// The `sid` claim of a JWT, read without verifying (the gateway verifies).
@@ -141,6 +157,7 @@ async fn run(cli: &Cli) -> Result<()> {
     let mode = match cli.mode {
         Mode::Stream => "stream",
         Mode::Buffered => "buffered",
+        Mode::Offload => "offload",
     };
     ws.send(Message::Text(
         json!({"action": "query", "dataset": cli.dataset, "mode": mode}).to_string(),
@@ -149,6 +166,7 @@ async fn run(cli: &Cli) -> Result<()> {
 
     let mut decoder = StreamDecoder::new();
     let (mut rows, mut bytes, mut messages) = (0u64, 0u64, 0u64);
+    let mut offloaded = false;
     let t0 = Instant::now();
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new_spinner();
@@ -168,20 +186,7 @@ async fn run(cli: &Cli) -> Result<()> {
                 Message::Binary(b) => {
                     messages += 1;
                     bytes += b.len() as u64;
-                    let mut buf = Buffer::from_vec(b);
-                    while !buf.is_empty() {
-                        match decoder.decode(&mut buf)? {
-                            Some(batch) => {
-                                rows += batch.num_rows() as u64;
-                                out.write(&batch.schema(), &batch)?;
-                            }
-                            None => {
-                                if buf.is_empty() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
+                    rows += feed(&mut decoder, b, &mut out)?;
                     if let Some(b) = &bar {
                         let secs = t0.elapsed().as_secs_f64().max(1e-3);
                         b.set_message(format!(
@@ -195,8 +200,27 @@ async fn run(cli: &Cli) -> Result<()> {
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(&t)?;
                     match v["type"].as_str() {
+                        Some("offload") if cli.mode == Mode::Offload => {
+                            let url = v["url"]
+                                .as_str()
+                                .ok_or_else(|| anyhow!("offload answer without a url"))?;
+                            let resp = reqwest::get(url)
+                                .await
+                                .and_then(|r| r.error_for_status())
+                                .context("downloading the offloaded export")?;
+                            let mut body = resp.bytes_stream();
+                            while let Some(chunk) = body.next().await {
+                                let chunk = chunk.context("downloading the offloaded export")?;
+                                bytes += chunk.len() as u64;
+                                rows += feed(&mut decoder, chunk.to_vec(), &mut out)?;
+                            }
+                            if v["bytes"].as_u64().is_some_and(|n| n != bytes) {
+                                bail!("the export is {} bytes, {bytes} downloaded", v["bytes"]);
+                            }
+                            offloaded = true;
+                        }
                         Some("stream_end") => {
-                            let said = v["total_bytes"].as_u64();
+                            let said = v["total_bytes"].as_u64().filter(|_| !offloaded);
                             if said.is_some_and(|n| n != bytes) {
                                 bail!(
                                     "stream_end says {} bytes, {bytes} arrived",

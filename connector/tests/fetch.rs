@@ -63,17 +63,7 @@ fn fetch_streams_into_arrow_parquet_and_csv_and_leaves_nothing_on_failure() {
         let err = String::from_utf8_lossy(&r.stderr);
         assert!(r.status.success(), "{ext}: {err}");
         assert!(err.contains("50000 rows"), "summary line: {err}");
-        let cmp = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare_files.py"))
-            .arg(&out)
-            .arg(dir.join("sales.parquet"))
-            .output()
-            .unwrap();
-        assert!(
-            cmp.status.success(),
-            "{ext}: {}",
-            String::from_utf8_lossy(&cmp.stdout)
-        );
+        assert_same_rows(&out, &dir.join("sales.parquet"), ext);
     }
     // Every source type, both patterns, compared with the source itself.
     for (ds, src) in [
@@ -89,17 +79,7 @@ fn fetch_streams_into_arrow_parquet_and_csv_and_leaves_nothing_on_failure() {
                 "{ds} {mode}: {}",
                 String::from_utf8_lossy(&r.stderr)
             );
-            let cmp = Command::new("python3")
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare_files.py"))
-                .arg(&out)
-                .arg(dir.join(src))
-                .output()
-                .unwrap();
-            assert!(
-                cmp.status.success(),
-                "{ds} {mode}: {}",
-                String::from_utf8_lossy(&cmp.stdout)
-            );
+            assert_same_rows(&out, &dir.join(src), &format!("{ds} {mode}"));
         }
     }
     // A stream that fails half way: an error naming the row, no file.

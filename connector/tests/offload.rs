@@ -92,16 +92,12 @@ source = "{}"
         ),
     )
     .unwrap();
-    let _c = Proc(
-        Command::new(env!("CARGO_BIN_EXE_sluice-connector"))
-            .args(["--config", cfg.to_str().unwrap()])
-            .env("SLUICE_EDGE_KEY", KEY)
-            .env("AWS_ACCESS_KEY_ID", "test-key")
-            .env("AWS_SECRET_ACCESS_KEY", "test-secret")
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _c = connector_env(
+        &["--config", cfg.to_str().unwrap()],
+        &[
+            ("AWS_ACCESS_KEY_ID", "test-key"),
+            ("AWS_SECRET_ACCESS_KEY", "test-secret"),
+        ],
     );
     wait_workers(addr, 1);
     let fetch = |sid: &str, ds: &str, out: &Path| {
@@ -117,17 +113,7 @@ source = "{}"
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
     assert!(err.contains("50000 rows"), "{err}");
-    let cmp = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare_files.py"))
-        .arg(&out)
-        .arg(dir.join("sales.parquet"))
-        .output()
-        .unwrap();
-    assert!(
-        cmp.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cmp.stdout)
-    );
+    assert_same_rows(&out, &dir.join("sales.parquet"), "offload");
     // A dataset that fails while exporting: the error, and no file.
     let out = dir.join(format!("offloaded-bad-{port}.parquet"));
     let r = fetch("s-offload-bad", "bad", &out);

@@ -173,15 +173,10 @@ connection = "postgres://postgres:secret-pw@127.0.0.1:1/postgres"
         ),
     )
     .unwrap();
-    let _c = Proc(
-        Command::new(env!("CARGO_BIN_EXE_sluice-connector"))
-            .args(["--config", cfg.to_str().unwrap()])
-            .env("SLUICE_EDGE_KEY", KEY)
-            .env("TEST_PG_URL", pg.url())
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let url = pg.url();
+    let _c = connector_env(
+        &["--config", cfg.to_str().unwrap()],
+        &[("TEST_PG_URL", &url)],
     );
     wait_workers(addr, 1);
     // What pyarrow reads from the same query, via a CSV export of it.

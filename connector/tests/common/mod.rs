@@ -98,15 +98,36 @@ pub fn quick_connector(addr: SocketAddr, workers: usize, rest: &[&str]) -> Proc 
 }
 
 pub fn connector(args: &[&str]) -> Proc {
+    connector_env(args, &[])
+}
+
+/// The connector with extra environment (database URL, store credentials).
+pub fn connector_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
     Proc(
         Command::new(env!("CARGO_BIN_EXE_sluice-connector"))
             .args(args)
             .env("SLUICE_EDGE_KEY", KEY)
             .env("SLUICE_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     )
+}
+
+/// pyarrow compares a file sluice-fetch wrote with the source it came from.
+pub fn assert_same_rows(out: &Path, source: &Path, what: &str) {
+    let cmp = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compare_files.py"))
+        .arg(out)
+        .arg(source)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
 }
 
 pub fn metric(addr: SocketAddr, name: &str) -> i64 {

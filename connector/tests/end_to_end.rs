@@ -241,3 +241,65 @@ fn a_connector_killed_mid_stream_fails_the_stream_and_a_restarted_one_serves_aga
     assert!(ok, "{v}");
     assert_eq!(v["rows"], 600000, "{v}");
 }
+
+fn listed(addr: std::net::SocketAddr, sid: &str) -> Vec<String> {
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/list_datasets.py"))
+        .args([&format!("ws://{addr}/stream/{sid}"), &token(sid)])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("list_datasets.py: {}", String::from_utf8_lossy(&out.stderr)));
+    v["datasets"]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .filter_map(|d| d.as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn datasets_appear_and_vanish_with_their_files() {
+    let dir = data();
+    let drop_dir = dir.join(format!("incoming-{}", free_port()));
+    std::fs::create_dir_all(&drop_dir).unwrap();
+    let (_gw, addr) = gateway(free_port());
+    let cfg = drop_dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "gateway = \"ws://{addr}\"\ntenant = \"acme\"\nedge = \"edge-a\"\nworkers = 1\nrescan_ms = 100\n\n\
+             [[datasets]]\nname = \"always\"\nsource = \"{}\"\n\n[[datasets]]\nname = \"incoming\"\nsource = \"{}/*.csv\"\n",
+            dir.join("sales.csv").display(),
+            drop_dir.display()
+        ),
+    )
+    .unwrap();
+    let _c = connector(&["--config", cfg.to_str().unwrap()]);
+    wait_workers(addr, 1);
+    assert_eq!(
+        listed(addr, "s-list-1"),
+        vec!["always"],
+        "no file yet: not advertised"
+    );
+    std::fs::copy(dir.join("sales.csv"), drop_dir.join("day-1.csv")).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    while !listed(addr, &format!("s-list-a{n}")).contains(&"incoming".to_string()) {
+        assert!(Instant::now() < until, "the new file was never advertised");
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, v) = browse(addr, "s-list-q", "incoming", Some(&drop_dir.join("*.csv")));
+    assert!(ok, "{v}");
+    std::fs::remove_file(drop_dir.join("day-1.csv")).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while listed(addr, &format!("s-list-b{n}")).contains(&"incoming".to_string()) {
+        assert!(
+            Instant::now() < until,
+            "the dataset stayed advertised after its files vanished"
+        );
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

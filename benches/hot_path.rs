@@ -2,11 +2,12 @@
 //!
 //!     cargo bench --bench hot_path
 
+mod support;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use sluice::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
 use sluice::ids::SessionId;
 use sluice::quota::Quota;
-use sluice::token::{sign_hs256, Claims, Mode, Verifier};
 
 fn frames(c: &mut Criterion) {
     let f = encode_client_frame(Opcode::Binary, true, &[0u8; 65536], [1, 2, 3, 4]);
@@ -25,26 +26,8 @@ fn frames(c: &mut Criterion) {
 }
 
 fn sessions(c: &mut Criterion) {
-    let v = Verifier::from_config(&sluice::config::Auth {
-        hs256_secret: "bench-secret".into(),
-        ..Default::default()
-    })
-    .unwrap();
+    let (v, t) = support::hs256_token();
     let sid = SessionId::parse("s-bench").unwrap();
-    let t = sign_hs256(
-        &Claims {
-            sid: "s-bench".into(),
-            sub: "u".into(),
-            tenant: "t".into(),
-            edge: "e".into(),
-            mode: Mode::Query,
-            datasets: None,
-            quota: Some(1 << 30),
-            exp: sluice::token::now_s() + 3600,
-            jti: None,
-        },
-        b"bench-secret",
-    );
     c.bench_function("token/verify_hs256", |b| {
         b.iter(|| v.verify(black_box(&t), &sid).unwrap())
     });

@@ -11,12 +11,14 @@
 //!     valgrind --tool=callgrind --toggle-collect='*measured_*' \
 //!         target/release/deps/instructions-* --case unmask_64k
 
+mod support;
+
 use std::hint::black_box;
 
 use sluice::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
 use sluice::ids::SessionId;
 use sluice::quota::Quota;
-use sluice::token::{sign_hs256, Claims, Mode, Verifier};
+use sluice::token::Verifier;
 
 const ITERATIONS: u64 = 1000;
 
@@ -75,22 +77,6 @@ fn measured_http_upgrade(req: &[u8]) {
     }
 }
 
-fn claims() -> Claims {
-    Claims {
-        sid: "s-bench".into(),
-        sub: "u".into(),
-        tenant: "t".into(),
-        edge: "e".into(),
-        mode: Mode::Query,
-        datasets: None,
-        quota: Some(1 << 30),
-        // Fixed far-future expiry: the token's bytes (and so the count)
-        // must not change from day to day.
-        exp: 4_102_444_800,
-        jti: None,
-    }
-}
-
 fn run(case: &str) {
     match case {
         "frame_header" => {
@@ -100,13 +86,9 @@ fn run(case: &str) {
         "unmask_1k" => measured_unmask(&mut vec![7u8; 1024]),
         "unmask_64k" => measured_unmask(&mut vec![7u8; 65536]),
         "token_hs256" => {
-            let v = Verifier::from_config(&sluice::config::Auth {
-                hs256_secret: "bench-secret".into(),
-                ..Default::default()
-            })
-            .unwrap();
+            let (v, token) = support::hs256_token();
             let sid = SessionId::parse("s-bench").unwrap();
-            measured_token(&v, &sign_hs256(&claims(), b"bench-secret"), &sid);
+            measured_token(&v, &token, &sid);
         }
         "shard_route" => measured_shard_route(&SessionId::parse("s-bench-0123456789").unwrap()),
         "quota_admit" => measured_quota(&Quota::new(Some(u64::MAX))),

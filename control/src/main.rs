@@ -1,0 +1,479 @@
+//! `sluice-control`: the control-plane service and its admin CLI.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
+
+use sluice_control::access::Signers;
+use sluice_control::admin::{parse_bytes, Admin, TenantSpec};
+use sluice_control::audit::Audit;
+use sluice_control::edges::{GatewayAdmin, Locator};
+use sluice_control::link::Link;
+use sluice_control::secret::MasterKey;
+use sluice_control::server::{self, App};
+use sluice_control::store::{Keys, Store};
+use sluice_control::tenants::{Client, DataDir, Dataset, Plan, TenantCache, TenantSlug};
+use sluice_control::userauth::UserAuth;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-control",
+    version,
+    about = "Sluice control plane: access decisions, session tokens, revocation, edge registry"
+)]
+struct Cli {
+    /// Directory holding `tenants/<slug>/…`.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CONTROL_DATA_DIR",
+        default_value = "control-data"
+    )]
+    data_dir: PathBuf,
+    /// Audit log (JSON lines); `-` = standard output. Default DATA_DIR/audit.jsonl.
+    #[arg(long, global = true, env = "SLUICE_CONTROL_AUDIT")]
+    audit: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+    /// Print a fresh master key (base64 of 32 random bytes) for SLUICE_MASTER_KEY.
+    MasterKey,
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    #[command(subcommand)]
+    Plan(PlanCmd),
+    #[command(subcommand)]
+    Client(ClientCmd),
+    #[command(subcommand)]
+    Dataset(DatasetCmd),
+    #[command(subcommand)]
+    Edge(EdgeCmd),
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, env = "SLUICE_CONTROL_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Redis for revocation, sessions and the multi-gateway edge registry.
+    #[arg(long, env = "SLUICE_CONTROL_REDIS_URL")]
+    redis: Option<String>,
+    /// Without Redis: base URL of the one gateway's HTTP port (admin endpoint).
+    #[arg(long, env = "SLUICE_CONTROL_GATEWAY")]
+    gateway: Option<String>,
+    /// Prefix of the gateways' edge-registry keys.
+    #[arg(
+        long,
+        env = "SLUICE_CONTROL_EDGE_PREFIX",
+        default_value = "sluice:edges:"
+    )]
+    edge_prefix: String,
+    #[arg(
+        long,
+        env = "SLUICE_CONTROL_REVOCATION_CHANNEL",
+        default_value = "sluice:revocations"
+    )]
+    revocation_channel: String,
+    #[arg(
+        long,
+        env = "SLUICE_CONTROL_REVOKED_PREFIX",
+        default_value = "sluice:revoked:"
+    )]
+    revoked_prefix: String,
+    /// Log format: text or json.
+    #[arg(long, env = "SLUICE_CONTROL_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    /// Runtime threads (0 = one per core).
+    #[arg(long, env = "SLUICE_CONTROL_THREADS", default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Create a tenant, or change its settings.
+    Add {
+        slug: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Life of the session tokens, seconds.
+        #[arg(long)]
+        session_ttl: Option<u64>,
+        /// Environment variable holding the users' HS256 secret (sealed at rest).
+        #[arg(long)]
+        user_hs256_secret_env: Option<String>,
+        #[arg(long)]
+        user_jwks_url: Option<String>,
+        #[arg(long)]
+        user_jwks_file: Option<String>,
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        audience: Option<String>,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum PlanCmd {
+    Add {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        max_streams: u32,
+        /// Bytes per session (e.g. 500MB); 0 = unlimited.
+        #[arg(long, default_value = "0", value_parser = parse_bytes)]
+        session_quota: u64,
+        /// Bytes granted per client per hour; 0 = unlimited.
+        #[arg(long, default_value = "0", value_parser = parse_bytes)]
+        hourly_quota: u64,
+    },
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCmd {
+    Add {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+        #[arg(long)]
+        plan: String,
+        /// Dataset the client may read (repeat; `*` = all).
+        #[arg(long = "dataset")]
+        datasets: Vec<String>,
+        /// User (`sub`) allowed to act for the client (repeat; none = any).
+        #[arg(long = "subject")]
+        subjects: Vec<String>,
+        #[arg(long)]
+        disabled: bool,
+    },
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCmd {
+    Add {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+        #[arg(long)]
+        edge: String,
+        /// Name at the connector, when it differs from the id.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EdgeCmd {
+    /// Add an edge; prints its pre-shared key once (and its gateway hash).
+    Add {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+        /// Environment variable holding the key; default: a random one.
+        #[arg(long)]
+        key_env: Option<String>,
+    },
+    /// Print an edge's pre-shared key (for provisioning its connector).
+    Key {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// Print the gateway's `[edge_keys]` section for every tenant's edges.
+    GatewayKeys,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a new signing key; the previous one stays published until its tokens expire.
+    Rotate {
+        #[arg(long)]
+        tenant: String,
+    },
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+fn slug(s: &str) -> anyhow::Result<TenantSlug> {
+    TenantSlug::parse(s)
+        .with_context(|| format!("invalid tenant slug {s:?} (use [a-z0-9_-], up to 64)"))
+}
+
+fn env_secret(var: &str) -> anyhow::Result<String> {
+    std::env::var(var).with_context(|| format!("environment variable {var} is not set"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let dir = DataDir::new(&cli.data_dir);
+    let audit_path = cli
+        .audit
+        .clone()
+        .unwrap_or_else(|| cli.data_dir.join("audit.jsonl"));
+    let audit = Audit::open(&audit_path)
+        .with_context(|| format!("cannot open audit log {}", audit_path.display()))?;
+    let admin = Admin {
+        dir: &dir,
+        audit: &audit,
+    };
+    match cli.cmd {
+        Cmd::Serve(args) => serve(args, dir, audit),
+        Cmd::MasterKey => {
+            println!("{}", MasterKey::generate());
+            Ok(())
+        }
+        Cmd::Tenant(TenantCmd::List) => {
+            for t in dir.tenants() {
+                println!("{t}");
+            }
+            Ok(())
+        }
+        Cmd::Tenant(TenantCmd::Add {
+            slug: s,
+            name,
+            session_ttl,
+            user_hs256_secret_env,
+            user_jwks_url,
+            user_jwks_file,
+            issuer,
+            audience,
+        }) => {
+            let secret = user_hs256_secret_env
+                .as_deref()
+                .map(env_secret)
+                .transpose()?;
+            let master = if secret.is_some() {
+                Some(MasterKey::from_env()?)
+            } else {
+                None
+            };
+            let spec = TenantSpec {
+                name,
+                session_ttl_s: session_ttl,
+                user_hs256_secret: secret,
+                user_jwks_url,
+                user_jwks_file,
+                issuer,
+                audience,
+            };
+            admin.tenant_add(&slug(&s)?, spec, master.as_ref())?;
+            Ok(())
+        }
+        Cmd::Plan(PlanCmd::Add {
+            tenant,
+            id,
+            max_streams,
+            session_quota,
+            hourly_quota,
+        }) => Ok(admin.plan_add(
+            &slug(&tenant)?,
+            Plan {
+                id,
+                max_streams,
+                session_quota_bytes: session_quota,
+                hourly_quota_bytes: hourly_quota,
+            },
+        )?),
+        Cmd::Plan(PlanCmd::Remove { tenant, id }) => {
+            Ok(admin.remove(&slug(&tenant)?, "plan", &id)?)
+        }
+        Cmd::Client(ClientCmd::Add {
+            tenant,
+            id,
+            plan,
+            datasets,
+            subjects,
+            disabled,
+        }) => Ok(admin.client_add(
+            &slug(&tenant)?,
+            Client {
+                id,
+                plan,
+                datasets,
+                subjects,
+                disabled,
+            },
+        )?),
+        Cmd::Client(ClientCmd::Remove { tenant, id }) => {
+            Ok(admin.remove(&slug(&tenant)?, "client", &id)?)
+        }
+        Cmd::Dataset(DatasetCmd::Add {
+            tenant,
+            id,
+            edge,
+            name,
+        }) => Ok(admin.dataset_add(&slug(&tenant)?, Dataset { id, edge, name })?),
+        Cmd::Dataset(DatasetCmd::Remove { tenant, id }) => {
+            Ok(admin.remove(&slug(&tenant)?, "dataset", &id)?)
+        }
+        Cmd::Edge(EdgeCmd::Add {
+            tenant,
+            id,
+            key_env,
+        }) => {
+            let master = MasterKey::from_env()?;
+            let given = key_env.as_deref().map(env_secret).transpose()?;
+            let shown = given.is_none();
+            let key = admin.edge_add(&slug(&tenant)?, &id, given, &master)?;
+            if shown {
+                println!("edge key (shown once; `edge key` prints it again): {key}");
+            }
+            println!(
+                "gateway edge_keys entry: {id:?} = {:?}",
+                sluice_control::admin::key_hash(&key)
+            );
+            Ok(())
+        }
+        Cmd::Edge(EdgeCmd::Key { tenant, id }) => {
+            let master = MasterKey::from_env()?;
+            println!("{}", admin.edge_key(&slug(&tenant)?, &id, &master)?);
+            Ok(())
+        }
+        Cmd::Edge(EdgeCmd::Remove { tenant, id }) => {
+            Ok(admin.remove(&slug(&tenant)?, "edge", &id)?)
+        }
+        Cmd::Edge(EdgeCmd::GatewayKeys) => {
+            print!("{}", admin.gateway_edge_keys()?);
+            Ok(())
+        }
+        Cmd::Keys(KeysCmd::Rotate { tenant }) => {
+            let master = MasterKey::from_env()?;
+            println!("{}", admin.keys_rotate(&slug(&tenant)?, &master)?);
+            Ok(())
+        }
+        Cmd::Keys(KeysCmd::List { tenant }) => {
+            let t = dir.load(&slug(&tenant)?)?;
+            let active = sluice_control::keys::active(&t).map(|k| k.kid.clone());
+            for k in &t.keys {
+                let state = if Some(&k.kid) == active.as_ref() {
+                    "active".to_owned()
+                } else {
+                    format!("retired at {}", k.retired_at.unwrap_or_default())
+                };
+                println!("{}\tcreated {}\t{state}", k.kid, k.created_at);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let sub = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
+    let master = MasterKey::from_env()?;
+    if !dir.root().join("tenants").is_dir() {
+        bail!(
+            "{} has no tenants/ folder: create a tenant first (sluice-control tenant add …)",
+            dir.root().display()
+        );
+    }
+    let admin_token = std::env::var("SLUICE_CONTROL_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() });
+    if admin_token.is_none() {
+        tracing::warn!(
+            "SLUICE_CONTROL_ADMIN_TOKEN not set: validate and revoke endpoints are disabled"
+        );
+    }
+    let gateway_token = std::env::var("SLUICE_GATEWAY_ADMIN_TOKEN").unwrap_or_default();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        rt.worker_threads(args.threads);
+    }
+    let rt = rt.enable_all().build()?;
+    rt.block_on(async move {
+        let http = reqwest::Client::builder()
+            .build()
+            .context("cannot build the HTTP client")?;
+        let keys = Keys {
+            prefix: "sluice:".into(),
+            revoked_prefix: args.revoked_prefix.clone(),
+            channel: args.revocation_channel.clone(),
+        };
+        let (store, locator, link) = match (&args.redis, &args.gateway) {
+            (Some(url), _) => {
+                let store = Store::redis(url, keys.clone()).await?;
+                let conn = redis::aio::ConnectionManager::new_lazy_with_config(
+                    redis::Client::open(url.as_str())?,
+                    redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+                        .set_response_timeout(Some(std::time::Duration::from_secs(2))),
+                )?;
+                let link = Arc::new(Link::default());
+                tokio::spawn(link.clone().run(url.clone(), keys));
+                (
+                    store,
+                    Locator::Redis {
+                        conn,
+                        prefix: args.edge_prefix.clone(),
+                    },
+                    Some(link),
+                )
+            }
+            (None, Some(gw)) => (
+                Store::memory(),
+                Locator::Gateway(GatewayAdmin::new(gw, gateway_token, http.clone())),
+                None,
+            ),
+            (None, None) => bail!(
+                "set --redis (several gateways) or --gateway (one gateway's admin endpoint): \
+                 the control plane must know where edges are online"
+            ),
+        };
+        let app = Arc::new(App {
+            tenants: TenantCache::new(dir),
+            master,
+            users: UserAuth::new(http),
+            store,
+            locator,
+            link,
+            audit,
+            admin_token,
+            signers: Signers::default(),
+        });
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        server::serve(app, listener).await?;
+        Ok(())
+    })
+}

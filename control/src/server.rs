@@ -1,0 +1,351 @@
+//! The HTTP service: routes, tenant resolution, credentials, audit.
+//!
+//! Request path for an access decision: resolve tenant → verify the user →
+//! parse the body → static checks (client, dataset, plan, edge, key) → edge
+//! online → reserve slot + quota → sign → audit → answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::access::{self, AccessRequest, Ctx, Signers};
+use crate::audit::Audit;
+use crate::edges::Locator;
+use crate::error::ApiError;
+use crate::keys::{self, now_s};
+use crate::link::Link;
+use crate::secret::MasterKey;
+use crate::store::Store;
+use crate::tenants::{Tenant, TenantCache, TenantError, TenantSlug};
+use crate::userauth::UserAuth;
+
+pub struct App {
+    pub tenants: TenantCache,
+    pub master: MasterKey,
+    pub users: UserAuth,
+    pub store: Store,
+    pub locator: Locator,
+    pub link: Option<Arc<Link>>,
+    pub audit: Audit,
+    /// SHA-256 of the admin token; `None` = admin endpoints disabled.
+    pub admin_token: Option<[u8; 32]>,
+    pub signers: Signers,
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/control/access", post(access_handler))
+        .route("/control/validate/{sid}", get(validate_handler))
+        .route("/control/revoke/{sid}", post(revoke_handler))
+        .route("/control/release/{sid}", post(release_handler))
+        .route("/.well-known/jwks.json", get(jwks_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(app)
+}
+
+pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(%addr, "control plane listening");
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down");
+        })
+        .await
+}
+
+#[derive(Deserialize, Default)]
+struct TenantQuery {
+    tenant: Option<String>,
+}
+
+/// `X-Tenant-Slug`, then `?tenant=`, then `local`.
+fn tenant_slug(headers: &HeaderMap, q: &TenantQuery) -> Result<TenantSlug, ApiError> {
+    let raw = headers
+        .get("x-tenant-slug")
+        .and_then(|v| v.to_str().ok())
+        .or(q.tenant.as_deref())
+        .unwrap_or("local");
+    TenantSlug::parse(raw).ok_or_else(|| ApiError::new(400, "bad_tenant", "invalid tenant slug"))
+}
+
+fn load_tenant(app: &App, slug: &TenantSlug) -> Result<Arc<Tenant>, ApiError> {
+    app.tenants.get(slug).map_err(|e| match e {
+        TenantError::Unknown(_) => {
+            ApiError::new(404, "unknown_tenant", format!("no tenant {slug:?}"))
+        }
+        TenantError::NotConfigured(_) => ApiError::new(
+            409,
+            "tenant_not_configured",
+            format!("tenant {slug:?} has no settings"),
+        ),
+        other => {
+            tracing::error!(tenant = %slug, error = %other, "tenant files unreadable");
+            ApiError::new(
+                503,
+                "tenant_unreadable",
+                format!("tenant {slug:?} configuration cannot be read"),
+            )
+        }
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(want) = &app.admin_token else {
+        return Err(ApiError::new(
+            403,
+            "admin_disabled",
+            "admin endpoints are disabled (SLUICE_CONTROL_ADMIN_TOKEN not set)",
+        ));
+    };
+    let given = bearer(headers)
+        .ok_or_else(|| ApiError::new(401, "missing_token", "admin bearer token required"))?;
+    // Digests of equal length, compared in constant time.
+    let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    if bool::from(d.ct_eq(want)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            401,
+            "invalid_token",
+            "admin token is not valid",
+        ))
+    }
+}
+
+async fn access_handler(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<TenantQuery>,
+    body: Bytes,
+) -> Response {
+    let mut audit = json!({});
+    let res = decide(&app, &headers, &q, &body, &mut audit).await;
+    let (status, reason) = match &res {
+        Ok(_) => (200, "granted".to_owned()),
+        Err(e) => (e.status, e.code.to_owned()),
+    };
+    let obj = audit.as_object_mut().expect("object");
+    obj.insert(
+        "decision".into(),
+        if res.is_ok() { "allow" } else { "deny" }.into(),
+    );
+    obj.insert("status".into(), status.into());
+    obj.insert("reason".into(), reason.into());
+    if let Err(e) = &res {
+        obj.insert("message".into(), e.message.clone().into());
+    }
+    app.audit.record("access", audit);
+    match res {
+        Ok(g) => Json(g).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn decide(
+    app: &App,
+    headers: &HeaderMap,
+    q: &TenantQuery,
+    body: &[u8],
+    audit: &mut serde_json::Value,
+) -> Result<access::Granted, ApiError> {
+    let slug = tenant_slug(headers, q)?;
+    audit["tenant"] = slug.as_str().into();
+    let tenant = load_tenant(app, &slug)?;
+    let user = app
+        .users
+        .verify(&tenant, &app.master, bearer(headers))
+        .await?;
+    audit["sub"] = user.sub.clone().into();
+    let req: AccessRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "bad_request",
+            format!("body must be {{client_id, dataset_id, requested_ops}}: {e}"),
+        )
+    })?;
+    audit["client_id"] = req.client_id.clone().into();
+    audit["dataset_id"] = req.dataset_id.clone().into();
+    let checked = access::check(&tenant, &user, &req)?;
+    let online = app.locator.find(slug.as_str(), checked.edge).await?;
+    let Some(online) = online else {
+        return Err(ApiError::new(
+            503,
+            "edge_offline",
+            format!("edge {:?} is not connected to any gateway", checked.edge),
+        ));
+    };
+    let ctx = Ctx {
+        tenant: &tenant,
+        user: &user,
+        master: &app.master,
+        store: &app.store,
+        signers: &app.signers,
+    };
+    let g = access::grant(&ctx, &checked, &online.url).await?;
+    audit["sid"] = g.session_id.clone().into();
+    audit["edge_id"] = g.edge_id.clone().into();
+    audit["quota_bytes"] = g.quota_bytes.into();
+    Ok(g)
+}
+
+async fn validate_handler(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&app, &headers)?;
+    let now = now_s();
+    let Some((rec, revoked)) = app.store.lookup(&sid, now).await? else {
+        return Err(ApiError::new(404, "unknown_session", "no such session"));
+    };
+    let revoked = revoked || app.link.as_ref().is_some_and(|l| l.knows_revoked(&sid));
+    if revoked {
+        return Err(ApiError::new(410, "revoked", "session was revoked"));
+    }
+    if rec.exp <= now {
+        return Err(ApiError::new(410, "expired", "session has expired"));
+    }
+    Ok(Json(json!({
+        "client_id": rec.client_id,
+        "edge_id": rec.edge_id,
+        "tenant": rec.tenant,
+        "sub": rec.sub,
+        "dataset": rec.dataset,
+        "expires": rec.exp,
+        "quota": rec.quota,
+    }))
+    .into_response())
+}
+
+async fn revoke_handler(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> Result<Response, ApiError> {
+    let res = revoke(&app, &headers, &sid).await;
+    app.audit.record(
+        "revoke",
+        json!({
+            "sid": sid,
+            "status": res.as_ref().map(|_| 200).unwrap_or_else(|e| e.status),
+            "reason": res.as_ref().map(|_| "revoked").unwrap_or_else(|e| e.code),
+        }),
+    );
+    res.map(|exp| Json(json!({"session_id": sid, "revoked": true, "exp": exp})).into_response())
+}
+
+async fn revoke(app: &App, headers: &HeaderMap, sid: &str) -> Result<u64, ApiError> {
+    require_admin(app, headers)?;
+    let now = now_s();
+    let Some((rec, _)) = app.store.lookup(sid, now).await? else {
+        return Err(ApiError::new(404, "unknown_session", "no such session"));
+    };
+    app.store.revoke(&rec, now).await?;
+    if let Locator::Gateway(g) = &app.locator {
+        // Single node: the gateway learns of it through its admin endpoint.
+        g.revoke(&rec.sid, rec.exp).await?;
+    }
+    Ok(rec.exp)
+}
+
+async fn release_handler(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<TenantQuery>,
+    Path(sid): Path<String>,
+) -> Result<Response, ApiError> {
+    let slug = tenant_slug(&headers, &q)?;
+    let tenant = load_tenant(&app, &slug)?;
+    let user = app
+        .users
+        .verify(&tenant, &app.master, bearer(&headers))
+        .await?;
+    let found = app.store.lookup(&sid, now_s()).await?;
+    let Some((rec, _)) = found.filter(|(r, _)| r.tenant == slug.as_str() && r.sub == user.sub)
+    else {
+        return Err(ApiError::new(
+            404,
+            "unknown_session",
+            "no such session of yours",
+        ));
+    };
+    app.store.release(&rec).await?;
+    app.audit.record(
+        "release",
+        json!({"tenant": slug.as_str(), "sub": user.sub, "sid": sid}),
+    );
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn jwks_handler(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<TenantQuery>,
+) -> Result<Response, ApiError> {
+    let slug = tenant_slug(&headers, &q)?;
+    let tenant = load_tenant(&app, &slug)?;
+    let body = serde_json::to_string(&keys::jwks(&tenant, now_s())).expect("jwks serialises");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "max-age=60"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn ready_handler(State(app): State<Arc<App>>) -> Response {
+    let mut problems = Vec::new();
+    if !app.tenants.dir().root().join("tenants").is_dir() {
+        problems.push("data directory has no tenants/ folder");
+    }
+    if let Some(l) = &app.link {
+        if !l.is_up() {
+            problems.push("revocation subscription to Redis is down");
+        }
+        if !app.store.ping().await {
+            problems.push("Redis does not answer");
+        }
+    }
+    if let Locator::Gateway(g) = &app.locator {
+        if !g.ping().await {
+            problems.push("gateway admin endpoint unreachable");
+        }
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", problems.join("; ")),
+        )
+            .into_response()
+    }
+}

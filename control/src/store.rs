@@ -1,0 +1,412 @@
+//! What the control plane remembers about sessions it signed: the record
+//! `validate` answers with, the stream slots a plan's `max_streams` counts,
+//! the bytes granted against an hourly quota, and revocations.
+//!
+//! Two implementations with one behaviour: [`Store::Redis`] shares it all
+//! between control-plane nodes (and with the gateways, which read the
+//! revocation keys); [`Store::Memory`] is the single-node default, where the
+//! gateway is told of revocations through its admin endpoint instead.
+//!
+//! A stream slot is held until the session's token expires, it is released
+//! (`/control/release/{sid}`), or it is revoked: the gateway never reports
+//! back, so the token's life is the honest upper bound on a session.
+//! The hourly quota counts bytes *granted* (each session's quota), which
+//! bounds what a client can read in an hour without the data plane ever
+//! calling the control plane.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// What `validate` knows about a session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub sid: String,
+    pub tenant: String,
+    pub client_id: String,
+    pub sub: String,
+    pub edge_id: String,
+    pub dataset: String,
+    pub exp: u64,
+    /// Bytes the session may receive (0 = no limit).
+    #[serde(default)]
+    pub quota: u64,
+}
+
+/// Limits a reservation is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_streams: u32,
+    pub session_quota: u64,
+    pub hourly_quota: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    TooManyStreams,
+    HourlyQuotaExhausted,
+}
+
+/// Redis key names (shared with the gateway's `[revocation]` defaults).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub prefix: String,
+    pub revoked_prefix: String,
+    pub channel: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            prefix: "sluice:".into(),
+            revoked_prefix: "sluice:revoked:".into(),
+            channel: "sluice:revocations".into(),
+        }
+    }
+}
+
+impl Keys {
+    fn session(&self, sid: &str) -> String {
+        format!("{}session:{sid}", self.prefix)
+    }
+    fn streams(&self, tenant: &str, client: &str) -> String {
+        format!("{}streams:{tenant}:{client}", self.prefix)
+    }
+    fn grants(&self, tenant: &str, client: &str) -> String {
+        format!("{}grants:{tenant}:{client}", self.prefix)
+    }
+    pub fn revoked(&self, sid: &str) -> String {
+        format!("{}{sid}", self.revoked_prefix)
+    }
+}
+
+pub enum Store {
+    Memory(Mutex<Memory>),
+    Redis(RedisStore),
+}
+
+#[derive(Default)]
+pub struct Memory {
+    sessions: HashMap<String, SessionRecord>,
+    /// (tenant, client) → (sid, exp) of the slots held.
+    slots: HashMap<(String, String), Vec<(String, u64)>>,
+    /// (tenant, client) → (granted at, bytes), oldest first.
+    grants: HashMap<(String, String), VecDeque<(u64, u64)>>,
+    revoked: HashMap<String, u64>,
+}
+
+pub struct RedisStore {
+    pub keys: Keys,
+    conn: ConnectionManager,
+}
+
+/// Check-and-reserve as one atomic step, so two control-plane nodes cannot
+/// both hand out a plan's last stream slot.
+const RESERVE: &str = r#"
+local now = tonumber(ARGV[1])
+local exp = tonumber(ARGV[2])
+local max_streams = tonumber(ARGV[4])
+local session_quota = tonumber(ARGV[5])
+local hourly = tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if max_streams > 0 and redis.call('ZCARD', KEYS[1]) >= max_streams then
+  return -1
+end
+local granted = session_quota
+if hourly > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 3600)
+  local used = 0
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    used = used + tonumber(string.match(m, ':(%d+)$'))
+  end
+  local left = hourly - used
+  if left <= 0 then
+    return -2
+  end
+  if granted == 0 or granted > left then
+    granted = left
+  end
+  redis.call('ZADD', KEYS[2], now, ARGV[3] .. ':' .. granted)
+  redis.call('EXPIRE', KEYS[2], 3700)
+end
+redis.call('ZADD', KEYS[1], exp, ARGV[3])
+redis.call('EXPIREAT', KEYS[1], exp + 60)
+local rec = cjson.decode(ARGV[7])
+rec['quota'] = granted
+redis.call('SET', KEYS[3], cjson.encode(rec), 'EXAT', exp + 60)
+return granted
+"#;
+
+fn redis_down(e: redis::RedisError) -> ApiError {
+    tracing::warn!(error = %e, "Redis call failed");
+    ApiError::new(
+        503,
+        "store_unavailable",
+        "session store (Redis) is unreachable",
+    )
+}
+
+impl Store {
+    pub fn memory() -> Self {
+        Store::Memory(Mutex::new(Memory::default()))
+    }
+
+    pub async fn redis(url: &str, keys: Keys) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client, cfg)?;
+        Ok(Store::Redis(RedisStore { keys, conn }))
+    }
+
+    /// Takes a stream slot and a quota grant for `rec`, and stores it.
+    /// Returns the session's byte quota (0 = none).
+    pub async fn reserve(
+        &self,
+        rec: &SessionRecord,
+        limits: Limits,
+        now: u64,
+    ) -> Result<Result<u64, Refused>, ApiError> {
+        match self {
+            Store::Memory(m) => {
+                let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(m.reserve(rec, limits, now))
+            }
+            Store::Redis(r) => {
+                let mut c = r.conn.clone();
+                let json = serde_json::to_string(rec).expect("record serialises");
+                let n: i64 = redis::Script::new(RESERVE)
+                    .key(r.keys.streams(&rec.tenant, &rec.client_id))
+                    .key(r.keys.grants(&rec.tenant, &rec.client_id))
+                    .key(r.keys.session(&rec.sid))
+                    .arg(now)
+                    .arg(rec.exp)
+                    .arg(&rec.sid)
+                    .arg(limits.max_streams)
+                    .arg(limits.session_quota)
+                    .arg(limits.hourly_quota)
+                    .arg(json)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(redis_down)?;
+                Ok(match n {
+                    -1 => Err(Refused::TooManyStreams),
+                    -2 => Err(Refused::HourlyQuotaExhausted),
+                    q => Ok(q.max(0) as u64),
+                })
+            }
+        }
+    }
+
+    /// The session and whether it was revoked.
+    pub async fn lookup(
+        &self,
+        sid: &str,
+        now: u64,
+    ) -> Result<Option<(SessionRecord, bool)>, ApiError> {
+        match self {
+            Store::Memory(m) => {
+                let m = m.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(m.sessions
+                    .get(sid)
+                    .filter(|r| r.exp + 60 > now)
+                    .map(|r| (r.clone(), m.revoked.contains_key(sid))))
+            }
+            Store::Redis(r) => {
+                let mut c = r.conn.clone();
+                let (rec, revoked): (Option<String>, bool) = redis::pipe()
+                    .get(r.keys.session(sid))
+                    .exists(r.keys.revoked(sid))
+                    .query_async(&mut c)
+                    .await
+                    .map_err(redis_down)?;
+                Ok(rec
+                    .and_then(|j| serde_json::from_str::<SessionRecord>(&j).ok())
+                    .map(|rec| (rec, revoked)))
+            }
+        }
+    }
+
+    /// Marks `rec` revoked until its token expires and frees its slot. With
+    /// Redis this is also the publish every gateway is subscribed to.
+    pub async fn revoke(&self, rec: &SessionRecord, now: u64) -> Result<(), ApiError> {
+        match self {
+            Store::Memory(m) => {
+                let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+                m.revoked.insert(rec.sid.clone(), rec.exp);
+                m.release(rec);
+                Ok(())
+            }
+            Store::Redis(r) => {
+                let mut c = r.conn.clone();
+                let ttl = rec.exp.saturating_sub(now).max(60);
+                let msg = serde_json::json!({"sid": rec.sid, "exp": rec.exp}).to_string();
+                // Stored first, then published: a gateway that resubscribes
+                // in between reads the key; one that is subscribed gets the
+                // message. Either way the session closes.
+                let _: () = redis::pipe()
+                    .atomic()
+                    .set_ex(r.keys.revoked(&rec.sid), "1", ttl)
+                    .ignore()
+                    .zrem(r.keys.streams(&rec.tenant, &rec.client_id), &rec.sid)
+                    .ignore()
+                    .publish(&r.keys.channel, msg)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+                    .map_err(redis_down)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Frees the stream slot of a session its user is done with.
+    pub async fn release(&self, rec: &SessionRecord) -> Result<(), ApiError> {
+        match self {
+            Store::Memory(m) => {
+                m.lock().unwrap_or_else(|p| p.into_inner()).release(rec);
+                Ok(())
+            }
+            Store::Redis(r) => {
+                let mut c = r.conn.clone();
+                let _: () = redis::pipe()
+                    .zrem(r.keys.streams(&rec.tenant, &rec.client_id), &rec.sid)
+                    .ignore()
+                    .query_async(&mut c)
+                    .await
+                    .map_err(redis_down)?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn ping(&self) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => {
+                let mut c = r.conn.clone();
+                redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            }
+        }
+    }
+}
+
+impl Memory {
+    fn reserve(&mut self, rec: &SessionRecord, limits: Limits, now: u64) -> Result<u64, Refused> {
+        let key = (rec.tenant.clone(), rec.client_id.clone());
+        self.sessions.retain(|_, r| r.exp + 60 > now);
+        self.revoked.retain(|_, exp| *exp + 60 > now);
+        let slots = self.slots.entry(key.clone()).or_default();
+        slots.retain(|(_, exp)| *exp > now);
+        if limits.max_streams > 0 && slots.len() >= limits.max_streams as usize {
+            return Err(Refused::TooManyStreams);
+        }
+        let mut granted = limits.session_quota;
+        if limits.hourly_quota > 0 {
+            let g = self.grants.entry(key.clone()).or_default();
+            while g.front().is_some_and(|(t, _)| *t + 3600 <= now) {
+                g.pop_front();
+            }
+            let used: u64 = g.iter().map(|(_, b)| b).sum();
+            let left = limits.hourly_quota.saturating_sub(used);
+            if left == 0 {
+                return Err(Refused::HourlyQuotaExhausted);
+            }
+            if granted == 0 || granted > left {
+                granted = left;
+            }
+            g.push_back((now, granted));
+        }
+        self.slots
+            .entry(key)
+            .or_default()
+            .push((rec.sid.clone(), rec.exp));
+        let mut rec = rec.clone();
+        rec.quota = granted;
+        self.sessions.insert(rec.sid.clone(), rec);
+        Ok(granted)
+    }
+
+    fn release(&mut self, rec: &SessionRecord) {
+        if let Some(s) = self
+            .slots
+            .get_mut(&(rec.tenant.clone(), rec.client_id.clone()))
+        {
+            s.retain(|(sid, _)| sid != &rec.sid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(sid: &str, exp: u64) -> SessionRecord {
+        SessionRecord {
+            sid: sid.into(),
+            tenant: "acme".into(),
+            client_id: "c".into(),
+            sub: "alice".into(),
+            edge_id: "e".into(),
+            dataset: "d".into(),
+            exp,
+            quota: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_store_counts_slots_and_hourly_grants() {
+        let s = Store::memory();
+        let lim = Limits {
+            max_streams: 2,
+            session_quota: 100,
+            hourly_quota: 250,
+        };
+        let now = 1_000_000;
+        assert_eq!(
+            s.reserve(&rec("a", now + 900), lim, now).await.unwrap(),
+            Ok(100)
+        );
+        assert_eq!(
+            s.reserve(&rec("b", now + 900), lim, now).await.unwrap(),
+            Ok(100)
+        );
+        assert_eq!(
+            s.reserve(&rec("c", now + 900), lim, now).await.unwrap(),
+            Err(Refused::TooManyStreams)
+        );
+        s.release(&rec("a", now + 900)).await.unwrap();
+        // 50 bytes of the hour left: the grant shrinks to what is left.
+        assert_eq!(
+            s.reserve(&rec("c", now + 900), lim, now).await.unwrap(),
+            Ok(50)
+        );
+        s.release(&rec("c", now + 900)).await.unwrap();
+        assert_eq!(
+            s.reserve(&rec("d", now + 900), lim, now).await.unwrap(),
+            Err(Refused::HourlyQuotaExhausted)
+        );
+        let (r, revoked) = s.lookup("b", now).await.unwrap().unwrap();
+        assert_eq!((r.quota, revoked), (100, false));
+        s.revoke(&r, now).await.unwrap();
+        assert!(s.lookup("b", now).await.unwrap().unwrap().1);
+        assert!(s.lookup("zz", now).await.unwrap().is_none());
+        // An hour later the grants have aged out; expired slots free up.
+        let later = now + 3600;
+        assert_eq!(
+            s.reserve(&rec("e", later + 900), lim, later).await.unwrap(),
+            Ok(100)
+        );
+    }
+}

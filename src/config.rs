@@ -45,6 +45,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub auth: Auth,
     pub revocation: Revocation,
+    pub registry: EdgeRegistry,
+    pub admin: Admin,
     /// Edge id → `sha256:<hex>` of its pre-shared key.
     pub edge_keys: BTreeMap<String, String>,
 }
@@ -109,7 +111,7 @@ pub struct Timeouts {
     pub shutdown_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     /// HS256 shared secret (empty = HS256 tokens refused).
@@ -118,6 +120,17 @@ pub struct Auth {
     pub ed25519_keys: BTreeMap<String, String>,
     /// A JWKS file (OKP/Ed25519 keys) read at start.
     pub jwks_file: String,
+    /// The control plane's JWKS endpoint (`http(s)://…/.well-known/jwks.json`).
+    /// Each tenant's keys are fetched with `?tenant=` when a token first
+    /// names one, cached, and fetched again when a token names an unknown
+    /// `kid` (at most once per `jwks_refresh_min_ms` per tenant).
+    pub jwks_url: String,
+    pub jwks_refresh_min_ms: u64,
+    /// Cached keys are refetched after this long, so a key the control
+    /// plane stopped publishing stops being accepted.
+    pub jwks_max_age_s: u64,
+    /// How long a session's authentication may wait for a JWKS fetch.
+    pub jwks_fetch_timeout_ms: u64,
     /// Clock skew tolerated on `exp`, in seconds.
     pub leeway_s: u64,
     /// Cut a running stream when its token expires (otherwise expiry is
@@ -146,6 +159,60 @@ pub struct Revocation {
     pub health_check_ms: u64,
 }
 
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            hs256_secret: String::new(),
+            ed25519_keys: BTreeMap::new(),
+            jwks_file: String::new(),
+            jwks_url: String::new(),
+            jwks_refresh_min_ms: 1_000,
+            jwks_max_age_s: 300,
+            jwks_fetch_timeout_ms: 2_000,
+            leeway_s: 0,
+            enforce_expiry_mid_stream: false,
+        }
+    }
+}
+
+/// The multi-gateway edge registry: with `revocation.redis_url` set, this
+/// gateway records each edge connected to it as `key_prefix{edge}` →
+/// `{"url", "tenant", "datasets"}` with a TTL its heartbeat refreshes, so
+/// the control plane can send a client to the gateway holding its edge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeRegistry {
+    /// The URL clients reach this gateway at (`wss://gw1.example.com`);
+    /// empty = `ws://` + the listening address.
+    pub public_url: String,
+    pub key_prefix: String,
+    /// Entries are rewritten this often (and at once when edges change).
+    pub heartbeat_ms: u64,
+    /// An entry outlives a dead gateway by at most this long.
+    pub ttl_ms: u64,
+}
+
+impl Default for EdgeRegistry {
+    fn default() -> Self {
+        Self {
+            public_url: String::new(),
+            key_prefix: "sluice:edges:".into(),
+            heartbeat_ms: 2_000,
+            ttl_ms: 10_000,
+        }
+    }
+}
+
+/// Admin endpoints on the same port, for a control plane without Redis:
+/// `GET /admin/edges` and `POST /admin/revoke/{sid}?exp=…`, with
+/// `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Empty = admin endpoints answer 404.
+    pub token: String,
+}
+
 impl Default for Revocation {
     fn default() -> Self {
         Self {
@@ -171,6 +238,8 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             auth: Auth::default(),
             revocation: Revocation::default(),
+            registry: EdgeRegistry::default(),
+            admin: Admin::default(),
             edge_keys: BTreeMap::new(),
         }
     }
@@ -294,6 +363,24 @@ impl Config {
             if r.health_check_ms == 0 || r.max_backoff_ms == 0 {
                 return bad("revocation.health_check_ms and max_backoff_ms must be > 0");
             }
+        }
+        let g = &self.registry;
+        if g.heartbeat_ms == 0 || g.ttl_ms <= g.heartbeat_ms {
+            return bad("registry: ttl_ms must be > heartbeat_ms > 0");
+        }
+        if !g.public_url.is_empty()
+            && !["ws://", "wss://"].iter().any(|p| g.public_url.starts_with(p))
+        {
+            return bad("registry.public_url must start with ws:// or wss://");
+        }
+        let a = &self.auth;
+        if !a.jwks_url.is_empty()
+            && !["http://", "https://"].iter().any(|p| a.jwks_url.starts_with(p))
+        {
+            return bad("auth.jwks_url must start with http:// or https://");
+        }
+        if !self.admin.token.is_empty() && self.admin.token.len() < 16 {
+            return bad("admin.token must be at least 16 characters");
         }
         EdgeKeys::from_config(&self.edge_keys).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())

@@ -7,6 +7,8 @@
 //! forward frames read by [`reader`] into an [`outbox`] → close codes from
 //! [`protocol`].
 
+pub mod admin;
+pub mod announce;
 pub mod config;
 pub mod connector;
 pub mod edge_key;
@@ -15,6 +17,7 @@ pub mod frame;
 pub mod handoff;
 pub mod http;
 pub mod ids;
+pub mod jwks;
 pub mod keepalive;
 pub mod metrics;
 pub mod outbox;

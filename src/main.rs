@@ -71,6 +71,9 @@ fn main() {
             if !shown.auth.hs256_secret.is_empty() {
                 shown.auth.hs256_secret = "<redacted>".into();
             }
+            if !shown.admin.token.is_empty() {
+                shown.admin.token = "<redacted>".into();
+            }
             if shown.revocation.redis_url.contains('@') {
                 shown.revocation.redis_url = "<redacted: holds credentials>".into();
             }

@@ -80,6 +80,18 @@ pub enum RegisterError {
 pub struct Registry {
     edges: Mutex<HashMap<EdgeId, Edge>>,
     next_conn: AtomicU64,
+    /// Told (without blocking) when the set of online edges or their
+    /// datasets change, so the edge announcer need not wait a heartbeat.
+    changed: std::sync::OnceLock<flume::Sender<()>>,
+}
+
+/// An online edge, as the admin endpoint and the edge announcer see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OnlineEdge {
+    pub edge: String,
+    pub tenant: String,
+    pub workers: usize,
+    pub datasets: Vec<String>,
 }
 
 /// Figures for `/metrics`.
@@ -91,6 +103,33 @@ pub struct RegistryStats {
 }
 
 impl Registry {
+    /// Subscribes `tx` to change signals (one subscriber).
+    pub fn on_change(&self, tx: flume::Sender<()>) {
+        let _ = self.changed.set(tx);
+    }
+
+    fn signal(&self) {
+        if let Some(tx) = self.changed.get() {
+            let _ = tx.try_send(());
+        }
+    }
+
+    /// Every online edge, sorted by id.
+    pub fn online(&self) -> Vec<OnlineEdge> {
+        let g = self.lock();
+        let mut v: Vec<_> = g
+            .iter()
+            .map(|(id, e)| OnlineEdge {
+                edge: id.to_string(),
+                tenant: e.tenant.clone(),
+                workers: e.conns.values().filter(|c| c.kind == ConnKind::Worker).count(),
+                datasets: e.datasets().into_iter().collect(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.edge.cmp(&b.edge));
+        v
+    }
+
     pub fn new_conn_id(&self) -> ConnId {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed) + 1)
     }
@@ -142,6 +181,8 @@ impl Registry {
             e.relay_idle.push_back(conn);
         }
         e.wake_one();
+        drop(g);
+        self.signal();
         Ok(())
     }
 
@@ -158,6 +199,8 @@ impl Registry {
                 g.remove(edge);
             }
         }
+        drop(g);
+        self.signal();
     }
 
     /// A worker re-registered: its dataset list changed.
@@ -166,6 +209,8 @@ impl Registry {
         if let Some(s) = g.get_mut(edge).and_then(|e| e.conns.get_mut(&conn)) {
             s.datasets = datasets;
         }
+        drop(g);
+        self.signal();
     }
 
     /// A worker finished its request and waits, idle, on `shard`.

@@ -56,17 +56,20 @@ impl Revocations {
         !self.enabled || self.linked.load(Ordering::Relaxed)
     }
 
+    /// Revoked through Redis or the admin endpoint, and not yet expired.
     pub fn is_revoked(&self, sid: &SessionId) -> bool {
-        if !self.enabled {
-            return false;
-        }
         let map = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
         map.get(sid).is_some_and(|until| *until > Instant::now())
     }
 
     fn insert(&self, sid: SessionId, ttl: Duration) {
         let mut map = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        let until = Instant::now() + ttl;
+        let now = Instant::now();
+        if map.len() >= 1024 && map.len().is_power_of_two() {
+            // Bounded without a sweeper when nothing else purges (no Redis).
+            map.retain(|_, until| *until > now);
+        }
+        let until = now + ttl;
         let e = map.entry(sid).or_insert(until);
         *e = (*e).max(until);
     }
@@ -228,8 +231,9 @@ fn apply_message(shared: &Shared, s: &Settings, payload: &str) {
 
 /// Remembers the revocation, then tells the owning shard. In that order:
 /// a session authenticating concurrently either sees the entry or is
-/// already registered when the shard's message arrives.
-fn apply(shared: &Shared, sid: SessionId, ttl: Duration) {
+/// already registered when the shard's message arrives. Also the admin
+/// endpoint's path, for a control plane without Redis.
+pub fn apply(shared: &Shared, sid: SessionId, ttl: Duration) {
     shared.revocations.insert(sid.clone(), ttl);
     shared.revocations.received.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%sid, "session revoked");
@@ -263,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire_and_disabled_means_never_revoked() {
+    fn entries_expire_and_work_without_redis() {
         let r = Revocations::new(true);
         let sid = SessionId::parse("s-1").unwrap();
         r.insert(sid.clone(), Duration::from_secs(60));
@@ -271,9 +275,11 @@ mod tests {
         r.insert(SessionId::parse("s-2").unwrap(), Duration::ZERO);
         r.purge();
         assert_eq!(r.len(), 1);
+        // Without Redis, the admin endpoint still revokes; the link is
+        // not a readiness condition.
         let off = Revocations::new(false);
         off.insert(sid.clone(), Duration::from_secs(60));
-        assert!(!off.is_revoked(&sid));
+        assert!(off.is_revoked(&sid));
         assert!(off.healthy());
         assert!(!r.healthy(), "enabled but not linked yet");
     }

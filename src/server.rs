@@ -75,6 +75,11 @@ impl Gateway {
         }
         let driver = if want { "io_uring" } else { "epoll" };
         let pin = cfg.pin_cores;
+        let public_url = if cfg.registry.public_url.is_empty() {
+            format!("ws://{addr}")
+        } else {
+            cfg.registry.public_url.trim_end_matches('/').to_owned()
+        };
         let revocation_on = !cfg.revocation.redis_url.is_empty();
         let shared = Arc::new(Shared {
             cfg,
@@ -87,6 +92,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
             revocations: Revocations::new(revocation_on),
+            public_url,
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let cpus = std::thread::available_parallelism()
@@ -141,6 +147,7 @@ impl Gateway {
             }
         }
         revocation::start(shared.clone()).context("cannot start the revocation thread")?;
+        crate::announce::start(shared.clone()).context("cannot start the edge announcer")?;
         tracing::info!(%addr, shards = n, driver, "gateway listening");
         Ok(Gateway {
             shared,

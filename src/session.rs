@@ -222,7 +222,7 @@ async fn authenticate(
             }
         }
     };
-    shard.shared.verifier.verify(&token, sid).map_err(|e| {
+    shard.shared.verifier.verify_fetching(&token, sid).await.map_err(|e| {
         shard.metrics().auth_failure(e);
         tracing::info!(%sid, reason = e.label(), "session refused");
         (close::BAD_TOKEN, "unauthorized", e.to_string())

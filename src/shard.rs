@@ -44,6 +44,9 @@ pub struct Shared {
     /// Browser sessions open on all shards (for `limits.max_sessions`).
     pub sessions: AtomicUsize,
     pub revocations: Revocations,
+    /// Where clients reach this gateway (`registry.public_url`, or
+    /// `ws://` + the listening address).
+    pub public_url: String,
 }
 
 impl Shared {
@@ -334,6 +337,10 @@ async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             };
             respond(stream, status, "text/plain", body.as_bytes().to_vec()).await
         }
+        p if p.starts_with("/admin/") => match crate::admin::handle(&shard.shared, &req) {
+            Ok((status, ctype, body)) => respond(stream, status, ctype, body).await,
+            Err(e) => reject(&shard, stream, &e).await,
+        },
         "/metrics" => {
             let body = shard.shared.metrics.render(&shard.shared.snapshot());
             respond(stream, 200, "text/plain; version=0.0.4", body.into_bytes()).await

@@ -8,8 +8,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use std::sync::Arc;
+
 use crate::config::Auth;
 use crate::ids::SessionId;
+use crate::jwks::{self, JwksCache};
 
 /// What a session may do, as the control plane signed it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -105,6 +108,8 @@ pub enum KeyError {
 pub struct Verifier {
     hs256: Option<DecodingKey>,
     ed25519: HashMap<String, DecodingKey>,
+    /// Per-tenant keys from the control plane's JWKS endpoint.
+    jwks: Option<Arc<JwksCache>>,
     leeway: u64,
 }
 
@@ -113,6 +118,7 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("hs256", &self.hs256.is_some())
             .field("ed25519_kids", &self.ed25519.keys().collect::<Vec<_>>())
+            .field("jwks_url", &self.jwks.is_some())
             .finish()
     }
 }
@@ -160,15 +166,53 @@ impl Verifier {
                 ed25519.insert(k.kid.clone().unwrap_or_else(|| format!("jwks-{i}")), key);
             }
         }
+        let jwks = JwksCache::start(auth).map_err(|e| KeyError::Jwks {
+            path: auth.jwks_url.clone(),
+            msg: format!("cannot start the JWKS fetcher: {e}"),
+        })?;
         Ok(Self {
             hs256,
             ed25519,
+            jwks,
             leeway: auth.leeway_s,
         })
     }
 
     pub fn has_keys(&self) -> bool {
-        self.hs256.is_some() || !self.ed25519.is_empty()
+        self.hs256.is_some() || !self.ed25519.is_empty() || self.jwks.is_some()
+    }
+
+    /// [`Verifier::verify`], fetching the token's tenant's keys from the
+    /// control plane once when the token names a key we do not have yet.
+    pub async fn verify_fetching(
+        &self,
+        token: &str,
+        path_sid: &SessionId,
+    ) -> Result<Claims, TokenError> {
+        match self.verify(token, path_sid) {
+            Err(TokenError::UnknownKey) => {
+                let (Some(cache), Some(tenant)) = (&self.jwks, jwks::unverified_tenant(token))
+                else {
+                    return Err(TokenError::UnknownKey);
+                };
+                cache.refresh(&tenant).await;
+                self.verify(token, path_sid)
+            }
+            other => other,
+        }
+    }
+
+    /// Keys that may have signed an EdDSA token: configured ones (trusted
+    /// for every tenant), then the claimed tenant's own published keys.
+    fn ed_keys(&self, token: &str, kid: Option<&str>) -> Vec<DecodingKey> {
+        let mut keys: Vec<DecodingKey> = match kid {
+            Some(k) => self.ed25519.get(k).cloned().into_iter().collect(),
+            None => self.ed25519.values().cloned().collect(),
+        };
+        if let (Some(cache), Some(tenant)) = (&self.jwks, jwks::unverified_tenant(token)) {
+            keys.extend(cache.key(&tenant, kid));
+        }
+        keys
     }
 
     /// Verifies signature, expiry and claim shape, and that the token was
@@ -187,27 +231,22 @@ impl Verifier {
                 let key = self.hs256.as_ref().ok_or(TokenError::UnknownKey)?;
                 decode(token, key, &validation)?
             }
-            Algorithm::EdDSA => match header.kid.as_deref() {
-                Some(kid) => {
-                    let key = self.ed25519.get(kid).ok_or(TokenError::UnknownKey)?;
-                    decode(token, key, &validation)?
-                }
-                None => {
-                    // No kid: try each key; the first valid signature wins.
-                    let mut last = TokenError::UnknownKey;
-                    let mut found = None;
-                    for key in self.ed25519.values() {
-                        match decode(token, key, &validation) {
-                            Ok(c) => {
-                                found = Some(c);
-                                break;
-                            }
-                            Err(e) => last = e,
+            Algorithm::EdDSA => {
+                // With a kid there is at most one key per source; without
+                // one, the first key whose signature checks wins.
+                let mut last = TokenError::UnknownKey;
+                let mut found = None;
+                for key in self.ed_keys(token, header.kid.as_deref()) {
+                    match decode(token, &key, &validation) {
+                        Ok(c) => {
+                            found = Some(c);
+                            break;
                         }
+                        Err(e) => last = e,
                     }
-                    found.ok_or(last)?
                 }
-            },
+                found.ok_or(last)?
+            }
             _ => return Err(TokenError::UnknownKey),
         };
         if claims.sid != path_sid.as_str() {

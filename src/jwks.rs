@@ -1,0 +1,223 @@
+//! Tenants' public keys fetched from the control plane's JWKS endpoint
+//! (`auth.jwks_url` + `?tenant=…`), so a key rotated in on the control
+//! plane is accepted here without a restart.
+//!
+//! Lookups are synchronous and lock-free of I/O (a read lock on a map). A
+//! token naming a `kid` the cache lacks makes its session ask the fetcher
+//! thread for that tenant's keys and wait (bounded by
+//! `jwks_fetch_timeout_ms`); fetches for one tenant are at most one per
+//! `jwks_refresh_min_ms`, so made-up kids cannot flood the control plane.
+//! Entries older than `jwks_max_age_s` stay usable while a background
+//! refresh replaces them: a key the control plane stopped publishing stops
+//! working after one refresh, and a control plane that is briefly down
+//! does not stop new sessions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use jsonwebtoken::DecodingKey;
+use serde::Deserialize;
+
+use crate::config::Auth;
+
+struct TenantKeys {
+    keys: HashMap<String, DecodingKey>,
+    /// Last successful fetch (staleness).
+    fetched: Instant,
+    /// Last attempt, successful or not (rate limit).
+    attempted: Instant,
+}
+
+struct Fetch {
+    tenant: String,
+    reply: Option<flume::Sender<()>>,
+}
+
+pub struct JwksCache {
+    tenants: RwLock<HashMap<String, TenantKeys>>,
+    fetch: flume::Sender<Fetch>,
+    max_age: Duration,
+    min: Duration,
+    wait: Duration,
+}
+
+#[derive(Deserialize)]
+struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    #[serde(default)]
+    crv: String,
+    #[serde(default)]
+    x: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// A tenant slug safe to put in a URL: what the control plane accepts.
+fn valid_tenant(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// The `tenant` claim of a token *before* verification: only used to pick
+/// which tenant's keys to verify it with. A token claiming tenant A is
+/// checked with A's keys alone, so a claim cannot borrow another tenant's
+/// key.
+pub fn unverified_tenant(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct T {
+        tenant: String,
+    }
+    let payload = token.split('.').nth(1)?;
+    let raw = B64URL.decode(payload).ok()?;
+    let t: T = serde_json::from_slice(&raw).ok()?;
+    valid_tenant(&t.tenant).then_some(t.tenant)
+}
+
+impl JwksCache {
+    /// Starts the fetcher thread when `auth.jwks_url` is set.
+    pub fn start(auth: &Auth) -> std::io::Result<Option<Arc<JwksCache>>> {
+        if auth.jwks_url.is_empty() {
+            return Ok(None);
+        }
+        let (tx, rx) = flume::unbounded::<Fetch>();
+        let cache = Arc::new(JwksCache {
+            tenants: RwLock::new(HashMap::new()),
+            fetch: tx,
+            max_age: Duration::from_secs(auth.jwks_max_age_s.max(1)),
+            min: Duration::from_millis(auth.jwks_refresh_min_ms),
+            wait: Duration::from_millis(auth.jwks_fetch_timeout_ms.max(1)),
+        });
+        let url = auth.jwks_url.clone();
+        let min = Duration::from_millis(auth.jwks_refresh_min_ms);
+        let timeout = Duration::from_millis(auth.jwks_fetch_timeout_ms.max(100));
+        let weak = Arc::downgrade(&cache);
+        std::thread::Builder::new()
+            .name("sluice-jwks".into())
+            .spawn(move || {
+                let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+                while let Ok(req) = rx.recv() {
+                    let Some(cache) = weak.upgrade() else { return };
+                    cache.serve(&agent, &url, min, req);
+                }
+            })?;
+        Ok(Some(cache))
+    }
+
+    fn serve(&self, agent: &ureq::Agent, url: &str, min: Duration, req: Fetch) {
+        let recent = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&req.tenant)
+            .is_some_and(|t| t.attempted.elapsed() < min);
+        if !recent {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let full = format!("{url}{sep}tenant={}", req.tenant);
+            match fetch(agent, &full) {
+                Ok(keys) => {
+                    tracing::info!(tenant = %req.tenant, keys = keys.len(), "JWKS fetched");
+                    let mut m = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+                    let now = Instant::now();
+                    m.insert(
+                        req.tenant.clone(),
+                        TenantKeys {
+                            keys,
+                            fetched: now,
+                            attempted: now,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %req.tenant, error = %e, "cannot fetch JWKS");
+                    // Keep what we had; do not retry before `min`.
+                    let mut m = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+                    let now = Instant::now();
+                    m.entry(req.tenant.clone())
+                        .and_modify(|t| t.attempted = now)
+                        .or_insert_with(|| TenantKeys {
+                            keys: HashMap::new(),
+                            fetched: now,
+                            attempted: now,
+                        });
+                }
+            }
+        }
+        if let Some(r) = req.reply {
+            let _ = r.send(());
+        }
+    }
+
+    /// The key `kid` of `tenant`, if cached. A stale entry is still used
+    /// and refreshed in the background.
+    pub fn key(&self, tenant: &str, kid: Option<&str>) -> Vec<DecodingKey> {
+        let m = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = m.get(tenant) else {
+            return Vec::new();
+        };
+        if t.fetched.elapsed() >= self.max_age && t.attempted.elapsed() >= self.min {
+            let _ = self.fetch.try_send(Fetch {
+                tenant: tenant.to_owned(),
+                reply: None,
+            });
+        }
+        match kid {
+            Some(k) => t.keys.get(k).cloned().into_iter().collect(),
+            None => t.keys.values().cloned().collect(),
+        }
+    }
+
+    /// Asks for `tenant`'s keys to be fetched, and waits for it (bounded).
+    pub async fn refresh(&self, tenant: &str) {
+        let (tx, rx) = flume::bounded(1);
+        let sent = self.fetch.send(Fetch {
+            tenant: tenant.to_owned(),
+            reply: Some(tx),
+        });
+        if sent.is_ok() {
+            let _ = monoio::time::timeout(self.wait, rx.recv_async()).await;
+        }
+    }
+}
+
+fn fetch(agent: &ureq::Agent, url: &str) -> Result<HashMap<String, DecodingKey>, String> {
+    let body = agent
+        .get(url)
+        .call()
+        .map_err(|e| e.to_string())?
+        .into_string()
+        .map_err(|e| e.to_string())?;
+    let jwks: Jwks = serde_json::from_str(&body).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut out = HashMap::new();
+    for (i, k) in jwks.keys.iter().enumerate() {
+        if k.kty != "OKP" || k.crv != "Ed25519" {
+            continue;
+        }
+        let key = DecodingKey::from_ed_components(&k.x).map_err(|e| e.to_string())?;
+        out.insert(k.kid.clone().unwrap_or_else(|| format!("jwks-{i}")), key);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_claim_is_read_only_when_it_is_a_slug() {
+        let tok = |p: &str| format!("h.{}.s", B64URL.encode(p));
+        assert_eq!(unverified_tenant(&tok(r#"{"tenant":"acme"}"#)).as_deref(), Some("acme"));
+        assert_eq!(unverified_tenant(&tok(r#"{"tenant":"a&b=c"}"#)), None);
+        assert_eq!(unverified_tenant(&tok(r#"{"sub":"x"}"#)), None);
+        assert_eq!(unverified_tenant("garbage"), None);
+    }
+}

@@ -43,9 +43,8 @@ fn run(shared: &Shared, changed: &flume::Receiver<()>) {
             Err(e) => {
                 tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "edge registry: cannot write to Redis");
                 std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_millis(
-                    shared.cfg.revocation.max_backoff_ms,
-                ));
+                backoff =
+                    (backoff * 2).min(Duration::from_millis(shared.cfg.revocation.max_backoff_ms));
             }
         }
     }
@@ -63,7 +62,10 @@ fn life(
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
     let delete = redis::Script::new(DELETE_IF_OURS);
-    let ours = format!("\"url\":{}", serde_json::Value::from(shared.public_url.as_str()));
+    let ours = format!(
+        "\"url\":{}",
+        serde_json::Value::from(shared.public_url.as_str())
+    );
     loop {
         let draining = shared.is_draining();
         let now: BTreeMap<String, String> = if draining {
@@ -90,7 +92,9 @@ fn life(
             pipe.pset_ex(format!("{}{edge}", reg.key_prefix), v, reg.ttl_ms)
                 .ignore();
         }
-        pipe.query::<()>(&mut conn)?;
+        if !now.is_empty() {
+            pipe.query::<()>(&mut conn)?;
+        }
         for edge in announced.keys().filter(|e| !now.contains_key(*e)) {
             delete
                 .key(format!("{}{edge}", reg.key_prefix))

@@ -369,13 +369,17 @@ impl Config {
             return bad("registry: ttl_ms must be > heartbeat_ms > 0");
         }
         if !g.public_url.is_empty()
-            && !["ws://", "wss://"].iter().any(|p| g.public_url.starts_with(p))
+            && !["ws://", "wss://"]
+                .iter()
+                .any(|p| g.public_url.starts_with(p))
         {
             return bad("registry.public_url must start with ws:// or wss://");
         }
         let a = &self.auth;
         if !a.jwks_url.is_empty()
-            && !["http://", "https://"].iter().any(|p| a.jwks_url.starts_with(p))
+            && !["http://", "https://"]
+                .iter()
+                .any(|p| a.jwks_url.starts_with(p))
         {
             return bad("auth.jwks_url must start with http:// or https://");
         }

@@ -215,7 +215,10 @@ mod tests {
     #[test]
     fn tenant_claim_is_read_only_when_it_is_a_slug() {
         let tok = |p: &str| format!("h.{}.s", B64URL.encode(p));
-        assert_eq!(unverified_tenant(&tok(r#"{"tenant":"acme"}"#)).as_deref(), Some("acme"));
+        assert_eq!(
+            unverified_tenant(&tok(r#"{"tenant":"acme"}"#)).as_deref(),
+            Some("acme")
+        );
         assert_eq!(unverified_tenant(&tok(r#"{"tenant":"a&b=c"}"#)), None);
         assert_eq!(unverified_tenant(&tok(r#"{"sub":"x"}"#)), None);
         assert_eq!(unverified_tenant("garbage"), None);

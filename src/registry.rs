@@ -122,7 +122,11 @@ impl Registry {
             .map(|(id, e)| OnlineEdge {
                 edge: id.to_string(),
                 tenant: e.tenant.clone(),
-                workers: e.conns.values().filter(|c| c.kind == ConnKind::Worker).count(),
+                workers: e
+                    .conns
+                    .values()
+                    .filter(|c| c.kind == ConnKind::Worker)
+                    .count(),
                 datasets: e.datasets().into_iter().collect(),
             })
             .collect();

@@ -150,7 +150,7 @@ fn link(shared: &Shared, s: &Settings) -> redis::RedisResult<()> {
             },
             Err(e) if e.is_timeout() => {
                 // Quiet channel: prove the subscription is still alive.
-                let _: String = ps.ping()?;
+                let _: redis::Value = ps.ping()?;
                 shared.revocations.purge();
             }
             Err(e) => return Err(e),

@@ -222,11 +222,16 @@ async fn authenticate(
             }
         }
     };
-    shard.shared.verifier.verify_fetching(&token, sid).await.map_err(|e| {
-        shard.metrics().auth_failure(e);
-        tracing::info!(%sid, reason = e.label(), "session refused");
-        (close::BAD_TOKEN, "unauthorized", e.to_string())
-    })
+    shard
+        .shared
+        .verifier
+        .verify_fetching(&token, sid)
+        .await
+        .map_err(|e| {
+            shard.metrics().auth_failure(e);
+            tracing::info!(%sid, reason = e.label(), "session refused");
+            (close::BAD_TOKEN, "unauthorized", e.to_string())
+        })
 }
 
 /// Reads one whole text message, answering control frames.

@@ -130,7 +130,7 @@ impl Link {
                 }
                 Err(_) => {
                     // Quiet channel: prove the subscription is alive.
-                    tokio::time::timeout(Duration::from_secs(2), sink.ping::<String>())
+                    tokio::time::timeout(Duration::from_secs(2), sink.ping::<redis::Value>())
                         .await
                         .map_err(|_| {
                             redis::RedisError::from((redis::ErrorKind::Io, "ping timed out"))

@@ -3,6 +3,8 @@
 //! not share) playing the connector, the relay edge and the browser.
 #![allow(dead_code)]
 
+pub mod control;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -272,12 +274,23 @@ pub async fn browser(gw: &Gateway, c: &Claims) -> Ws {
 
 /// A seed-001 connector worker: registered, serving `datasets`.
 pub async fn connector(gw: &Gateway, edge: &str, key: &str, datasets: &[&str]) -> Ws {
+    connector_as(gw, "acme", edge, key, datasets).await
+}
+
+/// [`connector`] for another tenant.
+pub async fn connector_as(
+    gw: &Gateway,
+    tenant: &str,
+    edge: &str,
+    key: &str,
+    datasets: &[&str],
+) -> Ws {
     let mut ws = connect(&gw.url("/ws/connect"), &[("Edge-Key", key)])
         .await
         .expect("connector connect");
     send_json(
         &mut ws,
-        json!({"action": "register", "tenant_id": "acme", "edge_id": edge, "version": "test", "datasets": datasets}),
+        json!({"action": "register", "tenant_id": tenant, "edge_id": edge, "version": "test", "datasets": datasets}),
     )
     .await;
     let ok = next_json(&mut ws).await;

@@ -1,0 +1,653 @@
+//! README section "Control plane": a client asks `sluice-control` for
+//! access, gets an EdDSA session token and the URL of the gateway holding
+//! its edge, reads, and is cut off at once when an admin revokes it. Every
+//! denial has its status and reason; the gateway refuses tokens that were
+//! tampered with, have expired, or name another tenant's edge. Against the
+//! real control plane, gateways and `redis-server`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::control::*;
+use common::*;
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn wait_ready(gw: &Gateway, want: u16) {
+    for _ in 0..500 {
+        if gw.get("/readyz").await.0 == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("gateway /readyz never answered {want}");
+}
+
+fn gateway_with_redis(redis_url: &str, ctl: &Control) -> Gateway {
+    Gateway::start(
+        2,
+        &[
+            ("SLUICE_REVOCATION_REDIS_URL", redis_url),
+            ("SLUICE_AUTH_JWKS_URL", &ctl.jwks_url()),
+            ("SLUICE_EDGE_KEYS", &gateway_edge_keys()),
+            ("SLUICE_REGISTRY_HEARTBEAT_MS", "200"),
+            ("SLUICE_REGISTRY_TTL_MS", "2000"),
+        ],
+    )
+}
+
+/// The browser side of a grant: connect to `data_plane_url` with the token.
+async fn open(grant: &Value) -> Ws {
+    let bearer = format!("Bearer {}", grant["session_token"].as_str().unwrap());
+    connect(
+        grant["data_plane_url"].as_str().unwrap(),
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .expect("browser connect")
+}
+
+/// Query `dataset`; the connector answers with one frame; the browser
+/// gets the whole stream.
+async fn read_one_frame(browser: &mut Ws, conn: &mut Ws, dataset: &str) {
+    send_json(browser, json!({"action": "query", "dataset": dataset})).await;
+    let rid = start_stream(conn).await;
+    conn.send(Message::Binary(vec![1, 2, 3])).await.unwrap();
+    send_json(
+        conn,
+        json!({"request_id": rid, "type": "stream_end", "total_bytes": 3}),
+    )
+    .await;
+    assert_eq!(next_json(browser).await["type"], "stream_start");
+    assert_eq!(next_msg(browser).await, Message::Binary(vec![1, 2, 3]));
+    assert_eq!(next_json(browser).await["type"], "stream_end");
+}
+
+#[tokio::test]
+async fn a_client_gets_access_reads_and_is_revoked_through_the_control_plane() {
+    let redis = Redis::start();
+    let dir = provision();
+    let ctl = Control::start(&dir, &["--redis", &redis.url()]);
+    let gw = gateway_with_redis(&redis.url(), &ctl);
+    wait_ready(&gw, 200).await;
+    let mut conn = connector(&gw, "edge-a", EDGE_A_KEY, &["d"]).await;
+
+    let grant = ctl.access_when_online("dash", "d").await;
+    let sid = grant["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(grant["data_plane_url"], gw.url(&format!("/stream/{sid}")));
+    assert_eq!(grant["edge_id"], "edge-a");
+    assert_eq!(grant["quota_bytes"], 1_000_000);
+    assert!(grant["expires_at"].as_str().unwrap().ends_with('Z'));
+    let header = jsonwebtoken::decode_header(grant["session_token"].as_str().unwrap()).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+
+    let (st, v) = ctl
+        .admin_call("GET", &format!("/control/validate/{sid}"))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["client_id"], "dash");
+    assert_eq!(v["edge_id"], "edge-a");
+    assert_eq!(v["quota"], 1_000_000);
+    assert!(v["expires"].as_u64().unwrap() > sluice::token::now_s());
+    assert_eq!(
+        ctl.admin_call("GET", "/control/validate/s-nope").await.0,
+        404
+    );
+
+    // The gateway verifies the EdDSA token with keys it fetched from the
+    // control plane's JWKS, and the session reads.
+    let mut b = open(&grant).await;
+    read_one_frame(&mut b, &mut conn, "d").await;
+    // A dataset the token does not list is refused by the gateway.
+    send_json(&mut b, json!({"action": "query", "dataset": "secret"})).await;
+    expect_error_close(&mut b, "forbidden", 4403).await;
+    let mut b = open(&grant).await;
+    read_one_frame(&mut b, &mut conn, "d").await;
+
+    // Revocation: admin credential required, then 4410 at once.
+    assert_eq!(
+        ctl.request("POST", &format!("/control/revoke/{sid}"), &[], "")
+            .await
+            .0,
+        401
+    );
+    let (st, v) = ctl
+        .admin_call("POST", &format!("/control/revoke/{sid}"))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let msg = expect_error_close(&mut b, "revoked", 4410).await;
+    assert!(!msg.is_empty());
+    assert_eq!(
+        ctl.admin_call("GET", &format!("/control/validate/{sid}"))
+            .await
+            .0,
+        410
+    );
+    // Stored with the token's remaining life, for gateways that were away.
+    let ttl: i64 = redis.cmd(redis::cmd("TTL").arg(format!("sluice:revoked:{sid}")));
+    assert!(ttl > 800 && ttl <= 960, "ttl {ttl}");
+    // The revoked token cannot come back.
+    let mut again = open(&grant).await;
+    expect_error_close(&mut again, "revoked", 4410).await;
+
+    let audit = ctl.audit_lines();
+    assert!(audit.iter().any(|l| l["event"] == "access"
+        && l["decision"] == "allow"
+        && l["sid"] == sid.as_str()
+        && l["sub"] == "alice"));
+    assert!(audit
+        .iter()
+        .any(|l| l["event"] == "revoke" && l["sid"] == sid.as_str() && l["status"] == 200));
+    assert!(audit
+        .iter()
+        .any(|l| l["event"] == "admin" && l["action"] == "keys.rotate"));
+    let text = std::fs::read_to_string(&ctl.audit).unwrap();
+    assert!(
+        !text.contains(grant["session_token"].as_str().unwrap()),
+        "no token in the audit log"
+    );
+    assert!(!text.contains(EDGE_A_KEY), "no edge key in the audit log");
+}
+
+#[tokio::test]
+async fn a_revocation_made_while_the_gateway_link_is_down_applies_when_it_returns() {
+    let redis = Redis::start();
+    let cut = Cuttable::to(format!("127.0.0.1:{}", redis.port).parse().unwrap());
+    let dir = provision();
+    let ctl = Control::start(&dir, &["--redis", &redis.url()]);
+    let gw = gateway_with_redis(&format!("redis://{}/", cut.addr), &ctl);
+    wait_ready(&gw, 200).await;
+    let mut conn = connector(&gw, "edge-a", EDGE_A_KEY, &["d"]).await;
+    let grant = ctl.access_when_online("dash", "d").await;
+    let sid = grant["session_id"].as_str().unwrap();
+    let mut b = open(&grant).await;
+    read_one_frame(&mut b, &mut conn, "d").await;
+
+    cut.cut();
+    wait_ready(&gw, 503).await;
+    let (st, _) = ctl
+        .admin_call("POST", &format!("/control/revoke/{sid}"))
+        .await;
+    assert_eq!(st, 200);
+    cut.restore();
+    expect_error_close(&mut b, "revoked", 4410).await;
+    wait_ready(&gw, 200).await;
+}
+
+#[tokio::test]
+async fn two_gateways_and_one_control_plane_send_a_client_to_the_gateway_holding_its_edge() {
+    let client = "bulk";
+    let redis = Redis::start();
+    let dir = provision();
+    let ctl = Control::start(&dir, &["--redis", &redis.url()]);
+    let gw1 = gateway_with_redis(&redis.url(), &ctl);
+    let gw2 = gateway_with_redis(&redis.url(), &ctl);
+    wait_ready(&gw1, 200).await;
+    wait_ready(&gw2, 200).await;
+
+    // No edge anywhere: 503 with a reason.
+    let (st, v) = ctl.access("acme", &alice(), client, "d").await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (503, Some("edge_offline")),
+        "{v}"
+    );
+
+    let mut conn = connector(&gw2, "edge-a", EDGE_A_KEY, &["d"]).await;
+    let grant = ctl.access_when_online(client, "d").await;
+    let url = grant["data_plane_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&gw2.url("/stream/")),
+        "{url} should be on {}",
+        gw2.addr
+    );
+    let mut b = open(&grant).await;
+    read_one_frame(&mut b, &mut conn, "d").await;
+    drop(b);
+
+    // The edge moves to gateway 1: gateway 2 withdraws its entry, and the
+    // next client is sent to gateway 1.
+    close_with(&mut conn, 1000, "moving").await;
+    drop(conn);
+    let mut st = 0;
+    for _ in 0..250 {
+        st = ctl.access("acme", &alice(), client, "d").await.0;
+        if st == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(st, 503, "edge left gateway 2 and is nowhere");
+    let mut conn = connector(&gw1, "edge-a", EDGE_A_KEY, &["d"]).await;
+    let grant = ctl.access_when_online(client, "d").await;
+    let url = grant["data_plane_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&gw1.url("/stream/")),
+        "{url} should be on {}",
+        gw1.addr
+    );
+    let mut b = open(&grant).await;
+    read_one_frame(&mut b, &mut conn, "d").await;
+}
+
+async fn denied(
+    ctl: &Control,
+    tenant: &str,
+    user: &str,
+    client: &str,
+    dataset: &str,
+) -> (u16, String) {
+    let (st, v) = ctl.access(tenant, user, client, dataset).await;
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    (st, v["error"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn every_denial_has_its_status_and_reason() {
+    // Single node: no Redis; the control plane asks the gateway's admin
+    // endpoint where edges are, and revokes through it.
+    let dir = provision();
+    let gw = Gateway::start(
+        1,
+        &[
+            ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
+            ("SLUICE_EDGE_KEYS", &gateway_edge_keys()),
+        ],
+    );
+    let ctl = Control::start(&dir, &["--gateway", &format!("http://{}", gw.addr)]);
+    let _a = connector(&gw, "edge-a", EDGE_A_KEY, &["d", "secret"]).await;
+    let _c = connector_as(&gw, "nokeys", "edge-c", EDGE_C_KEY, &["x"]).await;
+    let alice = alice();
+
+    // Who is asking.
+    let (st, v) = ctl
+        .request(
+            "POST",
+            "/control/access",
+            &[("X-Tenant-Slug", "acme")],
+            r#"{"client_id":"dash","dataset_id":"d"}"#,
+        )
+        .await;
+    assert_eq!((st, v["error"].as_str()), (401, Some("missing_token")));
+    let forged = user_token("not-the-tenant-secret-0123456789abcd", "alice", None, 300);
+    assert_eq!(
+        denied(&ctl, "acme", &forged, "dash", "d").await,
+        (401, "invalid_token".into())
+    );
+    let expired = user_token(ACME_USERS, "alice", None, -120);
+    assert_eq!(
+        denied(&ctl, "acme", &expired, "dash", "d").await,
+        (401, "invalid_token".into())
+    );
+    assert_eq!(
+        denied(&ctl, "acme", "not.a.jwt", "dash", "d").await,
+        (401, "invalid_token".into())
+    );
+    let for_other = user_token(ACME_USERS, "alice", Some("other"), 300);
+    assert_eq!(
+        denied(&ctl, "acme", &for_other, "dash", "d").await,
+        (403, "wrong_tenant".into())
+    );
+    // Other tenant's users cannot sign in here.
+    let other_user = user_token(OTHER_USERS, "olga", None, 300);
+    assert_eq!(
+        denied(&ctl, "acme", &other_user, "dash", "d").await,
+        (401, "invalid_token".into())
+    );
+
+    // Which tenant: explicit errors, never a fallback.
+    assert_eq!(
+        denied(&ctl, "ghost", &alice, "dash", "d").await,
+        (404, "unknown_tenant".into())
+    );
+    assert_eq!(
+        denied(&ctl, "bare", &alice, "dash", "d").await,
+        (409, "tenant_not_configured".into())
+    );
+    assert_eq!(denied(&ctl, "Bad Slug", &alice, "dash", "d").await.0, 400);
+    // `?tenant=` when no header; `local` when neither (and there is none).
+    let bearer = format!("Bearer {alice}");
+    let body = r#"{"client_id":"dash","dataset_id":"d"}"#;
+    let (st, v) = ctl
+        .request(
+            "POST",
+            "/control/access?tenant=acme",
+            &[("Authorization", &bearer)],
+            body,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = ctl
+        .request(
+            "POST",
+            "/control/access",
+            &[("Authorization", &bearer)],
+            body,
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (404, Some("unknown_tenant")),
+        "{v}"
+    );
+
+    // What is asked for.
+    let (st, v) = ctl
+        .request(
+            "POST",
+            "/control/access",
+            &[("X-Tenant-Slug", "acme"), ("Authorization", &bearer)],
+            "{nope",
+        )
+        .await;
+    assert_eq!((st, v["error"].as_str()), (400, Some("bad_request")));
+    let (st, v) = ctl
+        .request(
+            "POST",
+            "/control/access",
+            &[("X-Tenant-Slug", "acme"), ("Authorization", &bearer)],
+            r#"{"client_id":"dash","dataset_id":"d","requested_ops":["write"]}"#,
+        )
+        .await;
+    assert_eq!((st, v["error"].as_str()), (403, Some("op_not_permitted")));
+    assert_eq!(
+        denied(&ctl, "acme", &alice, "ghost", "d").await,
+        (404, "unknown_client".into())
+    );
+    assert_eq!(
+        denied(&ctl, "acme", &alice, "dash", "ghost").await,
+        (404, "unknown_dataset".into())
+    );
+    assert_eq!(
+        denied(&ctl, "acme", &alice, "dash", "od").await,
+        (404, "unknown_dataset".into()),
+        "another tenant's dataset does not exist here"
+    );
+    assert_eq!(
+        denied(&ctl, "acme", &alice, "dash", "secret").await,
+        (403, "dataset_not_granted".into())
+    );
+    let bob = user_token(ACME_USERS, "bob", Some("acme"), 300);
+    assert_eq!(
+        denied(&ctl, "acme", &bob, "alice-only", "d").await,
+        (403, "client_not_permitted".into())
+    );
+    let nokeys_user = user_token(ACME_USERS, "alice", None, 300);
+    assert_eq!(
+        denied(&ctl, "nokeys", &nokeys_user, "c", "x").await,
+        (409, "no_signing_key".into())
+    );
+
+    // Plans: 2 concurrent streams for `dash` (one already granted above).
+    let (st, g2) = ctl.access("acme", &alice, "dash", "d").await;
+    assert_eq!(st, 200, "{g2}");
+    assert_eq!(
+        denied(&ctl, "acme", &alice, "dash", "d").await,
+        (429, "too_many_streams".into())
+    );
+    // Releasing one (its own user) frees the slot; another user cannot.
+    let sid2 = g2["session_id"].as_str().unwrap();
+    let (st, _) = ctl
+        .request(
+            "POST",
+            &format!("/control/release/{sid2}"),
+            &[
+                ("X-Tenant-Slug", "acme"),
+                ("Authorization", &format!("Bearer {bob}")),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(st, 404);
+    let (st, _) = ctl
+        .request(
+            "POST",
+            &format!("/control/release/{sid2}"),
+            &[("X-Tenant-Slug", "acme"), ("Authorization", &bearer)],
+            "",
+        )
+        .await;
+    assert_eq!(st, 204);
+    assert_eq!(ctl.access("acme", &alice, "dash", "d").await.0, 200);
+    // Hourly bytes: 1,000 B per session, 2,500 B an hour → 1000, 1000, 500, then 429.
+    let mut quotas = vec![];
+    for _ in 0..3 {
+        let (st, g) = ctl.access("acme", &alice, "metered", "secret").await;
+        assert_eq!(st, 200, "{g}");
+        quotas.push(g["quota_bytes"].as_u64().unwrap());
+    }
+    assert_eq!(quotas, vec![1000, 1000, 500]);
+    assert_eq!(
+        denied(&ctl, "acme", &alice, "metered", "secret").await,
+        (429, "hourly_quota_exhausted".into())
+    );
+
+    // A plan that vanished from the files: 409, not a default.
+    let clients = dir.0.join("tenants/acme/clients.toml");
+    let text = std::fs::read_to_string(&clients).unwrap();
+    std::fs::write(&clients, text.replace("plan = \"tiny\"", "plan = \"gone\"")).unwrap();
+    admin(&dir.0, &["plan", "add", "--tenant", "acme", "touch"]); // bumps the generation
+    assert_eq!(
+        denied(&ctl, "acme", &alice, "metered", "d").await,
+        (409, "plan_missing".into())
+    );
+
+    // The edge goes offline: 503.
+    drop(_a);
+    let mut last = (0, String::new());
+    for _ in 0..100 {
+        last = denied(&ctl, "acme", &alice, "dash", "d").await;
+        if last.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last, (503, "edge_offline".into()));
+
+    // One audit line per decision, with its reason.
+    let audit = ctl.audit_lines();
+    let denials: Vec<_> = audit
+        .iter()
+        .filter(|l| l["event"] == "access" && l["decision"] == "deny")
+        .map(|l| l["reason"].as_str().unwrap().to_owned())
+        .collect();
+    for reason in [
+        "missing_token",
+        "wrong_tenant",
+        "unknown_tenant",
+        "tenant_not_configured",
+        "dataset_not_granted",
+        "too_many_streams",
+        "hourly_quota_exhausted",
+        "plan_missing",
+        "edge_offline",
+        "no_signing_key",
+    ] {
+        assert!(
+            denials.iter().any(|r| r == reason),
+            "no audit line for {reason}: {denials:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn single_node_revocation_goes_through_the_gateway_admin_endpoint() {
+    let dir = provision();
+    let gw = Gateway::start(
+        2,
+        &[
+            ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
+            ("SLUICE_EDGE_KEYS", &gateway_edge_keys()),
+            ("SLUICE_AUTH_JWKS_URL", "http://127.0.0.1:9/unused"),
+        ],
+    );
+    // The JWKS URL is fixed once the control plane's port is known: start a
+    // second gateway process pointing at it.
+    drop(gw);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw_addr = format!("127.0.0.1:{port}");
+    let ctl = Control::start(&dir, &["--gateway", &format!("http://{gw_addr}")]);
+    assert_eq!(ctl.ready().await, 503, "gateway not up yet: not ready");
+    let gw = Gateway::start(
+        2,
+        &[
+            ("SLUICE_LISTEN", gw_addr.as_str()),
+            ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
+            ("SLUICE_EDGE_KEYS", &gateway_edge_keys()),
+            ("SLUICE_AUTH_JWKS_URL", &ctl.jwks_url()),
+        ],
+    );
+    assert_eq!(ctl.ready().await, 200);
+    // The admin endpoint is closed without its token.
+    assert_eq!(gw.get("/admin/edges").await.0, 401);
+    let mut conn = connector(&gw, "edge-a", EDGE_A_KEY, &["d"]).await;
+    let grant = ctl.access_when_online("dash", "d").await;
+    let mut b = open(&grant).await;
+    read_one_frame(&mut b, &mut conn, "d").await;
+    let sid = grant["session_id"].as_str().unwrap();
+    assert_eq!(
+        ctl.admin_call("POST", &format!("/control/revoke/{sid}"))
+            .await
+            .0,
+        200
+    );
+    expect_error_close(&mut b, "revoked", 4410).await;
+    let mut again = open(&grant).await;
+    expect_error_close(&mut again, "revoked", 4410).await;
+}
+
+#[tokio::test]
+async fn the_gateway_refuses_tampered_expired_and_wrong_tenant_tokens_and_follows_key_rotation() {
+    let redis = Redis::start();
+    let dir = provision();
+    admin(&dir.0, &["tenant", "add", "other", "--session-ttl", "2"]);
+    let ctl = Control::start(&dir, &["--redis", &redis.url()]);
+    let gw = gateway_with_redis(&redis.url(), &ctl);
+    wait_ready(&gw, 200).await;
+    let mut conn = connector(&gw, "edge-a", EDGE_A_KEY, &["d"]).await;
+    let _b = connector_as(&gw, "other", "edge-b", EDGE_B_KEY, &["od"]).await;
+    let grant = ctl.access_when_online("dash", "d").await;
+    let token = grant["session_token"].as_str().unwrap();
+    let url = grant["data_plane_url"].as_str().unwrap();
+
+    // Tampered: the payload edited to another edge, signature kept.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    claims["datasets"] = json!(["secret"]);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(claims.to_string()),
+        parts[2]
+    );
+    let mut ws = connect(url, &[("Authorization", &format!("Bearer {forged}"))])
+        .await
+        .unwrap();
+    expect_error_close(&mut ws, "unauthorized", 4401).await;
+
+    // Wrong tenant: a valid token of tenant `other` naming acme's edge.
+    let other_user = user_token(OTHER_USERS, "olga", None, 300);
+    let (st, og) = ctl.access("other", &other_user, "ocl", "od").await;
+    assert_eq!(st, 200, "{og}");
+    let mut oc: Value = serde_json::from_slice(
+        &b64.decode(
+            og["session_token"]
+                .as_str()
+                .unwrap()
+                .split('.')
+                .nth(1)
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(oc["tenant"], "other");
+    // Re-signing with acme's tenant claim breaks the signature...
+    oc["tenant"] = "acme".into();
+    let op: Vec<&str> = og["session_token"].as_str().unwrap().split('.').collect();
+    let claimed = format!("{}.{}.{}", op[0], b64.encode(oc.to_string()), op[2]);
+    let osid = og["session_id"].as_str().unwrap();
+    let mut ws = connect(
+        &gw.url(&format!("/stream/{osid}")),
+        &[("Authorization", &format!("Bearer {claimed}"))],
+    )
+    .await
+    .unwrap();
+    expect_error_close(&mut ws, "unauthorized", 4401).await;
+    // ...and `other`'s own token for `od` cannot reach acme's edge data.
+    let mut ws = open(&og).await;
+    send_json(&mut ws, json!({"action": "query", "dataset": "d"})).await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(v["type"], "error", "{v}");
+
+    // Expired: `other` signs 2-second tokens.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let mut ws = open(&og).await;
+    let m = expect_error_close(&mut ws, "unauthorized", 4401).await;
+    assert!(m.contains("expired"), "{m}");
+
+    // Rotation: the old token keeps working, a token from the new key is
+    // accepted once the gateway fetches the new JWKS (unknown kid).
+    admin(&dir.0, &["keys", "rotate", "--tenant", "acme"]);
+    let (st, v) = ctl
+        .request("GET", "/.well-known/jwks.json?tenant=acme", &[], "")
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(v["keys"].as_array().unwrap().len(), 2, "{v}");
+    let new = ctl.access_when_online("dash", "d").await;
+    let new_kid = jsonwebtoken::decode_header(new["session_token"].as_str().unwrap())
+        .unwrap()
+        .kid;
+    let old_kid = jsonwebtoken::decode_header(token).unwrap().kid;
+    assert_ne!(new_kid, old_kid);
+    let mut b = open(&new).await;
+    read_one_frame(&mut b, &mut conn, "d").await;
+    drop(b);
+    let mut b = open(&grant).await;
+    read_one_frame(&mut b, &mut conn, "d").await;
+    // JWKS of an unknown tenant: 404, never an empty or another's set.
+    assert_eq!(
+        ctl.request("GET", "/.well-known/jwks.json?tenant=ghost", &[], "")
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn control_plane_readiness_follows_its_redis_subscription() {
+    let redis = Redis::start();
+    let cut = Cuttable::to(format!("127.0.0.1:{}", redis.port).parse().unwrap());
+    let dir = provision();
+    let ctl = Control::start(&dir, &["--redis", &format!("redis://{}/", cut.addr)]);
+    let wait = |want: u16| {
+        let ctl = &ctl;
+        async move {
+            for _ in 0..400 {
+                if ctl.ready().await == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("control /readyz never answered {want}");
+        }
+    };
+    wait(200).await;
+    cut.cut();
+    wait(503).await;
+    let (_, body) = ctl.request("GET", "/readyz", &[], "").await;
+    assert!(
+        body.as_str().unwrap_or_default().contains("Redis"),
+        "{body}"
+    );
+    cut.restore();
+    wait(200).await;
+}

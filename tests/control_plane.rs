@@ -475,34 +475,11 @@ async fn every_denial_has_its_status_and_reason() {
 #[tokio::test]
 async fn single_node_revocation_goes_through_the_gateway_admin_endpoint() {
     let dir = provision();
-    let gw = Gateway::start(
-        2,
-        &[
-            ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
-            ("SLUICE_EDGE_KEYS", &gateway_edge_keys()),
-            ("SLUICE_AUTH_JWKS_URL", "http://127.0.0.1:9/unused"),
-        ],
-    );
-    // The JWKS URL is fixed once the control plane's port is known: start a
-    // second gateway process pointing at it.
-    drop(gw);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let gw_addr = format!("127.0.0.1:{port}");
-    let ctl = Control::start(&dir, &["--gateway", &format!("http://{gw_addr}")]);
-    assert_eq!(ctl.ready().await, 503, "gateway not up yet: not ready");
-    let gw = Gateway::start(
-        2,
-        &[
-            ("SLUICE_LISTEN", gw_addr.as_str()),
-            ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
-            ("SLUICE_EDGE_KEYS", &gateway_edge_keys()),
-            ("SLUICE_AUTH_JWKS_URL", &ctl.jwks_url()),
-        ],
-    );
+    // A control plane whose gateway is not up is not ready.
+    let ctl = Control::start(&dir, &["--gateway", "http://127.0.0.1:9"]);
+    assert_eq!(ctl.ready().await, 503);
+    drop(ctl);
+    let (ctl, gw) = single_node(&dir, 2);
     assert_eq!(ctl.ready().await, 200);
     // The admin endpoint is closed without its token.
     assert_eq!(gw.get("/admin/edges").await.0, 401);

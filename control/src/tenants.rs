@@ -290,7 +290,7 @@ impl DataDir {
 
     /// What identifies the current state of a tenant's files (inode and
     /// mtime of `.generation`, replaced by every write).
-    fn generation(&self, slug: &TenantSlug) -> Option<(u64, i64, i64)> {
+    fn generation(&self, slug: &TenantSlug) -> Option<Generation> {
         let m = fs::metadata(self.tenant_dir(slug).join(".generation")).ok()?;
         Some((m.ino(), m.mtime(), m.mtime_nsec()))
     }
@@ -444,11 +444,14 @@ fn write_atomic(p: &Path, bytes: &[u8]) -> Result<(), TenantError> {
     fs::rename(&tmp, p).map_err(|e| io(p, e))
 }
 
+/// Inode and mtime (s, ns) of a tenant's `.generation` file.
+type Generation = (u64, i64, i64);
+
 /// The server's view of the tenants: each re-read only when its files
 /// changed.
 pub struct TenantCache {
     dir: DataDir,
-    cached: Mutex<HashMap<TenantSlug, ((u64, i64, i64), Arc<Tenant>)>>,
+    cached: Mutex<HashMap<TenantSlug, (Generation, Arc<Tenant>)>>,
 }
 
 impl TenantCache {

@@ -5,6 +5,11 @@
 //!
 //!     sluice-fetch --gateway ws://127.0.0.1:8081 --session SID --token TOKEN \
 //!         --dataset sales -o sales.parquet
+//!
+//! or, asking the control plane for access with the user's own JWT:
+//!
+//!     sluice-fetch --control http://127.0.0.1:7070 --tenant acme --client dash \
+//!         --user-token "$USER_JWT" --dataset sales -o sales.parquet
 
 mod output;
 
@@ -44,12 +49,30 @@ enum Mode {
     about = "Download one dataset through the Sluice gateway into .arrow, .parquet or .csv"
 )]
 struct Cli {
-    /// Gateway, ws://HOST:PORT.
-    #[arg(long, env = "SLUICE_GATEWAY")]
-    gateway: String,
+    /// Gateway, ws://HOST:PORT (not needed with --control).
+    #[arg(long, env = "SLUICE_GATEWAY", required_unless_present = "control")]
+    gateway: Option<String>,
     /// Session token from the control plane (or one you signed).
-    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
-    token: String,
+    #[arg(
+        long,
+        env = "SLUICE_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "control"
+    )]
+    token: Option<String>,
+    /// Control plane base URL: ask it for access (`POST /control/access`)
+    /// instead of bringing a session token; it names the gateway.
+    #[arg(long, env = "SLUICE_CONTROL", conflicts_with_all = ["gateway", "token", "session"], requires_all = ["client", "user_token"])]
+    control: Option<String>,
+    /// Tenant slug sent to the control plane (`X-Tenant-Slug`).
+    #[arg(long, env = "SLUICE_TENANT", default_value = "local")]
+    tenant: String,
+    /// Client id to ask access for.
+    #[arg(long, env = "SLUICE_CLIENT")]
+    client: Option<String>,
+    /// The user's JWT for the control plane.
+    #[arg(long, env = "SLUICE_USER_TOKEN", hide_env_values = true)]
+    user_token: Option<String>,
     /// Session id the token was issued for (default: the token's `sid`).
     #[arg(long)]
     session: Option<String>,
@@ -128,22 +151,114 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-async fn run(cli: &Cli) -> Result<()> {
-    let sid = match &cli.session {
-        Some(s) => s.clone(),
-        None => sid_of(&cli.token)
-            .ok_or_else(|| anyhow!("cannot read `sid` from the token; pass --session"))?,
-    };
-    // Refuse a bad output name before asking the gateway for anything.
-    let mut out = Output::new(&cli.output)?;
-    let base = cli.gateway.trim_end_matches('/');
-    if !base.starts_with("ws://") {
-        bail!("--gateway must be ws://HOST:PORT");
+/// Where to connect and with what: from the flags, or granted by the
+/// control plane.
+struct Session {
+    url: String,
+    token: String,
+    /// Dataset name to ask the gateway for.
+    dataset: String,
+    /// `(control base, sid)` to release the stream slot when done.
+    release: Option<(String, String)>,
+}
+
+#[derive(serde::Deserialize)]
+struct Grant {
+    session_id: String,
+    session_token: String,
+    data_plane_url: String,
+    dataset: String,
+}
+
+async fn ask_control(cli: &Cli, base: &str) -> Result<Session> {
+    let base = base.trim_end_matches('/');
+    let client = cli.client.as_deref().unwrap_or_default();
+    let user = cli.user_token.as_deref().unwrap_or_default();
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/control/access"))
+        .header("X-Tenant-Slug", &cli.tenant)
+        .bearer_auth(user)
+        .json(&json!({"client_id": client, "dataset_id": cli.dataset, "requested_ops": ["read"]}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("asking the control plane at {base} for access"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        bail!(
+            "the control plane refused access ({}): {} {}",
+            status.as_u16(),
+            v["error"].as_str().unwrap_or("error"),
+            v["message"].as_str().unwrap_or(&body)
+        );
     }
-    let mut req = format!("{base}/stream/{sid}").into_client_request()?;
+    let g: Grant = serde_json::from_str(&body).context("control plane answer is not a grant")?;
+    Ok(Session {
+        url: g.data_plane_url,
+        token: g.session_token,
+        dataset: g.dataset,
+        release: Some((base.to_owned(), g.session_id)),
+    })
+}
+
+/// Tells the control plane the stream slot is free again (best effort: it
+/// frees itself when the token expires).
+async fn release(cli: &Cli, base: &str, sid: &str) {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/control/release/{sid}"))
+        .header("X-Tenant-Slug", &cli.tenant)
+        .bearer_auth(cli.user_token.as_deref().unwrap_or_default())
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    if let Err(e) = res {
+        eprintln!("sluice-fetch: could not release session {sid}: {e}");
+    }
+}
+
+async fn run(cli: &Cli) -> Result<()> {
+    // Refuse a bad output name before asking anyone for anything.
+    let out = Output::new(&cli.output)?;
+    let session = match &cli.control {
+        Some(base) => ask_control(cli, base).await?,
+        None => {
+            let token = cli.token.clone().unwrap_or_default();
+            let sid = match &cli.session {
+                Some(s) => s.clone(),
+                None => sid_of(&token)
+                    .ok_or_else(|| anyhow!("cannot read `sid` from the token; pass --session"))?,
+            };
+            let base = cli
+                .gateway
+                .as_deref()
+                .unwrap_or_default()
+                .trim_end_matches('/');
+            if !base.starts_with("ws://") {
+                bail!("--gateway must be ws://HOST:PORT");
+            }
+            Session {
+                url: format!("{base}/stream/{sid}"),
+                token,
+                dataset: cli.dataset.clone(),
+                release: None,
+            }
+        }
+    };
+    let res = download(cli, &session, out).await;
+    if let Some((base, sid)) = &session.release {
+        release(cli, base, sid).await;
+    }
+    res
+}
+
+async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
+    let base = session.url.as_str();
+    let mut req = session.url.as_str().into_client_request()?;
     req.headers_mut().insert(
         "Authorization",
-        HeaderValue::from_str(&format!("Bearer {}", cli.token))?,
+        HeaderValue::from_str(&format!("Bearer {}", session.token))?,
     );
     // One buffered answer can be as large as the gateway allows.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
@@ -160,7 +275,7 @@ async fn run(cli: &Cli) -> Result<()> {
         Mode::Offload => "offload",
     };
     ws.send(Message::Text(
-        json!({"action": "query", "dataset": cli.dataset, "mode": mode}).to_string(),
+        json!({"action": "query", "dataset": session.dataset, "mode": mode}).to_string(),
     ))
     .await?;
 

@@ -324,9 +324,11 @@ impl Control {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start sluice-control");
+        // Killed and reaped by Drop, also when it never comes up.
+        let ctl = Control { addr, child, audit };
         for _ in 0..400 {
             if std::net::TcpStream::connect(addr).is_ok() {
-                return Control { addr, child, audit };
+                return ctl;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -411,4 +413,27 @@ impl Control {
             .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
             .collect()
     }
+}
+
+/// One gateway and a control plane without Redis, each knowing the other:
+/// the control plane asks the gateway's admin endpoint where edges are,
+/// and the gateway fetches the control plane's JWKS.
+pub fn single_node(dir: &DataDir, shards: usize) -> (Control, super::Gateway) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw_addr = format!("127.0.0.1:{port}");
+    let ctl = Control::start(dir, &["--gateway", &format!("http://{gw_addr}")]);
+    let gw = super::Gateway::start(
+        shards,
+        &[
+            ("SLUICE_LISTEN", gw_addr.as_str()),
+            ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
+            ("SLUICE_EDGE_KEYS", &gateway_edge_keys()),
+            ("SLUICE_AUTH_JWKS_URL", &ctl.jwks_url()),
+        ],
+    );
+    (ctl, gw)
 }

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::control::*;
-use common::*;
 
 fn sibling(name: &str) -> PathBuf {
     let b = control_bin().with_file_name(name);

@@ -183,7 +183,10 @@ impl Store {
             Store::Redis(r) => {
                 let mut c = r.conn.clone();
                 let json = serde_json::to_string(rec).expect("record serialises");
-                let n: i64 = redis::Script::new(RESERVE)
+                // Hashed once: the script's SHA-1 is what EVALSHA sends.
+                static SCRIPT: std::sync::LazyLock<redis::Script> =
+                    std::sync::LazyLock::new(|| redis::Script::new(RESERVE));
+                let n: i64 = SCRIPT
                     .key(r.keys.streams(&rec.tenant, &rec.client_id))
                     .key(r.keys.grants(&rec.tenant, &rec.client_id))
                     .key(r.keys.session(&rec.sid))
@@ -305,11 +308,20 @@ impl Store {
 impl Memory {
     fn reserve(&mut self, rec: &SessionRecord, limits: Limits, now: u64) -> Result<u64, Refused> {
         let key = (rec.tenant.clone(), rec.client_id.clone());
-        self.sessions.retain(|_, r| r.exp + 60 > now);
-        self.revoked.retain(|_, exp| *exp + 60 > now);
+        // Expired entries go when a map doubles, so memory stays bounded by
+        // the sessions alive in one token lifetime, at O(1) amortised cost.
+        if self.sessions.len() >= 1024 && self.sessions.len().is_power_of_two() {
+            self.sessions.retain(|_, r| r.exp + 60 > now);
+            self.revoked.retain(|_, exp| *exp + 60 > now);
+        }
         let slots = self.slots.entry(key.clone()).or_default();
-        slots.retain(|(_, exp)| *exp > now);
-        if limits.max_streams > 0 && slots.len() >= limits.max_streams as usize {
+        let full = |s: &Vec<(String, u64)>| {
+            limits.max_streams > 0 && s.len() >= limits.max_streams as usize
+        };
+        if full(slots) || (slots.len() >= 1024 && slots.len().is_power_of_two()) {
+            slots.retain(|(_, exp)| *exp > now);
+        }
+        if full(slots) {
             return Err(Refused::TooManyStreams);
         }
         let mut granted = limits.session_quota;

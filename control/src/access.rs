@@ -221,40 +221,6 @@ pub struct Checked<'t> {
     sealed_key: &'t str,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ed25519_dalek::pkcs8::EncodePrivateKey;
-
-    #[test]
-    fn tokens_verify_with_a_standard_jwt_library() {
-        let sk = SigningKey::generate(&mut rand::rngs::OsRng);
-        let t = sign_jwt(
-            &serde_json::json!({"sub": "a", "exp": 4_000_000_000u64}),
-            "k1",
-            &sk,
-        );
-        let x = B64URL.encode(sk.verifying_key().as_bytes());
-        let key = jsonwebtoken::DecodingKey::from_ed_components(&x).unwrap();
-        let v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-        let d = jsonwebtoken::decode::<serde_json::Value>(&t, &key, &v).unwrap();
-        assert_eq!(d.header.kid.as_deref(), Some("k1"));
-        assert_eq!(d.claims["sub"], "a");
-        let other = SigningKey::generate(&mut rand::rngs::OsRng);
-        let x2 = B64URL.encode(other.verifying_key().as_bytes());
-        let key2 = jsonwebtoken::DecodingKey::from_ed_components(&x2).unwrap();
-        assert!(jsonwebtoken::decode::<serde_json::Value>(&t, &key2, &v).is_err());
-        // The PKCS#8 form stored at rest opens to the same key.
-        let der = sk.to_pkcs8_der().unwrap();
-        assert_eq!(
-            SigningKey::from_pkcs8_der(der.as_bytes())
-                .unwrap()
-                .to_bytes(),
-            sk.to_bytes()
-        );
-    }
-}
-
 pub fn new_session_id() -> String {
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
@@ -322,4 +288,38 @@ pub async fn grant(ctx: &Ctx<'_>, c: &Checked<'_>, gateway_url: &str) -> Result<
         dataset: c.dataset_name.to_owned(),
         quota_bytes: quota,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+
+    #[test]
+    fn tokens_verify_with_a_standard_jwt_library() {
+        let sk = SigningKey::generate(&mut rand::rngs::OsRng);
+        let t = sign_jwt(
+            &serde_json::json!({"sub": "a", "exp": 4_000_000_000u64}),
+            "k1",
+            &sk,
+        );
+        let x = B64URL.encode(sk.verifying_key().as_bytes());
+        let key = jsonwebtoken::DecodingKey::from_ed_components(&x).unwrap();
+        let v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        let d = jsonwebtoken::decode::<serde_json::Value>(&t, &key, &v).unwrap();
+        assert_eq!(d.header.kid.as_deref(), Some("k1"));
+        assert_eq!(d.claims["sub"], "a");
+        let other = SigningKey::generate(&mut rand::rngs::OsRng);
+        let x2 = B64URL.encode(other.verifying_key().as_bytes());
+        let key2 = jsonwebtoken::DecodingKey::from_ed_components(&x2).unwrap();
+        assert!(jsonwebtoken::decode::<serde_json::Value>(&t, &key2, &v).is_err());
+        // The PKCS#8 form stored at rest opens to the same key.
+        let der = sk.to_pkcs8_der().unwrap();
+        assert_eq!(
+            SigningKey::from_pkcs8_der(der.as_bytes())
+                .unwrap()
+                .to_bytes(),
+            sk.to_bytes()
+        );
+    }
 }

@@ -8,12 +8,17 @@
 //!    the same run as many sessions are revoked by writing to Redis
 //!    directly (what the control plane does), so the table shows what the
 //!    HTTP hop adds.
+//!
 //! 2. **Access decisions per second** on one core (`--threads 1`, pinned):
 //!    concurrent clients loop on `POST /control/access`; with Redis (the
 //!    multi-node store) and without it (single node, memory store).
 //!
-//!     cargo build --release -p sluice -p sluice-control
-//!     cargo bench -p sluice-control --bench control_plane -- [--sessions N] [--rate R] [--secs S] [--conns C]
+//! Run:
+//!
+//! ```text
+//! cargo build --release -p sluice -p sluice-control
+//! cargo bench -p sluice-control --bench control_plane -- [--sessions N] [--rate R] [--secs S] [--conns C]
+//! ```
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -628,3 +628,102 @@ async fn control_plane_readiness_follows_its_redis_subscription() {
     cut.restore();
     wait(200).await;
 }
+
+/// A tenant's identity provider: serves its current JWKS, counts fetches.
+struct Idp {
+    url: String,
+    jwks: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Idp {
+    async fn start() -> Idp {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", l.local_addr().unwrap());
+        let jwks = std::sync::Arc::new(std::sync::Mutex::new(r#"{"keys":[]}"#.to_owned()));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (j, h) = (jwks.clone(), hits.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = j.lock().unwrap().clone();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        Idp { url, jwks, hits }
+    }
+
+    fn publish(&self, keys: &[(&str, &ed25519_dalek::SigningKey)]) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let keys: Vec<Value> = keys
+            .iter()
+            .map(|(kid, k)| json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": kid, "x": b64.encode(k.verifying_key().as_bytes())}))
+            .collect();
+        let text = json!({"keys": keys}).to_string();
+        *self.jwks.lock().unwrap() = text.clone();
+        text
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn idp_token(key: &ed25519_dalek::SigningKey, kid: &str, sub: &str) -> String {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let der = key.to_pkcs8_der().unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    h.kid = Some(kid.into());
+    let exp = sluice::token::now_s() + 300;
+    jsonwebtoken::encode(&h, &json!({"sub": sub, "exp": exp}), &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes())).unwrap()
+}
+
+#[tokio::test]
+async fn users_sign_in_with_the_keys_their_identity_provider_publishes() {
+    let idp = Idp::start().await;
+    let k1 = ed25519_dalek::SigningKey::from_bytes(&[21u8; 32]);
+    let k2 = ed25519_dalek::SigningKey::from_bytes(&[22u8; 32]);
+    idp.publish(&[("idp-1", &k1)]);
+    let dir = provision();
+    // `nokeys` signs in through its IdP's JWKS URL (and gets a signing key).
+    admin(&dir.0, &["tenant", "add", "nokeys", "--user-jwks-url", &idp.url]);
+    admin(&dir.0, &["keys", "rotate", "--tenant", "nokeys"]);
+    // `other` reads the same IdP's keys from a file.
+    let file = dir.0.join("other-idp.json");
+    std::fs::write(&file, idp.publish(&[("idp-1", &k1)])).unwrap();
+    admin(&dir.0, &["tenant", "add", "other", "--user-jwks-file", file.to_str().unwrap()]);
+    let (ctl, gw) = single_node(&dir, 1);
+    let _c = connector_as(&gw, "nokeys", "edge-c", EDGE_C_KEY, &["x"]).await;
+    let _b = connector_as(&gw, "other", "edge-b", EDGE_B_KEY, &["od"]).await;
+
+    let (st, v) = ctl.access("nokeys", &idp_token(&k1, "idp-1", "ursula"), "c", "x").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(idp.hits(), 1);
+    let (st, v) = ctl.access("other", &idp_token(&k1, "idp-1", "ursula"), "ocl", "od").await;
+    assert_eq!(st, 200, "{v}");
+
+    // A key the IdP does not publish: refused; made-up kids do not make
+    // the control plane hammer the IdP (one refetch per 5 s at most).
+    for _ in 0..5 {
+        let (st, v) = ctl.access("nokeys", &idp_token(&k2, "idp-2", "ursula"), "c", "x").await;
+        assert_eq!((st, v["error"].as_str()), (401, Some("invalid_token")), "{v}");
+    }
+    assert!(idp.hits() <= 2, "{} fetches", idp.hits());
+    // A key signed under a published kid but with the wrong key: refused.
+    let (st, _) = ctl.access("nokeys", &idp_token(&k2, "idp-1", "ursula"), "c", "x").await;
+    assert_eq!(st, 401);
+
+    // The IdP rotates: once the refetch window has passed, the new key works.
+    idp.publish(&[("idp-1", &k1), ("idp-2", &k2)]);
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    let (st, v) = ctl.access("nokeys", &idp_token(&k2, "idp-2", "ursula"), "c", "x").await;
+    assert_eq!(st, 200, "{v}");
+}

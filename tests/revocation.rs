@@ -188,4 +188,27 @@ async fn without_redis_configured_nothing_changes_and_a_bad_url_is_refused() {
         shown.contains("redis_url") && !shown.contains("hunter2"),
         "{shown}"
     );
+    // The admin token is never printed; the registry and JWKS settings
+    // are checked.
+    let check = |env: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("check-config")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = check(&[("SLUICE_ADMIN_TOKEN", "admin-secret-0123456789")]);
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("[admin]") && !shown.contains("admin-secret-0123456789"), "{shown}");
+    for (var, val, key) in [
+        ("SLUICE_ADMIN_TOKEN", "short", "admin.token"),
+        ("SLUICE_AUTH_JWKS_URL", "ftp://x/jwks", "auth.jwks_url"),
+        ("SLUICE_REGISTRY_PUBLIC_URL", "http://gw", "registry.public_url"),
+        ("SLUICE_REGISTRY_TTL_MS", "100", "registry"),
+    ] {
+        let out = check(&[(var, val)]);
+        assert!(!out.status.success(), "{var}={val} accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{var}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }

@@ -4,7 +4,7 @@
 //! Redis publish would. Both need `Authorization: Bearer <admin.token>`;
 //! with no token configured they do not exist (404).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -60,16 +60,10 @@ pub fn handle(shared: &Shared, req: &Request) -> Result<Answer, HttpError> {
             .map(|v| v.parse::<u64>())
             .transpose()
             .map_err(|_| HttpError::new(400, "exp must be unix seconds"))?;
-        let ttl = match exp {
-            Some(exp) => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                Duration::from_secs(exp.saturating_sub(now).max(60))
-            }
-            None => Duration::from_secs(shared.cfg.revocation.default_ttl_s),
-        };
+        let ttl = exp.map_or(
+            Duration::from_secs(shared.cfg.revocation.default_ttl_s),
+            revocation::ttl_until,
+        );
         revocation::apply(shared, sid.clone(), ttl);
         let body = serde_json::json!({"session_id": sid.as_str(), "revoked": true});
         return Ok((200, "application/json", body.to_string().into_bytes()));

@@ -60,6 +60,21 @@ struct Jwk {
     kid: Option<String>,
 }
 
+/// The Ed25519 keys of a JWKS document by kid (keys without one get
+/// `jwks-<index>`); other key types are for other services and skipped.
+pub fn parse(text: &str) -> Result<HashMap<String, DecodingKey>, String> {
+    let jwks: Jwks = serde_json::from_str(text).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut out = HashMap::new();
+    for (i, k) in jwks.keys.iter().enumerate() {
+        if k.kty != "OKP" || k.crv != "Ed25519" {
+            continue;
+        }
+        let key = DecodingKey::from_ed_components(&k.x).map_err(|e| e.to_string())?;
+        out.insert(k.kid.clone().unwrap_or_else(|| format!("jwks-{i}")), key);
+    }
+    Ok(out)
+}
+
 /// A tenant slug safe to put in a URL: what the control plane accepts.
 fn valid_tenant(t: &str) -> bool {
     !t.is_empty()
@@ -196,16 +211,7 @@ fn fetch(agent: &ureq::Agent, url: &str) -> Result<HashMap<String, DecodingKey>,
         .map_err(|e| e.to_string())?
         .into_string()
         .map_err(|e| e.to_string())?;
-    let jwks: Jwks = serde_json::from_str(&body).map_err(|e| format!("not a JWKS: {e}"))?;
-    let mut out = HashMap::new();
-    for (i, k) in jwks.keys.iter().enumerate() {
-        if k.kty != "OKP" || k.crv != "Ed25519" {
-            continue;
-        }
-        let key = DecodingKey::from_ed_components(&k.x).map_err(|e| e.to_string())?;
-        out.insert(k.kid.clone().unwrap_or_else(|| format!("jwks-{i}")), key);
-    }
-    Ok(out)
+    parse(&body)
 }
 
 #[cfg(test)]

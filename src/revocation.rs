@@ -204,19 +204,19 @@ fn parse(payload: &str, default_ttl: Duration) -> Option<(SessionId, Duration)> 
         (payload.to_owned(), None)
     };
     let sid = SessionId::parse(&sid)?;
-    let ttl = match exp {
-        Some(exp) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            // An already-expired token still has its live session closed;
-            // remember it briefly in case a reconnect races the message.
-            Duration::from_secs(exp.saturating_sub(now).max(60))
-        }
-        None => default_ttl,
-    };
+    let ttl = exp.map_or(default_ttl, ttl_until);
     Some((sid, ttl))
+}
+
+/// How long to remember a revocation of a token expiring at `exp` (unix
+/// s). An already-expired token still has its live session closed; it is
+/// remembered briefly in case a reconnect races the message.
+pub fn ttl_until(exp: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Duration::from_secs(exp.saturating_sub(now).max(60))
 }
 
 fn apply_message(shared: &Shared, s: &Settings, payload: &str) {

@@ -123,22 +123,6 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-#[derive(Deserialize)]
-struct Jwks {
-    keys: Vec<Jwk>,
-}
-
-#[derive(Deserialize)]
-struct Jwk {
-    kty: String,
-    #[serde(default)]
-    crv: String,
-    #[serde(default)]
-    x: String,
-    #[serde(default)]
-    kid: Option<String>,
-}
-
 impl Verifier {
     pub fn from_config(auth: &Auth) -> Result<Self, KeyError> {
         let hs256 = (!auth.hs256_secret.is_empty())
@@ -157,14 +141,7 @@ impl Verifier {
                 msg,
             };
             let text = std::fs::read_to_string(&auth.jwks_file).map_err(|e| err(e.to_string()))?;
-            let jwks: Jwks = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-            for (i, k) in jwks.keys.iter().enumerate() {
-                if k.kty != "OKP" || k.crv != "Ed25519" {
-                    continue; // other key types are for other services
-                }
-                let key = DecodingKey::from_ed_components(&k.x).map_err(|e| err(e.to_string()))?;
-                ed25519.insert(k.kid.clone().unwrap_or_else(|| format!("jwks-{i}")), key);
-            }
+            ed25519.extend(jwks::parse(&text).map_err(err)?);
         }
         let jwks = JwksCache::start(auth).map_err(|e| KeyError::Jwks {
             path: auth.jwks_url.clone(),

@@ -683,7 +683,12 @@ fn idp_token(key: &ed25519_dalek::SigningKey, kid: &str, sub: &str) -> String {
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     h.kid = Some(kid.into());
     let exp = sluice::token::now_s() + 300;
-    jsonwebtoken::encode(&h, &json!({"sub": sub, "exp": exp}), &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes())).unwrap()
+    jsonwebtoken::encode(
+        &h,
+        &json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -694,36 +699,62 @@ async fn users_sign_in_with_the_keys_their_identity_provider_publishes() {
     idp.publish(&[("idp-1", &k1)]);
     let dir = provision();
     // `nokeys` signs in through its IdP's JWKS URL (and gets a signing key).
-    admin(&dir.0, &["tenant", "add", "nokeys", "--user-jwks-url", &idp.url]);
+    admin(
+        &dir.0,
+        &["tenant", "add", "nokeys", "--user-jwks-url", &idp.url],
+    );
     admin(&dir.0, &["keys", "rotate", "--tenant", "nokeys"]);
     // `other` reads the same IdP's keys from a file.
     let file = dir.0.join("other-idp.json");
     std::fs::write(&file, idp.publish(&[("idp-1", &k1)])).unwrap();
-    admin(&dir.0, &["tenant", "add", "other", "--user-jwks-file", file.to_str().unwrap()]);
+    admin(
+        &dir.0,
+        &[
+            "tenant",
+            "add",
+            "other",
+            "--user-jwks-file",
+            file.to_str().unwrap(),
+        ],
+    );
     let (ctl, gw) = single_node(&dir, 1);
     let _c = connector_as(&gw, "nokeys", "edge-c", EDGE_C_KEY, &["x"]).await;
     let _b = connector_as(&gw, "other", "edge-b", EDGE_B_KEY, &["od"]).await;
 
-    let (st, v) = ctl.access("nokeys", &idp_token(&k1, "idp-1", "ursula"), "c", "x").await;
+    let (st, v) = ctl
+        .access("nokeys", &idp_token(&k1, "idp-1", "ursula"), "c", "x")
+        .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(idp.hits(), 1);
-    let (st, v) = ctl.access("other", &idp_token(&k1, "idp-1", "ursula"), "ocl", "od").await;
+    let (st, v) = ctl
+        .access("other", &idp_token(&k1, "idp-1", "ursula"), "ocl", "od")
+        .await;
     assert_eq!(st, 200, "{v}");
 
     // A key the IdP does not publish: refused; made-up kids do not make
     // the control plane hammer the IdP (one refetch per 5 s at most).
     for _ in 0..5 {
-        let (st, v) = ctl.access("nokeys", &idp_token(&k2, "idp-2", "ursula"), "c", "x").await;
-        assert_eq!((st, v["error"].as_str()), (401, Some("invalid_token")), "{v}");
+        let (st, v) = ctl
+            .access("nokeys", &idp_token(&k2, "idp-2", "ursula"), "c", "x")
+            .await;
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (401, Some("invalid_token")),
+            "{v}"
+        );
     }
     assert!(idp.hits() <= 2, "{} fetches", idp.hits());
     // A key signed under a published kid but with the wrong key: refused.
-    let (st, _) = ctl.access("nokeys", &idp_token(&k2, "idp-1", "ursula"), "c", "x").await;
+    let (st, _) = ctl
+        .access("nokeys", &idp_token(&k2, "idp-1", "ursula"), "c", "x")
+        .await;
     assert_eq!(st, 401);
 
     // The IdP rotates: once the refetch window has passed, the new key works.
     idp.publish(&[("idp-1", &k1), ("idp-2", &k2)]);
     tokio::time::sleep(Duration::from_millis(5200)).await;
-    let (st, v) = ctl.access("nokeys", &idp_token(&k2, "idp-2", "ursula"), "c", "x").await;
+    let (st, v) = ctl
+        .access("nokeys", &idp_token(&k2, "idp-2", "ursula"), "c", "x")
+        .await;
     assert_eq!(st, 200, "{v}");
 }

@@ -200,15 +200,26 @@ async fn without_redis_configured_nothing_changes_and_a_bad_url_is_refused() {
     let out = check(&[("SLUICE_ADMIN_TOKEN", "admin-secret-0123456789")]);
     assert!(out.status.success());
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(shown.contains("[admin]") && !shown.contains("admin-secret-0123456789"), "{shown}");
+    assert!(
+        shown.contains("[admin]") && !shown.contains("admin-secret-0123456789"),
+        "{shown}"
+    );
     for (var, val, key) in [
         ("SLUICE_ADMIN_TOKEN", "short", "admin.token"),
         ("SLUICE_AUTH_JWKS_URL", "ftp://x/jwks", "auth.jwks_url"),
-        ("SLUICE_REGISTRY_PUBLIC_URL", "http://gw", "registry.public_url"),
+        (
+            "SLUICE_REGISTRY_PUBLIC_URL",
+            "http://gw",
+            "registry.public_url",
+        ),
         ("SLUICE_REGISTRY_TTL_MS", "100", "registry"),
     ] {
         let out = check(&[(var, val)]);
         assert!(!out.status.success(), "{var}={val} accepted");
-        assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{var}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(key),
+            "{var}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

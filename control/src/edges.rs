@@ -74,17 +74,7 @@ impl GatewayAdmin {
                 return Ok(e.clone());
             }
         }
-        let resp = self
-            .http
-            .get(format!("{}/admin/edges", self.base))
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if !resp.status().is_success() {
-            return Err(self.unreachable(format!("HTTP {}", resp.status())));
-        }
+        let resp = self.call(reqwest::Method::GET, "/admin/edges").await?;
         let e = std::sync::Arc::new(
             resp.json::<AdminEdges>()
                 .await
@@ -95,9 +85,19 @@ impl GatewayAdmin {
     }
 
     pub async fn revoke(&self, sid: &str, exp: u64) -> Result<(), ApiError> {
+        let path = format!("/admin/revoke/{sid}?exp={exp}");
+        self.call(reqwest::Method::POST, &path).await.map(drop)
+    }
+
+    /// One admin request; anything but a 2xx is the gateway being unreachable.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::Response, ApiError> {
         let resp = self
             .http
-            .post(format!("{}/admin/revoke/{sid}?exp={exp}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .timeout(Duration::from_secs(3))
             .send()
@@ -106,7 +106,7 @@ impl GatewayAdmin {
         if !resp.status().is_success() {
             return Err(self.unreachable(format!("HTTP {}", resp.status())));
         }
-        Ok(())
+        Ok(resp)
     }
 
     pub async fn ping(&self) -> bool {

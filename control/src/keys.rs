@@ -105,22 +105,10 @@ pub fn jwks(t: &Tenant, now: u64) -> Jwks<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tenants::{Settings, TenantSlug, UserAuth};
+    use crate::tenants::TenantSlug;
 
     fn tenant() -> Tenant {
-        Tenant {
-            slug: TenantSlug::parse("acme").unwrap(),
-            settings: Settings {
-                name: "Acme".into(),
-                session_ttl_s: 900,
-                user_auth: UserAuth::default(),
-            },
-            plans: vec![],
-            clients: vec![],
-            datasets: vec![],
-            edges: vec![],
-            keys: vec![],
-        }
+        Tenant::new(TenantSlug::parse("acme").unwrap())
     }
 
     #[test]

@@ -219,6 +219,23 @@ pub struct Tenant {
 }
 
 impl Tenant {
+    /// A tenant with default settings and nothing in it yet.
+    pub fn new(slug: TenantSlug) -> Tenant {
+        Tenant {
+            settings: Settings {
+                name: slug.to_string(),
+                session_ttl_s: default_ttl(),
+                user_auth: UserAuth::default(),
+            },
+            slug,
+            plans: vec![],
+            clients: vec![],
+            datasets: vec![],
+            edges: vec![],
+            keys: vec![],
+        }
+    }
+
     pub fn client(&self, id: &str) -> Option<&Client> {
         self.clients.iter().find(|c| c.id == id)
     }
@@ -356,19 +373,7 @@ impl DataDir {
         lock.lock().map_err(|e| io(&lock_path, e))?;
         let mut t = match self.load(slug) {
             Ok(t) => t,
-            Err(TenantError::NotConfigured(_)) if create => Tenant {
-                slug: slug.clone(),
-                settings: Settings {
-                    name: slug.to_string(),
-                    session_ttl_s: default_ttl(),
-                    user_auth: UserAuth::default(),
-                },
-                plans: vec![],
-                clients: vec![],
-                datasets: vec![],
-                edges: vec![],
-                keys: vec![],
-            },
+            Err(TenantError::NotConfigured(_)) if create => Tenant::new(slug.clone()),
             Err(e) => return Err(e),
         };
         let before_keys: Vec<String> = t.keys.iter().map(|k| k.kid.clone()).collect();

@@ -333,6 +333,21 @@ async fn every_denial_has_its_status_and_reason() {
         "{v}"
     );
 
+    // A body past 64 KiB, and a tenant header that is not text.
+    let big = format!(
+        r#"{{"client_id":"dash","dataset_id":"{}"}}"#,
+        "d".repeat(70_000)
+    );
+    let (st, v) = ctl
+        .request(
+            "POST",
+            "/control/access",
+            &[("X-Tenant-Slug", "acme"), ("Authorization", &bearer)],
+            &big,
+        )
+        .await;
+    assert_eq!((st, v["error"].as_str()), (413, Some("bad_request")), "{v}");
+
     // What is asked for.
     let (st, v) = ctl
         .request(

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -80,11 +81,16 @@ struct TenantQuery {
 
 /// `X-Tenant-Slug`, then `?tenant=`, then `local`.
 fn tenant_slug(headers: &HeaderMap, q: &TenantQuery) -> Result<TenantSlug, ApiError> {
-    let raw = headers
-        .get("x-tenant-slug")
-        .and_then(|v| v.to_str().ok())
-        .or(q.tenant.as_deref())
-        .unwrap_or("local");
+    // A header that is present but unreadable is an error, not a reason to
+    // fall through to `?tenant=` or `local`.
+    let header = match headers.get("x-tenant-slug") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::new(400, "bad_tenant", "invalid X-Tenant-Slug header"))?,
+        ),
+        None => None,
+    };
+    let raw = header.or(q.tenant.as_deref()).unwrap_or("local");
     TenantSlug::parse(raw).ok_or_else(|| ApiError::new(400, "bad_tenant", "invalid tenant slug"))
 }
 
@@ -142,10 +148,17 @@ async fn access_handler(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(q): Query<TenantQuery>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut audit = json!({});
-    let res = decide(&app, &headers, &q, &body, &mut audit).await;
+    let res = match body {
+        Ok(body) => decide(&app, &headers, &q, &body, &mut audit).await,
+        Err(e) => Err(ApiError::new(
+            e.status().as_u16(),
+            "bad_request",
+            format!("request body unreadable: {e} (at most 64 KiB)"),
+        )),
+    };
     let (status, reason) = match &res {
         Ok(_) => (200, "granted".to_owned()),
         Err(e) => (e.status, e.code.to_owned()),

@@ -85,3 +85,55 @@ fn the_session_id_comes_from_the_token_or_the_flag() {
     assert!(!ok);
     assert!(err.contains("connecting to"), "{err}");
 }
+
+#[test]
+fn asking_a_control_plane_needs_a_client_and_a_user_token_and_names_it_when_unreachable() {
+    let (ok, err) = fetch(&[
+        "--control",
+        "http://127.0.0.1:1",
+        "--dataset",
+        "d",
+        "-o",
+        "x.csv",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--client") && err.contains("--user-token"),
+        "{err}"
+    );
+    let (ok, err) = fetch(&[
+        "--control",
+        "http://127.0.0.1:1",
+        "--gateway",
+        "ws://127.0.0.1:1",
+        "--client",
+        "c",
+        "--user-token",
+        "u",
+        "--dataset",
+        "d",
+        "-o",
+        "x.csv",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("cannot be used with"), "{err}");
+    let out = std::env::temp_dir().join(format!("sluice-fetch-ctl-{}.csv", std::process::id()));
+    let (ok, err) = fetch(&[
+        "--control",
+        "http://127.0.0.1:1",
+        "--client",
+        "c",
+        "--user-token",
+        "u",
+        "--dataset",
+        "d",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("asking the control plane at http://127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

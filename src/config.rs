@@ -47,6 +47,7 @@ pub struct Config {
     pub revocation: Revocation,
     pub registry: EdgeRegistry,
     pub admin: Admin,
+    pub web: Web,
     /// Edge id → `sha256:<hex>` of its pre-shared key.
     pub edge_keys: BTreeMap<String, String>,
 }
@@ -203,6 +204,25 @@ impl Default for EdgeRegistry {
     }
 }
 
+/// The browser dashboard, served at `/` from files read at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    /// Built dashboard (`web/dist`); empty = no dashboard.
+    pub dir: String,
+    /// Most bytes the dashboard's files may hold in memory.
+    pub max_bytes: usize,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            max_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
 /// Admin endpoints on the same port, for a control plane without Redis:
 /// `GET /admin/edges` and `POST /admin/revoke/{sid}?exp=…`, with
 /// `Authorization: Bearer <token>`.
@@ -240,6 +260,7 @@ impl Default for Config {
             revocation: Revocation::default(),
             registry: EdgeRegistry::default(),
             admin: Admin::default(),
+            web: Web::default(),
             edge_keys: BTreeMap::new(),
         }
     }

@@ -236,6 +236,18 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// A dashboard file: cacheable only by revalidation, never sniffed, and
+/// allowed to talk to the gateway and a control plane on another origin.
+pub fn static_response(content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\nContent-Security-Policy: default-src 'self'; connect-src 'self' ws: wss: http: https:; img-src 'self' data:; style-src 'self' 'unsafe-inline'\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
 /// A complete response that closes the connection.
 pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(

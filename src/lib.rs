@@ -31,5 +31,6 @@ pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod static_files;
 pub mod token;
 pub mod utf8;

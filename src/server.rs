@@ -51,6 +51,12 @@ impl Gateway {
             tracing::warn!("no token keys configured (auth.hs256_secret / ed25519_keys / jwks_file): every browser session will be refused");
         }
         let edge_keys = EdgeKeys::from_config(&cfg.edge_keys)?;
+        let web = crate::static_files::StaticFiles::load(&cfg.web.dir, cfg.web.max_bytes)?;
+        match web.missing() {
+            None => tracing::info!(files = web.len(), dir = %cfg.web.dir, "dashboard loaded"),
+            Some(why) if !cfg.web.dir.is_empty() => tracing::warn!("{why}"),
+            Some(_) => {}
+        }
         if edge_keys.is_empty() {
             tracing::warn!("no edge keys configured (edge_keys / SLUICE_EDGE_KEYS): every connector will be refused");
         }
@@ -93,6 +99,7 @@ impl Gateway {
             sessions: AtomicUsize::new(0),
             revocations: Revocations::new(revocation_on),
             public_url,
+            web,
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let cpus = std::thread::available_parallelism()

@@ -47,6 +47,8 @@ pub struct Shared {
     /// Where clients reach this gateway (`registry.public_url`, or
     /// `ws://` + the listening address).
     pub public_url: String,
+    /// The dashboard's files.
+    pub web: crate::static_files::StaticFiles,
 }
 
 impl Shared {
@@ -392,7 +394,24 @@ async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream) {
                 .await
             }
         },
-        _ => reject(&shard, stream, &HttpError::new(404, "no such endpoint")).await,
+        p => match shard.shared.web.get(p) {
+            Some((body, ctype)) if req.method == "GET" => {
+                let _ = stream.write_all(http::static_response(ctype, &body)).await;
+                let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+            }
+            Some(_) => reject(&shard, stream, &HttpError::new(405, "use GET")).await,
+            None if p == "/" => {
+                let why = shard.shared.web.missing().unwrap_or("no dashboard");
+                respond(
+                    stream,
+                    404,
+                    "text/plain; charset=utf-8",
+                    format!("{why}\n").into_bytes(),
+                )
+                .await
+            }
+            None => reject(&shard, stream, &HttpError::new(404, "no such endpoint")).await,
+        },
     }
 }
 

@@ -92,6 +92,14 @@ struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "SLUICE_CONTROL_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Origin allowed to call the API from a browser (the dashboard's,
+    /// e.g. http://127.0.0.1:8081); repeat or separate with commas.
+    #[arg(
+        long = "cors-origin",
+        env = "SLUICE_CONTROL_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
     /// Runtime threads (0 = one per core).
     #[arg(long, env = "SLUICE_CONTROL_THREADS", default_value_t = 0)]
     threads: usize,
@@ -469,6 +477,7 @@ fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
             audit,
             admin_token,
             signers: Signers::default(),
+            cors: server::cors(&args.cors_origins).context("--cors-origin")?,
         });
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await

@@ -41,10 +41,36 @@ pub struct App {
     /// SHA-256 of the admin token; `None` = admin endpoints disabled.
     pub admin_token: Option<[u8; 32]>,
     pub signers: Signers,
+    pub cors: Option<tower_http::cors::CorsLayer>,
+}
+
+/// Browsers on these origins (the dashboard) may call the API; `None` =
+/// no cross-origin access.
+pub fn cors(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let list = origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o.trim_end_matches('/')))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(list)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-tenant-slug"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let cors = app.cors.clone();
+    let r = Router::new()
         .route("/control/access", post(access_handler))
         .route("/control/validate/{sid}", get(validate_handler))
         .route("/control/revoke/{sid}", post(revoke_handler))
@@ -54,7 +80,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(ready_handler))
         .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .with_state(app)
+        .with_state(app);
+    match cors {
+        Some(c) => r.layer(c),
+        None => r,
+    }
 }
 
 pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {

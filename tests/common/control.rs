@@ -419,21 +419,32 @@ impl Control {
 /// the control plane asks the gateway's admin endpoint where edges are,
 /// and the gateway fetches the control plane's JWKS.
 pub fn single_node(dir: &DataDir, shards: usize) -> (Control, super::Gateway) {
+    single_node_with(dir, shards, &[])
+}
+
+/// [`single_node`] with extra gateway environment.
+pub fn single_node_with(
+    dir: &DataDir,
+    shards: usize,
+    extra: &[(&str, &str)],
+) -> (Control, super::Gateway) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let gw_addr = format!("127.0.0.1:{port}");
-    let ctl = Control::start(dir, &["--gateway", &format!("http://{gw_addr}")]);
-    let gw = super::Gateway::start(
-        shards,
-        &[
-            ("SLUICE_LISTEN", gw_addr.as_str()),
-            ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
-            ("SLUICE_EDGE_KEYS", &gateway_edge_keys()),
-            ("SLUICE_AUTH_JWKS_URL", &ctl.jwks_url()),
-        ],
-    );
+    let origin = format!("http://{gw_addr}");
+    let ctl = Control::start(dir, &["--gateway", &origin, "--cors-origin", &origin]);
+    let keys = gateway_edge_keys();
+    let jwks = ctl.jwks_url();
+    let mut env = vec![
+        ("SLUICE_LISTEN", gw_addr.as_str()),
+        ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
+        ("SLUICE_EDGE_KEYS", keys.as_str()),
+        ("SLUICE_AUTH_JWKS_URL", jwks.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let gw = super::Gateway::start(shards, &env);
     (ctl, gw)
 }

@@ -327,7 +327,7 @@ function init() {
   const params = new URLSearchParams(location.hash.slice(1));
   const tf = $("token-form");
   tf.gateway.value = params.get("gateway") || defaultGateway;
-  for (const k of ["control", "tenant", "client", "dataset"]) {
+  for (const k of ["control", "tenant", "client", "dataset", "user"]) {
     if (params.get(k)) $("control-form")[k].value = params.get(k);
   }
   if (params.get("dataset")) $("datasets").dataset.want = params.get("dataset");

@@ -161,6 +161,27 @@ fn comma() -> char {
 }
 
 impl DatasetConfig {
+    /// A dataset with every optional setting at the config file's default
+    /// (format from the path, no compression, a header row, commas, a
+    /// metrics feed of 8 machines at 10 Hz).
+    pub fn new(name: impl Into<String>, source: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            source: source.into(),
+            format: None,
+            compression: Compression::None,
+            schema: None,
+            header: yes(),
+            delimiter: comma(),
+            tail: false,
+            rate_hz: ten(),
+            machines: eight(),
+            query: None,
+            connection: None,
+            connection_env: None,
+        }
+    }
+
     pub fn format(&self) -> Result<Format, ConfigError> {
         self.format.or_else(|| Format::from_path(&self.source)).ok_or_else(|| {
             ConfigError::Invalid(format!(
@@ -403,21 +424,7 @@ mod tests {
             .to_string()
             .contains("wss"));
         let mut c = base();
-        c.datasets.push(DatasetConfig {
-            name: "x".into(),
-            source: "/data/x.xlsx".into(),
-            format: None,
-            compression: Compression::None,
-            schema: None,
-            header: true,
-            delimiter: ',',
-            tail: false,
-            rate_hz: 10.0,
-            machines: 8,
-            query: None,
-            connection: None,
-            connection_env: None,
-        });
+        c.datasets.push(DatasetConfig::new("x", "/data/x.xlsx"));
         assert!(c
             .finish(Some("k".into()))
             .unwrap_err()

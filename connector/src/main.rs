@@ -175,19 +175,9 @@ fn apply(cli: &Cli) -> anyhow::Result<Config> {
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("--dataset {d:?} is not NAME=PATH"))?;
         cfg.datasets.push(DatasetConfig {
-            name: name.to_string(),
-            source: path.to_string(),
-            format: None,
             compression,
-            schema: None,
-            header: true,
-            delimiter: ',',
             tail: cli.tail,
-            rate_hz: 10.0,
-            machines: 8,
-            query: None,
-            connection: None,
-            connection_env: None,
+            ..DatasetConfig::new(name, path)
         });
     }
     Ok(cfg)

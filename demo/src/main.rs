@@ -303,25 +303,11 @@ fn connector_config(
         workers: 3,
         ..Default::default()
     };
-    let dataset = |name: &str, source: String| sluice_connector::config::DatasetConfig {
-        name: name.into(),
-        source,
-        format: None,
-        compression: Default::default(),
-        schema: None,
-        header: true,
-        delimiter: ',',
-        tail: false,
-        rate_hz: 10.0,
-        machines: 8,
-        query: None,
-        connection: None,
-        connection_env: None,
-    };
+    use sluice_connector::config::DatasetConfig;
     c.datasets = vec![
-        dataset("sales", csv.to_string_lossy().into_owned()),
-        dataset("sales_parquet", parquet.to_string_lossy().into_owned()),
-        dataset("metrics", "metrics".into()),
+        DatasetConfig::new("sales", csv.to_string_lossy()),
+        DatasetConfig::new("sales_parquet", parquet.to_string_lossy()),
+        DatasetConfig::new("metrics", "metrics"),
     ];
     Ok(c.finish(Some(edge_key.into()))?)
 }

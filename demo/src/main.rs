@@ -83,6 +83,7 @@ fn main() -> Result<()> {
     let user_secret = random_secret();
     let edge_key = random_secret();
     let admin_token = random_secret();
+    let control_admin = random_secret();
     provision(&control_dir, &master, &user_secret, &edge_key)?;
 
     let gw_url = format!("http://{}", args.gateway);
@@ -115,7 +116,7 @@ fn main() -> Result<()> {
             locator: Locator::Gateway(GatewayAdmin::new(&gw_url, admin_token, http.clone())),
             link: None,
             audit: Audit::open(&control_dir.join("audit.jsonl"))?,
-            admin_token: None,
+            admin_token: Some(sha256(&control_admin)),
             signers: Signers::default(),
             cors: server::cors(std::slice::from_ref(&gw_url))?,
         });
@@ -131,7 +132,7 @@ fn main() -> Result<()> {
 
         let user = user_token(&user_secret)?;
         let grant = first_grant(&http, &ctl_url, &user).await?;
-        print_welcome(&gw_url, &ctl_url, &user, &grant);
+        print_welcome(&gw_url, &ctl_url, &user, &control_admin, &grant);
 
         tokio::signal::ctrl_c().await?;
         println!("\nstopping: connector, gateway, control plane…");
@@ -343,8 +344,14 @@ async fn first_grant(http: &reqwest::Client, ctl: &str, user: &str) -> Result<Va
     bail!("the connector never came online: {last}")
 }
 
-fn print_welcome(gw: &str, ctl: &str, user: &str, grant: &Value) {
+fn sha256(s: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(s.as_bytes()).into()
+}
+
+fn print_welcome(gw: &str, ctl: &str, user: &str, admin: &str, grant: &Value) {
     let token = grant["session_token"].as_str().unwrap_or_default();
+    let sid = grant["session_id"].as_str().unwrap_or_default();
     println!(
         "
 Sluice demo is running (Ctrl-C stops it).
@@ -364,6 +371,10 @@ Fetch a dataset into a file:
 
   cargo run --release -p sluice-fetch -- --control {ctl} --tenant {TENANT} --client {CLIENT} \\
       --user-token {user} --dataset sales_parquet -o sales.parquet
+
+Revoke the ready session (the dashboard shows it at once):
+
+  curl -X POST -H 'Authorization: Bearer {admin}' {ctl}/control/revoke/{sid}
 "
     );
 }

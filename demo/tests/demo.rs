@@ -34,7 +34,7 @@ fn the_demo_comes_up_serves_and_stops_cleanly() {
     let mut out = BufReader::new(demo.stdout.take().unwrap());
     let mut printed = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !printed.contains("-o sales.parquet") {
+    while !printed.contains("/control/revoke/") {
         assert!(Instant::now() < deadline, "demo did not come up: {printed}");
         let mut line = String::new();
         if out.read_line(&mut line).unwrap() == 0 {
@@ -98,6 +98,20 @@ fn the_demo_comes_up_serves_and_stops_cleanly() {
         "{}",
         String::from_utf8_lossy(&cmp.stdout)
     );
+
+    // The printed revocation works: the ready session becomes revoked.
+    let revoke = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("curl -X POST"))
+        .expect("revoke example");
+    let bearer = revoke.split('\'').nth(1).expect("quoted header");
+    let sid = revoke.rsplit('/').next().unwrap();
+    let mut s = std::net::TcpStream::connect(&ctl).unwrap();
+    write!(s, "POST /control/revoke/{sid} HTTP/1.1\r\nHost: x\r\n{bearer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // Ctrl-C: everything stops, exit 0.
     let t = Instant::now();

@@ -13,15 +13,6 @@ use std::process::{Command, Stdio};
 
 use common::control::*;
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn chromium() -> PathBuf {
     let candidates = [
         std::env::var("CHROMIUM").unwrap_or_default(),
@@ -97,7 +88,7 @@ async fn the_dashboard_streams_charts_follows_a_live_feed_and_reports_revocation
         ));
     }
     std::fs::write(&csv, text).unwrap();
-    let connector = control_bin().with_file_name("sluice-connector");
+    let connector = sibling_bin("sluice-connector");
     let _conn = Killed(
         Command::new(connector)
             .args(["--gateway", &format!("ws://{}", gw.addr)])

@@ -6,32 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::control::*;
 
-fn sibling(name: &str) -> PathBuf {
-    let b = control_bin().with_file_name(name);
-    assert!(
-        b.exists(),
-        "{} missing: run `cargo test --workspace`",
-        b.display()
-    );
-    b
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn fetch(ctl: &Control, client: &str, dataset: &str, out: &Path) -> (bool, String) {
-    let o = Command::new(sibling("sluice-fetch"))
+    let o = Command::new(sibling_bin("sluice-fetch"))
         .args(["--control", &format!("http://{}", ctl.addr)])
         .args(["--tenant", "acme", "--client", client, "--dataset", dataset])
         .arg("-o")
@@ -58,7 +39,7 @@ async fn sluice_fetch_asks_the_control_plane_then_downloads_through_the_named_ga
     }
     std::fs::write(&csv, text).unwrap();
     let _connector = Killed(
-        Command::new(sibling("sluice-connector"))
+        Command::new(sibling_bin("sluice-connector"))
             .args(["--gateway", &format!("ws://{}", gw.addr)])
             .args(["--tenant", "acme", "--edge", "edge-a"])
             .arg("--dataset")

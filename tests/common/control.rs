@@ -27,20 +27,35 @@ pub fn gateway_edge_keys() -> String {
     format!("edge-a={EDGE_A_KEY},edge-b={EDGE_B_KEY},edge-c={EDGE_C_KEY}")
 }
 
-pub fn control_bin() -> PathBuf {
+/// A binary of another workspace member, next to this test's own.
+pub fn sibling_bin(name: &str) -> PathBuf {
     let b = std::env::current_exe()
         .unwrap()
         .parent()
         .unwrap()
         .parent()
         .unwrap()
-        .join("sluice-control");
+        .join(name);
     assert!(
         b.exists(),
-        "{} missing: run `cargo test --workspace` (it builds the control plane)",
+        "{} missing: run `cargo test --workspace` (it builds every member's binaries)",
         b.display()
     );
     b
+}
+
+pub fn control_bin() -> PathBuf {
+    sibling_bin("sluice-control")
+}
+
+/// A child process (connector, …) killed and reaped on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A data directory removed on drop.

@@ -55,18 +55,6 @@ async fn the_gateway_serves_the_dashboard_files_and_nothing_else() {
     assert!(body.contains("npm run build"), "{body}");
 }
 
-/// Status and the whole answer (head + body), for header checks.
 async fn raw_full(gw: &Gateway, request: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let st = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    (st, text)
+    raw_exchange(gw.addr, request).await
 }

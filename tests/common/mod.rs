@@ -129,6 +129,16 @@ impl Gateway {
 
 /// Sends raw bytes, reads the whole answer until the server closes.
 pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let (status, text) = raw_exchange(addr, request).await;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// [`raw_http`] with the whole answer, head included (for header checks).
+pub async fn raw_exchange(addr: SocketAddr, request: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
@@ -140,11 +150,7 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    (status, text)
 }
 
 pub fn claims(sid: &str) -> Claims {

@@ -48,6 +48,7 @@ pub struct Config {
     pub registry: EdgeRegistry,
     pub admin: Admin,
     pub web: Web,
+    pub tls: Tls,
     /// Edge id → `sha256:<hex>` of its pre-shared key.
     pub edge_keys: BTreeMap<String, String>,
 }
@@ -223,6 +224,69 @@ impl Default for Web {
     }
 }
 
+/// A second listener speaking TLS (`wss://`, `https://`), terminated by
+/// rustls on threads of its own and handed to the shards as a plain byte
+/// stream, so the plaintext hot path is the same code either way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Address of the TLS listener; empty = no TLS.
+    pub listen: String,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `cert_file`.
+    pub key_file: String,
+    /// PEM CA certificates that sign connectors' client certificates
+    /// (mutual TLS; the certificate's CN is the tenant id). Empty = no
+    /// client certificates asked for.
+    pub client_ca_file: String,
+    /// How connectors on the TLS listener prove who they are:
+    /// `either` (a client certificate or an `Edge-Key`; both checked when
+    /// both come), `certificate` (a client certificate is required), or
+    /// `both` (certificate and `Edge-Key`).
+    pub connector_auth: String,
+    /// Edges a certificate's tenant may register besides the one named by
+    /// its tenant id: `acme = ["acme-plant-1", "acme-plant-2"]`.
+    pub tenant_edges: BTreeMap<String, Vec<String>>,
+    /// The files are checked for changes this often and reloaded (also on
+    /// SIGHUP); 0 = on SIGHUP only. Live connections keep their session.
+    pub reload_check_ms: u64,
+    /// Threads doing TLS; 0 = as many as shards.
+    pub threads: usize,
+    /// Most TLS connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Buffer per direction per connection (bytes); a TLS record is at
+    /// most 16 KiB, so more than that buys little.
+    pub buffer_bytes: usize,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: String::new(),
+            connector_auth: "either".into(),
+            tenant_edges: BTreeMap::new(),
+            reload_check_ms: 2_000,
+            threads: 0,
+            max_connections: 100_000,
+            buffer_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl Tls {
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty()
+    }
+
+    pub fn mutual(&self) -> bool {
+        self.enabled() && !self.client_ca_file.is_empty()
+    }
+}
+
 /// Admin endpoints on the same port, for a control plane without Redis:
 /// `GET /admin/edges` and `POST /admin/revoke/{sid}?exp=…`, with
 /// `Authorization: Bearer <token>`.
@@ -261,6 +325,7 @@ impl Default for Config {
             registry: EdgeRegistry::default(),
             admin: Admin::default(),
             web: Web::default(),
+            tls: Tls::default(),
             edge_keys: BTreeMap::new(),
         }
     }
@@ -406,6 +471,27 @@ impl Config {
         }
         if !self.admin.token.is_empty() && self.admin.token.len() < 16 {
             return bad("admin.token must be at least 16 characters");
+        }
+        let tls = &self.tls;
+        if tls.enabled() {
+            if tls.listen.parse::<SocketAddr>().is_err() {
+                return bad("tls.listen must be an address such as 0.0.0.0:8443");
+            }
+            if tls.cert_file.is_empty() || tls.key_file.is_empty() {
+                return bad("tls.listen is set: tls.cert_file and tls.key_file are required");
+            }
+            if tls.max_connections == 0 || tls.buffer_bytes < 1024 {
+                return bad("tls.max_connections must be > 0 and tls.buffer_bytes >= 1024");
+            }
+        }
+        if !matches!(
+            tls.connector_auth.as_str(),
+            "either" | "certificate" | "both"
+        ) {
+            return bad("tls.connector_auth must be either, certificate or both");
+        }
+        if tls.connector_auth != "either" && !tls.mutual() {
+            return bad("tls.connector_auth needs tls.client_ca_file (client certificates)");
         }
         EdgeKeys::from_config(&self.edge_keys).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())

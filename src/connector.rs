@@ -12,6 +12,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use serde_json::json;
 
+use crate::edge_auth::{self, Grant, Transport};
 use crate::frame::{parse_close, MaskRule, Opcode};
 use crate::handoff;
 use crate::http::{self, HttpError, Request, FAST_PATH_PROTOCOL};
@@ -42,10 +43,6 @@ impl EdgeConn {
     }
 }
 
-fn edge_key(req: &Request) -> Option<&str> {
-    req.header("edge-key").filter(|k| !k.is_empty())
-}
-
 /// Upgrade checks shared by both endpoints; returns whether the fast path
 /// was negotiated.
 fn accept_upgrade(shard: &Shard, req: &Request) -> Result<(http::Upgrade, bool), HttpError> {
@@ -62,32 +59,31 @@ async fn switch(stream: &mut TcpStream, up: &http::Upgrade, fast: bool) -> bool 
     stream.write_all(resp).await.0.is_ok()
 }
 
-/// `GET /ws/connect`: authenticate by `Edge-Key`, wait for `register`, then
-/// serve requests until the connector leaves.
+/// Authenticates an edge connection at its upgrade (see [`edge_auth`]).
+fn authenticate(shard: &Shard, transport: &Transport, req: &Request) -> Result<Grant, HttpError> {
+    let s = &shard.shared;
+    edge_auth::authenticate(&s.cfg, &s.edge_keys, transport, req).inspect_err(|_| {
+        shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
+    })
+}
+
+/// `GET /ws/connect`: authenticate by `Edge-Key` or client certificate,
+/// wait for `register`, then serve requests until the connector leaves.
 pub async fn serve_worker(
     shard: Rc<Shard>,
     mut stream: TcpStream,
     req: Request,
     buffered: BytesMut,
+    transport: Transport,
 ) {
     let (up, fast) = match accept_upgrade(&shard, &req) {
         Ok(x) => x,
         Err(e) => return reject(&shard, stream, &e).await,
     };
-    let Some(key) = edge_key(&req) else {
-        shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
-        return reject(
-            &shard,
-            stream,
-            &HttpError::new(401, "missing Edge-Key header"),
-        )
-        .await;
+    let grant = match authenticate(&shard, &transport, &req) {
+        Ok(g) => g,
+        Err(e) => return reject(&shard, stream, &e).await,
     };
-    let allowed = shard.shared.edge_keys.edges_for(key.as_bytes());
-    if allowed.is_empty() {
-        shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
-        return reject(&shard, stream, &HttpError::new(401, "invalid Edge-Key")).await;
-    }
     if !switch(&mut stream, &up, fast).await {
         return;
     }
@@ -110,7 +106,7 @@ pub async fn serve_worker(
         Ok(Err((code, reason))) => (code, reason),
         Ok(Ok(text)) => match serde_json::from_str::<Register>(&text) {
             Ok(r) if r.action == "register" => {
-                return register(shard, reader, r, allowed, fast).await;
+                return register(shard, reader, r, grant, fast).await;
             }
             Ok(_) => (
                 close::BAD_REQUEST,
@@ -167,22 +163,32 @@ async fn register(
     shard: Rc<Shard>,
     reader: FrameReader<TcpStream>,
     r: Register,
-    allowed: Vec<String>,
+    grant: Grant,
     fast: bool,
 ) {
     let edge_name = r.edge_id.clone().unwrap_or_else(|| r.tenant_id.clone());
     let Some(edge) = EdgeId::parse(&edge_name) else {
         return refuse(&shard, reader, close::BAD_REQUEST, "invalid edge id").await;
     };
-    if !allowed.iter().any(|a| a == edge.as_str()) {
+    if let Some(t) = grant.tenant.as_ref().filter(|t| t.as_str() != r.tenant_id) {
         shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
+        tracing::warn!(certificate = %t, registered = %r.tenant_id, "connector's certificate names another tenant");
         return refuse(
             &shard,
             reader,
             close::FORBIDDEN,
-            "Edge-Key does not belong to this edge",
+            "client certificate names another tenant than register's tenant_id",
         )
         .await;
+    }
+    if !grant.allows(edge.as_str()) {
+        shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
+        let why = if grant.tenant.is_some() && grant.edges.len() == 1 {
+            "client certificate does not cover this edge (see tls.tenant_edges)"
+        } else {
+            "Edge-Key does not belong to this edge"
+        };
+        return refuse(&shard, reader, close::FORBIDDEN, why).await;
     }
     let datasets: Vec<String> = r.datasets.into_iter().filter(|d| !d.is_empty()).collect();
     let conn = shard.shared.registry.new_conn_id();
@@ -238,21 +244,20 @@ pub async fn serve_relay(
     req: Request,
     buffered: BytesMut,
     edge: EdgeId,
+    transport: Transport,
 ) {
     let (up, fast) = match accept_upgrade(&shard, &req) {
         Ok(x) => x,
         Err(e) => return reject(&shard, stream, &e).await,
     };
-    let ok =
-        edge_key(&req).is_some_and(|k| shard.shared.edge_keys.verify(edge.as_str(), k.as_bytes()));
-    if !ok {
-        shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
-        return reject(
-            &shard,
-            stream,
-            &HttpError::new(401, "missing or invalid Edge-Key"),
-        )
-        .await;
+    match authenticate(&shard, &transport, &req) {
+        Ok(g) if g.allows(edge.as_str()) => {}
+        Ok(_) => {
+            shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
+            let e = HttpError::new(401, "credentials do not cover this edge");
+            return reject(&shard, stream, &e).await;
+        }
+        Err(e) => return reject(&shard, stream, &e).await,
     }
     let cfg = shard.cfg();
     let rule = if fast {

@@ -9,8 +9,10 @@
 
 pub mod admin;
 pub mod announce;
+pub mod certs;
 pub mod config;
 pub mod connector;
+pub mod edge_auth;
 pub mod edge_key;
 pub mod fanout;
 pub mod frame;
@@ -32,5 +34,6 @@ pub mod server;
 pub mod session;
 pub mod shard;
 pub mod static_files;
+pub mod tls;
 pub mod token;
 pub mod utf8;

@@ -34,6 +34,25 @@ enum Command {
     HashKey,
     /// Load and validate the configuration, print it with secrets redacted, and exit.
     CheckConfig,
+    /// Make a development CA, a server certificate and per-tenant client
+    /// certificates (CN = tenant id) for TLS and mutual TLS.
+    Certs {
+        /// Folder to write (seed 002's layout); an existing CA in it is reused.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// A tenant to issue a connector certificate for (repeatable).
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+        /// A DNS name or IP address the server certificate covers (repeatable).
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        hosts: Vec<String>,
+        /// Days the server and client certificates stay valid.
+        #[arg(long, default_value_t = 397)]
+        days: u32,
+        /// Reissue the server certificate and the named tenants' certificates.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() {
@@ -61,6 +80,33 @@ fn main() {
             }
             println!("{}", KeyHash::of(key.trim().as_bytes()).to_config_string());
             return;
+        }
+        Some(Command::Certs {
+            out,
+            tenants,
+            hosts,
+            days,
+            force,
+        }) => {
+            let req = sluice::certs::Request {
+                out,
+                tenants,
+                hosts,
+                days,
+                force,
+            };
+            match sluice::certs::run(&req) {
+                Ok(report) => {
+                    for l in report.lines {
+                        println!("{l}");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("sluice certs: {e}");
+                    std::process::exit(1);
+                }
+            }
         }
         Some(Command::CheckConfig) => {
             if let Err(e) = cfg.validate() {
@@ -97,21 +143,29 @@ fn main() {
         gw.shard_count(),
         gw.driver()
     );
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]) {
+    if let Some(at) = gw.tls_addr() {
+        println!("sluice tls listening on {at}");
+    }
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("sluice: cannot install signal handlers: {e}");
             std::process::exit(1);
         }
     };
-    if let Some(sig) = signals.forever().next() {
+    let mut pending = signals.forever();
+    let stop = loop {
+        match pending.next() {
+            Some(SIGHUP) => gw.reload_tls(),
+            other => break other,
+        }
+    };
+    if let Some(sig) = stop {
         tracing::info!(signal = sig, "shutdown requested");
-        // A second signal during the drain exits at once.
+        // A second SIGTERM/SIGINT during the drain exits at once.
         std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
+            if signals.forever().any(|s| s != SIGHUP) {
                 std::process::exit(130);
             }
         });

@@ -60,6 +60,18 @@ pub struct Snapshot {
     pub revocation_link: Option<bool>,
     pub revocations_received: u64,
     pub revocations_remembered: usize,
+    /// `None` when there is no TLS listener.
+    pub tls: Option<TlsSnapshot>,
+}
+
+pub struct TlsSnapshot {
+    pub handshakes: u64,
+    pub handshake_failures: u64,
+    pub refused_over_limit: u64,
+    pub active: i64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub cert_not_after: i64,
 }
 
 impl Metrics {
@@ -112,6 +124,51 @@ impl Metrics {
             snap.relay_idle as i64,
         );
 
+        if let Some(t) = &snap.tls {
+            let mut line = |name: &str, kind: &str, help: &str, v: i64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            };
+            line(
+                "sluice_tls_connections_active",
+                "gauge",
+                "TLS connections past the handshake",
+                t.active,
+            );
+            line(
+                "sluice_tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed",
+                t.handshakes as i64,
+            );
+            line("sluice_tls_handshake_failures_total", "counter", "TLS handshakes failed or timed out (bad client certificate, wrong CA, expired, not TLS)", t.handshake_failures as i64);
+            line(
+                "sluice_tls_refused_total",
+                "counter",
+                "TLS connections closed at accept: tls.max_connections reached",
+                t.refused_over_limit as i64,
+            );
+            line(
+                "sluice_tls_reloads_total",
+                "counter",
+                "Certificate reloads that took effect",
+                t.reloads as i64,
+            );
+            line(
+                "sluice_tls_reload_failures_total",
+                "counter",
+                "Certificate reloads refused (the previous certificate stays)",
+                t.reload_failures as i64,
+            );
+            line(
+                "sluice_tls_certificate_not_after_seconds",
+                "gauge",
+                "Unix time the serving certificate expires",
+                t.cert_not_after,
+            );
+        }
         if snap.revocation_link.is_some() {
             let _ = writeln!(
                 out,

@@ -22,14 +22,23 @@ use crate::token::Verifier;
 pub struct Gateway {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     driver: &'static str,
 }
 
 fn bind(addr: SocketAddr, socket_buffer: usize) -> std::io::Result<std::net::TcpListener> {
+    bind_as(addr, socket_buffer, true)
+}
+
+fn bind_as(
+    addr: SocketAddr,
+    socket_buffer: usize,
+    reuse_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     // One listener per shard on the same port: the kernel spreads accepts.
-    sock.set_reuse_port(true)?;
+    sock.set_reuse_port(reuse_port)?;
     sock.set_nonblocking(true)?;
     if socket_buffer > 0 {
         // Accepted sockets inherit these. Fixed buffers measured 10-15 %
@@ -70,6 +79,19 @@ impl Gateway {
             listeners
                 .push(bind(addr, sockbuf).with_context(|| format!("cannot listen on {addr}"))?);
         }
+        let tls = if cfg.tls.enabled() {
+            let material = crate::tls::Material::load(&cfg.tls)?;
+            let at: SocketAddr = cfg.tls.listen.parse().context("tls.listen")?;
+            let listener = bind_as(at, sockbuf, false)
+                .with_context(|| format!("cannot listen on {} (tls.listen)", cfg.tls.listen))?;
+            Some((Arc::new(material), listener))
+        } else {
+            None
+        };
+        let tls_addr = match &tls {
+            Some((_, l)) => Some(l.local_addr()?),
+            None => None,
+        };
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| flume::unbounded::<ShardMsg>()).unzip();
         let want = match cfg.driver.as_str() {
             "epoll" => false,
@@ -81,10 +103,12 @@ impl Gateway {
         }
         let driver = if want { "io_uring" } else { "epoll" };
         let pin = cfg.pin_cores;
-        let public_url = if cfg.registry.public_url.is_empty() {
-            format!("ws://{addr}")
-        } else {
+        let public_url = if !cfg.registry.public_url.is_empty() {
             cfg.registry.public_url.trim_end_matches('/').to_owned()
+        } else if let Some(at) = tls_addr {
+            format!("wss://{at}")
+        } else {
+            format!("ws://{addr}")
         };
         let revocation_on = !cfg.revocation.redis_url.is_empty();
         let shared = Arc::new(Shared {
@@ -100,6 +124,7 @@ impl Gateway {
             revocations: Revocations::new(revocation_on),
             public_url,
             web,
+            tls: tls.as_ref().map(|(m, _)| m.clone()),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let cpus = std::thread::available_parallelism()
@@ -153,18 +178,39 @@ impl Gateway {
                 Err(_) => bail!("a shard thread died while starting"),
             }
         }
+        if let Some((material, listener)) = tls {
+            crate::tls::start(shared.clone(), material, listener)?;
+            tracing::info!(addr = %tls_addr.expect("bound"), mutual = shared.cfg.tls.mutual(), "tls listening");
+        }
         revocation::start(shared.clone()).context("cannot start the revocation thread")?;
         crate::announce::start(shared.clone()).context("cannot start the edge announcer")?;
         tracing::info!(%addr, shards = n, driver, "gateway listening");
         Ok(Gateway {
             shared,
             addr,
+            tls_addr,
             driver,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TLS listener's address, when `tls.listen` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Rereads the TLS certificate, key and client CA (SIGHUP). Live
+    /// connections keep the session they have; new ones get the new files.
+    pub fn reload_tls(&self) {
+        match &self.shared.tls {
+            Some(m) => {
+                let _ = m.reload();
+            }
+            None => tracing::info!("reload requested; no TLS listener configured"),
+        }
     }
 
     pub fn driver(&self) -> &'static str {

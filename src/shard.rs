@@ -18,6 +18,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
+use crate::edge_auth::Transport;
 use crate::edge_key::EdgeKeys;
 use crate::fanout::{self, FeedKey, Feeds, LocalFeeds};
 use crate::handoff::{self, Detached};
@@ -49,6 +50,8 @@ pub struct Shared {
     pub public_url: String,
     /// The dashboard's files.
     pub web: crate::static_files::StaticFiles,
+    /// The TLS listener's certificates and counters, when it is on.
+    pub tls: Option<Arc<crate::tls::Material>>,
 }
 
 impl Shared {
@@ -74,6 +77,18 @@ impl Shared {
                 .then(|| self.revocations.healthy()),
             revocations_received: self.revocations.received.load(Ordering::Relaxed),
             revocations_remembered: self.revocations.len(),
+            tls: self.tls.as_ref().map(|m| {
+                let s = &m.stats;
+                crate::metrics::TlsSnapshot {
+                    handshakes: s.handshakes.load(Ordering::Relaxed),
+                    handshake_failures: s.handshake_failures.load(Ordering::Relaxed),
+                    refused_over_limit: s.refused_over_limit.load(Ordering::Relaxed),
+                    active: s.active.load(Ordering::Relaxed),
+                    reloads: s.reloads.load(Ordering::Relaxed),
+                    reload_failures: s.reload_failures.load(Ordering::Relaxed),
+                    cert_not_after: s.cert_not_after.load(Ordering::Relaxed),
+                }
+            }),
         }
     }
 }
@@ -95,6 +110,12 @@ pub struct MovedConn {
 }
 
 pub enum ShardMsg {
+    /// A connection the TLS front accepted and decrypts: this end of it
+    /// carries plaintext, and `transport` says what its handshake proved.
+    AdoptTls {
+        sock: Detached,
+        transport: Transport,
+    },
     /// A browser socket accepted elsewhere whose session lives here.
     AdoptBrowser {
         sock: Detached,
@@ -263,7 +284,7 @@ pub async fn run(
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(handle_connection(shard.clone(), stream));
+                monoio::spawn(handle_connection(shard.clone(), stream, Transport::Plain));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -277,6 +298,12 @@ pub async fn run(
 async fn mailbox_loop(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
     while let Ok(msg) = mailbox.recv_async().await {
         match msg {
+            ShardMsg::AdoptTls { sock, transport } => match handoff::attach(sock) {
+                Ok((stream, _)) => {
+                    monoio::spawn(handle_connection(shard.clone(), stream, transport));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot adopt TLS connection"),
+            },
             ShardMsg::AdoptBrowser { sock, req, sid } => match handoff::attach(sock) {
                 Ok((stream, buffered)) => {
                     monoio::spawn(Box::pin(session::run(
@@ -309,7 +336,7 @@ async fn mailbox_loop(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
 }
 
 /// Reads the request head, answers plain HTTP, and routes upgrades.
-async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transport: Transport) {
     let cfg = shard.cfg();
     let deadline = Duration::from_millis(cfg.timeouts.handshake_ms);
     let head = monoio::time::timeout(deadline, read_head(&mut stream, cfg)).await;
@@ -351,13 +378,13 @@ async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         // endpoint, and this one (which held the request head) ends.
         "/ws/connect" => {
             monoio::spawn(Box::pin(connector::serve_worker(
-                shard, stream, req, buffered,
+                shard, stream, req, buffered, transport,
             )));
         }
         p if p.starts_with("/edge/") => match EdgeId::parse(&p["/edge/".len()..]) {
             Some(edge) => {
                 monoio::spawn(Box::pin(connector::serve_relay(
-                    shard, stream, req, buffered, edge,
+                    shard, stream, req, buffered, edge, transport,
                 )));
             }
             None => {

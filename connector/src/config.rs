@@ -219,8 +219,13 @@ pub struct Config {
     pub datasets: Vec<DatasetConfig>,
     /// Where `offload` requests put their exports (S3-compatible).
     pub offload: crate::offload::OffloadConfig,
+    /// TLS client settings for a `wss://` gateway (seed 002's names).
+    pub mtls: crate::tls::Mtls,
     #[serde(skip)]
     pub edge_key: EdgeKey,
+    /// Built from `mtls` by `finish` when the gateway is `wss://`.
+    #[serde(skip)]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for Config {
@@ -239,7 +244,9 @@ impl Default for Config {
             fast_path: true,
             datasets: Vec::new(),
             offload: crate::offload::OffloadConfig::default(),
+            mtls: crate::tls::Mtls::default(),
             edge_key: EdgeKey::default(),
+            tls: None,
         }
     }
 }
@@ -271,22 +278,25 @@ impl Config {
                 .to_string(),
             None => env_key.unwrap_or_default(),
         };
-        if key.is_empty() {
+        if key.is_empty() && !self.mtls.has_client_cert() {
             return Err(ConfigError::Invalid(
-                "no edge key: set edge_key_file or SLUICE_EDGE_KEY".into(),
+                "no edge key: set edge_key_file or SLUICE_EDGE_KEY (or a client certificate, mtls.client_cert, for a wss:// gateway)".into(),
             ));
         }
         self.edge_key = EdgeKey::new(key);
         if self.edge.is_empty() {
             self.edge = self.tenant.clone();
         }
-        if !self.gateway.starts_with("ws://") {
+        if self.gateway.starts_with("wss://") {
+            self.tls = Some(self.mtls.client_config()?);
+        } else if !self.gateway.starts_with("ws://") {
+            return Err(ConfigError::Invalid(format!(
+                "gateway must be ws://HOST:PORT or wss://HOST:PORT, got {:?}",
+                self.gateway
+            )));
+        } else if self.mtls.has_client_cert() || self.mtls.ca_cert.is_some() {
             return Err(ConfigError::Invalid(
-                if self.gateway.starts_with("wss://") {
-                    "gateway: wss:// is not supported yet (TLS arrives with its own issue); use ws:// behind a TLS tunnel".into()
-                } else {
-                    format!("gateway must be ws://HOST:PORT, got {:?}", self.gateway)
-                },
+                "mtls settings need a wss:// gateway (they would be ignored on ws://)".into(),
             ));
         }
         if self.tenant.is_empty() {
@@ -344,7 +354,10 @@ impl Config {
 
     /// `host:port` and path of the gateway's connector endpoint.
     pub fn endpoint(&self) -> (String, String) {
-        let rest = self.gateway.trim_start_matches("ws://");
+        let rest = self
+            .gateway
+            .strip_prefix("wss://")
+            .unwrap_or_else(|| self.gateway.trim_start_matches("ws://"));
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),

@@ -11,6 +11,7 @@ pub mod offload;
 mod pg;
 pub mod source;
 pub mod stream;
+pub mod tls;
 pub mod worker;
 
 use std::sync::Arc;

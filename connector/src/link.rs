@@ -10,8 +10,7 @@ use base64::Engine;
 use fastwebsockets::{after_handshake_split, Role, WebSocketRead, WebSocketWrite};
 use sha1::{Digest, Sha1};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::Config;
@@ -33,13 +32,22 @@ pub enum LinkError {
     Io(#[from] io::Error),
     #[error("handshake timed out")]
     Timeout,
+    #[error("TLS with the gateway failed: {0} (check mtls.ca_cert, and that the gateway trusts this site's certificate)")]
+    Tls(io::Error),
+    #[error("gateway host {0:?} is not a valid TLS server name")]
+    ServerName(String),
 }
+
+/// The read half of the link: plaintext TCP or TLS.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of the link.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Bytes the handshake read past the response head, served first.
 pub struct Prefixed {
     pending: Vec<u8>,
     at: usize,
-    inner: OwnedReadHalf,
+    inner: ReadHalf,
 }
 
 impl AsyncRead for Prefixed {
@@ -63,7 +71,7 @@ pub struct Link {
     /// Frames go out unmasked (the gateway accepted the fast path).
     pub fast: bool,
     pub read: WebSocketRead<Prefixed>,
-    pub write: WebSocketWrite<OwnedWriteHalf>,
+    pub write: WebSocketWrite<WriteHalf>,
 }
 
 pub async fn connect(cfg: &Config) -> Result<Link, LinkError> {
@@ -74,19 +82,63 @@ pub async fn connect(cfg: &Config) -> Result<Link, LinkError> {
 
 async fn handshake(cfg: &Config) -> Result<Link, LinkError> {
     let (host, path) = cfg.endpoint();
-    let mut s = TcpStream::connect(&host)
+    let tcp = TcpStream::connect(&host)
         .await
         .map_err(|source| LinkError::Connect {
             addr: host.clone(),
             source,
         })?;
-    s.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    match &cfg.tls {
+        // Plain TCP splits without a lock between the halves.
+        None => {
+            upgrade(cfg, tcp, &host, &path, |s| {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            })
+            .await
+        }
+        Some(tls) => {
+            let name = host
+                .rsplit_once(':')
+                .map_or(host.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let server = rustls::pki_types::ServerName::try_from(name.to_owned())
+                .map_err(|_| LinkError::ServerName(name.to_owned()))?;
+            let s = tokio_rustls::TlsConnector::from(tls.clone())
+                .connect(server, tcp)
+                .await
+                .map_err(LinkError::Tls)?;
+            upgrade(cfg, s, &host, &path, |s| {
+                let (r, w) = tokio::io::split(s);
+                (Box::new(r), Box::new(w))
+            })
+            .await
+        }
+    }
+}
+
+/// The WebSocket upgrade over `s` (TCP or TLS).
+async fn upgrade<S>(
+    cfg: &Config,
+    mut s: S,
+    host: &str,
+    path: &str,
+    split: impl FnOnce(S) -> (ReadHalf, WriteHalf),
+) -> Result<Link, LinkError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
     let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nEdge-Key: {}\r\n",
-        cfg.edge_key.expose()
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
     );
+    // With a client certificate alone the certificate is the credential.
+    if !cfg.edge_key.expose().is_empty() {
+        req.push_str(&format!("Edge-Key: {}\r\n", cfg.edge_key.expose()));
+    }
     if cfg.fast_path {
         req.push_str(&format!("Sec-WebSocket-Protocol: {FAST_PATH_PROTOCOL}\r\n"));
     }
@@ -133,7 +185,7 @@ async fn handshake(cfg: &Config) -> Result<Link, LinkError> {
     let fast =
         cfg.fast_path && header("sec-websocket-protocol").as_deref() == Some(FAST_PATH_PROTOCOL);
     let pending = buf[end..].to_vec();
-    let (r, w) = s.into_split();
+    let (r, w) = split(s);
     // On the fast path the connector writes server-format (unmasked)
     // frames, which is fastwebsockets' server role; otherwise it is a
     // plain RFC 6455 client and masks.

@@ -18,9 +18,18 @@ struct Cli {
     /// TOML config file (flags below override its values).
     #[arg(long, env = "SLUICE_CONNECTOR_CONFIG")]
     config: Option<PathBuf>,
-    /// Gateway, ws://HOST:PORT.
+    /// Gateway, ws://HOST:PORT or wss://HOST:PORT.
     #[arg(long)]
     gateway: Option<String>,
+    /// CA certificate that signed the gateway's (wss://; default: public roots).
+    #[arg(long, value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// This site's client certificate (CN = tenant id) for mutual TLS.
+    #[arg(long, value_name = "PEM", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[arg(long, value_name = "PEM", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     #[arg(long)]
     tenant: Option<String>,
     /// Edge id (default: the tenant id).
@@ -131,9 +140,8 @@ fn main() {
 fn build_offline(cli: &Cli) -> anyhow::Result<Config> {
     let mut c = apply(cli)?;
     c.edge_key_file = None;
-    if c.gateway.is_empty() {
-        c.gateway = "ws://offline".into();
-    }
+    c.mtls = Default::default();
+    c.gateway = "ws://offline".into();
     if c.tenant.is_empty() {
         c.tenant = "offline".into();
     }
@@ -160,6 +168,15 @@ fn apply(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(w) = cli.workers {
         cfg.workers = w;
+    }
+    if let Some(p) = &cli.ca_cert {
+        cfg.mtls.ca_cert = Some(p.clone());
+    }
+    if let Some(p) = &cli.client_cert {
+        cfg.mtls.client_cert = Some(p.clone());
+    }
+    if let Some(p) = &cli.client_key {
+        cfg.mtls.client_key = Some(p.clone());
     }
     if let Some(c) = cli.chunk_bytes {
         cfg.chunk_bytes = c;

@@ -10,7 +10,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketWrite};
 use serde_json::{json, Value};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -324,7 +323,7 @@ fn produce(
 }
 
 async fn write_loop(
-    mut w: WebSocketWrite<OwnedWriteHalf>,
+    mut w: WebSocketWrite<link::WriteHalf>,
     mut rx: mpsc::Receiver<Out>,
 ) -> Result<()> {
     while let Some(o) = rx.recv().await {

@@ -49,7 +49,7 @@ enum Mode {
     about = "Download one dataset through the Sluice gateway into .arrow, .parquet or .csv"
 )]
 struct Cli {
-    /// Gateway, ws://HOST:PORT (not needed with --control).
+    /// Gateway, ws://HOST:PORT or wss://HOST:PORT (not needed with --control).
     #[arg(long, env = "SLUICE_GATEWAY", required_unless_present = "control")]
     gateway: Option<String>,
     /// Session token from the control plane (or one you signed).
@@ -78,6 +78,10 @@ struct Cli {
     session: Option<String>,
     #[arg(long)]
     dataset: String,
+    /// CA certificate (PEM) to trust for wss:// gateways and an https://
+    /// control plane, besides the public web PKI roots.
+    #[arg(long, env = "SLUICE_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "stream")]
     mode: Mode,
     /// Output file; its extension picks the format.
@@ -170,11 +174,51 @@ struct Grant {
     dataset: String,
 }
 
+/// TLS for a `wss://` gateway: the public roots plus `--ca-cert`.
+fn tls_config(cli: &Cli) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(p) = &cli.ca_cert {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(p)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow!("--ca-cert {}: {e}", p.display()))?;
+        if certs.is_empty() {
+            bail!("--ca-cert {}: no PEM certificate in it", p.display());
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .with_context(|| format!("--ca-cert {}", p.display()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// HTTP client for the control plane, trusting `--ca-cert` too.
+fn http_client(cli: &Cli) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder();
+    if let Some(p) = &cli.ca_cert {
+        let pem = std::fs::read(p).with_context(|| format!("--ca-cert {}", p.display()))?;
+        for c in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-cert {}", p.display()))?
+        {
+            b = b.add_root_certificate(c);
+        }
+    }
+    Ok(b.build()?)
+}
+
 async fn ask_control(cli: &Cli, base: &str) -> Result<Session> {
     let base = base.trim_end_matches('/');
     let client = cli.client.as_deref().unwrap_or_default();
     let user = cli.user_token.as_deref().unwrap_or_default();
-    let resp = reqwest::Client::new()
+    let resp = http_client(cli)?
         .post(format!("{base}/control/access"))
         .header("X-Tenant-Slug", &cli.tenant)
         .bearer_auth(user)
@@ -206,7 +250,8 @@ async fn ask_control(cli: &Cli, base: &str) -> Result<Session> {
 /// Tells the control plane the stream slot is free again (best effort: it
 /// frees itself when the token expires).
 async fn release(cli: &Cli, base: &str, sid: &str) {
-    let res = reqwest::Client::new()
+    let Ok(client) = http_client(cli) else { return };
+    let res = client
         .post(format!("{base}/control/release/{sid}"))
         .header("X-Tenant-Slug", &cli.tenant)
         .bearer_auth(cli.user_token.as_deref().unwrap_or_default())
@@ -235,8 +280,8 @@ async fn run(cli: &Cli) -> Result<()> {
                 .as_deref()
                 .unwrap_or_default()
                 .trim_end_matches('/');
-            if !base.starts_with("ws://") {
-                bail!("--gateway must be ws://HOST:PORT");
+            if !base.starts_with("ws://") && !base.starts_with("wss://") {
+                bail!("--gateway must be ws://HOST:PORT or wss://HOST:PORT");
             }
             Session {
                 url: format!("{base}/stream/{sid}"),
@@ -266,9 +311,15 @@ async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
         max_frame_size: None,
         ..Default::default()
     };
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
-        .await
-        .with_context(|| format!("connecting to {base}"))?;
+    let connector = if base.starts_with("wss://") {
+        Some(tokio_tungstenite::Connector::Rustls(tls_config(cli)?))
+    } else {
+        None
+    };
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, connector)
+            .await
+            .with_context(|| format!("connecting to {base}"))?;
     let mode = match cli.mode {
         Mode::Stream => "stream",
         Mode::Buffered => "buffered",

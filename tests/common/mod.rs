@@ -30,6 +30,8 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A running gateway process, killed on drop.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The TLS listener, when the gateway was started with one.
+    pub tls_addr: Option<SocketAddr>,
     pub child: Child,
     pub shards: usize,
 }
@@ -65,10 +67,9 @@ impl Gateway {
         }
         let mut child = cmd.spawn().expect("start sluice binary");
         let stdout = child.stdout.take().unwrap();
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listen line");
+        stdout.read_line(&mut line).expect("read listen line");
         // "sluice listening on 127.0.0.1:PORT (N shards, driver)"
         let addr = line
             .split_whitespace()
@@ -76,8 +77,21 @@ impl Gateway {
             .unwrap_or_else(|| panic!("gateway did not start: {line:?}"))
             .parse()
             .unwrap();
+        let mut tls_addr = None;
+        if extra.iter().any(|(k, _)| *k == "SLUICE_TLS_LISTEN") {
+            // "sluice tls listening on ADDR" follows.
+            let mut tls = String::new();
+            if stdout.read_line(&mut tls).is_ok() {
+                tls_addr = tls.strip_prefix("sluice tls listening on ").map(|a| {
+                    a.trim()
+                        .parse()
+                        .unwrap_or_else(|_| panic!("bad tls line {tls:?}"))
+                });
+            }
+        }
         Gateway {
             addr,
+            tls_addr,
             child,
             shards,
         }

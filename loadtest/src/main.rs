@@ -9,6 +9,7 @@
 //!     sluice-loadtest fan-out --viewers 1000 --rate 64 --frame-size 16384
 //!     sluice-loadtest churn --rate 500
 //!     sluice-loadtest idle --sessions 10000
+//!     sluice-loadtest tls --frames 20000 --rate 2000 --sessions 200
 
 mod report;
 mod scenario;
@@ -44,6 +45,9 @@ enum Scenario {
     Idle,
     /// Revocation storm through Redis: publish → 4410 at the browser.
     Revoke,
+    /// What TLS costs on each leg (browser, connector, both) against
+    /// plaintext, on one gateway: bulk, latency, session opens.
+    Tls,
 }
 
 #[derive(Parser, Debug)]
@@ -122,7 +126,7 @@ struct Args {
     /// Seconds of traffic (latency, fan-in, fan-out, churn).
     #[arg(long)]
     duration: Option<u64>,
-    /// Concurrent sessions (fan-in, idle).
+    /// Concurrent sessions (fan-in, idle); sessions opened per leg setting (tls).
     #[arg(long)]
     sessions: Option<usize>,
     /// Viewers of the live feed (fan-out).
@@ -177,8 +181,9 @@ fn run() -> Result<()> {
         source_cpu: if pin { a.source_cpu } else { None },
     };
 
-    let targets: Vec<Target> = if a.scenario == Scenario::Revoke {
-        // Revocation exists only in the gateway: no baseline to replay on.
+    let targets: Vec<Target> = if matches!(a.scenario, Scenario::Revoke | Scenario::Tls) {
+        // Revocation and the TLS legs exist only in the gateway: the
+        // baseline is the gateway's own plaintext path.
         vec![Target::Gateway]
     } else if a.targets.is_empty() {
         let mut t = vec![Target::Direct, Target::Gateway];
@@ -204,6 +209,16 @@ fn run() -> Result<()> {
         gw.env
             .push(("SLUICE_REVOCATION_CHANNEL".into(), a.revoke_channel.clone()));
     }
+    let pki = if a.scenario == Scenario::Tls {
+        if a.gateway.is_some() {
+            bail!("tls makes its own certificates and starts its own gateway: drop --gateway");
+        }
+        let pki = scenario::tls::Pki::make(&gw.tenant)?;
+        gw.env.extend(pki.gateway_env());
+        Some(pki)
+    } else {
+        None
+    };
     let _gateway = if targets.iter().any(|t| t.is_gateway()) {
         targets::start_gateway(&mut gw)?
     } else {
@@ -264,6 +279,37 @@ fn run() -> Result<()> {
             .collect(),
     };
     let secs = |d: u64| Duration::from_secs(a.duration.unwrap_or(d));
+    if let Some(pki) = &pki {
+        let p = scenario::tls::Params {
+            frames: a.frames.unwrap_or(20_000),
+            size: a.frame_size.unwrap_or(64 * 1024),
+            rate: a.rate.unwrap_or(2000),
+            latency_size: 1024,
+            duration: secs(5),
+            opens: a.sessions.unwrap_or(200),
+        };
+        let dialer = scenario::tls::Dialer::new(&gw, pki)?;
+        let rows = scenario::tls::run(&ctx, &dialer, gw.pid.map(Proc), &p)?;
+        println!("{}", describe(&layout, &gw, cores));
+        print!("{}", scenario::tls::table(&rows));
+        let dir = a
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("target/loadtest/tls"));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("report.json");
+        let report = json!({
+            "scenario": "tls",
+            "params": {"frames": p.frames, "frame_size": p.size, "rate": p.rate,
+                       "latency_frame_size": p.latency_size, "duration_s": p.duration.as_secs(),
+                       "opens": p.opens},
+            "layout": describe(&layout, &gw, cores),
+            "rows": rows,
+        });
+        std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {}", file.display());
+        return Ok(());
+    }
     let (params, outcomes) = match a.scenario {
         Scenario::Bulk => {
             let p = scenario::bulk::Params {
@@ -323,6 +369,7 @@ fn run() -> Result<()> {
                 scenario::revoke::run(&ctx, &p),
             )
         }
+        Scenario::Tls => unreachable!("handled above"),
         Scenario::Idle => {
             let p = scenario::idle::Params {
                 sessions: a.sessions.unwrap_or(10_000),
@@ -417,6 +464,7 @@ fn gateway_spec(a: &Args, proxy_cpus: &Option<String>) -> Result<GatewaySpec> {
     }
     Ok(GatewaySpec {
         addr: a.gateway,
+        tls_addr: None,
         pid: a.gateway_pid,
         bin,
         workers: a.workers,

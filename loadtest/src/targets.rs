@@ -104,6 +104,8 @@ impl Proc {
 /// Where the gateway is and the secrets to talk to it.
 pub struct GatewaySpec {
     pub addr: Option<SocketAddr>,
+    /// The TLS listener, when the gateway was started with one.
+    pub tls_addr: Option<SocketAddr>,
     pub pid: Option<u32>,
     pub bin: PathBuf,
     pub workers: usize,
@@ -131,7 +133,7 @@ impl Drop for Spawned {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Result<TempDir> {
+    pub fn new(tag: &str) -> Result<TempDir> {
         let p = std::env::temp_dir().join(format!("sluice-loadtest-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p)?;
@@ -234,7 +236,19 @@ pub fn start_gateway(spec: &mut GatewaySpec) -> Result<Option<Spawned>> {
         .spawn()
         .with_context(|| format!("start {bin}"))?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line)?;
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    stdout.read_line(&mut line)?;
+    if spec.env.iter().any(|(k, _)| k == "SLUICE_TLS_LISTEN") {
+        // "sluice tls listening on ADDR" follows the listen line.
+        let mut tls = String::new();
+        stdout.read_line(&mut tls)?;
+        spec.tls_addr = Some(
+            tls.trim()
+                .strip_prefix("sluice tls listening on ")
+                .ok_or_else(|| anyhow!("gateway did not print its TLS line (got {tls:?})"))?
+                .parse()?,
+        );
+    }
     let addr: SocketAddr = line
         .split_whitespace()
         .nth(3)

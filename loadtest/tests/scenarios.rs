@@ -168,3 +168,41 @@ fn revoke_closes_every_session_with_4410() {
         assert_eq!(o["latency"]["count"], 100, "{o}");
     });
 }
+
+#[test]
+fn tls_measures_every_leg_against_plaintext() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
+    let out = std::env::temp_dir().join(format!("sluice-lt-test-tls-{}", std::process::id()));
+    let run = Command::new(&bin)
+        .arg("tls")
+        .args(["--frames", "200", "--rate", "500", "--duration", "1"])
+        .args(["--sessions", "10", "--no-pin", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run sluice-loadtest");
+    let text =
+        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "sluice-loadtest tls failed:\n{text}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let legs: Vec<&str> = rows.iter().map(|r| r["legs"].as_str().unwrap()).collect();
+    assert_eq!(
+        legs,
+        [
+            "plaintext",
+            "tls browser leg",
+            "mtls connector leg",
+            "tls both legs"
+        ]
+    );
+    for r in rows {
+        // Every stamped frame arrived (the run fails on a short count) and
+        // every figure was measured.
+        assert_eq!(r["latency_frames"], 500, "{r}");
+        assert!(r["bulk_mb_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["open_p50_us"].as_u64().unwrap() > 0, "{r}");
+    }
+    assert!(text.contains("| tls both legs |"), "{text}");
+    let _ = std::fs::remove_dir_all(&out);
+}

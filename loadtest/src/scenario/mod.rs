@@ -8,6 +8,7 @@ pub mod fan_out;
 pub mod idle;
 pub mod latency;
 pub mod revoke;
+pub mod tls;
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

@@ -127,6 +127,9 @@ pub struct Auth {
     /// names one, cached, and fetched again when a token names an unknown
     /// `kid` (at most once per `jwks_refresh_min_ms` per tenant).
     pub jwks_url: String,
+    /// PEM CA trusted for an `https://` `jwks_url`, besides the public
+    /// web PKI roots (a control plane with a private CA).
+    pub jwks_ca_file: String,
     pub jwks_refresh_min_ms: u64,
     /// Cached keys are refetched after this long, so a key the control
     /// plane stopped publishing stops being accepted.
@@ -168,6 +171,7 @@ impl Default for Auth {
             ed25519_keys: BTreeMap::new(),
             jwks_file: String::new(),
             jwks_url: String::new(),
+            jwks_ca_file: String::new(),
             jwks_refresh_min_ms: 1_000,
             jwks_max_age_s: 300,
             jwks_fetch_timeout_ms: 2_000,

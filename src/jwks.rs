@@ -116,10 +116,16 @@ impl JwksCache {
         let min = Duration::from_millis(auth.jwks_refresh_min_ms);
         let timeout = Duration::from_millis(auth.jwks_fetch_timeout_ms.max(100));
         let weak = Arc::downgrade(&cache);
+        let mut agent = ureq::AgentBuilder::new().timeout(timeout);
+        if !auth.jwks_ca_file.is_empty() {
+            let tls = crate::tls::material::client_config(&auth.jwks_ca_file)
+                .map_err(|e| std::io::Error::other(format!("auth.jwks_ca_file: {e}")))?;
+            agent = agent.tls_config(tls);
+        }
+        let agent = agent.build();
         std::thread::Builder::new()
             .name("sluice-jwks".into())
             .spawn(move || {
-                let agent = ureq::AgentBuilder::new().timeout(timeout).build();
                 while let Ok(req) = rx.recv() {
                     let Some(cache) = weak.upgrade() else { return };
                     cache.serve(&agent, &url, min, req);

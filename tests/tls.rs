@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::control::{sibling_bin, Killed};
+use common::control::{
+    alice, gateway_edge_keys, provision, sibling_bin, Control, Killed, EDGE_A_KEY, GW_ADMIN_TOKEN,
+};
 use common::*;
 use futures_util::SinkExt;
 use rustls::pki_types::pem::PemObject;
@@ -519,4 +521,129 @@ async fn sluice_connector_with_mtls_and_sluice_fetch_over_wss() {
         "{said} {}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+/// Every hop encrypted: `sluice-fetch` asks an `https://` control plane for
+/// access, the gateway fetches the tenant's keys from it over TLS (trusting
+/// the development CA through `auth.jwks_ca_file`), the control plane names
+/// the gateway's `wss://` URL, and the real connector dials in with its
+/// certificate and edge key.
+#[tokio::test]
+async fn control_plane_gateway_connector_and_fetch_all_over_tls() {
+    let pki = Pki::new(&["acme"]);
+    let dir = provision();
+    let gw_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw_http = format!("127.0.0.1:{gw_port}");
+    let ctl = Control::start(
+        &dir,
+        &[
+            "--gateway",
+            &format!("http://{gw_http}"),
+            "--tls-cert",
+            &pki.s("server.crt"),
+            "--tls-key",
+            &pki.s("server.key"),
+        ],
+    );
+    let ctl_url = format!("https://localhost:{}", ctl.addr.port());
+    let jwks = format!("{ctl_url}/.well-known/jwks.json");
+    let keys = gateway_edge_keys();
+    let ca = pki.s("ca.crt");
+    let gw = pki.gateway(
+        2,
+        &[
+            ("SLUICE_LISTEN", gw_http.as_str()),
+            ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
+            ("SLUICE_EDGE_KEYS", keys.as_str()),
+            ("SLUICE_AUTH_JWKS_URL", jwks.as_str()),
+            ("SLUICE_AUTH_JWKS_CA_FILE", ca.as_str()),
+        ],
+    );
+    let at = gw.tls_addr.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let csv = work.path().join("d.csv");
+    let mut text = String::from("id,city\n");
+    for i in 0..2000 {
+        text.push_str(&format!("{i},city-{}\n", i % 13));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let (cert, key) = pki.client("acme");
+    let _connector = Killed(
+        Command::new(sibling_bin("sluice-connector"))
+            .args(["--gateway", &format!("wss://localhost:{}", at.port())])
+            .args(["--tenant", "acme", "--edge", "edge-a"])
+            .arg("--ca-cert")
+            .arg(&ca)
+            .arg("--client-cert")
+            .arg(&cert)
+            .arg("--client-key")
+            .arg(&key)
+            .arg("--dataset")
+            .arg(format!("d={}", csv.display()))
+            .env("SLUICE_EDGE_KEY", EDGE_A_KEY)
+            .env("SLUICE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = work.path().join("out.parquet");
+    let fetch = || {
+        Command::new(sibling_bin("sluice-fetch"))
+            .args(["--control", &ctl_url])
+            .args(["--tenant", "acme", "--client", "dash", "--dataset", "d"])
+            .arg("--ca-cert")
+            .arg(&ca)
+            .arg("-o")
+            .arg(&out)
+            .env("SLUICE_USER_TOKEN", alice())
+            .output()
+            .unwrap()
+    };
+    // Until the connector is online the control plane answers 503.
+    let mut last = fetch();
+    for _ in 0..100 {
+        if last.status.success() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        last = fetch();
+    }
+    assert!(
+        last.status.success(),
+        "fetch over https + wss: {}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    let cmp = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("connector/tests/python/compare_files.py"))
+        .arg(&out)
+        .arg(&csv)
+        .output()
+        .expect("python3");
+    assert!(
+        cmp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    // The gateway told the control plane its TLS address, and a client
+    // that does not trust the CA gets no further than the handshake.
+    let (_, edges) = raw_http(
+        gw.addr,
+        &format!("GET /admin/edges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {GW_ADMIN_TOKEN}\r\n\r\n"),
+    )
+    .await;
+    assert!(edges.contains(&format!("wss://{at}")), "{edges}");
+    let untrusting = Command::new(sibling_bin("sluice-fetch"))
+        .args(["--control", &ctl_url])
+        .args(["--tenant", "acme", "--client", "dash", "--dataset", "d"])
+        .arg("-o")
+        .arg(work.path().join("no.parquet"))
+        .env("SLUICE_USER_TOKEN", alice())
+        .output()
+        .unwrap();
+    assert!(!untrusting.status.success());
+    assert!(!work.path().join("no.parquet").exists());
 }

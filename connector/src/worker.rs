@@ -326,19 +326,28 @@ async fn write_loop(
     mut w: WebSocketWrite<link::WriteHalf>,
     mut rx: mpsc::Receiver<Out>,
 ) -> Result<()> {
-    while let Some(o) = rx.recv().await {
-        let frame = match o {
-            Out::Text(t) => Frame::text(Payload::Owned(t.into_bytes())),
-            Out::Binary(b) => Frame::binary(Payload::Owned(b)),
-            Out::Control(op, p) => Frame::new(true, op, None, Payload::Owned(p)),
-            Out::Close(code, reason) => {
-                w.write_frame(Frame::close(code, reason.as_bytes())).await?;
-                return Ok(());
-            }
-        };
-        w.write_frame(frame)
-            .await
-            .context("writing to the gateway")?;
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(o) = next.take() {
+            let frame = match o {
+                Out::Text(t) => Frame::text(Payload::Owned(t.into_bytes())),
+                Out::Binary(b) => Frame::binary(Payload::Owned(b)),
+                Out::Control(op, p) => Frame::new(true, op, None, Payload::Owned(p)),
+                Out::Close(code, reason) => {
+                    w.write_frame(Frame::close(code, reason.as_bytes())).await?;
+                    w.flush().await?;
+                    return Ok(());
+                }
+            };
+            w.write_frame(frame)
+                .await
+                .context("writing to the gateway")?;
+            next = rx.try_recv().ok();
+        }
+        // Nothing else queued: a TLS stream may still hold the last
+        // records (rustls buffers what the socket did not take), so push
+        // them out now. A no-op on plain TCP.
+        w.flush().await.context("writing to the gateway")?;
     }
     Ok(())
 }

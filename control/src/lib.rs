@@ -14,4 +14,5 @@ pub mod secret;
 pub mod server;
 pub mod store;
 pub mod tenants;
+pub mod tls;
 pub mod userauth;

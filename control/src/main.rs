@@ -103,6 +103,12 @@ struct ServeArgs {
     /// Runtime threads (0 = one per core).
     #[arg(long, env = "SLUICE_CONTROL_THREADS", default_value_t = 0)]
     threads: usize,
+    /// Serve HTTPS with this PEM certificate chain (reread on SIGHUP).
+    #[arg(long, env = "SLUICE_CONTROL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, env = "SLUICE_CONTROL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -479,10 +485,19 @@ fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
             signers: Signers::default(),
             cors: server::cors(&args.cors_origins).context("--cors-origin")?,
         });
+        // Read before binding: a bad file is a clear error, not a port
+        // that accepts and then fails every handshake.
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some(sluice_control::tls::Files::load(c, k)?),
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        server::serve(app, listener).await?;
+        match tls {
+            Some(files) => sluice_control::tls::serve(app, listener, files).await?,
+            None => server::serve(app, listener).await?,
+        }
         Ok(())
     })
 }

@@ -286,7 +286,7 @@ fn run() -> Result<()> {
             rate: a.rate.unwrap_or(2000),
             latency_size: 1024,
             duration: secs(5),
-            opens: a.sessions.unwrap_or(200),
+            opens: a.sessions.unwrap_or(1000),
         };
         let dialer = scenario::tls::Dialer::new(&gw, pki)?;
         let rows = scenario::tls::run(&ctx, &dialer, gw.pid.map(Proc), &p)?;

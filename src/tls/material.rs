@@ -202,3 +202,23 @@ pub fn tenant_of(cert: &CertificateDer<'_>) -> Option<String> {
     let cn = c.subject().iter_common_name().next()?.as_str().ok()?;
     (!cn.is_empty()).then(|| cn.to_owned())
 }
+
+/// A TLS client config trusting the public web PKI roots and the CA
+/// certificates in `ca_file` (for fetching keys from a control plane
+/// whose certificate a private CA signed).
+pub fn client_config(ca_file: &str) -> Result<Arc<rustls::ClientConfig>, MaterialError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for c in certs(ca_file)? {
+        roots.add(c).map_err(|e| MaterialError::ClientCa {
+            path: ca_file.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}

@@ -182,6 +182,16 @@ impl AsyncWrite for Prefixed {
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, b)
     }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -349,6 +359,7 @@ impl<'a> Dialer<'a> {
 async fn send_json(ws: &mut Ws, v: &Value) -> Result<()> {
     let text = v.to_string().into_bytes();
     ws.write_frame(Frame::text(Payload::Owned(text))).await?;
+    ws.flush().await?;
     Ok(())
 }
 
@@ -429,8 +440,11 @@ pub fn run(ctx: &Ctx, d: &Dialer, proc: Option<Proc>, p: &Params) -> Result<Vec<
             Box::pin(async move {
                 let payload = vec![0xab; size];
                 for _ in 0..n {
+                    // flush: TLS keeps what the socket did not take (a
+                    // no-op on plain TCP), as the real connector does.
                     ws.write_frame(Frame::binary(Payload::Borrowed(&payload)))
                         .await?;
+                    ws.flush().await?;
                 }
                 send_json(
                     &mut ws,
@@ -473,6 +487,7 @@ pub fn run(ctx: &Ctx, d: &Dialer, proc: Option<Proc>, p: &Params) -> Result<Vec<
                     let sched = (due - epoch).as_nanos() as u64;
                     ws.write_frame(Frame::binary(Payload::Owned(stamped(lsize, sched, k))))
                         .await?;
+                    ws.flush().await?;
                 }
                 send_json(
                     &mut ws,
@@ -505,6 +520,7 @@ pub fn run(ctx: &Ctx, d: &Dialer, proc: Option<Proc>, p: &Params) -> Result<Vec<
                 let mut ws = d.browser(legs, &sid).await?;
                 let _ = h.record(t.elapsed().as_micros().max(1) as u64);
                 let _ = ws.write_frame(Frame::close(1000, b"done")).await;
+                let _ = ws.flush().await;
             }
             anyhow::Ok(())
         })?;
@@ -516,6 +532,7 @@ pub fn run(ctx: &Ctx, d: &Dialer, proc: Option<Proc>, p: &Params) -> Result<Vec<
         ctx.rt.block_on(async move {
             let mut worker = worker;
             let _ = worker.write_frame(Frame::close(1000, b"done")).await;
+            let _ = worker.flush().await;
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while let Ok(f) = worker.read_frame().await {
                     if f.opcode == OpCode::Close {

@@ -259,8 +259,9 @@ pub struct Tls {
     pub threads: usize,
     /// Most TLS connections open at once; more are closed at accept.
     pub max_connections: usize,
-    /// Buffer per direction per connection (bytes); a TLS record is at
-    /// most 16 KiB, so more than that buys little.
+    /// Largest buffer per direction per connection (bytes). Buffers start
+    /// at 1 KiB and grow while reads fill them; a TLS record is at most
+    /// 16 KiB, so more than that buys little.
     pub buffer_bytes: usize,
 }
 

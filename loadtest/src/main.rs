@@ -287,6 +287,7 @@ fn run() -> Result<()> {
             latency_size: 1024,
             duration: secs(5),
             opens: a.sessions.unwrap_or(1000),
+            idle: a.sessions.unwrap_or(2000),
         };
         let dialer = scenario::tls::Dialer::new(&gw, pki)?;
         let rows = scenario::tls::run(&ctx, &dialer, gw.pid.map(Proc), &p)?;
@@ -302,7 +303,7 @@ fn run() -> Result<()> {
             "scenario": "tls",
             "params": {"frames": p.frames, "frame_size": p.size, "rate": p.rate,
                        "latency_frame_size": p.latency_size, "duration_s": p.duration.as_secs(),
-                       "opens": p.opens},
+                       "opens": p.opens, "idle_sessions": p.idle},
             "layout": describe(&layout, &gw, cores),
             "rows": rows,
         });

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -196,12 +196,30 @@ where
     }
 }
 
-async fn one_way<R, W>(r: R, mut w: W, buf: usize)
+/// Copies until EOF, then shuts the writer. The buffer starts at 1 KiB and
+/// doubles (up to `max`) while reads fill it, halving again when they use
+/// little of it: an idle connection holds 2 KiB, a bulk one full records.
+async fn one_way<R, W>(mut r: R, mut w: W, max: usize)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut r = BufReader::with_capacity(buf, r);
-    let _ = tokio::io::copy_buf(&mut r, &mut w).await;
+    const MIN: usize = 1024;
+    let mut buf = vec![0u8; MIN];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // The TLS writer keeps what the socket did not take until flushed.
+        if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
+            return;
+        }
+        if n == buf.len() && buf.len() < max {
+            buf = vec![0u8; (buf.len() * 2).min(max)];
+        } else if n < buf.len() / 4 && buf.len() > MIN {
+            buf = vec![0u8; buf.len() / 2];
+        }
+    }
     let _ = w.shutdown().await;
 }

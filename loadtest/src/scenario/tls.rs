@@ -8,7 +8,8 @@
 //! - latency: small stamped frames at a fixed rate (p50 / p99 from the
 //!   send schedule, so stalls are not hidden);
 //! - opens: browser sessions opened one after another (TCP + TLS
-//!   handshake + upgrade + token check), and the gateway's CPU per open.
+//!   handshake + upgrade + token check), and the gateway's CPU per open;
+//! - idle: the gateway's resident memory per open, idle session.
 //!
 //! The certificates are made here with `sluice::certs` (ECDSA P-256, as
 //! `sluice certs` makes them); the connector authenticates with its client
@@ -42,6 +43,8 @@ pub struct Params {
     pub latency_size: usize,
     pub duration: Duration,
     pub opens: usize,
+    /// Idle sessions held at once for the memory figure.
+    pub idle: usize,
 }
 
 /// Which legs run over TLS.
@@ -145,6 +148,7 @@ pub struct Row {
     pub open_p50_us: u64,
     pub open_p99_us: u64,
     pub gateway_cpu_ms_per_open: f64,
+    pub idle_kib_per_session: f64,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -423,10 +427,38 @@ pub fn run(ctx: &Ctx, d: &Dialer, proc: Option<Proc>, p: &Params) -> Result<Vec<
     let src_cpu = ctx
         .layout
         .source_cpu(crate::targets::Target::Gateway, false);
+    // Idle memory first, on a fresh gateway, holding every setting's
+    // sessions until all are measured: memory freed by one phase and
+    // reused by the next would otherwise hide what a session costs.
+    let mut idle_kib = [0.0; 4];
+    if let Some(proc) = proc {
+        let mut held = Vec::new();
+        for (i, legs) in Legs::ALL.into_iter().enumerate() {
+            let before = proc.rss_kib();
+            ctx.rt.block_on(async {
+                for k in 0..p.idle {
+                    let sid = format!("lt-tls-idle-{i}-{k}-{}", std::process::id());
+                    held.push(d.browser(legs, &sid).await?);
+                }
+                // Let the gateway finish setting them up.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                anyhow::Ok(())
+            })?;
+            idle_kib[i] = proc.rss_kib().saturating_sub(before) as f64 / p.idle.max(1) as f64;
+        }
+        ctx.rt.block_on(async {
+            for mut ws in held {
+                let _ = ws.write_frame(Frame::close(1000, b"done")).await;
+                let _ = ws.flush().await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        });
+    }
     let mut rows = Vec::new();
     for (i, legs) in Legs::ALL.into_iter().enumerate() {
         let mut row = Row {
             legs: legs.name(),
+            idle_kib_per_session: idle_kib[i],
             ..Row::default()
         };
         // bulk
@@ -527,6 +559,7 @@ pub fn run(ctx: &Ctx, d: &Dialer, proc: Option<Proc>, p: &Params) -> Result<Vec<
         row.open_p50_us = h.value_at_quantile(0.5);
         row.open_p99_us = h.value_at_quantile(0.99);
         row.gateway_cpu_ms_per_open = (cpu(proc) - c0) * 1000.0 / p.opens.max(1) as f64;
+
         rows.push(row);
         // The next setting's worker must be the edge's only one.
         ctx.rt.block_on(async move {
@@ -554,11 +587,11 @@ pub fn table(rows: &[Row]) -> String {
         _ => String::new(),
     };
     let mut out = String::from(
-        "| legs | bulk MB/s | gateway CPU-s per GiB | latency p50 / p99 µs | session open p50 / p99 µs | gateway CPU ms per open |\n|---|---|---|---|---|---|\n",
+        "| legs | bulk MB/s | gateway CPU-s per GiB | latency p50 / p99 µs | session open p50 / p99 µs | gateway CPU ms per open | idle KiB per session |\n|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.0}{} | {:.2}{} | {} / {} | {} / {} | {:.3}{} |\n",
+            "| {} | {:.0}{} | {:.2}{} | {} / {} | {} / {} | {:.3}{} | {:.1} |\n",
             r.legs,
             r.bulk_mb_per_s,
             ratio(r.bulk_mb_per_s, base.map(|b| b.bulk_mb_per_s)),
@@ -576,6 +609,7 @@ pub fn table(rows: &[Row]) -> String {
                 r.gateway_cpu_ms_per_open,
                 base.map(|b| b.gateway_cpu_ms_per_open)
             ),
+            r.idle_kib_per_session,
         ));
     }
     out

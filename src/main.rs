@@ -113,6 +113,14 @@ fn main() {
                 eprintln!("sluice: {e}");
                 std::process::exit(2);
             }
+            // The files too: a certificate that does not load should fail
+            // here, not at the next restart.
+            if cfg.tls.enabled() {
+                if let Err(e) = sluice::tls::Material::load(&cfg.tls) {
+                    eprintln!("sluice: {e}");
+                    std::process::exit(2);
+                }
+            }
             let mut shown = cfg.clone();
             if !shown.auth.hs256_secret.is_empty() {
                 shown.auth.hs256_secret = "<redacted>".into();

@@ -647,3 +647,37 @@ async fn control_plane_gateway_connector_and_fetch_all_over_tls() {
     assert!(!untrusting.status.success());
     assert!(!work.path().join("no.parquet").exists());
 }
+
+/// A certificate that does not load is caught by `check-config`, and the
+/// gateway refuses to start on it, naming the files.
+#[test]
+fn check_config_and_start_refuse_a_key_that_is_not_the_certificates() {
+    let pki = Pki::new(&["acme"]);
+    let run = |key: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .env("SLUICE_LISTEN", "127.0.0.1:0")
+            .env("SLUICE_TLS_LISTEN", "127.0.0.1:0")
+            .env("SLUICE_TLS_CERT_FILE", pki.s("server.crt"))
+            .env("SLUICE_TLS_KEY_FILE", key)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&pki.s("server.key"), &["check-config"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for args in [&["check-config"][..], &[][..]] {
+        let bad = run(&pki.s("ca.key"), args);
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success(), "{args:?} accepted the CA's key");
+        assert!(
+            err.contains("server.crt")
+                && err.contains("ca.key")
+                && err.contains("do not go together"),
+            "{err}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use common::assert_same_rows;
 use common::control::*;
 
 fn fetch(ctl: &Control, client: &str, dataset: &str, out: &Path) -> (bool, String) {
@@ -58,20 +59,7 @@ async fn sluice_fetch_asks_the_control_plane_then_downloads_through_the_named_ga
         let out = work.join(format!("out{i}.{ext}"));
         let (ok, err) = fetch(&ctl, "dash", "d", &out);
         assert!(ok, "fetch {ext}: {err}");
-        let cmp = Command::new("python3")
-            .arg(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("connector/tests/python/compare_files.py"),
-            )
-            .arg(&out)
-            .arg(&csv)
-            .output()
-            .expect("python3");
-        assert!(
-            cmp.status.success(),
-            "{ext}: {}",
-            String::from_utf8_lossy(&cmp.stdout)
-        );
+        assert_same_rows(&out, &csv);
     }
     let releases = ctl
         .audit_lines()

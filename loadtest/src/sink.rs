@@ -11,14 +11,25 @@ use fastwebsockets::{OpCode, Role, WebSocket};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A socket whose first reads return bytes already read during setup.
-pub struct Prefixed {
+/// A socket whose first reads return bytes already read during setup
+/// (plain TCP here; the `tls` scenario wraps TLS streams in it).
+pub struct Prefixed<S = TcpStream> {
     pending: Vec<u8>,
     at: usize,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S> Prefixed<S> {
+    pub fn new(inner: S, pending: Vec<u8>) -> Self {
+        Prefixed {
+            pending,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -35,13 +46,23 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         b: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, b)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -75,14 +96,7 @@ impl Sink {
     pub fn new(stream: std::net::TcpStream, pending: Vec<u8>, role: Role) -> Result<Sink> {
         stream.set_nonblocking(true)?;
         let inner = TcpStream::from_std(stream)?;
-        let mut ws = WebSocket::after_handshake(
-            Prefixed {
-                pending,
-                at: 0,
-                inner,
-            },
-            role,
-        );
+        let mut ws = WebSocket::after_handshake(Prefixed::new(inner, pending), role);
         ws.set_auto_pong(true);
         ws.set_auto_close(true);
         ws.set_max_message_size(64 << 20);
@@ -156,14 +170,8 @@ pub async fn connect(
                     .to_string();
                 bail!("upgrade refused: {line}");
             }
-            let mut ws = WebSocket::after_handshake(
-                Prefixed {
-                    pending: buf[at + 4..].to_vec(),
-                    at: 0,
-                    inner: s,
-                },
-                Role::Client,
-            );
+            let mut ws =
+                WebSocket::after_handshake(Prefixed::new(s, buf[at + 4..].to_vec()), Role::Client);
             ws.set_auto_pong(true);
             ws.set_auto_close(true);
             return Ok(Sink { ws });

@@ -575,3 +575,24 @@ impl Cuttable {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// pyarrow reads `out` (.arrow, .parquet or .csv) back equal to the source
+/// CSV (`connector/tests/python/compare_files.py`).
+pub fn assert_same_rows(out: &std::path::Path, csv: &std::path::Path) {
+    let cmp = Command::new("python3")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("connector/tests/python/compare_files.py"),
+        )
+        .arg(out)
+        .arg(csv)
+        .output()
+        .expect("python3");
+    assert!(
+        cmp.status.success(),
+        "{} differs from {}: {}",
+        out.display(),
+        csv.display(),
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+}

@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskCx, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -29,10 +28,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 use sluice::token::{sign_hs256, Claims, Mode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{pin_current, precise_timers, Ctx};
+use crate::sink::Prefixed;
 use crate::targets::{GatewaySpec, Proc};
 use crate::wire::{stamp_of, stamped};
 
@@ -154,57 +154,7 @@ pub struct Row {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// A stream whose first reads return the bytes read past the response head.
-struct Prefixed {
-    pending: Vec<u8>,
-    at: usize,
-    inner: Box<dyn Io>,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskCx<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.at < self.pending.len() {
-            let n = buf.remaining().min(self.pending.len() - self.at);
-            let at = self.at;
-            buf.put_slice(&self.pending[at..at + n]);
-            self.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskCx<'_>,
-        b: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, b)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskCx<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-type Ws = WebSocket<Prefixed>;
+type Ws = WebSocket<Prefixed<Box<dyn Io>>>;
 
 /// How to reach the gateway on each listener.
 pub struct Dialer<'a> {
@@ -266,14 +216,8 @@ impl<'a> Dialer<'a> {
                         line.lines().next().unwrap_or("")
                     );
                 }
-                let mut ws = WebSocket::after_handshake(
-                    Prefixed {
-                        pending: buf[at + 4..].to_vec(),
-                        at: 0,
-                        inner: io,
-                    },
-                    role,
-                );
+                let mut ws =
+                    WebSocket::after_handshake(Prefixed::new(io, buf[at + 4..].to_vec()), role);
                 ws.set_auto_pong(true);
                 ws.set_max_message_size(64 << 20);
                 ws.set_writev(true);

@@ -253,6 +253,7 @@ fn write_key(p: &Path, text: &str) -> Result<(), CertsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn makes_the_layout_and_reuses_the_ca() {
@@ -303,6 +304,4 @@ mod tests {
             Err(CertsError::Tenant(_))
         ));
     }
-
-    use rustls::pki_types::pem::PemObject;
 }

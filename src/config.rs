@@ -244,11 +244,7 @@ pub struct Tls {
     /// (mutual TLS; the certificate's CN is the tenant id). Empty = no
     /// client certificates asked for.
     pub client_ca_file: String,
-    /// How connectors on the TLS listener prove who they are:
-    /// `either` (a client certificate or an `Edge-Key`; both checked when
-    /// both come), `certificate` (a client certificate is required), or
-    /// `both` (certificate and `Edge-Key`).
-    pub connector_auth: String,
+    pub connector_auth: ConnectorAuth,
     /// Edges a certificate's tenant may register besides the one named by
     /// its tenant id: `acme = ["acme-plant-1", "acme-plant-2"]`.
     pub tenant_edges: BTreeMap<String, Vec<String>>,
@@ -272,7 +268,7 @@ impl Default for Tls {
             cert_file: String::new(),
             key_file: String::new(),
             client_ca_file: String::new(),
-            connector_auth: "either".into(),
+            connector_auth: ConnectorAuth::Either,
             tenant_edges: BTreeMap::new(),
             reload_check_ms: 2_000,
             threads: 0,
@@ -280,6 +276,20 @@ impl Default for Tls {
             buffer_bytes: 16 * 1024,
         }
     }
+}
+
+/// What a connector must present (`tls.connector_auth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectorAuth {
+    /// A client certificate or an `Edge-Key`; both are checked when both come.
+    #[default]
+    Either,
+    /// A client certificate: an `Edge-Key` alone is refused, and so is the
+    /// plaintext listener.
+    Certificate,
+    /// A client certificate and an `Edge-Key`.
+    Both,
 }
 
 impl Tls {
@@ -489,13 +499,7 @@ impl Config {
                 return bad("tls.max_connections must be > 0 and tls.buffer_bytes >= 1024");
             }
         }
-        if !matches!(
-            tls.connector_auth.as_str(),
-            "either" | "certificate" | "both"
-        ) {
-            return bad("tls.connector_auth must be either, certificate or both");
-        }
-        if tls.connector_auth != "either" && !tls.mutual() {
+        if tls.connector_auth != ConnectorAuth::Either && !tls.mutual() {
             return bad("tls.connector_auth needs tls.client_ca_file (client certificates)");
         }
         EdgeKeys::from_config(&self.edge_keys).map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -7,7 +7,7 @@
 //! edge ids this connection may serve, and the tenant its `register` must
 //! name) travels with the connection as a [`Grant`].
 
-use crate::config::Config;
+use crate::config::{Config, ConnectorAuth};
 use crate::edge_key::EdgeKeys;
 use crate::http::{HttpError, Request};
 
@@ -86,13 +86,13 @@ pub fn authenticate(
 ) -> Result<Grant, HttpError> {
     let key = req.header("edge-key").filter(|k| !k.is_empty());
     let cert = transport.cert_tenant();
-    let mode = cfg.tls.connector_auth.as_str();
-    if matches!(mode, "certificate" | "both") && cert.is_none() {
+    let mode = cfg.tls.connector_auth;
+    if mode != ConnectorAuth::Either && cert.is_none() {
         return Err(refuse(
             "client certificate required: connect to the TLS listener with a certificate signed by the gateway's client CA",
         ));
     }
-    if mode == "both" && key.is_none() {
+    if mode == ConnectorAuth::Both && key.is_none() {
         return Err(refuse("missing Edge-Key header"));
     }
     let edges = match (key, cert) {
@@ -134,9 +134,9 @@ mod tests {
             .unwrap()
     }
 
-    fn setup(mode: &str) -> (Config, EdgeKeys) {
+    fn setup(mode: ConnectorAuth) -> (Config, EdgeKeys) {
         let mut cfg = Config::default();
-        cfg.tls.connector_auth = mode.into();
+        cfg.tls.connector_auth = mode;
         cfg.tls
             .tenant_edges
             .insert("acme".into(), vec!["acme-plant".into()]);
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn either_accepts_a_key_or_a_certificate() {
-        let (cfg, keys) = setup("either");
+        let (cfg, keys) = setup(ConnectorAuth::Either);
         let g = authenticate(&cfg, &keys, &Transport::Plain, &req(Some("globex-key"))).unwrap();
         assert_eq!(g.edges, ["globex"]);
         assert!(g.tenant.is_none());
@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_key_and_a_certificate_are_both_checked() {
-        let (cfg, keys) = setup("either");
+        let (cfg, keys) = setup(ConnectorAuth::Either);
         // The key names the edges; the certificate's tenant still binds register.
         let g = authenticate(&cfg, &keys, &tls(Some("acme")), &req(Some("globex-key"))).unwrap();
         assert_eq!(g.edges, ["globex"]);
@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn certificate_mode_refuses_keys_alone_and_plaintext() {
-        let (cfg, keys) = setup("certificate");
+        let (cfg, keys) = setup(ConnectorAuth::Certificate);
         assert!(authenticate(&cfg, &keys, &Transport::Plain, &req(Some("globex-key"))).is_err());
         assert!(authenticate(&cfg, &keys, &tls(None), &req(Some("globex-key"))).is_err());
         assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(None)).is_ok());
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn both_mode_needs_both() {
-        let (cfg, keys) = setup("both");
+        let (cfg, keys) = setup(ConnectorAuth::Both);
         assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(None)).is_err());
         assert!(authenticate(&cfg, &keys, &tls(None), &req(Some("globex-key"))).is_err());
         assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(Some("globex-key"))).is_ok());

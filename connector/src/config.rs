@@ -429,13 +429,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("chunk_bytes"));
+        // wss:// is fine (public roots by default); TLS files must exist,
+        // come in pairs, and need a wss:// gateway.
         let mut c = base();
         c.gateway = "wss://gw".into();
+        assert!(c.finish(Some("k".into())).unwrap().tls.is_some());
+        let mut c = base();
+        c.gateway = "wss://gw".into();
+        c.mtls.ca_cert = Some("/nonexistent/ca.crt".into());
         assert!(c
             .finish(Some("k".into()))
             .unwrap_err()
             .to_string()
-            .contains("wss"));
+            .contains("/nonexistent/ca.crt"));
+        let mut c = base();
+        c.gateway = "wss://gw".into();
+        c.mtls.client_cert = Some("/x/client.crt".into());
+        assert!(c
+            .finish(None)
+            .unwrap_err()
+            .to_string()
+            .contains("go together"));
+        let mut c = base();
+        c.mtls.ca_cert = Some("/x/ca.crt".into());
+        assert!(c
+            .finish(Some("k".into()))
+            .unwrap_err()
+            .to_string()
+            .contains("wss://"));
         let mut c = base();
         c.datasets.push(DatasetConfig::new("x", "/data/x.xlsx"));
         assert!(c

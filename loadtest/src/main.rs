@@ -279,38 +279,6 @@ fn run() -> Result<()> {
             .collect(),
     };
     let secs = |d: u64| Duration::from_secs(a.duration.unwrap_or(d));
-    if let Some(pki) = &pki {
-        let p = scenario::tls::Params {
-            frames: a.frames.unwrap_or(20_000),
-            size: a.frame_size.unwrap_or(64 * 1024),
-            rate: a.rate.unwrap_or(2000),
-            latency_size: 1024,
-            duration: secs(5),
-            opens: a.sessions.unwrap_or(1000),
-            idle: a.sessions.unwrap_or(2000),
-        };
-        let dialer = scenario::tls::Dialer::new(&gw, pki)?;
-        let rows = scenario::tls::run(&ctx, &dialer, gw.pid.map(Proc), &p)?;
-        println!("{}", describe(&layout, &gw, cores));
-        print!("{}", scenario::tls::table(&rows));
-        let dir = a
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("target/loadtest/tls"));
-        std::fs::create_dir_all(&dir)?;
-        let file = dir.join("report.json");
-        let report = json!({
-            "scenario": "tls",
-            "params": {"frames": p.frames, "frame_size": p.size, "rate": p.rate,
-                       "latency_frame_size": p.latency_size, "duration_s": p.duration.as_secs(),
-                       "opens": p.opens, "idle_sessions": p.idle},
-            "layout": describe(&layout, &gw, cores),
-            "rows": rows,
-        });
-        std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
-        println!("wrote {}", file.display());
-        return Ok(());
-    }
     let (params, outcomes) = match a.scenario {
         Scenario::Bulk => {
             let p = scenario::bulk::Params {
@@ -370,7 +338,39 @@ fn run() -> Result<()> {
                 scenario::revoke::run(&ctx, &p),
             )
         }
-        Scenario::Tls => unreachable!("handled above"),
+        Scenario::Tls => {
+            let p = scenario::tls::Params {
+                frames: a.frames.unwrap_or(20_000),
+                size: a.frame_size.unwrap_or(64 * 1024),
+                rate: a.rate.unwrap_or(2000),
+                latency_size: 1024,
+                duration: secs(5),
+                opens: a.sessions.unwrap_or(1000),
+                idle: a.sessions.unwrap_or(2000),
+            };
+            let pki = pki.as_ref().context("tls: certificates were made above")?;
+            let dialer = scenario::tls::Dialer::new(&gw, pki)?;
+            let rows = scenario::tls::run(&ctx, &dialer, gw.pid.map(Proc), &p)?;
+            println!("{}", describe(&layout, &gw, cores));
+            print!("{}", scenario::tls::table(&rows));
+            let dir = a
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("target/loadtest/tls"));
+            std::fs::create_dir_all(&dir)?;
+            let file = dir.join("report.json");
+            let report = json!({
+                "scenario": "tls",
+                "params": {"frames": p.frames, "frame_size": p.size, "rate": p.rate,
+                           "latency_frame_size": p.latency_size, "duration_s": p.duration.as_secs(),
+                           "opens": p.opens, "idle_sessions": p.idle},
+                "layout": describe(&layout, &gw, cores),
+                "rows": rows,
+            });
+            std::fs::write(&file, serde_json::to_string_pretty(&report)?)?;
+            println!("wrote {}", file.display());
+            return Ok(());
+        }
         Scenario::Idle => {
             let p = scenario::idle::Params {
                 sessions: a.sessions.unwrap_or(10_000),

@@ -122,12 +122,22 @@ async fn serve(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             stats.handshake_failures.fetch_add(1, Relaxed);
-            tracing::info!(%peer, error = %e, "tls handshake failed");
+            // A refused client certificate (wrong CA, expired) is worth an
+            // operator's attention; scanners and aborted handshakes are not.
+            let cert = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+            if cert {
+                tracing::warn!(%peer, error = %e, "tls client certificate refused");
+            } else {
+                tracing::debug!(%peer, error = %e, "tls handshake failed");
+            }
             return;
         }
         Err(_) => {
             stats.handshake_failures.fetch_add(1, Relaxed);
-            tracing::info!(%peer, "tls handshake not completed in time");
+            tracing::debug!(%peer, "tls handshake not completed in time");
             return;
         }
     };

@@ -141,16 +141,15 @@ impl Sink {
     }
 }
 
-/// Opens `path` as a WebSocket client entirely on the runtime (for churn,
-/// where sessions open concurrently at a fixed rate).
-pub async fn connect(
+/// Sends the opening handshake for `path` on `s` and reads the answer's
+/// head; returns `s` with the bytes read past the head, ready for frames.
+pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
     addr: std::net::SocketAddr,
     path: &str,
     headers: &[(&str, String)],
-) -> Result<Sink> {
+) -> Result<Prefixed<S>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
     let req = crate::wire::upgrade_request(addr, path, headers);
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
@@ -158,26 +157,36 @@ pub async fn connect(
     loop {
         let n = s.read(&mut chunk).await?;
         if n == 0 {
-            bail!("connection closed during the handshake");
+            bail!("{path}: connection closed during the handshake");
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             if !buf.starts_with(b"HTTP/1.1 101") {
-                let line = String::from_utf8_lossy(&buf[..at])
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                bail!("upgrade refused: {line}");
+                let line = String::from_utf8_lossy(&buf[..at]).into_owned();
+                bail!(
+                    "{path}: upgrade refused: {}",
+                    line.lines().next().unwrap_or("")
+                );
             }
-            let mut ws =
-                WebSocket::after_handshake(Prefixed::new(s, buf[at + 4..].to_vec()), Role::Client);
-            ws.set_auto_pong(true);
-            ws.set_auto_close(true);
-            return Ok(Sink { ws });
+            return Ok(Prefixed::new(s, buf[at + 4..].to_vec()));
         }
         if buf.len() > 16 * 1024 {
-            bail!("response head too large");
+            bail!("{path}: response head too large");
         }
     }
+}
+
+/// Opens `path` as a WebSocket client entirely on the runtime (for churn,
+/// where sessions open concurrently at a fixed rate).
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Result<Sink> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut ws = WebSocket::after_handshake(upgrade(s, addr, path, headers).await?, Role::Client);
+    ws.set_auto_pong(true);
+    ws.set_auto_close(true);
+    Ok(Sink { ws })
 }

@@ -28,11 +28,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 use sluice::token::{sign_hs256, Claims, Mode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{pin_current, precise_timers, Ctx};
-use crate::sink::Prefixed;
+use crate::sink::{upgrade, Prefixed};
 use crate::targets::{GatewaySpec, Proc};
 use crate::wire::{stamp_of, stamped};
 
@@ -186,7 +186,7 @@ impl<'a> Dialer<'a> {
         let addr = if tls.is_some() { self.tls } else { self.plain };
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let mut io: Box<dyn Io> = match tls {
+        let io: Box<dyn Io> = match tls {
             None => Box::new(tcp),
             Some(cfg) => {
                 let name = ServerName::try_from("localhost").expect("a DNS name");
@@ -198,32 +198,11 @@ impl<'a> Dialer<'a> {
                 )
             }
         };
-        let req = crate::wire::upgrade_request(addr, path, headers);
-        io.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = io.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("{path}: closed during the handshake");
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                if !buf.starts_with(b"HTTP/1.1 101") {
-                    let line = String::from_utf8_lossy(&buf[..at]).into_owned();
-                    bail!(
-                        "{path}: upgrade refused: {}",
-                        line.lines().next().unwrap_or("")
-                    );
-                }
-                let mut ws =
-                    WebSocket::after_handshake(Prefixed::new(io, buf[at + 4..].to_vec()), role);
-                ws.set_auto_pong(true);
-                ws.set_max_message_size(64 << 20);
-                ws.set_writev(true);
-                return Ok(ws);
-            }
-        }
+        let mut ws = WebSocket::after_handshake(upgrade(io, addr, path, headers).await?, role);
+        ws.set_auto_pong(true);
+        ws.set_max_message_size(64 << 20);
+        ws.set_writev(true);
+        Ok(ws)
     }
 
     fn token(&self, sid: &str) -> String {

@@ -496,6 +496,14 @@ async fn single_node_revocation_goes_through_the_gateway_admin_endpoint() {
     drop(ctl);
     let (ctl, gw) = single_node(&dir, 2);
     assert_eq!(ctl.ready().await, 200);
+    // `systemctl reload` (SIGHUP) does not stop a plain-HTTP control plane.
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &ctl.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(ctl.ready().await, 200, "SIGHUP stopped the control plane");
     // The admin endpoint is closed without its token.
     assert_eq!(gw.get("/admin/edges").await.0, 401);
     let mut conn = connector(&gw, "edge-a", EDGE_A_KEY, &["d"]).await;

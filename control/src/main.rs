@@ -496,7 +496,18 @@ fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         match tls {
             Some(files) => sluice_control::tls::serve(app, listener, files).await?,
-            None => server::serve(app, listener).await?,
+            None => {
+                // SIGHUP (`systemctl reload`) must not kill a plain-HTTP
+                // control plane: there is nothing to reread.
+                let mut hup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: no TLS files to reload");
+                    }
+                });
+                server::serve(app, listener).await?
+            }
         }
         Ok(())
     })

@@ -350,6 +350,10 @@ impl Control {
         panic!("sluice-control did not listen on {addr}");
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn jwks_url(&self) -> String {
         format!("http://{}/.well-known/jwks.json", self.addr)
     }

@@ -425,6 +425,36 @@ async fn sighup_reloads_the_certificate_when_file_checks_are_off() {
     assert_eq!(gw.get("/readyz").await.0, 200);
 }
 
+/// The real `sluice-connector` of tenant acme dialing the TLS listener with
+/// acme's certificate, serving `csv` as dataset `d`: as edge `acme` on
+/// the certificate alone, or as `edge` with its key too.
+fn mtls_connector(
+    pki: &Pki,
+    at: std::net::SocketAddr,
+    csv: &Path,
+    edge: Option<(&str, &str)>,
+) -> Killed {
+    let (cert, key) = pki.client("acme");
+    let mut cmd = Command::new(sibling_bin("sluice-connector"));
+    cmd.args(["--gateway", &format!("wss://localhost:{}", at.port())])
+        .args(["--tenant", "acme"])
+        .arg("--ca-cert")
+        .arg(pki.path("clients/acme/ca.crt"))
+        .arg("--client-cert")
+        .arg(&cert)
+        .arg("--client-key")
+        .arg(&key)
+        .arg("--dataset")
+        .arg(format!("d={}", csv.display()))
+        .env_remove("SLUICE_EDGE_KEY")
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    if let Some((id, key)) = edge {
+        cmd.args(["--edge", id]).env("SLUICE_EDGE_KEY", key);
+    }
+    Killed(cmd.spawn().unwrap())
+}
+
 /// The real connector and `sluice-fetch` over TLS on both legs: the
 /// connector authenticates with its certificate only, the fetch trusts the
 /// development CA, and pyarrow reads back what the CSV held.
@@ -440,25 +470,7 @@ async fn sluice_connector_with_mtls_and_sluice_fetch_over_wss() {
         text.push_str(&format!("{i},row-{i}\n"));
     }
     std::fs::write(&csv, text).unwrap();
-    let (cert, key) = pki.client("acme");
-    let _connector = Killed(
-        Command::new(sibling_bin("sluice-connector"))
-            .args(["--gateway", &format!("wss://localhost:{}", at.port())])
-            .args(["--tenant", "acme"])
-            .arg("--ca-cert")
-            .arg(pki.path("clients/acme/ca.crt"))
-            .arg("--client-cert")
-            .arg(&cert)
-            .arg("--client-key")
-            .arg(&key)
-            .arg("--dataset")
-            .arg(format!("d={}", csv.display()))
-            .env_remove("SLUICE_EDGE_KEY")
-            .env("SLUICE_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _connector = mtls_connector(&pki, at, &csv, None);
     eventually("the connector registered over mTLS", || {
         std::process::Command::new("curl")
             .args(["-s", &format!("http://{}/metrics", gw.addr)])
@@ -561,25 +573,7 @@ async fn control_plane_gateway_connector_and_fetch_all_over_tls() {
         text.push_str(&format!("{i},city-{}\n", i % 13));
     }
     std::fs::write(&csv, text).unwrap();
-    let (cert, key) = pki.client("acme");
-    let _connector = Killed(
-        Command::new(sibling_bin("sluice-connector"))
-            .args(["--gateway", &format!("wss://localhost:{}", at.port())])
-            .args(["--tenant", "acme", "--edge", "edge-a"])
-            .arg("--ca-cert")
-            .arg(&ca)
-            .arg("--client-cert")
-            .arg(&cert)
-            .arg("--client-key")
-            .arg(&key)
-            .arg("--dataset")
-            .arg(format!("d={}", csv.display()))
-            .env("SLUICE_EDGE_KEY", EDGE_A_KEY)
-            .env("SLUICE_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _connector = mtls_connector(&pki, at, &csv, Some(("edge-a", EDGE_A_KEY)));
     let out = work.path().join("out.parquet");
     let fetch = || {
         Command::new(sibling_bin("sluice-fetch"))

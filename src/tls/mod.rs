@@ -55,8 +55,9 @@ pub fn start(
         .name("sluice-tls-accept".into())
         .spawn(move || rt.block_on(accept_loop(shared, accept_material, listener)))
         .context("cannot spawn the TLS accept thread")?;
-    let every = material_check_interval(&material);
-    if let Some(every) = every {
+    let check_ms = material.reload_check_ms();
+    if check_ms > 0 {
+        let every = Duration::from_millis(check_ms);
         std::thread::Builder::new()
             .name("sluice-tls-reload".into())
             .spawn(move || loop {
@@ -66,11 +67,6 @@ pub fn start(
             .context("cannot spawn the TLS reload thread")?;
     }
     Ok(addr)
-}
-
-fn material_check_interval(m: &Material) -> Option<Duration> {
-    let ms = m.reload_check_ms();
-    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 async fn accept_loop(shared: Arc<Shared>, material: Arc<Material>, std: std::net::TcpListener) {

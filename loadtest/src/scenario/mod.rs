@@ -80,6 +80,35 @@ pub fn precise_timers() {
     debug_assert_eq!(rc, 0, "PR_SET_TIMERSLACK is available since Linux 2.6.28");
 }
 
+/// An open-loop schedule: frame k is due `k × period` after a start 20 ms
+/// from now, whatever happened to the frames before it.
+pub struct Schedule {
+    start: Instant,
+    period: Duration,
+    epoch: Instant,
+}
+
+impl Schedule {
+    pub fn new(period: Duration, epoch: Instant) -> Schedule {
+        Schedule {
+            start: Instant::now() + Duration::from_millis(20),
+            period,
+            epoch,
+        }
+    }
+
+    /// Sleeps until frame `k` is due; returns its due time in ns since the
+    /// run's epoch (what the frame carries, so latency counts from it).
+    pub fn wait(&self, k: u64) -> u64 {
+        let due = self.start + self.period * k as u32;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        (due - self.epoch).as_nanos() as u64
+    }
+}
+
 /// Sends `total` stamped frames on a fixed schedule, frame k due at
 /// `start + k × period`, round-robin over `sources` (each source gets one
 /// frame in `sources.len()`) or, with `broadcast`, every frame to all of
@@ -98,16 +127,11 @@ pub fn paced(
         pin_current(cpu);
         precise_timers();
         let mut errors = vec![];
-        let start = Instant::now() + Duration::from_millis(20);
+        let schedule = Schedule::new(period, epoch);
         let enc = sources[0].enc;
         let n = sources.len();
         for k in 0..total {
-            let due = start + period * k as u32;
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            let sched = (due - epoch).as_nanos() as u64;
+            let sched = schedule.wait(k);
             let frame = enc.frame(Opcode::Binary, &stamped(size, sched, k));
             let to: Vec<usize> = if broadcast {
                 (0..n).collect()

@@ -31,7 +31,7 @@ use sluice::token::{sign_hs256, Claims, Mode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::{pin_current, precise_timers, Ctx};
+use super::{pin_current, precise_timers, Ctx, Schedule};
 use crate::sink::{upgrade, Prefixed};
 use crate::targets::{GatewaySpec, Proc};
 use crate::wire::{stamp_of, stamped};
@@ -290,6 +290,22 @@ async fn send_json(ws: &mut Ws, v: &Value) -> Result<()> {
     Ok(())
 }
 
+/// One binary frame, flushed: TLS keeps what the socket did not take until
+/// flushed (a no-op on plain TCP), as the real connector does.
+async fn send_binary(ws: &mut Ws, payload: Payload<'_>) -> Result<()> {
+    ws.write_frame(Frame::binary(payload)).await?;
+    ws.flush().await?;
+    Ok(())
+}
+
+async fn end_stream(ws: &mut Ws, rid: &Value) -> Result<()> {
+    send_json(
+        ws,
+        &json!({"request_id": rid, "type": "stream_end", "total_bytes": 0}),
+    )
+    .await
+}
+
 async fn next_json(ws: &mut Ws) -> Result<Value> {
     loop {
         let f = tokio::time::timeout(Duration::from_secs(10), ws.read_frame())
@@ -395,17 +411,9 @@ pub fn run(ctx: &Ctx, d: &Dialer, proc: Option<Proc>, p: &Params) -> Result<Vec<
             Box::pin(async move {
                 let payload = vec![0xab; size];
                 for _ in 0..n {
-                    // flush: TLS keeps what the socket did not take (a
-                    // no-op on plain TCP), as the real connector does.
-                    ws.write_frame(Frame::binary(Payload::Borrowed(&payload)))
-                        .await?;
-                    ws.flush().await?;
+                    send_binary(&mut ws, Payload::Borrowed(&payload)).await?;
                 }
-                send_json(
-                    &mut ws,
-                    &json!({"request_id": rid, "type": "stream_end", "total_bytes": 0}),
-                )
-                .await?;
+                end_stream(&mut ws, &rid).await?;
                 Ok(ws)
             })
         });
@@ -432,23 +440,12 @@ pub fn run(ctx: &Ctx, d: &Dialer, proc: Option<Proc>, p: &Params) -> Result<Vec<
         let (lsize, epoch) = (p.latency_size, ctx.epoch);
         let w = source(src_cpu, worker, move |mut ws| {
             Box::pin(async move {
-                let start = Instant::now() + Duration::from_millis(20);
+                let schedule = Schedule::new(period, epoch);
                 for k in 0..total {
-                    let due = start + period * k as u32;
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    let sched = (due - epoch).as_nanos() as u64;
-                    ws.write_frame(Frame::binary(Payload::Owned(stamped(lsize, sched, k))))
-                        .await?;
-                    ws.flush().await?;
+                    let sched = schedule.wait(k);
+                    send_binary(&mut ws, Payload::Owned(stamped(lsize, sched, k))).await?;
                 }
-                send_json(
-                    &mut ws,
-                    &json!({"request_id": rid, "type": "stream_end", "total_bytes": 0}),
-                )
-                .await?;
+                end_stream(&mut ws, &rid).await?;
                 Ok(ws)
             })
         });

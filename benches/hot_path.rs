@@ -5,9 +5,9 @@
 mod support;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use sluice::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
 use sluice::ids::SessionId;
-use sluice::quota::Quota;
+use sluice::session::quota::Quota;
+use sluice::wire::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
 
 fn frames(c: &mut Criterion) {
     let f = encode_client_frame(Opcode::Binary, true, &[0u8; 65536], [1, 2, 3, 4]);

@@ -15,10 +15,10 @@ mod support;
 
 use std::hint::black_box;
 
-use sluice::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
+use sluice::auth::token::Verifier;
 use sluice::ids::SessionId;
-use sluice::quota::Quota;
-use sluice::token::Verifier;
+use sluice::session::quota::Quota;
+use sluice::wire::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
 
 const ITERATIONS: u64 = 1000;
 
@@ -70,10 +70,10 @@ fn measured_quota(q: &Quota) {
 #[inline(never)]
 fn measured_http_upgrade(req: &[u8]) {
     for _ in 0..ITERATIONS {
-        let r = sluice::http::parse_request(black_box(req), 8192, 64)
+        let r = sluice::wire::http::parse_request(black_box(req), 8192, 64)
             .unwrap()
             .unwrap();
-        black_box(sluice::http::validate_upgrade(&r).unwrap());
+        black_box(sluice::wire::http::validate_upgrade(&r).unwrap());
     }
 }
 

@@ -76,6 +76,9 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// A live feed: one edge's dataset, fanned out to every viewer.
+pub type FeedKey = (EdgeId, String);
+
 #[cfg(test)]
 mod tests {
     use super::*;

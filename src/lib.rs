@@ -1,39 +1,41 @@
 //! Sluice gateway: the data plane between edge connectors and browsers.
 //!
-//! Read top to bottom, a session goes: [`shard`] accepts and reads the
-//! request head → [`http`] validates the upgrade → [`session`] authenticates
-//! with [`token`] → [`connector`] pairs it with an edge connection (moved to
-//! the session's shard by [`handoff`]) → [`query`], [`fanout`] or [`relay`]
-//! forward frames read by [`reader`] into an [`outbox`] → close codes from
-//! [`protocol`].
+//! The folders are layers; each imports only those listed before it:
+//!
+//! | layer | what it holds |
+//! |---|---|
+//! | [`config`], [`ids`], [`static_files`] | settings, identifiers, the dashboard's files |
+//! | [`wire`] | RFC 6455 frames, the HTTP upgrade, readers, bounded outboxes, socket handoff |
+//! | [`tls`] | certificate material and `sluice certs` |
+//! | [`auth`] | session tokens, JWKS, edge credentials, revoked sessions |
+//! | [`registry`] | edges online, their connections, live feeds |
+//! | [`shard`] | a shard's state, its mailbox messages, metrics |
+//! | [`edge`] | edge endpoints, the idle pool, leasing a connection to a session |
+//! | [`session`] | the browser session: authenticate, query, fan-out, relay, quota |
+//! | [`cluster`] | Redis links: revocations in, the edge registry out |
+//! | [`server`] | start, accept, route, the TLS front, admin endpoints |
+//!
+//! A browser connection goes: `server::accept` → `server::route` →
+//! `session::browser` (handshake, authenticate with `auth::token`) →
+//! `edge::acquire` (pair) → `session::query` / `fanout` / `relay`
+//! (forward) → close codes from `sluice_protocol`. `docs/architecture.md`
+//! tells the whole story.
 
-pub mod admin;
-pub mod announce;
-pub mod certs;
+pub mod auth;
+pub mod cluster;
 pub mod config;
-pub mod connector;
-pub mod edge_auth;
-pub mod edge_key;
-pub mod fanout;
-pub mod frame;
-pub mod handoff;
-pub mod http;
+pub mod edge;
 pub mod ids;
-pub mod jwks;
-pub mod keepalive;
-pub mod metrics;
-pub mod outbox;
-pub mod protocol;
-pub mod query;
-pub mod quota;
-pub mod reader;
 pub mod registry;
-pub mod relay;
-pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod shard;
 pub mod static_files;
 pub mod tls;
-pub mod token;
-pub mod utf8;
+pub mod wire;
+
+pub use auth::token::{Claims, Mode, Verifier};
+pub use config::Config;
+pub use ids::{ConnId, EdgeId, SessionId};
+pub use server::Gateway;
+pub use sluice_protocol as protocol;

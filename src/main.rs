@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use sluice::config::Config;
-use sluice::edge_key::KeyHash;
-use sluice::server::Gateway;
+use sluice::config::KeyHash;
+use sluice::Gateway;
 
 #[derive(Parser)]
 #[command(
@@ -88,14 +88,14 @@ fn main() {
             days,
             force,
         }) => {
-            let req = sluice::certs::Request {
+            let req = sluice::tls::certs::Request {
                 out,
                 tenants,
                 hosts,
                 days,
                 force,
             };
-            match sluice::certs::run(&req) {
+            match sluice::tls::certs::run(&req) {
                 Ok(report) => {
                     for l in report.lines {
                         println!("{l}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::SinkExt;
 use serde_json::json;
-use sluice::frame::{encode_client_frame, parse_close, parse_header, MaskRule, Opcode};
+use sluice::wire::frame::{encode_client_frame, parse_close, parse_header, MaskRule, Opcode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -119,7 +119,7 @@ async fn bad_frames_get_rfc_close_codes() {
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         (
             "unmasked",
-            sluice::frame::encode_server_frame(Opcode::Text, b"{}"),
+            sluice::wire::frame::encode_server_frame(Opcode::Text, b"{}"),
             1002,
         ),
         ("fragmented control frame", frag_ping, 1002),

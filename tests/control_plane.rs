@@ -90,7 +90,7 @@ async fn a_client_gets_access_reads_and_is_revoked_through_the_control_plane() {
     assert_eq!(v["client_id"], "dash");
     assert_eq!(v["edge_id"], "edge-a");
     assert_eq!(v["quota"], 1_000_000);
-    assert!(v["expires"].as_u64().unwrap() > sluice::token::now_s());
+    assert!(v["expires"].as_u64().unwrap() > sluice::auth::token::now_s());
     assert_eq!(
         ctl.admin_call("GET", "/control/validate/s-nope").await.0,
         404
@@ -705,7 +705,7 @@ fn idp_token(key: &ed25519_dalek::SigningKey, kid: &str, sub: &str) -> String {
     let der = key.to_pkcs8_der().unwrap();
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     h.kid = Some(kid.into());
-    let exp = sluice::token::now_s() + 300;
+    let exp = sluice::auth::token::now_s() + 300;
     jsonwebtoken::encode(
         &h,
         &json!({"sub": sub, "exp": exp}),

@@ -3,8 +3,8 @@
 //! input they never panic, and they accept exactly what RFC 6455 allows.
 
 use proptest::prelude::*;
-use sluice::frame::{self, encode_client_frame, parse_header, MaskRule, Opcode};
-use sluice::http::{parse_request, validate_upgrade};
+use sluice::wire::frame::{self, encode_client_frame, parse_header, MaskRule, Opcode};
+use sluice::wire::http::{parse_request, validate_upgrade};
 
 /// An independent, spelled-out reading of RFC 6455 §5.2 for one header.
 fn rfc_verdict(buf: &[u8], rule: MaskRule, max: u64) -> Option<Result<(u64, usize), ()>> {

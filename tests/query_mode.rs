@@ -110,13 +110,13 @@ async fn bad_tokens_are_refused_with_4401_and_counted() {
     assert!(msg.contains("another session"), "{msg}");
     // Expired.
     let mut c = claims("old");
-    c.exp = sluice::token::now_s() - 600;
+    c.exp = sluice::auth::token::now_s() - 600;
     let mut b = browser(&gw, &c).await;
     assert!(expect_error_close(&mut b, "unauthorized", 4401)
         .await
         .contains("expired"));
     // Wrong key.
-    let forged = sluice::token::sign_hs256(&claims("forged"), b"not-the-secret");
+    let forged = sluice::auth::token::sign_hs256(&claims("forged"), b"not-the-secret");
     let mut b = connect(
         &gw.url("/stream/forged"),
         &[("Authorization", &format!("Bearer {forged}"))],
@@ -183,7 +183,7 @@ async fn eddsa_tokens_verify_with_configured_public_keys() {
     let conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
     let serving = tokio::spawn(serve_frames(conn, frames(2, 10)));
     let c = claims("ed");
-    let t = sluice::token::sign_ed25519(&c, der.as_bytes(), Some("k1"));
+    let t = sluice::auth::token::sign_ed25519(&c, der.as_bytes(), Some("k1"));
     let mut b = connect(
         &gw.url("/stream/ed"),
         &[("Authorization", &format!("Bearer {t}"))],
@@ -195,7 +195,7 @@ async fn eddsa_tokens_verify_with_configured_public_keys() {
     let other = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])
         .to_pkcs8_der()
         .unwrap();
-    let t = sluice::token::sign_ed25519(&c, other.as_bytes(), Some("k1"));
+    let t = sluice::auth::token::sign_ed25519(&c, other.as_bytes(), Some("k1"));
     let mut b = connect(
         &gw.url("/stream/ed"),
         &[("Authorization", &format!("Bearer {t}"))],
@@ -222,7 +222,7 @@ async fn eddsa_keys_from_a_jwks_file() {
     let der = key.to_pkcs8_der().unwrap();
     for kid in [Some("2026-11"), None] {
         let c = claims("jwks");
-        let t = sluice::token::sign_ed25519(&c, der.as_bytes(), kid);
+        let t = sluice::auth::token::sign_ed25519(&c, der.as_bytes(), kid);
         let mut b = connect(
             &gw.url("/stream/jwks"),
             &[("Authorization", &format!("Bearer {t}"))],
@@ -233,7 +233,7 @@ async fn eddsa_keys_from_a_jwks_file() {
         // Authenticated: the answer is about the (offline) edge, not the token.
         expect_error_close(&mut b, "edge_offline", 4503).await;
     }
-    let t = sluice::token::sign_ed25519(&claims("jwks"), der.as_bytes(), Some("unknown-kid"));
+    let t = sluice::auth::token::sign_ed25519(&claims("jwks"), der.as_bytes(), Some("unknown-kid"));
     let mut b = connect(
         &gw.url("/stream/jwks"),
         &[("Authorization", &format!("Bearer {t}"))],
@@ -394,7 +394,7 @@ async fn expiry_cuts_running_streams_only_when_configured() {
         let gw = Gateway::start(1, &[("SLUICE_AUTH_ENFORCE_EXPIRY_MID_STREAM", flag)]);
         let mut conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
         let mut c = claims("expiring");
-        c.exp = sluice::token::now_s() + 2;
+        c.exp = sluice::auth::token::now_s() + 2;
         let mut b = browser(&gw, &c).await;
         send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
         let rid = start_stream(&mut conn).await;
@@ -421,13 +421,13 @@ async fn expiry_cuts_running_streams_only_when_configured() {
 /// frames already in server wire format (unmasked); they pass untouched.
 #[tokio::test]
 async fn fast_path_connector_frames_pass_through_untouched() {
-    use sluice::frame::{encode_server_frame, Opcode};
+    use sluice::wire::frame::{encode_server_frame, Opcode};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::start(2, &[]);
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let req = format!(
         "GET /ws/connect HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, {}\r\nEdge-Key: {EDGE_KEY}\r\n\r\n",
-        sluice::http::FAST_PATH_PROTOCOL
+        sluice::wire::http::FAST_PATH_PROTOCOL
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
@@ -495,7 +495,7 @@ async fn fast_path_connector_frames_pass_through_untouched() {
     }
     assert_eq!(got, payloads);
     // On the fast path a masked frame is a protocol violation.
-    let masked = sluice::frame::encode_client_frame(Opcode::Text, true, b"{}", [1, 2, 3, 4]);
+    let masked = sluice::wire::frame::encode_client_frame(Opcode::Text, true, b"{}", [1, 2, 3, 4]);
     s.write_all(&masked).await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest)).await;

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use futures_util::SinkExt;
 use serde_json::json;
-use sluice::token::Mode;
+use sluice::auth::token::Mode;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn edge_conn(gw: &Gateway) -> Ws {
@@ -16,7 +16,7 @@ async fn edge_conn(gw: &Gateway) -> Ws {
         .expect("edge connect")
 }
 
-fn relay_claims(sid: &str) -> sluice::token::Claims {
+fn relay_claims(sid: &str) -> sluice::auth::token::Claims {
     let mut c = claims(sid);
     c.mode = Mode::Relay;
     c

@@ -64,7 +64,7 @@ async fn a_revoked_session_is_closed_at_once_and_cannot_reconnect() {
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
 
-    let far = sluice::token::now_s() + 300;
+    let far = sluice::auth::token::now_s() + 300;
     let published: i64 = redis.cmd(
         redis::cmd("PUBLISH")
             .arg("sluice:revocations")

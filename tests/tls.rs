@@ -166,13 +166,13 @@ async fn register(
     ws
 }
 
-fn browser_claims(sid: &str, edge: &str) -> sluice::token::Claims {
+fn browser_claims(sid: &str, edge: &str) -> sluice::auth::token::Claims {
     let mut c = claims(sid);
     c.edge = edge.into();
     c
 }
 
-async fn browser_wss(gw: &Gateway, pki: &Pki, c: &sluice::token::Claims) -> Ws {
+async fn browser_wss(gw: &Gateway, pki: &Pki, c: &sluice::auth::token::Claims) -> Ws {
     let bearer = format!("Bearer {}", token(c));
     wss(
         gw,
@@ -243,10 +243,10 @@ async fn wrong_ca_expired_or_another_tenants_certificate_is_refused() {
         std::fs::copy(pki.path(f), old.path().join(f)).unwrap();
     }
     let now = time::OffsetDateTime::now_utc();
-    sluice::certs::issue_client(
+    sluice::tls::certs::issue_client(
         old.path(),
         "acme",
-        sluice::certs::Validity {
+        sluice::tls::certs::Validity {
             not_before: now - time::Duration::days(30),
             not_after: now - time::Duration::days(1),
         },

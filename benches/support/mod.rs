@@ -1,7 +1,7 @@
 //! Helpers shared by the benchmark binaries (each uses some of them).
 #![allow(dead_code)]
 
-use sluice::token::{sign_hs256, Claims, Mode, Verifier};
+use sluice::auth::token::{sign_hs256, Claims, Mode, Verifier};
 
 const SECRET: &[u8] = b"bench-secret";
 

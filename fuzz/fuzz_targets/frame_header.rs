@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::frame::{apply_mask, parse_close, parse_header, MaskRule};
+use sluice::wire::frame::{apply_mask, parse_close, parse_header, MaskRule};
 
 fuzz_target!(|data: &[u8]| {
     for rule in [MaskRule::Required, MaskRule::Forbidden] {

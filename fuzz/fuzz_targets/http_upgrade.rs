@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::http::{parse_request, validate_upgrade};
+use sluice::wire::http::{parse_request, validate_upgrade};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some(req)) = parse_request(data, 8192, 64) {

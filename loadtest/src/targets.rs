@@ -15,8 +15,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use serde_json::json;
 use sha1::{Digest, Sha1};
-use sluice::frame::Opcode;
-use sluice::token::{sign_hs256, Claims, Mode};
+use sluice::auth::token::{sign_hs256, Claims, Mode};
+use sluice::wire::frame::Opcode;
 
 use crate::wire::{self, Conn, Encoding, Source};
 
@@ -479,7 +479,7 @@ impl Route<'_> {
             mode,
             datasets: None,
             quota: None,
-            exp: sluice::token::now_s() + 3600,
+            exp: sluice::auth::token::now_s() + 3600,
             jti: None,
         }
     }
@@ -504,7 +504,7 @@ impl Route<'_> {
         if fast {
             h.push((
                 "Sec-WebSocket-Protocol",
-                sluice::http::FAST_PATH_PROTOCOL.to_string(),
+                sluice::wire::http::FAST_PATH_PROTOCOL.to_string(),
             ));
         }
         let mut c = wire::connect(self.addr, "/ws/connect", &h)?;

@@ -4,7 +4,7 @@
 //! no ordering puzzles); once a session is streaming, its sink side moves to
 //! the async runtime (`sink`) and its source side stays a blocking socket
 //! written on a precise schedule. Frames are encoded with the gateway's own
-//! `sluice::frame` helpers; the measured sinks decode with a different
+//! `sluice::wire::frame` helpers; the measured sinks decode with a different
 //! implementation (fastwebsockets), so a codec bug cannot hide itself.
 
 use std::io::{Read, Write};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use sluice::frame::{
+use sluice::wire::frame::{
     apply_mask, encode_client_frame, encode_server_frame, parse_header, MaskRule, Opcode,
 };
 

@@ -281,7 +281,7 @@ pub fn provision() -> DataDir {
 
 /// A user JWT as the tenant's identity provider would sign it.
 pub fn user_token(secret: &str, sub: &str, tenant: Option<&str>, ttl: i64) -> String {
-    let exp = sluice::token::now_s() as i64 + ttl;
+    let exp = sluice::auth::token::now_s() as i64 + ttl;
     let mut claims = serde_json::json!({"sub": sub, "exp": exp});
     if let Some(t) = tenant {
         claims["tenant"] = t.into();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use sluice::token::{sign_hs256, Claims, Mode};
+use sluice::auth::token::{sign_hs256, Claims, Mode};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -176,7 +176,7 @@ pub fn claims(sid: &str) -> Claims {
         mode: Mode::Query,
         datasets: None,
         quota: None,
-        exp: sluice::token::now_s() + 300,
+        exp: sluice::auth::token::now_s() + 300,
         jti: Some(format!("jti-{sid}")),
     }
 }
@@ -444,7 +444,7 @@ impl Healthy {
             .await
             .unwrap();
         let mut c = claims("healthy");
-        c.mode = sluice::token::Mode::Relay;
+        c.mode = sluice::auth::token::Mode::Relay;
         let browser = browser(gw, &c).await;
         assert_eq!(next_json(&mut edge).await["type"], "paired");
         Healthy {
@@ -582,7 +582,7 @@ pub fn assert_same_rows(out: &std::path::Path, csv: &std::path::Path) {
     let cmp = Command::new("python3")
         .arg(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("connector/tests/python/compare_files.py"),
+                .join("crates/connector/tests/python/compare_files.py"),
         )
         .arg(out)
         .arg(csv)

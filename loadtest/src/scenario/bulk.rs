@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use sluice::frame::Opcode;
+use sluice::wire::frame::Opcode;
 
 use super::{pin_current, sinks, Ctx, Driven};
 use crate::report::Outcome;

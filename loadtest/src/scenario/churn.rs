@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use sluice::token::Mode;
+use sluice::auth::token::Mode;
 
 use super::Ctx;
 use crate::report::Outcome;

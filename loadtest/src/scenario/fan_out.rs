@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use sluice::frame::Opcode;
-use sluice::token::Mode;
+use sluice::auth::token::Mode;
+use sluice::wire::frame::Opcode;
 
 use super::{open_streams, timed, Ctx, Driven, Timed};
 use crate::report::Outcome;

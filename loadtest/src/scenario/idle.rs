@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use sluice::frame::Opcode;
-use sluice::token::Mode;
+use sluice::auth::token::Mode;
+use sluice::wire::frame::Opcode;
 
 use super::Ctx;
 use crate::report::Outcome;

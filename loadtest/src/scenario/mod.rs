@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use fastwebsockets::Role;
 use hdrhistogram::Histogram;
-use sluice::frame::Opcode;
+use sluice::wire::frame::Opcode;
 use tokio::runtime::Runtime;
 
 use crate::report::{histogram, Outcome};

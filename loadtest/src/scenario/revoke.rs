@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice::token::Mode;
+use sluice::auth::token::Mode;
 
 use super::{sinks, Ctx, Meter};
 use crate::report::Outcome;
@@ -61,7 +61,7 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
             let start = Instant::now() + Duration::from_millis(50);
             let epoch = ctx.epoch;
             let meter = Meter::start(d.proc);
-            let (channel, exp) = (p.channel.clone(), sluice::token::now_s() + 3600);
+            let (channel, exp) = (p.channel.clone(), sluice::auth::token::now_s() + 3600);
             let publisher = std::thread::spawn(move || -> anyhow::Result<()> {
                 super::precise_timers();
                 let mut con = client.get_connection()?;

@@ -11,7 +11,7 @@
 //!   handshake + upgrade + token check), and the gateway's CPU per open;
 //! - idle: the gateway's resident memory per open, idle session.
 //!
-//! The certificates are made here with `sluice::certs` (ECDSA P-256, as
+//! The certificates are made here with `sluice::tls::certs` (ECDSA P-256, as
 //! `sluice certs` makes them); the connector authenticates with its client
 //! certificate and its edge key on the TLS legs.
 
@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
-use sluice::token::{sign_hs256, Claims, Mode};
+use sluice::auth::token::{sign_hs256, Claims, Mode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -86,7 +86,7 @@ pub struct Pki {
 impl Pki {
     pub fn make(tenant: &str) -> Result<Pki> {
         let dir = crate::targets::TempDir::new("tls")?;
-        sluice::certs::run(&sluice::certs::Request {
+        sluice::tls::certs::run(&sluice::tls::certs::Request {
             out: dir.0.clone(),
             tenants: vec![tenant.to_owned()],
             hosts: vec!["localhost".into(), "127.0.0.1".into()],
@@ -214,7 +214,7 @@ impl<'a> Dialer<'a> {
             mode: Mode::Query,
             datasets: None,
             quota: None,
-            exp: sluice::token::now_s() + 3600,
+            exp: sluice::auth::token::now_s() + 3600,
             jti: None,
         };
         sign_hs256(&c, self.gw.secret.as_bytes())
@@ -239,7 +239,7 @@ impl<'a> Dialer<'a> {
             ("Edge-Key", self.gw.edge_key.clone()),
             (
                 "Sec-WebSocket-Protocol",
-                sluice::http::FAST_PATH_PROTOCOL.to_string(),
+                sluice::wire::http::FAST_PATH_PROTOCOL.to_string(),
             ),
         ];
         let mut ws = self

@@ -1,0 +1,27 @@
+//! Sluice's wire protocol, shared by the gateway, the connector, the fetch
+//! client, the load generator and the demo, so that every side agrees on
+//! one definition of each message.
+//!
+//! - [`connector`]: seed 001 between a connector and the gateway
+//!   (`register`, `get_flight_info`, `do_get`, `cancel`, and the
+//!   connector's `flight_info`, `stream_start`, `stream_end`, `offload`,
+//!   `error` replies);
+//! - [`browser`]: between a browser and the gateway (`auth`, `list`,
+//!   `query`, `subscribe`, and the gateway's events);
+//! - [`close`]: the WebSocket close codes, and [`ErrorCode`] /
+//!   [`Refusal`]: why a session ends.
+//!
+//! Messages serialize with their tag first and their fields in the order
+//! the protocol has always written them, so the bytes on the wire are
+//! those documented in `docs/protocol.md`.
+
+pub mod browser;
+pub mod close;
+pub mod connector;
+mod error;
+
+pub use error::{ErrorCode, Refusal};
+
+/// The subprotocol a connector offers to send frames already in server →
+/// client wire format (unmasked), so the gateway forwards them untouched.
+pub const FAST_PATH_PROTOCOL: &str = "sluice.frames.v1";

@@ -1,0 +1,8 @@
+//! Who may do what: session tokens verified offline (HS256 or EdDSA, keys
+//! from config or a JWKS), edge credentials (`Edge-Key` or a client
+//! certificate), and the sessions revoked since their token was issued.
+
+pub mod edge_auth;
+pub mod jwks;
+pub mod revocations;
+pub mod token;

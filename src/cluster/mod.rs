@@ -1,0 +1,6 @@
+//! What this gateway shares with the others through Redis, on threads of
+//! their own and never on the data path: revocations in, the edge registry
+//! out.
+
+pub mod announce;
+pub mod revocation_link;

@@ -1,0 +1,688 @@
+//! Gateway configuration: a TOML file, then `SLUICE_…` environment
+//! variables, then command-line flags, each overriding the one before.
+//!
+//! Every key has an environment variable named after its path:
+//! `limits.max_frame_bytes` ⇒ `SLUICE_LIMITS_MAX_FRAME_BYTES`. The override
+//! walks the defaults' own TOML tree, so a key added to a struct is
+//! overridable without anyone remembering to wire it up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+mod edge_keys;
+
+pub use edge_keys::{EdgeKeys, KeyHash};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    #[error("environment variable {var}: {msg}")]
+    Env { var: String, msg: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the single HTTP/WebSocket port listens on.
+    pub listen: String,
+    /// Shards (one monoio runtime per thread); 0 = one per available core.
+    pub workers: usize,
+    /// `auto` (io_uring, else epoll), `io_uring`, or `epoll`.
+    pub driver: String,
+    /// Pin shard N to CPU N (modulo the available CPUs).
+    pub pin_cores: bool,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub auth: Auth,
+    pub revocation: Revocation,
+    pub registry: EdgeRegistry,
+    pub admin: Admin,
+    pub web: Web,
+    pub tls: Tls,
+    /// Edge id → `sha256:<hex>` of its pre-shared key.
+    pub edge_keys: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest HTTP request head (431 past it).
+    pub max_header_bytes: usize,
+    /// Most header fields in one request (431 past it).
+    pub max_headers: usize,
+    /// Largest WebSocket frame payload from any peer (close 1009 past it).
+    pub max_frame_bytes: usize,
+    /// Largest text (JSON) message, reassembled across fragments.
+    pub max_text_bytes: usize,
+    /// Concurrent browser sessions across all shards (HTTP 503 past it).
+    pub max_sessions: usize,
+    /// Worker + relay connections one edge may hold.
+    pub max_edge_connections: usize,
+    /// Bytes queued towards one browser before its connector is paused.
+    pub session_buffer_bytes: usize,
+    /// Bytes queued towards one live-feed viewer before it is dropped (4409).
+    pub viewer_queue_bytes: usize,
+    /// A `buffered` query is collected whole and sent as one message; past
+    /// this size it ends with `too_large` (4413) instead.
+    pub max_buffered_bytes: usize,
+    /// Default byte quota for a token without a `quota` claim (0 = none).
+    pub default_quota_bytes: u64,
+    /// Actions a browser may queue while a query runs.
+    pub max_pending_actions: usize,
+    /// Largest read on data-carrying connections (connector workers, relay
+    /// legs). Reads start at 16 KiB and double while they fill the buffer:
+    /// a bulk stream makes few syscalls, a slow one keeps a small buffer.
+    pub read_chunk_bytes: usize,
+    /// SO_SNDBUF/SO_RCVBUF of every accepted socket; 0 = kernel autotuning.
+    pub socket_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Whole HTTP request head must arrive within this.
+    pub handshake_ms: u64,
+    /// First `{"auth": …}` message must arrive within this (4408).
+    pub auth_ms: u64,
+    /// A ping goes out after this long without traffic from the peer.
+    pub ping_interval_ms: u64,
+    /// Connection closed after this long without traffic from the peer.
+    pub idle_timeout_ms: u64,
+    /// A write that makes no progress for this long closes the connection.
+    pub write_stall_ms: u64,
+    /// How long a session waits for an idle connector worker / relay edge (4503).
+    pub pair_wait_ms: u64,
+    /// How long the connector has to start answering a request.
+    pub request_ms: u64,
+    /// After a cancel, how long the connector has to end the stream before
+    /// its worker connection is closed instead of reused.
+    pub cancel_drain_ms: u64,
+    /// SIGTERM: running streams get this long before sessions close with 1001.
+    pub drain_grace_ms: u64,
+    /// SIGTERM: the process exits at the latest this long after the grace.
+    pub shutdown_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// HS256 shared secret (empty = HS256 tokens refused).
+    pub hs256_secret: String,
+    /// Ed25519 public keys: kid → base64url of the 32 raw bytes.
+    pub ed25519_keys: BTreeMap<String, String>,
+    /// A JWKS file (OKP/Ed25519 keys) read at start.
+    pub jwks_file: String,
+    /// The control plane's JWKS endpoint (`http(s)://…/.well-known/jwks.json`).
+    /// Each tenant's keys are fetched with `?tenant=` when a token first
+    /// names one, cached, and fetched again when a token names an unknown
+    /// `kid` (at most once per `jwks_refresh_min_ms` per tenant).
+    pub jwks_url: String,
+    /// PEM CA trusted for an `https://` `jwks_url`, besides the public
+    /// web PKI roots (a control plane with a private CA).
+    pub jwks_ca_file: String,
+    pub jwks_refresh_min_ms: u64,
+    /// Cached keys are refetched after this long, so a key the control
+    /// plane stopped publishing stops being accepted.
+    pub jwks_max_age_s: u64,
+    /// How long a session's authentication may wait for a JWKS fetch.
+    pub jwks_fetch_timeout_ms: u64,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_s: u64,
+    /// Cut a running stream when its token expires (otherwise expiry is
+    /// checked when a session connects or reconnects).
+    pub enforce_expiry_mid_stream: bool,
+}
+
+/// Hot revocation through Redis. The control plane publishes a revoked
+/// session on `channel` and stores it under `key_prefix{sid}` with a TTL of
+/// the token's remaining life, so a gateway that was disconnected when it
+/// was published still finds it when it reconnects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Revocation {
+    /// `redis://host:port/db`; empty = no revocation (tokens live until `exp`).
+    pub redis_url: String,
+    /// Pub/sub channel carrying `{"sid": …, "exp": unix seconds}` (or a bare sid).
+    pub channel: String,
+    /// Keys `key_prefix + sid` hold revocations published while we were away.
+    pub key_prefix: String,
+    /// How long a revocation without `exp` is remembered, in seconds.
+    pub default_ttl_s: u64,
+    /// Reconnect backoff ceiling after the Redis link drops.
+    pub max_backoff_ms: u64,
+    /// A link silent this long is checked with PING; a failed check reconnects.
+    pub health_check_ms: u64,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            hs256_secret: String::new(),
+            ed25519_keys: BTreeMap::new(),
+            jwks_file: String::new(),
+            jwks_url: String::new(),
+            jwks_ca_file: String::new(),
+            jwks_refresh_min_ms: 1_000,
+            jwks_max_age_s: 300,
+            jwks_fetch_timeout_ms: 2_000,
+            leeway_s: 0,
+            enforce_expiry_mid_stream: false,
+        }
+    }
+}
+
+/// The multi-gateway edge registry: with `revocation.redis_url` set, this
+/// gateway records each edge connected to it as `key_prefix{edge}` →
+/// `{"url", "tenant", "datasets"}` with a TTL its heartbeat refreshes, so
+/// the control plane can send a client to the gateway holding its edge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeRegistry {
+    /// The URL clients reach this gateway at (`wss://gw1.example.com`);
+    /// empty = `ws://` + the listening address.
+    pub public_url: String,
+    pub key_prefix: String,
+    /// Entries are rewritten this often (and at once when edges change).
+    pub heartbeat_ms: u64,
+    /// An entry outlives a dead gateway by at most this long.
+    pub ttl_ms: u64,
+}
+
+impl Default for EdgeRegistry {
+    fn default() -> Self {
+        Self {
+            public_url: String::new(),
+            key_prefix: "sluice:edges:".into(),
+            heartbeat_ms: 2_000,
+            ttl_ms: 10_000,
+        }
+    }
+}
+
+/// The browser dashboard, served at `/` from files read at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    /// Built dashboard (`web/dist`); empty = no dashboard.
+    pub dir: String,
+    /// Most bytes the dashboard's files may hold in memory.
+    pub max_bytes: usize,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            max_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// A second listener speaking TLS (`wss://`, `https://`), terminated by
+/// rustls on threads of its own and handed to the shards as a plain byte
+/// stream, so the plaintext hot path is the same code either way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Address of the TLS listener; empty = no TLS.
+    pub listen: String,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `cert_file`.
+    pub key_file: String,
+    /// PEM CA certificates that sign connectors' client certificates
+    /// (mutual TLS; the certificate's CN is the tenant id). Empty = no
+    /// client certificates asked for.
+    pub client_ca_file: String,
+    pub connector_auth: ConnectorAuth,
+    /// Edges a certificate's tenant may register besides the one named by
+    /// its tenant id: `acme = ["acme-plant-1", "acme-plant-2"]`.
+    pub tenant_edges: BTreeMap<String, Vec<String>>,
+    /// The files are checked for changes this often and reloaded (also on
+    /// SIGHUP); 0 = on SIGHUP only. Live connections keep their session.
+    pub reload_check_ms: u64,
+    /// Threads doing TLS; 0 = as many as shards.
+    pub threads: usize,
+    /// Most TLS connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Largest buffer per direction per connection (bytes). Buffers start
+    /// at 1 KiB and grow while reads fill them; a TLS record is at most
+    /// 16 KiB, so more than that buys little.
+    pub buffer_bytes: usize,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: String::new(),
+            connector_auth: ConnectorAuth::Either,
+            tenant_edges: BTreeMap::new(),
+            reload_check_ms: 2_000,
+            threads: 0,
+            max_connections: 100_000,
+            buffer_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// What a connector must present (`tls.connector_auth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectorAuth {
+    /// A client certificate or an `Edge-Key`; both are checked when both come.
+    #[default]
+    Either,
+    /// A client certificate: an `Edge-Key` alone is refused, and so is the
+    /// plaintext listener.
+    Certificate,
+    /// A client certificate and an `Edge-Key`.
+    Both,
+}
+
+impl Tls {
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty()
+    }
+
+    pub fn mutual(&self) -> bool {
+        self.enabled() && !self.client_ca_file.is_empty()
+    }
+}
+
+/// Admin endpoints on the same port, for a control plane without Redis:
+/// `GET /admin/edges` and `POST /admin/revoke/{sid}?exp=…`, with
+/// `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Empty = admin endpoints answer 404.
+    pub token: String,
+}
+
+impl Default for Revocation {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            channel: "sluice:revocations".into(),
+            key_prefix: "sluice:revoked:".into(),
+            default_ttl_s: 24 * 3600,
+            max_backoff_ms: 2_000,
+            health_check_ms: 2_000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".into(),
+            workers: 0,
+            driver: "auto".into(),
+            pin_cores: false,
+            log_format: "text".into(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            auth: Auth::default(),
+            revocation: Revocation::default(),
+            registry: EdgeRegistry::default(),
+            admin: Admin::default(),
+            web: Web::default(),
+            tls: Tls::default(),
+            edge_keys: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 8 * 1024,
+            max_headers: 64,
+            max_frame_bytes: 16 * 1024 * 1024,
+            max_text_bytes: 64 * 1024,
+            max_sessions: 100_000,
+            max_edge_connections: 256,
+            session_buffer_bytes: 1024 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
+            viewer_queue_bytes: 4 * 1024 * 1024,
+            default_quota_bytes: 0,
+            max_pending_actions: 8,
+            read_chunk_bytes: 256 * 1024,
+            socket_buffer_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            handshake_ms: 10_000,
+            auth_ms: 5_000,
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
+            write_stall_ms: 30_000,
+            pair_wait_ms: 5_000,
+            request_ms: 30_000,
+            cancel_drain_ms: 5_000,
+            drain_grace_ms: 10_000,
+            shutdown_ms: 5_000,
+        }
+    }
+}
+
+impl Config {
+    /// File (if any) → environment → caller's flag overrides → validation.
+    pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut tree = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let file: toml::Value = toml::from_str(&text)
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+            merge(&mut tree, file);
+        }
+        let env: BTreeMap<&str, &str> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("SLUICE_"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        apply_env(&mut tree, "SLUICE", &env)?;
+        // The quick-start variables named in the README.
+        if let Some(secret) = env.get("SLUICE_TOKEN_SECRET") {
+            set_path(&mut tree, &["auth", "hs256_secret"], (*secret).into());
+        }
+        let mut cfg: Config = tree
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        if let Some(list) = env.get("SLUICE_EDGE_KEYS") {
+            for (edge, hash) in parse_edge_key_list(list)? {
+                cfg.edge_keys.insert(edge, hash.to_config_string());
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return bad("listen must be an address such as 127.0.0.1:8081");
+        }
+        if !matches!(self.driver.as_str(), "auto" | "io_uring" | "epoll") {
+            return bad("driver must be auto, io_uring or epoll");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format must be text or json");
+        }
+        let l = &self.limits;
+        if l.max_header_bytes < 256 || l.max_headers == 0 {
+            return bad("limits.max_header_bytes must be >= 256 and max_headers >= 1");
+        }
+        if l.max_frame_bytes < 1024 {
+            return bad("limits.max_frame_bytes must be >= 1024");
+        }
+        if l.session_buffer_bytes < l.max_frame_bytes.min(1 << 20) {
+            return bad("limits.session_buffer_bytes must hold at least one frame (or 1 MiB)");
+        }
+        if l.read_chunk_bytes < 4096 {
+            return bad("limits.read_chunk_bytes must be >= 4096");
+        }
+        if l.max_text_bytes < 256 {
+            return bad("limits.max_text_bytes must be >= 256");
+        }
+        let t = &self.timeouts;
+        if t.ping_interval_ms == 0 || t.idle_timeout_ms < t.ping_interval_ms {
+            return bad("timeouts: idle_timeout_ms must be >= ping_interval_ms > 0");
+        }
+        let r = &self.revocation;
+        if !r.redis_url.is_empty() {
+            if !["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|p| r.redis_url.starts_with(p))
+            {
+                return bad("revocation.redis_url must start with redis://, rediss:// or unix://");
+            }
+            if r.channel.is_empty() || r.key_prefix.is_empty() {
+                return bad("revocation.channel and revocation.key_prefix must not be empty");
+            }
+            if r.health_check_ms == 0 || r.max_backoff_ms == 0 {
+                return bad("revocation.health_check_ms and max_backoff_ms must be > 0");
+            }
+        }
+        let g = &self.registry;
+        if g.heartbeat_ms == 0 || g.ttl_ms <= g.heartbeat_ms {
+            return bad("registry: ttl_ms must be > heartbeat_ms > 0");
+        }
+        if !g.public_url.is_empty()
+            && !["ws://", "wss://"]
+                .iter()
+                .any(|p| g.public_url.starts_with(p))
+        {
+            return bad("registry.public_url must start with ws:// or wss://");
+        }
+        let a = &self.auth;
+        if !a.jwks_url.is_empty()
+            && !["http://", "https://"]
+                .iter()
+                .any(|p| a.jwks_url.starts_with(p))
+        {
+            return bad("auth.jwks_url must start with http:// or https://");
+        }
+        if !self.admin.token.is_empty() && self.admin.token.len() < 16 {
+            return bad("admin.token must be at least 16 characters");
+        }
+        let tls = &self.tls;
+        if tls.enabled() {
+            if tls.listen.parse::<SocketAddr>().is_err() {
+                return bad("tls.listen must be an address such as 0.0.0.0:8443");
+            }
+            if tls.cert_file.is_empty() || tls.key_file.is_empty() {
+                return bad("tls.listen is set: tls.cert_file and tls.key_file are required");
+            }
+            if tls.max_connections == 0 || tls.buffer_bytes < 1024 {
+                return bad("tls.max_connections must be > 0 and tls.buffer_bytes >= 1024");
+            }
+        }
+        if tls.connector_auth != ConnectorAuth::Either && !tls.mutual() {
+            return bad("tls.connector_auth needs tls.client_ca_file (client certificates)");
+        }
+        EdgeKeys::from_config(&self.edge_keys).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated")
+    }
+
+    pub fn shard_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// `edge-a=key1,edge-b=key2` → hashed keys. The plaintext never outlives this.
+pub fn parse_edge_key_list(list: &str) -> Result<Vec<(String, KeyHash)>, ConfigError> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (edge, key) = item.split_once('=').ok_or_else(|| ConfigError::Env {
+            var: "SLUICE_EDGE_KEYS".into(),
+            msg: "expected edge-id=key pairs separated by commas".into(),
+        })?;
+        if edge.is_empty() || key.is_empty() {
+            return Err(ConfigError::Env {
+                var: "SLUICE_EDGE_KEYS".into(),
+                msg: "edge id and key must both be non-empty".into(),
+            });
+        }
+        out.push((edge.to_owned(), KeyHash::of(key.as_bytes())));
+    }
+    Ok(out)
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_table() && v.is_table() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn set_path(tree: &mut toml::Value, path: &[&str], value: toml::Value) {
+    let mut node = tree;
+    for key in &path[..path.len() - 1] {
+        node = node
+            .as_table_mut()
+            .expect("table")
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    node.as_table_mut()
+        .expect("table")
+        .insert(path[path.len() - 1].to_string(), value);
+}
+
+/// Overrides each scalar leaf of `tree` from `PREFIX_KEY` when set, parsed
+/// as the leaf's own type. Maps (`edge_keys`, `auth.ed25519_keys`) take
+/// `name=value,name=value`.
+fn apply_env(
+    tree: &mut toml::Value,
+    prefix: &str,
+    env: &BTreeMap<&str, &str>,
+) -> Result<(), ConfigError> {
+    let table = match tree.as_table_mut() {
+        Some(t) => t,
+        None => return Ok(()),
+    };
+    for (key, value) in table.iter_mut() {
+        let var = format!("{prefix}_{}", key.to_ascii_uppercase());
+        if let toml::Value::Table(t) = value {
+            let is_struct = var != "SLUICE_EDGE_KEYS" && var != "SLUICE_AUTH_ED25519_KEYS";
+            if is_struct {
+                apply_env(value, &var, env)?;
+                continue;
+            }
+            if let Some(raw) = env.get(var.as_str()) {
+                if var == "SLUICE_EDGE_KEYS" {
+                    continue; // hashed separately: the value holds plaintext keys
+                }
+                t.clear();
+                for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let (k, v) = item.split_once('=').ok_or_else(|| ConfigError::Env {
+                        var: var.clone(),
+                        msg: "expected name=value pairs separated by commas".into(),
+                    })?;
+                    t.insert(k.to_owned(), toml::Value::String(v.to_owned()));
+                }
+            }
+            continue;
+        }
+        let Some(raw) = env.get(var.as_str()) else {
+            continue;
+        };
+        let err = |msg: &str| ConfigError::Env {
+            var: var.clone(),
+            msg: msg.to_owned(),
+        };
+        *value = match value {
+            toml::Value::String(_) => toml::Value::String((*raw).to_owned()),
+            toml::Value::Integer(_) => {
+                toml::Value::Integer(raw.trim().parse().map_err(|_| err("expected an integer"))?)
+            }
+            toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(err("expected true or false")),
+            }),
+            toml::Value::Float(_) => {
+                toml::Value::Float(raw.trim().parse().map_err(|_| err("expected a number"))?)
+            }
+            _ => return Err(err("this key cannot be set from the environment")),
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn quick_start_env_only() {
+        let cfg = Config::load(
+            None,
+            &env(&[
+                ("SLUICE_LISTEN", "127.0.0.1:0"),
+                ("SLUICE_WORKERS", "3"),
+                ("SLUICE_TOKEN_SECRET", "s3cret"),
+                ("SLUICE_EDGE_KEYS", "edge-a=key1,edge-b=key2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.workers, 3);
+        assert_eq!(cfg.auth.hs256_secret, "s3cret");
+        assert_eq!(cfg.edge_keys.len(), 2);
+        assert!(cfg.edge_keys["edge-a"].starts_with("sha256:"));
+        assert!(!cfg.edge_keys["edge-a"].contains("key1"));
+    }
+
+    #[test]
+    fn nested_keys_and_type_errors() {
+        let cfg = Config::load(
+            None,
+            &env(&[
+                ("SLUICE_LIMITS_MAX_FRAME_BYTES", "2048"),
+                ("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "4096"),
+                ("SLUICE_AUTH_ENFORCE_EXPIRY_MID_STREAM", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.max_frame_bytes, 2048);
+        assert!(cfg.auth.enforce_expiry_mid_stream);
+        let err = Config::load(None, &env(&[("SLUICE_WORKERS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("SLUICE_WORKERS"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.example.toml");
+        Config::load(Some(&path), &[]).unwrap();
+    }
+}

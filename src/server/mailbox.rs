@@ -1,0 +1,49 @@
+//! A shard's mailbox: what other shards, the TLS front and the Redis links
+//! ask of it.
+
+use std::rc::Rc;
+
+use crate::server::route;
+use crate::session::{browser, fanout};
+use crate::shard::{Shard, ShardMsg};
+use crate::wire::handoff;
+
+pub async fn run(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
+    while let Ok(msg) = mailbox.recv_async().await {
+        match msg {
+            ShardMsg::AdoptTls { sock, transport } => match handoff::attach(sock) {
+                Ok((stream, _)) => {
+                    monoio::spawn(route::handle_connection(shard.clone(), stream, transport));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot adopt TLS connection"),
+            },
+            ShardMsg::AdoptBrowser { sock, req, sid } => match handoff::attach(sock) {
+                Ok((stream, buffered)) => {
+                    monoio::spawn(Box::pin(browser::run(
+                        shard.clone(),
+                        stream,
+                        *req,
+                        buffered,
+                        sid,
+                    )));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot adopt browser socket"),
+            },
+            ShardMsg::Take { conn, reply } => {
+                let slot = shard.idle.borrow_mut().remove(&conn);
+                match slot {
+                    Some(slot) => {
+                        *slot.take.borrow_mut() = Some(reply);
+                        slot.interrupter.interrupt();
+                    }
+                    None => {
+                        let _ = reply.send(None);
+                    }
+                }
+            }
+            ShardMsg::FeedIdle { key } => fanout::on_idle(&key),
+            ShardMsg::CloseAll => shard.close_all(),
+            ShardMsg::Revoke(sid) => shard.revoke(&sid),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The top of the gateway: start the shards and the TLS front, accept and
+//! route each connection, serve the admin endpoints, run each shard's
+//! mailbox.
+
+pub mod accept;
+pub mod admin;
+mod mailbox;
+mod route;
+pub mod start;
+pub mod tls_front;
+
+pub use start::Gateway;

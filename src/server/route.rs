@@ -1,0 +1,155 @@
+//! Read a request head (bounded in size and time), then route it by its
+//! path: plain HTTP answered here (health,
+//! readiness, metrics, admin, the dashboard's files), upgrades handed to the
+//! edge endpoints or to the session's own shard.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::auth::edge_auth::Transport;
+use crate::config::Config;
+use crate::edge;
+use crate::ids::{EdgeId, SessionId};
+use crate::server::admin;
+use crate::session::browser;
+use crate::shard::reply::{reject, respond};
+use crate::shard::{Shard, ShardMsg};
+use crate::wire::handoff;
+use crate::wire::http::{self, HttpError, Request};
+
+/// Reads the request head, answers plain HTTP, and routes upgrades.
+pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transport: Transport) {
+    let cfg = shard.cfg();
+    let deadline = Duration::from_millis(cfg.timeouts.handshake_ms);
+    let head = monoio::time::timeout(deadline, read_head(&mut stream, cfg)).await;
+    let (req, buffered) = match head {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => return, // closed before sending a request
+        Ok(Err(e)) => return reject(&shard, stream, &e).await,
+        Err(_) => {
+            return reject(
+                &shard,
+                stream,
+                &HttpError::new(408, "request head not received in time"),
+            )
+            .await
+        }
+    };
+    let path = req.path.clone();
+    match path.as_str() {
+        "/healthz" => respond(stream, 200, "text/plain", b"ok\n".to_vec()).await,
+        "/readyz" => {
+            let (status, body) = if shard.shared.is_draining() {
+                (503, "draining\n")
+            } else if !shard.shared.revocations.healthy() {
+                (503, "revocation link to Redis down\n")
+            } else {
+                (200, "ready\n")
+            };
+            respond(stream, status, "text/plain", body.as_bytes().to_vec()).await
+        }
+        p if p.starts_with("/admin/") => match admin::handle(&shard.shared, &req) {
+            Ok((status, ctype, body)) => respond(stream, status, ctype, body).await,
+            Err(e) => reject(&shard, stream, &e).await,
+        },
+        "/metrics" => {
+            let body = shard.shared.metrics.render(&shard.shared.snapshot());
+            respond(stream, 200, "text/plain; version=0.0.4", body.into_bytes()).await
+        }
+        // Each long-lived connection gets a task of its own sized for its
+        // endpoint, and this one (which held the request head) ends.
+        "/ws/connect" => {
+            monoio::spawn(Box::pin(edge::serve_worker(
+                shard, stream, req, buffered, transport,
+            )));
+        }
+        p if p.starts_with("/edge/") => match EdgeId::parse(&p["/edge/".len()..]) {
+            Some(edge) => {
+                monoio::spawn(Box::pin(edge::serve_relay(
+                    shard, stream, req, buffered, edge, transport,
+                )));
+            }
+            None => {
+                reject(
+                    &shard,
+                    stream,
+                    &HttpError::new(400, "invalid edge id in path"),
+                )
+                .await
+            }
+        },
+        p if p.starts_with("/stream/") => match SessionId::parse(&p["/stream/".len()..]) {
+            Some(sid) => {
+                let target = sid.shard(shard.shared.shard_count());
+                if target == shard.id {
+                    monoio::spawn(Box::pin(browser::run(shard, stream, req, buffered, sid)));
+                } else {
+                    let msg = ShardMsg::AdoptBrowser {
+                        sock: handoff::detach(stream, buffered),
+                        req: Box::new(req),
+                        sid,
+                    };
+                    if shard.shared.mailboxes[target].send(msg).is_err() {
+                        tracing::error!(target, "shard mailbox closed");
+                    }
+                }
+            }
+            None => {
+                reject(
+                    &shard,
+                    stream,
+                    &HttpError::new(400, "invalid session id in path"),
+                )
+                .await
+            }
+        },
+        p => match shard.shared.web.get(p) {
+            Some((body, ctype)) if req.method == "GET" => {
+                let _ = stream.write_all(http::static_response(ctype, &body)).await;
+                let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+            }
+            Some(_) => reject(&shard, stream, &HttpError::new(405, "use GET")).await,
+            None if p == "/" => {
+                let why = shard.shared.web.missing().unwrap_or("no dashboard");
+                respond(
+                    stream,
+                    404,
+                    "text/plain; charset=utf-8",
+                    format!("{why}\n").into_bytes(),
+                )
+                .await
+            }
+            None => reject(&shard, stream, &HttpError::new(404, "no such endpoint")).await,
+        },
+    }
+}
+
+/// Reads until a whole request head has arrived (or the limit is hit).
+async fn read_head(
+    stream: &mut TcpStream,
+    cfg: &Config,
+) -> Result<Option<(Request, BytesMut)>, HttpError> {
+    let max = cfg.limits.max_header_bytes;
+    let mut buf = BytesMut::with_capacity(1024.min(max));
+    loop {
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(max.min(buf.capacity() * 2).max(1024));
+        }
+        let (res, b) = stream.read(crate::wire::reader::spare(&mut buf)).await;
+        buf = b.into_inner();
+        match res {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(HttpError::new(400, "connection closed mid-request")),
+            Ok(_) => {}
+            Err(_) => return Ok(None),
+        }
+        if let Some(req) = http::parse_request(&buf, max, cfg.limits.max_headers)? {
+            let rest = buf.split_off(req.head_len);
+            return Ok(Some((req, rest)));
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! A browser session on `/stream/{sid}`: handshake → authenticate → serve
+//! its actions (query mode) or pair it with an edge (relay mode) → close.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use sluice_protocol::browser::{BrowserAction, ServerEvent};
+
+use crate::auth::token::{Claims, Mode, TokenError};
+use crate::ids::{EdgeId, SessionId};
+use crate::session::quota::Quota;
+use crate::session::{fanout, query, relay, BrowserReader, Flow, Session};
+use crate::shard::reply::reject;
+use crate::shard::Shard;
+use crate::wire::frame::{parse_close, MaskRule, Opcode};
+use crate::wire::http::{self, HttpError, Request};
+use crate::wire::keepalive::{self, Liveness};
+use crate::wire::message::{self, close, ErrorCode, Refusal};
+use crate::wire::outbox::Outbox;
+use crate::wire::reader::{FrameReader, ReadError, TextAssembler};
+
+/// Counts an open session on its shard and globally, for exactly its life.
+struct SessionCount(Rc<Shard>);
+
+impl SessionCount {
+    fn new(shard: &Rc<Shard>) -> Self {
+        shard.shared.sessions.fetch_add(1, Relaxed);
+        shard.metrics().sessions_active.fetch_add(1, Relaxed);
+        shard.metrics().sessions_total.fetch_add(1, Relaxed);
+        SessionCount(shard.clone())
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.shared.sessions.fetch_sub(1, Relaxed);
+        self.0.metrics().sessions_active.fetch_sub(1, Relaxed);
+    }
+}
+
+fn header_token(req: &Request) -> Option<String> {
+    if let Some(v) = req.header("authorization") {
+        let mut parts = v.splitn(2, ' ');
+        if parts
+            .next()
+            .is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
+        {
+            return Some(parts.next().unwrap_or("").trim().to_owned());
+        }
+    }
+    req.query_param("token")
+}
+
+/// Entry point for a `/stream/{sid}` request on the session's own shard.
+pub async fn run(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    req: Request,
+    buffered: BytesMut,
+    sid: SessionId,
+) {
+    let cfg = shard.cfg().clone();
+    if shard.shared.is_draining() {
+        return reject(&shard, stream, &HttpError::new(503, "gateway is draining")).await;
+    }
+    let up = match http::validate_upgrade(&req) {
+        Ok(u) => u,
+        Err(e) => return reject(&shard, stream, &e).await,
+    };
+    if shard.shared.sessions.load(Relaxed) >= cfg.limits.max_sessions {
+        return reject(
+            &shard,
+            stream,
+            &HttpError::new(503, "session limit reached"),
+        )
+        .await;
+    }
+    let token = header_token(&req);
+    drop(req);
+    if stream
+        .write_all(http::switching_protocols(&up.accept, None))
+        .await
+        .0
+        .is_err()
+    {
+        return;
+    }
+    let _count = SessionCount::new(&shard);
+    let (rd, wr) = stream.into_split();
+    let outbox = Outbox::new(cfg.limits.session_buffer_bytes);
+    outbox.attach(wr, Duration::from_millis(cfg.timeouts.write_stall_ms));
+    // An idle session reads only small JSON messages: a small buffer (it
+    // starts in what is left of the request head's).
+    let mut reader = FrameReader::new(rd, buffered, MaskRule::Required, cfg.limits.max_text_bytes)
+        .with_chunk(512);
+
+    // Boxed: the session's task does not keep the authentication state.
+    match Box::pin(authenticate(&shard, &mut reader, &outbox, token, &sid)).await {
+        Err(why) => {
+            let _ = outbox.push(message::error(&why));
+            outbox.close(message::closing(why.close, &why.message));
+        }
+        Ok(claims) => serve(shard, sid, claims, reader, outbox.clone()).await,
+    }
+    outbox.close(message::closing(close::NORMAL, ""));
+    outbox.finished().await;
+}
+
+async fn authenticate(
+    shard: &Shard,
+    reader: &mut BrowserReader,
+    outbox: &Outbox,
+    token: Option<String>,
+    sid: &SessionId,
+) -> Result<Claims, Refusal> {
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let wait = Duration::from_millis(shard.cfg().timeouts.auth_ms);
+            let max = shard.cfg().limits.max_text_bytes;
+            let first = match monoio::time::timeout(wait, next_text(reader, outbox, max)).await {
+                Err(_) => {
+                    return Err(Refusal::new(
+                        close::AUTH_TIMEOUT,
+                        ErrorCode::AuthTimeout,
+                        "no auth message received in time",
+                    ))
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(t)) => t,
+            };
+            match BrowserAction::parse(&first) {
+                Ok(BrowserAction::Auth(t)) => t,
+                _ => {
+                    shard.metrics().auth_failure(TokenError::Missing);
+                    return Err(Refusal::unauthorized(
+                        "first message must be {\"auth\": \"<token>\"}",
+                    ));
+                }
+            }
+        }
+    };
+    shard
+        .shared
+        .verifier
+        .verify_fetching(&token, sid)
+        .await
+        .map_err(|e| {
+            shard.metrics().auth_failure(e);
+            tracing::info!(%sid, reason = e.label(), "session refused");
+            Refusal::unauthorized(e.to_string())
+        })
+}
+
+/// Reads one whole text message, answering control frames.
+async fn next_text(
+    reader: &mut BrowserReader,
+    outbox: &Outbox,
+    max: usize,
+) -> Result<String, Refusal> {
+    let mut text = TextAssembler::new(max);
+    loop {
+        let f = reader.next().await.map_err(read_failure)?;
+        match f.message {
+            Opcode::Ping => {
+                let _ = outbox.push(message::pong(f.payload()));
+            }
+            Opcode::Pong => {}
+            Opcode::Close => {
+                return Err(Refusal::new(
+                    close::NORMAL,
+                    ErrorCode::Closed,
+                    "closed by client",
+                ))
+            }
+            Opcode::Text => {
+                if let Some(t) = text.push(&f).map_err(|e| {
+                    Refusal::new(e.close_code(), ErrorCode::ProtocolError, e.to_string())
+                })? {
+                    return Ok(t);
+                }
+            }
+            _ => return Err(Refusal::bad_request("expected a text message")),
+        }
+    }
+}
+
+fn read_failure(e: ReadError) -> Refusal {
+    match e {
+        ReadError::Protocol(p) => {
+            Refusal::new(p.close_code(), ErrorCode::ProtocolError, p.to_string())
+        }
+        other => Refusal::new(close::GOING_AWAY, ErrorCode::Closed, other.to_string()),
+    }
+}
+
+async fn serve(
+    shard: Rc<Shard>,
+    sid: SessionId,
+    claims: Claims,
+    reader: BrowserReader,
+    outbox: Outbox,
+) {
+    let Some(edge) = EdgeId::parse(&claims.edge) else {
+        let why = Refusal::bad_request("token names an invalid edge id");
+        let _ = outbox.push(message::error(&why));
+        outbox.close(message::closing(close::BAD_REQUEST, "invalid edge id"));
+        return;
+    };
+    if let Some(t) = shard.shared.registry.tenant_of(&edge) {
+        if !t.is_empty() && t != claims.tenant {
+            let why = Refusal::forbidden("edge belongs to another tenant");
+            let _ = outbox.push(message::error(&why));
+            outbox.close(message::closing(why.close, &why.message));
+            return;
+        }
+    }
+    let cfg = shard.cfg();
+    let expires = cfg.auth.enforce_expiry_mid_stream.then(|| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Instant::now() + Duration::from_secs(claims.exp.saturating_sub(now) + cfg.auth.leeway_s)
+    });
+    let quota = Quota::new(claims.quota.or(Some(cfg.limits.default_quota_bytes)));
+    tracing::info!(%sid, sub = %claims.sub, %edge, mode = ?claims.mode, shard = shard.id, "session open");
+    let sess = Rc::new(Session {
+        shard: shard.clone(),
+        sid,
+        edge,
+        quota,
+        expires,
+        outbox,
+        gone: Cell::new(false),
+        upstream: RefCell::new(None),
+        reader: RefCell::new(Some(reader.interrupter())),
+        feed: RefCell::new(None),
+        next_request: Cell::new(0),
+        claims,
+    });
+    let weak = Rc::downgrade(&sess);
+    let _closer = shard.on_close_all(Rc::new(move || {
+        if let Some(s) = weak.upgrade() {
+            s.fail(Refusal::new(
+                close::GOING_AWAY,
+                ErrorCode::ShuttingDown,
+                "gateway shutting down",
+            ));
+        }
+    }));
+    // Registered before the check: a revocation that lands after the check
+    // finds the session in the shard's table.
+    let weak = Rc::downgrade(&sess);
+    let _revoker = shard.on_revoke(
+        &sess.sid,
+        Rc::new(move || {
+            if let Some(s) = weak.upgrade() {
+                s.shard.metrics().revoked_closes.fetch_add(1, Relaxed);
+                s.revoke();
+            }
+        }),
+    );
+    if shard.shared.revocations.is_revoked(&sess.sid) {
+        shard.metrics().revoked_closes.fetch_add(1, Relaxed);
+        sess.revoke();
+        return;
+    }
+    match sess.claims.mode {
+        Mode::Query => serve_actions(&sess, reader).await,
+        Mode::Relay => Box::pin(relay::run(&sess, reader)).await,
+    }
+    fanout::unsubscribe(&sess);
+    tracing::info!(sid = %sess.sid, bytes = sess.quota.used(), "session closed");
+}
+
+async fn serve_actions(sess: &Rc<Session>, reader: BrowserReader) {
+    let cfg = sess.shard.cfg();
+    let (tx, rx) = flume::bounded(cfg.limits.max_pending_actions.max(1));
+    let live = keepalive::watch(
+        Duration::from_millis(cfg.timeouts.ping_interval_ms),
+        Duration::from_millis(cfg.timeouts.idle_timeout_ms),
+        reader.interrupter(),
+        Some(sess.outbox.clone()),
+    );
+    let reading = monoio::spawn(read_actions(sess.clone(), reader, tx, live));
+    while let Ok(req) = rx.recv_async().await {
+        if sess.gone.get() {
+            break;
+        }
+        let flow = match req {
+            BrowserAction::List => list(sess),
+            // Boxed: an idle session does not carry a query's state.
+            BrowserAction::Query { dataset, mode } => {
+                Box::pin(query::run(sess, &dataset, mode)).await
+            }
+            BrowserAction::Subscribe { dataset } => fanout::subscribe(sess, &dataset),
+            BrowserAction::Auth(_) => Flow::Close(Refusal::bad_request("already authenticated")),
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Close(why) => {
+                sess.fail(why);
+                break;
+            }
+            Flow::Ended => break,
+        }
+    }
+    sess.stop();
+    reading.await;
+}
+
+/// The browser's half: control frames, and actions queued for the session.
+async fn read_actions(
+    sess: Rc<Session>,
+    mut reader: BrowserReader,
+    tx: flume::Sender<BrowserAction>,
+    live: Rc<Liveness>,
+) {
+    let max = sess.shard.cfg().limits.max_text_bytes;
+    let mut text = TextAssembler::new(max);
+    loop {
+        // A client that sends (pings, actions) but does not read its answers
+        // is not read either until it does: its answers stay bounded.
+        if sess.outbox.space().await.is_err() {
+            break;
+        }
+        let f = match reader.next().await {
+            Ok(f) => f,
+            Err(ReadError::Interrupted) => {
+                if live.timed_out() {
+                    sess.fail(Refusal::new(
+                        close::GOING_AWAY,
+                        ErrorCode::IdleTimeout,
+                        "no traffic from client",
+                    ));
+                    break;
+                }
+                if sess.gone.get() {
+                    break;
+                }
+                continue;
+            }
+            Err(ReadError::Protocol(e)) => {
+                sess.shard.metrics().protocol_errors.fetch_add(1, Relaxed);
+                sess.fail(Refusal::new(
+                    e.close_code(),
+                    ErrorCode::ProtocolError,
+                    e.to_string(),
+                ));
+                break;
+            }
+            Err(_) => break,
+        };
+        live.seen();
+        match f.message {
+            Opcode::Ping => {
+                let _ = sess.outbox.push(message::pong(f.payload()));
+            }
+            Opcode::Pong => {}
+            Opcode::Close => {
+                let status = match parse_close(f.payload()) {
+                    Ok(s) => s.map_or(close::NORMAL, |s| s.code),
+                    Err(_) => close::PROTOCOL,
+                };
+                sess.outbox.close(message::closing(status, ""));
+                break;
+            }
+            Opcode::Text => {
+                let t = match text.push(&f) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        sess.shard.metrics().protocol_errors.fetch_add(1, Relaxed);
+                        sess.fail(Refusal::new(
+                            e.close_code(),
+                            ErrorCode::ProtocolError,
+                            e.to_string(),
+                        ));
+                        break;
+                    }
+                };
+                match BrowserAction::parse(&t) {
+                    Ok(req) => {
+                        if tx.try_send(req).is_err() {
+                            sess.fail(Refusal::new(
+                                close::BAD_REQUEST,
+                                ErrorCode::BadRequest,
+                                "too many pending actions",
+                            ));
+                            break;
+                        }
+                    }
+                    Err(msg) => {
+                        sess.shard.metrics().protocol_errors.fetch_add(1, Relaxed);
+                        sess.fail(Refusal::new(close::BAD_REQUEST, ErrorCode::BadRequest, msg));
+                        break;
+                    }
+                }
+            }
+            _ => {
+                sess.fail(Refusal::new(
+                    close::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    "binary messages are not accepted in query mode",
+                ));
+                break;
+            }
+        }
+    }
+    live.stop();
+    sess.stop();
+}
+
+fn list(sess: &Session) -> Flow {
+    match sess.shard.shared.registry.datasets(&sess.edge) {
+        None => Flow::Close(Refusal::new(
+            close::EDGE_OFFLINE,
+            ErrorCode::EdgeOffline,
+            format!("edge {} is offline", sess.edge),
+        )),
+        Some(all) => {
+            let visible: Vec<_> = all
+                .into_iter()
+                .filter(|d| sess.claims.may_read(d))
+                .collect();
+            sess.send(&ServerEvent::Datasets {
+                edge: sess.edge.as_str().to_owned(),
+                datasets: visible,
+            });
+            Flow::Continue
+        }
+    }
+}

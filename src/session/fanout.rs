@@ -1,0 +1,527 @@
+//! `subscribe`: one connector live stream fanned out to every subscribed
+//! session of that edge and dataset, on whatever shard each session lives.
+//!
+//! The first subscriber's shard owns the feed: it takes a connector worker
+//! and reads the stream. Each frame is frozen once into a `Bytes` and sent,
+//! by reference, to one bounded channel per shard that has viewers; on that
+//! shard a distributor puts it in each viewer's outbox. A viewer whose
+//! outbox is over `limits.viewer_queue_bytes` is closed (4409) instead of
+//! slowing the feed, so the others are never held back. A shard whose
+//! channel is full has fallen behind as a whole; its viewers are closed the
+//! same way.
+//!
+//! A viewer joining a running feed first gets the feed's header (the
+//! `stream_start` message and the first binary message, which carries the
+//! Arrow schema), then frames from the next one on: each binary message
+//! holds whole IPC messages, so what it receives is a valid IPC stream.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_protocol::browser::ServerEvent;
+use sluice_protocol::connector::{GatewayRequest, Reply, ReplyKind};
+
+use crate::edge::{self, EdgeConn};
+use crate::ids::FeedKey;
+use crate::registry::ConnKind;
+use crate::registry::{lock, Entry, Event};
+use crate::session::{check_dataset, Flow, Session};
+use crate::shard::{Shard, ShardMsg};
+use crate::wire::frame::Opcode;
+use crate::wire::keepalive;
+use crate::wire::message::{self, close, ErrorCode, Refusal};
+use crate::wire::reader::{freeze, Interrupter, ReadError, TextAssembler, Wire};
+
+/// Frames in flight to one shard before that shard counts as fallen behind.
+const SHARD_CHANNEL_FRAMES: usize = 1024;
+
+/// A shard's viewers of one feed, and the header they have been sent.
+#[derive(Default)]
+struct Hub {
+    viewers: Vec<Weak<Session>>,
+    /// Header events this shard has seen (seeded from the entry when the
+    /// hub joined a running feed), so a joining viewer gets exactly what
+    /// precedes the frames still queued for this shard.
+    header: Vec<Wire>,
+    header_done: bool,
+}
+
+thread_local! {
+    /// This shard's hubs and the feeds it owns. A shard is a thread, so a
+    /// thread-local table is per shard, and the shard's own state need not
+    /// know that live feeds exist.
+    static LOCAL: Rc<LocalFeeds> = Rc::new(LocalFeeds::default());
+}
+
+fn local() -> Rc<LocalFeeds> {
+    LOCAL.with(Rc::clone)
+}
+
+/// A shard's view of the feeds it serves or owns.
+#[derive(Default)]
+struct LocalFeeds {
+    hubs: RefCell<HashMap<FeedKey, Hub>>,
+    owned: RefCell<HashMap<FeedKey, Interrupter>>,
+}
+
+pub fn subscribe(sess: &Rc<Session>, dataset: &str) -> Flow {
+    if sess.feed.borrow().is_some() {
+        return Flow::Close(Refusal::new(
+            close::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "session is already subscribed to a feed",
+        ));
+    }
+    if let Some(refused) = check_dataset(sess, dataset) {
+        return refused;
+    }
+    let shard = &sess.shard;
+    let key: FeedKey = (sess.edge.clone(), dataset.to_owned());
+    let (entry, start) = {
+        let mut map = lock(&shard.shared.feeds.map);
+        match map.get(&key) {
+            Some(e) => (e.clone(), false),
+            None => {
+                let e = Arc::new(Mutex::new(Entry {
+                    slots: vec![None; shard.shared.shard_count()],
+                    owner: shard.id,
+                    header: Vec::new(),
+                    header_done: false,
+                }));
+                map.insert(key.clone(), e.clone());
+                (e, true)
+            }
+        }
+    };
+    // Join this shard's distributor, starting one if needed. The seed and
+    // the slot are set under the entry's lock, the same lock `broadcast`
+    // holds, so seed + channel is the feed without a gap or a duplicate.
+    {
+        let mut e = lock(&entry);
+        if e.slots[shard.id].is_none() {
+            let (tx, rx) = flume::bounded(SHARD_CHANNEL_FRAMES);
+            e.slots[shard.id] = Some(tx);
+            let hub = Hub {
+                viewers: Vec::new(),
+                header: e.header.clone(),
+                header_done: e.header_done,
+            };
+            local().hubs.borrow_mut().insert(key.clone(), hub);
+            monoio::spawn(distribute(shard.clone(), key.clone(), entry.clone(), rx));
+        }
+    }
+    let header = {
+        let feeds = local();
+        let mut hubs = feeds.hubs.borrow_mut();
+        let hub = hubs.entry(key.clone()).or_default();
+        hub.viewers.push(Rc::downgrade(sess));
+        hub.header.clone()
+    };
+    sess.send(&ServerEvent::Subscribed {
+        dataset: dataset.to_owned(),
+    });
+    *sess.feed.borrow_mut() = Some(key.clone());
+    for (i, frame) in header.into_iter().enumerate() {
+        let len = if i == 0 { 0 } else { payload_len(&frame) };
+        if !deliver(sess, frame, len, i > 0) {
+            break;
+        }
+    }
+    if start {
+        monoio::spawn(own(shard.clone(), key, entry));
+    }
+    Flow::Continue
+}
+
+/// Payload length of a server frame we built or forwarded.
+fn payload_len(frame: &Wire) -> u64 {
+    let frame = &frame.head;
+    match frame.get(1).map(|b| b & 0x7F) {
+        Some(126) => u16::from_be_bytes([frame[2], frame[3]]) as u64,
+        Some(127) => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&frame[2..10]);
+            u64::from_be_bytes(b)
+        }
+        Some(n) => n as u64,
+        None => 0,
+    }
+}
+
+/// Queues a frame for one viewer; closes the viewer if it is too far behind
+/// or over quota. Returns whether the viewer is still subscribed.
+fn deliver(sess: &Session, frame: Wire, len: u64, data: bool) -> bool {
+    if !sess.outbox.is_open() {
+        return false;
+    }
+    let m = sess.shard.metrics();
+    let cap = sess.shard.cfg().limits.viewer_queue_bytes;
+    if sess.outbox.queued_bytes() + frame.len() > cap {
+        m.slow_viewer_closes.fetch_add(1, Relaxed);
+        sess.fail(Refusal::new(
+            close::SLOW_CONSUMER,
+            ErrorCode::SlowConsumer,
+            "viewer fell too far behind the live feed",
+        ));
+        return false;
+    }
+    if data {
+        if !sess.quota.admit(len) {
+            m.quota_closes.fetch_add(1, Relaxed);
+            let msg = format!("byte quota of {} exceeded", sess.quota.limit().unwrap_or(0));
+            sess.fail(Refusal::new(close::QUOTA, ErrorCode::QuotaExceeded, msg));
+            return false;
+        }
+        if sess.expired() {
+            sess.fail(Refusal::new(
+                close::BAD_TOKEN,
+                ErrorCode::TokenExpired,
+                "session token expired",
+            ));
+            return false;
+        }
+        m.bytes_forwarded.fetch_add(len, Relaxed);
+        m.frames_forwarded.fetch_add(1, Relaxed);
+    }
+    sess.outbox.push_wire(frame).is_ok()
+}
+
+/// Runs on each shard with viewers: hands each event to the local viewers.
+async fn distribute(
+    shard: Rc<Shard>,
+    key: FeedKey,
+    entry: Arc<Mutex<Entry>>,
+    rx: flume::Receiver<Event>,
+) {
+    let mut ended = false;
+    while let Ok(ev) = rx.recv_async().await {
+        let viewers: Vec<Rc<Session>> = {
+            let feeds = local();
+            let mut hubs = feeds.hubs.borrow_mut();
+            let Some(hub) = hubs.get_mut(&key) else { break };
+            match &ev {
+                Event::Start(b) => {
+                    hub.header = vec![Wire::from(b.clone())];
+                    hub.header_done = false;
+                }
+                Event::Frame(b, _) if !hub.header_done => {
+                    hub.header.push(b.clone());
+                    hub.header_done = true;
+                }
+                _ => {}
+            }
+            hub.viewers.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut keep = Vec::with_capacity(viewers.len());
+        for v in viewers {
+            let still = match &ev {
+                Event::Start(b) => deliver(&v, Wire::from(b.clone()), 0, false),
+                Event::Frame(b, len) => deliver(&v, b.clone(), *len, true),
+                Event::End(b) => {
+                    let _ = v.outbox.push(b.clone());
+                    *v.feed.borrow_mut() = None;
+                    false
+                }
+            };
+            if still {
+                keep.push(Rc::downgrade(&v));
+            }
+        }
+        if matches!(ev, Event::End(_)) {
+            ended = true;
+        }
+        let empty = keep.is_empty();
+        if let Some(h) = local().hubs.borrow_mut().get_mut(&key) {
+            h.viewers = keep;
+        }
+        if empty {
+            break;
+        }
+    }
+    // No viewers left, the feed ended, or this shard fell behind (the owner
+    // dropped its channel).
+    let left: Vec<Rc<Session>> = local()
+        .hubs
+        .borrow_mut()
+        .remove(&key)
+        .map(|h| h.viewers)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for v in left {
+        if !ended {
+            shard.metrics().slow_viewer_closes.fetch_add(1, Relaxed);
+            v.fail(Refusal::new(
+                close::SLOW_CONSUMER,
+                ErrorCode::SlowConsumer,
+                "viewer fell too far behind the live feed",
+            ));
+        }
+        *v.feed.borrow_mut() = None;
+    }
+    detach(&shard, &key, &entry);
+}
+
+/// Removes this shard's slot; tells the owner when no shard has viewers.
+fn detach(shard: &Shard, key: &FeedKey, entry: &Arc<Mutex<Entry>>) {
+    let (owner, none_left) = {
+        let mut e = lock(entry);
+        e.slots[shard.id] = None;
+        (e.owner, e.slots.iter().all(Option::is_none))
+    };
+    if none_left {
+        let _ = shard.shared.mailboxes[owner].send(ShardMsg::FeedIdle { key: key.clone() });
+    }
+}
+
+/// A session leaves its feed (it closed, or was closed).
+pub fn unsubscribe(sess: &Rc<Session>) {
+    let Some(sub) = sess.feed.borrow_mut().take() else {
+        return;
+    };
+    let shard = &sess.shard;
+    let feeds = local();
+    let mut hubs = feeds.hubs.borrow_mut();
+    if let Some(h) = hubs.get_mut(&sub) {
+        h.viewers
+            .retain(|w| w.upgrade().is_some_and(|s| !Rc::ptr_eq(&s, sess)));
+        if h.viewers.is_empty() {
+            hubs.remove(&sub);
+            drop(hubs);
+            let entry = lock(&shard.shared.feeds.map).get(&sub).cloned();
+            if let Some(entry) = entry {
+                detach(shard, &sub, &entry);
+            }
+        }
+    }
+}
+
+/// The owner shard was told no viewer is left: wake the feed's reader.
+pub fn on_idle(key: &FeedKey) {
+    if let Some(i) = local().owned.borrow().get(key) {
+        i.interrupt();
+    }
+}
+
+fn broadcast(entry: &Arc<Mutex<Entry>>, ev: Event) -> bool {
+    let mut e = lock(entry);
+    match &ev {
+        Event::Start(b) => {
+            e.header = vec![Wire::from(b.clone())];
+            e.header_done = false;
+        }
+        Event::Frame(b, _) if !e.header_done => {
+            e.header.push(b.clone());
+            e.header_done = true;
+        }
+        _ => {}
+    }
+    for slot in e.slots.iter_mut() {
+        if let Some(tx) = slot {
+            if tx.try_send(ev.clone()).is_err() {
+                // Full: that shard fell behind. Disconnected: it left.
+                *slot = None;
+            }
+        }
+    }
+    e.slots.iter().any(Option::is_some)
+}
+
+/// Removes the feed if it still has no viewers; false if one joined.
+fn retire_feed(shard: &Shard, key: &FeedKey, entry: &Arc<Mutex<Entry>>, force: bool) -> bool {
+    let mut map = lock(&shard.shared.feeds.map);
+    let idle = lock(entry).slots.iter().all(Option::is_none);
+    if idle || force {
+        map.remove(key);
+        true
+    } else {
+        false
+    }
+}
+
+/// The owner: reads the connector's live stream and broadcasts it.
+async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>) {
+    let (edge, dataset) = key.clone();
+    let ended = |event: ServerEvent| message::text(&event);
+    let mut w = match edge::acquire(&shard, &edge, ConnKind::Worker, Some(&dataset)).await {
+        Ok(w) => w,
+        Err(_) => {
+            retire_feed(&shard, &key, &entry, true);
+            broadcast(
+                &entry,
+                Event::End(ended(ServerEvent::Error {
+                    code: ErrorCode::EdgeOffline,
+                    dataset: Some(dataset.clone()),
+                    message: format!("no connector worker of edge {edge} for the live feed"),
+                })),
+            );
+            return;
+        }
+    };
+    let rid = format!("feed-{}", shard.shared.registry.new_conn_id());
+    shard.metrics().streams_started.fetch_add(1, Relaxed);
+    local()
+        .owned
+        .borrow_mut()
+        .insert(key.clone(), w.reader.interrupter());
+    let outcome = feed(&shard, &mut w, &key, &entry, &rid).await;
+    local().owned.borrow_mut().remove(&key);
+    retire_feed(&shard, &key, &entry, true);
+    match outcome {
+        FeedEnd::Ended(msg) => {
+            broadcast(&entry, Event::End(ended(*msg)));
+            shard.metrics().streams_completed.fetch_add(1, Relaxed);
+            edge::park(shard.clone(), w);
+        }
+        FeedEnd::NoViewers => {
+            shard.metrics().streams_cancelled.fetch_add(1, Relaxed);
+            edge::cancel(&shard, w, &rid).await;
+        }
+        FeedEnd::Broken(code, why) => {
+            shard.metrics().streams_failed.fetch_add(1, Relaxed);
+            broadcast(
+                &entry,
+                Event::End(ended(ServerEvent::Error {
+                    code: ErrorCode::EdgeDisconnected,
+                    dataset: Some(dataset.clone()),
+                    message: why,
+                })),
+            );
+            edge::retire(&shard, w, code, "live feed failed").await;
+        }
+    }
+}
+
+enum FeedEnd {
+    Ended(Box<ServerEvent>),
+    NoViewers,
+    /// Close code for the connector, and why.
+    Broken(u16, String),
+}
+
+async fn feed(
+    shard: &Rc<Shard>,
+    w: &mut EdgeConn,
+    key: &FeedKey,
+    entry: &Arc<Mutex<Entry>>,
+    rid: &str,
+) -> FeedEnd {
+    let dataset = &key.1;
+    let cfg = shard.cfg();
+    let get = GatewayRequest::DoGet {
+        request_id: rid.to_owned(),
+        ticket: dataset.clone(),
+        live: true,
+        offload: false,
+    };
+    if w.send_json(&get).await.is_err() {
+        return FeedEnd::Broken(close::GOING_AWAY, "connector connection failed".into());
+    }
+    let live = keepalive::watch(
+        Duration::from_millis(cfg.timeouts.ping_interval_ms),
+        Duration::from_millis(cfg.timeouts.idle_timeout_ms),
+        w.reader.interrupter(),
+        None,
+    );
+    let mut text = TextAssembler::new(cfg.limits.max_text_bytes);
+    loop {
+        let f = match w.reader.next().await {
+            Ok(f) => f,
+            Err(ReadError::Interrupted) => {
+                if lock(entry).slots.iter().all(Option::is_none)
+                    && retire_feed(shard, key, entry, false)
+                {
+                    return FeedEnd::NoViewers;
+                }
+                if shard.closing.get() {
+                    return FeedEnd::Broken(close::GOING_AWAY, "gateway shutting down".into());
+                }
+                if live.timed_out() {
+                    return FeedEnd::Broken(
+                        close::GOING_AWAY,
+                        "connector stopped responding".into(),
+                    );
+                }
+                if live.take_ping_due() && w.send(message::ping()).await.is_err() {
+                    return FeedEnd::Broken(
+                        close::GOING_AWAY,
+                        "connector connection failed".into(),
+                    );
+                }
+                continue;
+            }
+            Err(e) => {
+                let code = match &e {
+                    ReadError::Protocol(p) => p.close_code(),
+                    _ => close::GOING_AWAY,
+                };
+                return FeedEnd::Broken(code, format!("connector connection failed: {e}"));
+            }
+        };
+        live.seen();
+        match f.message {
+            Opcode::Binary => {
+                let len = f.payload_len();
+                if !broadcast(entry, Event::Frame(freeze(f), len))
+                    && retire_feed(shard, key, entry, false)
+                {
+                    return FeedEnd::NoViewers;
+                }
+            }
+            Opcode::Text => {
+                let Ok(Some(t)) = text.push(&f) else { continue };
+                let Ok(r) = serde_json::from_str::<Reply>(&t) else {
+                    continue;
+                };
+                if r.request_id != rid {
+                    continue;
+                }
+                match r.kind {
+                    ReplyKind::StreamStart => {
+                        let start = ServerEvent::StreamStart {
+                            dataset: dataset.clone(),
+                            schema: r.schema.unwrap_or(Value::Null),
+                            live: true,
+                        };
+                        broadcast(entry, Event::Start(message::text(&start)));
+                    }
+                    ReplyKind::StreamEnd => {
+                        return FeedEnd::Ended(Box::new(ServerEvent::StreamEnd {
+                            dataset: dataset.clone(),
+                            total_bytes: r.total_bytes,
+                            bytes_forwarded: None,
+                        }))
+                    }
+                    ReplyKind::Error => {
+                        return FeedEnd::Ended(Box::new(ServerEvent::Error {
+                            code: ErrorCode::QueryFailed,
+                            dataset: Some(dataset.clone()),
+                            message: r.message.unwrap_or_else(|| "connector error".into()),
+                        }))
+                    }
+                    _ => {}
+                }
+            }
+            Opcode::Ping => {
+                let pong = message::pong(f.payload());
+                if let Err(e) = w.send(pong).await {
+                    tracing::debug!(error = %e, "pong to connector failed");
+                    return FeedEnd::Broken(
+                        close::GOING_AWAY,
+                        "connector connection failed".into(),
+                    );
+                }
+            }
+            Opcode::Close => {
+                return FeedEnd::Broken(close::GOING_AWAY, "connector closed its connection".into())
+            }
+            _ => {}
+        }
+    }
+}

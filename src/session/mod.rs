@@ -1,0 +1,12 @@
+//! A browser session on `/stream/{sid}`: [`browser`] upgrades,
+//! authenticates and dispatches its actions; [`query`], [`fanout`] and
+//! [`relay`] forward an edge's frames into its outbox under its [`quota`].
+
+pub mod browser;
+pub mod fanout;
+pub mod query;
+pub mod quota;
+pub mod relay;
+mod state;
+
+pub use state::{check_dataset, BrowserReader, Flow, Session};

@@ -1,0 +1,339 @@
+//! One `query`: take an idle connector worker, ask it for the dataset, and
+//! forward its frames to the browser until `stream_end`.
+//!
+//! The worker's socket has been moved to this session's shard, so this loop
+//! reads it and writes into the browser's outbox with no lock and no copy:
+//! each binary frame is the same `Bytes` the kernel filled, header rewritten
+//! in place (masked seed-001 connector) or untouched (fast path).
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_protocol::browser::ServerEvent;
+use sluice_protocol::connector::{Descriptor, GatewayRequest, Reply, ReplyKind};
+
+use crate::edge::{self, EdgeConn, Unavailable};
+use crate::registry::ConnKind;
+use crate::session::{check_dataset, Flow, Session};
+use crate::wire::frame::Opcode;
+use crate::wire::keepalive;
+use crate::wire::message::{self, close, ErrorCode, Refusal};
+use crate::wire::reader::{freeze, ReadError, TextAssembler};
+
+pub use sluice_protocol::browser::QueryMode;
+
+/// How a stream ended, for the worker's fate and the metrics.
+enum End {
+    /// `stream_end` or a connector `error`: the worker is reusable.
+    Done,
+    /// The session went away (or hit its quota): cancel, then reuse if the
+    /// connector confirms in time.
+    Cancel(Flow),
+    /// The connector connection failed (or broke the protocol: the code
+    /// says how): it is closed, never reused.
+    Broken(u16, Flow),
+}
+
+pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
+    if sess.feed.borrow().is_some() {
+        return Flow::Close(Refusal::new(
+            close::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "session is subscribed to a live feed",
+        ));
+    }
+    if let Some(refused) = check_dataset(sess, dataset) {
+        return refused;
+    }
+    let shard = &sess.shard;
+    let mut w = match edge::acquire(shard, &sess.edge, ConnKind::Worker, Some(dataset)).await {
+        Ok(w) => w,
+        Err(Unavailable::Offline) => {
+            return Flow::Close(Refusal::new(
+                close::EDGE_OFFLINE,
+                ErrorCode::EdgeOffline,
+                format!("edge {} has no connector serving {dataset:?}", sess.edge),
+            ))
+        }
+        Err(Unavailable::Busy) => {
+            return Flow::Close(Refusal::new(
+                close::EDGE_OFFLINE,
+                ErrorCode::EdgeBusy,
+                format!(
+                    "no connector worker of edge {} became free in time",
+                    sess.edge
+                ),
+            ))
+        }
+    };
+    if sess.gone.get() {
+        edge::park(shard.clone(), w);
+        return Flow::Ended;
+    }
+    let info_id = sess.request_id("i");
+    let get_id = sess.request_id("g");
+    shard.metrics().streams_started.fetch_add(1, Relaxed);
+    *sess.upstream.borrow_mut() = Some(w.reader.interrupter());
+    let end = stream(sess, &mut w, dataset, &info_id, &get_id, mode).await;
+    *sess.upstream.borrow_mut() = None;
+    match end {
+        End::Done => {
+            edge::park(shard.clone(), w);
+            if sess.outbox.is_open() {
+                Flow::Continue
+            } else {
+                Flow::Ended
+            }
+        }
+        End::Cancel(flow) => {
+            shard.metrics().streams_cancelled.fetch_add(1, Relaxed);
+            edge::cancel(shard, w, &get_id).await;
+            flow
+        }
+        End::Broken(code, flow) => {
+            shard.metrics().streams_failed.fetch_add(1, Relaxed);
+            edge::retire(shard, w, code, "stream failed").await;
+            flow
+        }
+    }
+}
+
+async fn stream(
+    sess: &Rc<Session>,
+    w: &mut EdgeConn,
+    dataset: &str,
+    info_id: &str,
+    get_id: &str,
+    mode: QueryMode,
+) -> End {
+    let buffered = mode == QueryMode::Buffered;
+    let shard = &sess.shard;
+    let cfg = shard.cfg();
+    let ask = async {
+        w.send_json(&GatewayRequest::GetFlightInfo {
+            request_id: info_id.to_owned(),
+            descriptor: Descriptor::dataset(dataset),
+        })
+        .await?;
+        w.send_json(&GatewayRequest::DoGet {
+            request_id: get_id.to_owned(),
+            ticket: dataset.to_owned(),
+            live: false,
+            offload: mode == QueryMode::Offload,
+        })
+        .await
+    };
+    if ask.await.is_err() {
+        return End::Broken(close::GOING_AWAY, edge_lost("connector connection failed"));
+    }
+    let live = keepalive::watch(
+        Duration::from_millis(cfg.timeouts.ping_interval_ms),
+        Duration::from_millis(cfg.timeouts.request_ms.max(cfg.timeouts.ping_interval_ms)),
+        w.reader.interrupter(),
+        None,
+    );
+    let metrics = shard.metrics();
+    let mut text = TextAssembler::new(cfg.limits.max_text_bytes);
+    // `buffered`: the payloads, concatenated, sent as one message at the end.
+    let mut held: Vec<u8> = Vec::new();
+    loop {
+        let f = match w.reader.next().await {
+            Ok(f) => f,
+            Err(ReadError::Interrupted) => {
+                if sess.gone.get() {
+                    return End::Cancel(Flow::Ended);
+                }
+                if live.timed_out() {
+                    return End::Broken(
+                        close::GOING_AWAY,
+                        edge_lost("connector stopped responding mid-stream"),
+                    );
+                }
+                if live.take_ping_due() && w.send(message::ping()).await.is_err() {
+                    return End::Broken(
+                        close::GOING_AWAY,
+                        edge_lost("connector connection failed"),
+                    );
+                }
+                continue;
+            }
+            Err(ReadError::Protocol(e)) => {
+                tracing::warn!(edge = %sess.edge, error = %e, "connector protocol violation");
+                return End::Broken(e.close_code(), edge_lost("connector sent an invalid frame"));
+            }
+            Err(_) => {
+                return End::Broken(
+                    close::GOING_AWAY,
+                    edge_lost("connector disconnected mid-stream"),
+                )
+            }
+        };
+        live.seen();
+        match f.message {
+            Opcode::Binary => {
+                let len = f.payload_len();
+                if sess.expired() {
+                    return End::Cancel(Flow::Close(Refusal::new(
+                        close::BAD_TOKEN,
+                        ErrorCode::TokenExpired,
+                        "session token expired",
+                    )));
+                }
+                if buffered && held.len() as u64 + len > cfg.limits.max_buffered_bytes as u64 {
+                    return End::Cancel(Flow::Close(Refusal::new(close::TOO_LARGE, ErrorCode::TooLarge, format!(
+                            "dataset {dataset} is larger than the buffered limit of {} bytes; fetch it streamed",
+                            cfg.limits.max_buffered_bytes
+                        ))));
+                }
+                if !sess.quota.admit(len) {
+                    metrics.quota_closes.fetch_add(1, Relaxed);
+                    return End::Cancel(quota_exceeded(sess, len));
+                }
+                if buffered {
+                    // Collecting is the point of this mode: one copy, bounded.
+                    // A frame that straddled two reads is in two pieces.
+                    held.extend_from_slice(&f.wire[f.payload_at..]);
+                    if let Some(t) = &f.tail {
+                        held.extend_from_slice(t);
+                    }
+                    continue;
+                }
+                if sess.outbox.push_wire(freeze(f)).is_err() {
+                    return End::Cancel(Flow::Ended);
+                }
+                metrics.bytes_forwarded.fetch_add(len, Relaxed);
+                metrics.frames_forwarded.fetch_add(1, Relaxed);
+                // Backpressure: stop reading the connector until the browser
+                // has taken enough; TCP does the rest.
+                if sess.outbox.space().await.is_err() {
+                    return End::Cancel(Flow::Ended);
+                }
+            }
+            Opcode::Text => {
+                let t = match text.push(&f) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        return End::Broken(
+                            e.close_code(),
+                            edge_lost("connector sent an invalid text message"),
+                        )
+                    }
+                };
+                let Ok(reply) = serde_json::from_str::<Reply>(&t) else {
+                    tracing::warn!(edge = %sess.edge, "connector sent a message that is not JSON; ignored");
+                    continue;
+                };
+                let rid = reply.request_id.as_str();
+                if rid == info_id {
+                    if reply.kind == ReplyKind::Error {
+                        continue; // the do_get that follows reports it
+                    }
+                    let info = reply.data.clone().unwrap_or_else(|| strip(&t));
+                    sess.send(&ServerEvent::FlightInfo {
+                        dataset: dataset.to_owned(),
+                        info,
+                    });
+                } else if rid == get_id {
+                    match reply.kind {
+                        ReplyKind::StreamStart => {
+                            sess.send(&ServerEvent::StreamStart {
+                                dataset: dataset.to_owned(),
+                                schema: reply.schema.unwrap_or(Value::Null),
+                                live: false,
+                            });
+                        }
+                        ReplyKind::Offload if mode == QueryMode::Offload => {
+                            let or_null = |v: Option<Value>| v.unwrap_or(Value::Null);
+                            sess.send(&ServerEvent::Offload {
+                                dataset: dataset.to_owned(),
+                                url: or_null(reply.url),
+                                bytes: or_null(reply.bytes),
+                                rows: or_null(reply.rows.map(Value::from)),
+                                expires_at: or_null(reply.expires_at),
+                            });
+                        }
+                        ReplyKind::StreamEnd => {
+                            metrics.streams_completed.fetch_add(1, Relaxed);
+                            if buffered {
+                                let frame =
+                                    crate::wire::frame::encode_server_frame(Opcode::Binary, &held);
+                                metrics
+                                    .bytes_forwarded
+                                    .fetch_add(held.len() as u64, Relaxed);
+                                metrics.frames_forwarded.fetch_add(1, Relaxed);
+                                if sess.outbox.push(frame.into()).is_err() {
+                                    return End::Done;
+                                }
+                            }
+                            sess.send(&ServerEvent::StreamEnd {
+                                dataset: dataset.to_owned(),
+                                total_bytes: reply.total_bytes,
+                                bytes_forwarded: Some(sess.quota.used()),
+                            });
+                            return End::Done;
+                        }
+                        ReplyKind::Error => {
+                            metrics.streams_failed.fetch_add(1, Relaxed);
+                            sess.send(&ServerEvent::Error {
+                                code: ErrorCode::QueryFailed,
+                                dataset: Some(dataset.to_owned()),
+                                message: reply.message.unwrap_or_else(|| "connector error".into()),
+                            });
+                            return End::Done;
+                        }
+                        _ => {}
+                    }
+                }
+                // Anything else belongs to an earlier, cancelled request.
+            }
+            Opcode::Ping => {
+                let pong = message::pong(f.payload());
+                if let Err(e) = w.send(pong).await {
+                    tracing::debug!(error = %e, "pong to connector failed");
+                    return End::Broken(
+                        close::GOING_AWAY,
+                        edge_lost("connector connection failed"),
+                    );
+                }
+            }
+            Opcode::Close => {
+                return End::Broken(
+                    close::GOING_AWAY,
+                    edge_lost("connector closed its connection mid-stream"),
+                )
+            }
+            _ => {}
+        }
+    }
+}
+
+fn strip(text: &str) -> Value {
+    let mut v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("request_id");
+    }
+    v
+}
+
+fn edge_lost(why: &str) -> Flow {
+    Flow::Close(Refusal::new(
+        close::EDGE_OFFLINE,
+        ErrorCode::EdgeDisconnected,
+        why,
+    ))
+}
+
+fn quota_exceeded(sess: &Session, len: u64) -> Flow {
+    Flow::Close(Refusal::new(
+        close::QUOTA,
+        ErrorCode::QuotaExceeded,
+        format!(
+            "byte quota of {} exceeded: {} used, next frame {len}",
+            sess.quota.limit().unwrap_or(0),
+            sess.quota.used()
+        ),
+    ))
+}

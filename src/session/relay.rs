@@ -1,0 +1,222 @@
+//! Relay mode (seed 000): the session takes one idle edge connection, the
+//! edge is told it is paired, and from then on data frames flow both ways
+//! unchanged, frame for frame, until either side closes; the close code is
+//! passed on to the other side.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use monoio::io::{OwnedReadHalf, Splitable};
+use monoio::net::TcpStream;
+use serde_json::json;
+
+use crate::edge::{self, Unavailable};
+use crate::registry::ConnKind;
+use crate::session::{BrowserReader, Session};
+use crate::wire::frame::{parse_close, Opcode};
+use crate::wire::keepalive;
+use crate::wire::message::{self, close, ErrorCode, Refusal};
+use crate::wire::outbox::Outbox;
+use crate::wire::reader::{freeze, FrameReader, ReadError};
+use crate::wire::utf8::Utf8Stream;
+
+/// Which way a pump carries frames.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// edge → browser: counted against the quota.
+    Down,
+    /// browser → edge.
+    Up,
+}
+
+pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
+    let shard = &sess.shard;
+    let cfg = shard.cfg();
+    let edge = match edge::acquire(shard, &sess.edge, ConnKind::Relay, None).await {
+        Ok(e) => e,
+        Err(Unavailable::Offline) | Err(Unavailable::Busy) => {
+            let msg = format!("no idle connection of edge {} to pair with", sess.edge);
+            return sess.fail(Refusal::new(
+                close::EDGE_OFFLINE,
+                ErrorCode::EdgeOffline,
+                msg,
+            ));
+        }
+    };
+    if sess.gone.get() {
+        return edge::park(shard.clone(), edge);
+    }
+    let meta = edge.meta.clone();
+    let rule = edge.reader.rule();
+    let (stream, buffered) = edge.reader.into_parts();
+    let (erd, ewr) = stream.into_split();
+    let edge_out = Outbox::new(cfg.limits.session_buffer_bytes);
+    let stall = Duration::from_millis(cfg.timeouts.write_stall_ms);
+    edge_out.attach(ewr, stall);
+    let edge_reader: FrameReader<OwnedReadHalf<TcpStream>> =
+        FrameReader::new(erd, buffered, rule, cfg.limits.max_frame_bytes)
+            .with_chunk(cfg.limits.read_chunk_bytes);
+    let _ = edge_out.push(message::text(&json!({
+        "type": "paired",
+        "session_id": sess.sid.as_str(),
+        "sub": sess.claims.sub,
+    })));
+    tracing::info!(sid = %sess.sid, edge = %meta.edge, conn = %meta.conn, "relay paired");
+
+    browser.set_max_payload(cfg.limits.max_frame_bytes);
+    browser.set_chunk(cfg.limits.read_chunk_bytes);
+    let ping = Duration::from_millis(cfg.timeouts.ping_interval_ms);
+    let idle = Duration::from_millis(cfg.timeouts.idle_timeout_ms);
+    let up_int = browser.interrupter();
+    let down_int = edge_reader.interrupter();
+    // Either pump ending stops the other.
+    *sess.upstream.borrow_mut() = Some(down_int.clone());
+    let up_live = keepalive::watch(ping, idle, up_int.clone(), Some(sess.outbox.clone()));
+    let down_live = keepalive::watch(ping, idle, down_int.clone(), Some(edge_out.clone()));
+    let down = {
+        let sess = sess.clone();
+        let (browser_out, edge_out) = (sess.outbox.clone(), edge_out.clone());
+        let up_int = up_int.clone();
+        monoio::spawn(async move {
+            pump(
+                &sess,
+                edge_reader,
+                Dir::Down,
+                &edge_out,
+                &browser_out,
+                &down_live,
+            )
+            .await;
+            up_int.interrupt();
+        })
+    };
+    pump(sess, browser, Dir::Up, &sess.outbox, &edge_out, &up_live).await;
+    down_int.interrupt();
+    down.await;
+    *sess.upstream.borrow_mut() = None;
+    // Whatever ended the relay, both sides get a close (no-op if sent).
+    edge_out.close(message::closing(close::NORMAL, "session closed"));
+    edge_out.finished().await;
+    shard.shared.registry.remove(&meta.edge, meta.conn);
+    shard.metrics().relay_conns_active.fetch_sub(1, Relaxed);
+    tracing::info!(sid = %sess.sid, edge = %meta.edge, "relay ended");
+}
+
+/// Carries frames from `reader` into `to`; answers pings on `own`.
+async fn pump(
+    sess: &Session,
+    mut reader: FrameReader<OwnedReadHalf<TcpStream>>,
+    dir: Dir,
+    own: &Outbox,
+    to: &Outbox,
+    live: &keepalive::Liveness,
+) {
+    let metrics = sess.shard.metrics();
+    let mut utf8 = Utf8Stream::default();
+    loop {
+        let f = match reader.next().await {
+            Ok(f) => f,
+            Err(ReadError::Interrupted) => {
+                if live.timed_out() {
+                    own.close(message::closing(close::GOING_AWAY, "idle timeout"));
+                    to.close(message::closing(close::GOING_AWAY, "peer idle timeout"));
+                    break;
+                }
+                if sess.gone.get() || !own.is_open() || !to.is_open() {
+                    break;
+                }
+                continue;
+            }
+            Err(ReadError::Protocol(e)) => {
+                metrics.protocol_errors.fetch_add(1, Relaxed);
+                own.close(message::closing(e.close_code(), &e.to_string()));
+                to.close(message::closing(
+                    close::GOING_AWAY,
+                    "peer violated the protocol",
+                ));
+                break;
+            }
+            Err(_) => {
+                // Vanished without a close frame: tell the other side.
+                let (code, why) = match dir {
+                    Dir::Down => (close::EDGE_OFFLINE, "edge disconnected"),
+                    Dir::Up => (close::GOING_AWAY, "browser disconnected"),
+                };
+                if dir == Dir::Down {
+                    let _ = to.push(message::error(&Refusal::edge_disconnected(why)));
+                }
+                to.close(message::closing(code, why));
+                break;
+            }
+        };
+        live.seen();
+        match f.header.opcode {
+            Opcode::Ping => {
+                // Pongs to a peer that does not read are bounded too.
+                let pong = message::pong(f.payload());
+                if own.push(pong).is_err() || own.space().await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Opcode::Pong => continue,
+            Opcode::Close => {
+                let status = match parse_close(f.payload()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        own.close(message::closing(e.close_code(), &e.to_string()));
+                        to.close(message::closing(
+                            close::GOING_AWAY,
+                            "peer sent an invalid close",
+                        ));
+                        break;
+                    }
+                };
+                let (code, reason) =
+                    status.map_or((close::NORMAL, String::new()), |s| (s.code, s.reason));
+                to.close(message::closing(code, &reason));
+                own.close(message::closing(code, &reason));
+                break;
+            }
+            _ => {}
+        }
+        if f.message == Opcode::Text && !utf8.feed(f.payload(), f.header.fin) {
+            own.close(message::closing(
+                close::INVALID_UTF8,
+                "text message is not valid UTF-8",
+            ));
+            to.close(message::closing(
+                close::GOING_AWAY,
+                "peer sent invalid UTF-8",
+            ));
+            break;
+        }
+        if f.header.fin {
+            utf8 = Utf8Stream::default();
+        }
+        let len = f.payload_len();
+        if dir == Dir::Down {
+            if !sess.quota.admit(len) {
+                metrics.quota_closes.fetch_add(1, Relaxed);
+                let why = Refusal::new(
+                    close::QUOTA,
+                    ErrorCode::QuotaExceeded,
+                    format!("byte quota of {} exceeded", sess.quota.limit().unwrap_or(0)),
+                );
+                let _ = to.push(message::error(&why));
+                to.close(message::closing(why.close, &why.message));
+                own.close(message::closing(close::QUOTA, "session quota exceeded"));
+                break;
+            }
+            metrics.bytes_forwarded.fetch_add(len, Relaxed);
+            metrics.frames_forwarded.fetch_add(1, Relaxed);
+        } else {
+            metrics.bytes_upstream.fetch_add(len, Relaxed);
+        }
+        if to.push_wire(freeze(f)).is_err() || to.space().await.is_err() {
+            break;
+        }
+    }
+    live.stop();
+}

@@ -1,0 +1,123 @@
+//! A browser session's state, shared by the code that serves its actions
+//! (query, fan-out, relay): who it is, where its frames go, what it may
+//! still spend, and how to stop it.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use monoio::io::OwnedReadHalf;
+use monoio::net::TcpStream;
+use sluice_protocol::browser::ServerEvent;
+
+use crate::auth::token::Claims;
+use crate::ids::{EdgeId, FeedKey, SessionId};
+use crate::session::quota::Quota;
+use crate::shard::Shard;
+use crate::wire::message::{self, close, ErrorCode, Refusal};
+use crate::wire::outbox::Outbox;
+use crate::wire::reader::{FrameReader, Interrupter};
+
+pub type BrowserReader = FrameReader<OwnedReadHalf<TcpStream>>;
+
+/// What to do after an action.
+pub enum Flow {
+    Continue,
+    /// Send `{"type":"error",…}` and close the session.
+    Close(Refusal),
+    /// The session is already closing.
+    Ended,
+}
+
+/// One authenticated browser session, owned by its shard.
+pub struct Session {
+    pub shard: Rc<Shard>,
+    pub sid: SessionId,
+    pub claims: Claims,
+    pub edge: EdgeId,
+    pub outbox: Outbox,
+    pub quota: Quota,
+    /// Set when the token's expiry cuts running streams.
+    pub expires: Option<Instant>,
+    /// The browser left or the session is closing: stop everything.
+    pub gone: Cell<bool>,
+    /// Interrupts the read of whatever connector connection serves us now.
+    pub upstream: RefCell<Option<Interrupter>>,
+    pub(crate) reader: RefCell<Option<Interrupter>>,
+    /// Subscribed live feed, if any.
+    pub feed: RefCell<Option<FeedKey>>,
+    pub(crate) next_request: Cell<u64>,
+}
+
+impl Session {
+    pub fn send(&self, event: &ServerEvent) {
+        let _ = self.outbox.push(message::text(event));
+    }
+
+    /// Error message then close frame; nothing is queued after them.
+    pub fn fail(&self, why: Refusal) {
+        if self.outbox.is_open() {
+            tracing::debug!(sid = %self.sid, close = why.close, code = %why.code, message = %why.message, "closing session");
+            let _ = self.outbox.push(message::error(&why));
+            self.outbox.close(message::closing(why.close, &why.message));
+        }
+        self.stop();
+    }
+
+    /// Revoked: the error and close go out ahead of any data still queued.
+    pub fn revoke(&self) {
+        self.outbox.discard_pending();
+        self.fail(Refusal::new(
+            close::REVOKED,
+            ErrorCode::Revoked,
+            "session revoked",
+        ));
+    }
+
+    /// Stops the session's tasks (reader, upstream) without a message.
+    pub fn stop(&self) {
+        self.gone.set(true);
+        if let Some(i) = self.upstream.borrow().as_ref() {
+            i.interrupt();
+        }
+        if let Some(i) = self.reader.borrow().as_ref() {
+            i.interrupt();
+        }
+    }
+
+    pub fn request_id(&self, prefix: &str) -> String {
+        let n = self.next_request.get() + 1;
+        self.next_request.set(n);
+        format!("{prefix}{n}")
+    }
+
+    /// Whether the token has expired and the config cuts running streams.
+    pub fn expired(&self) -> bool {
+        self.expires.is_some_and(|t| Instant::now() >= t)
+    }
+}
+
+/// Checks a dataset request against the token and the edge; the `Flow`
+/// to return when it is refused.
+pub fn check_dataset(sess: &Session, dataset: &str) -> Option<Flow> {
+    if !sess.claims.may_read(dataset) {
+        return Some(Flow::Close(Refusal::new(
+            close::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("token does not allow dataset {dataset:?}"),
+        )));
+    }
+    match sess.shard.shared.registry.datasets(&sess.edge) {
+        None => Some(Flow::Close(Refusal::new(
+            close::EDGE_OFFLINE,
+            ErrorCode::EdgeOffline,
+            format!("edge {} is offline", sess.edge),
+        ))),
+        Some(ds) if !ds.contains(dataset) => Some(Flow::Close(Refusal::new(
+            close::NOT_FOUND,
+            ErrorCode::UnknownDataset,
+            format!("edge {} has no dataset {dataset:?}", sess.edge),
+        ))),
+        Some(_) => None,
+    }
+}

@@ -1,0 +1,309 @@
+//! Counters in Prometheus text format.
+//!
+//! Each shard writes only its own counters (relaxed atomics on a cache line
+//! no other core writes), and `/metrics` sums them at scrape time, so
+//! counting costs the hot path nothing but an uncontended add.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::auth::token::TokenError;
+
+#[derive(Default)]
+#[repr(align(128))]
+pub struct ShardMetrics {
+    pub sessions_active: AtomicI64,
+    pub sessions_total: AtomicU64,
+    pub connector_conns_active: AtomicI64,
+    pub relay_conns_active: AtomicI64,
+    /// Payload bytes of data frames delivered to browsers (what quotas count).
+    pub bytes_forwarded: AtomicU64,
+    pub frames_forwarded: AtomicU64,
+    /// Payload bytes of data frames from browsers to relay edges.
+    pub bytes_upstream: AtomicU64,
+    pub streams_started: AtomicU64,
+    pub streams_completed: AtomicU64,
+    pub streams_failed: AtomicU64,
+    pub streams_cancelled: AtomicU64,
+    pub quota_closes: AtomicU64,
+    pub revoked_closes: AtomicU64,
+    pub slow_viewer_closes: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub http_rejections: AtomicU64,
+    pub auth_failures: [AtomicU64; 7],
+    pub edge_auth_failures: AtomicU64,
+}
+
+impl ShardMetrics {
+    pub fn auth_failure(&self, e: TokenError) {
+        let i = TokenError::ALL.iter().position(|x| *x == e).unwrap_or(0);
+        self.auth_failures[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+}
+
+pub struct Metrics {
+    pub shards: Vec<ShardMetrics>,
+}
+
+/// Gauges owned by other parts (the edge registry), passed in at render time.
+pub struct Snapshot {
+    pub edges_online: usize,
+    pub workers_idle: usize,
+    pub workers_busy: usize,
+    pub relay_idle: usize,
+    pub ready: bool,
+    /// `None` when revocation is off; else whether the Redis link is up.
+    pub revocation_link: Option<bool>,
+    pub revocations_received: u64,
+    pub revocations_remembered: usize,
+    /// `None` when there is no TLS listener.
+    pub tls: Option<TlsSnapshot>,
+}
+
+pub struct TlsSnapshot {
+    pub handshakes: u64,
+    pub handshake_failures: u64,
+    pub refused_over_limit: u64,
+    pub active: i64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub cert_not_after: i64,
+}
+
+impl Metrics {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
+        }
+    }
+
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "sluice_ready",
+            "1 while accepting new sessions",
+            snap.ready as i64,
+        );
+        if let Some(up) = snap.revocation_link {
+            gauge(
+                "sluice_revocation_link_up",
+                "1 while subscribed to the Redis revocation channel",
+                up as i64,
+            );
+            gauge(
+                "sluice_revocations_remembered",
+                "Revoked session ids kept until their tokens expire",
+                snap.revocations_remembered as i64,
+            );
+        }
+        gauge(
+            "sluice_edges_online",
+            "Edges with at least one connection",
+            snap.edges_online as i64,
+        );
+        gauge(
+            "sluice_connector_workers_idle",
+            "Connector worker connections waiting for a request",
+            snap.workers_idle as i64,
+        );
+        gauge(
+            "sluice_connector_workers_busy",
+            "Connector worker connections serving a stream",
+            snap.workers_busy as i64,
+        );
+        gauge(
+            "sluice_relay_edges_idle",
+            "Relay edge connections waiting in a pool",
+            snap.relay_idle as i64,
+        );
+
+        if let Some(t) = &snap.tls {
+            let mut line = |name: &str, kind: &str, help: &str, v: i64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            };
+            line(
+                "sluice_tls_connections_active",
+                "gauge",
+                "TLS connections past the handshake",
+                t.active,
+            );
+            line(
+                "sluice_tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed",
+                t.handshakes as i64,
+            );
+            line("sluice_tls_handshake_failures_total", "counter", "TLS handshakes failed or timed out (bad client certificate, wrong CA, expired, not TLS)", t.handshake_failures as i64);
+            line(
+                "sluice_tls_refused_total",
+                "counter",
+                "TLS connections closed at accept: tls.max_connections reached",
+                t.refused_over_limit as i64,
+            );
+            line(
+                "sluice_tls_reloads_total",
+                "counter",
+                "Certificate reloads that took effect",
+                t.reloads as i64,
+            );
+            line(
+                "sluice_tls_reload_failures_total",
+                "counter",
+                "Certificate reloads refused (the previous certificate stays)",
+                t.reload_failures as i64,
+            );
+            line(
+                "sluice_tls_certificate_not_after_seconds",
+                "gauge",
+                "Unix time the serving certificate expires",
+                t.cert_not_after,
+            );
+        }
+        if snap.revocation_link.is_some() {
+            let _ = writeln!(
+                out,
+                "# HELP sluice_revocations_received_total Revocations received (channel and resync)\n# TYPE sluice_revocations_received_total counter\nsluice_revocations_received_total {}",
+                snap.revocations_received
+            );
+        }
+        type Get = fn(&ShardMetrics) -> i64;
+        let per_shard: [(&str, &str, &str, Get); 17] = [
+            (
+                "sluice_sessions_active",
+                "gauge",
+                "Browser sessions open",
+                |s| s.sessions_active.load(Relaxed),
+            ),
+            (
+                "sluice_sessions_total",
+                "counter",
+                "Browser sessions accepted",
+                |s| s.sessions_total.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_connector_connections_active",
+                "gauge",
+                "Connector worker connections open",
+                |s| s.connector_conns_active.load(Relaxed),
+            ),
+            (
+                "sluice_relay_connections_active",
+                "gauge",
+                "Relay edge connections open",
+                |s| s.relay_conns_active.load(Relaxed),
+            ),
+            (
+                "sluice_bytes_forwarded_total",
+                "counter",
+                "Payload bytes of data frames delivered to browsers",
+                |s| s.bytes_forwarded.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_frames_forwarded_total",
+                "counter",
+                "Data frames delivered to browsers",
+                |s| s.frames_forwarded.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_bytes_upstream_total",
+                "counter",
+                "Payload bytes of data frames from browsers to relay edges",
+                |s| s.bytes_upstream.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_streams_started_total",
+                "counter",
+                "Streams requested from connectors",
+                |s| s.streams_started.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_streams_completed_total",
+                "counter",
+                "Streams that ended with stream_end",
+                |s| s.streams_completed.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_streams_failed_total",
+                "counter",
+                "Streams that ended with an error",
+                |s| s.streams_failed.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_streams_cancelled_total",
+                "counter",
+                "Streams cancelled because the browser left",
+                |s| s.streams_cancelled.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_revoked_closes_total",
+                "counter",
+                "Sessions closed (4410) or refused because they were revoked",
+                |s| s.revoked_closes.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_quota_closes_total",
+                "counter",
+                "Sessions closed with 4429 for exceeding their byte quota",
+                |s| s.quota_closes.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_slow_viewer_closes_total",
+                "counter",
+                "Live-feed viewers dropped for falling behind (4409)",
+                |s| s.slow_viewer_closes.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_protocol_errors_total",
+                "counter",
+                "Connections closed for a WebSocket or message protocol violation",
+                |s| s.protocol_errors.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_http_rejections_total",
+                "counter",
+                "Requests answered with an HTTP error status",
+                |s| s.http_rejections.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_edge_auth_failures_total",
+                "counter",
+                "Connector or edge connections refused for a bad Edge-Key",
+                |s| s.edge_auth_failures.load(Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, get) in per_shard {
+            let total: i64 = self.shards.iter().map(get).sum();
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {total}"
+            );
+            for (i, s) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(s));
+            }
+        }
+        let name = "sluice_auth_failures_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Browser sessions refused, by reason\n# TYPE {name} counter"
+        );
+        for (i, e) in TokenError::ALL.iter().enumerate() {
+            let total: u64 = self
+                .shards
+                .iter()
+                .map(|s| s.auth_failures[i].load(Relaxed))
+                .sum();
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {total}", e.label());
+        }
+        out
+    }
+}

@@ -1,0 +1,13 @@
+//! The shard: one thread, one monoio runtime, the sessions that hash to it.
+//! Shards share [`Shared`] and talk only through their mailboxes
+//! ([`ShardMsg`]), for rare events; forwarding never crosses a shard.
+
+mod local;
+pub mod metrics;
+mod msg;
+pub mod reply;
+mod shared;
+
+pub use local::{CloserGuard, IdleSlot, RevokerGuard, Shard};
+pub use msg::{ConnMeta, MovedConn, ShardMsg};
+pub use shared::Shared;

@@ -1,0 +1,50 @@
+//! What shards say to each other through their mailboxes: rare events
+//! only (a socket to adopt, an idle connection to hand over, shutdown,
+//! revocation), never per frame.
+
+use crate::auth::edge_auth::Transport;
+use crate::ids::{ConnId, EdgeId, FeedKey, SessionId};
+use crate::wire::handoff::Detached;
+use crate::wire::http::Request;
+
+/// Identity of a connector/edge connection, carried with it across shards.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    pub conn: ConnId,
+    pub edge: EdgeId,
+    /// Frames arrive in server wire format (fast-path subprotocol).
+    pub fast_path: bool,
+}
+
+/// A connection leaving one shard for another.
+#[derive(Debug)]
+pub struct MovedConn {
+    pub sock: Detached,
+    pub meta: ConnMeta,
+}
+
+pub enum ShardMsg {
+    /// A connection the TLS front accepted and decrypts: this end of it
+    /// carries plaintext, and `transport` says what its handshake proved.
+    AdoptTls {
+        sock: Detached,
+        transport: Transport,
+    },
+    /// A browser socket accepted elsewhere whose session lives here.
+    AdoptBrowser {
+        sock: Detached,
+        req: Box<Request>,
+        sid: SessionId,
+    },
+    /// Hand idle connection `conn` to the caller (None if it is gone).
+    Take {
+        conn: ConnId,
+        reply: flume::Sender<Option<MovedConn>>,
+    },
+    /// The live feed this shard owns has no viewers left.
+    FeedIdle { key: FeedKey },
+    /// Shutdown: close every session (1001) and connection on this shard.
+    CloseAll,
+    /// Close every session with this id (4410): it was revoked.
+    Revoke(SessionId),
+}

@@ -1,0 +1,76 @@
+//! What every shard of one gateway sees: configuration, verifiers, the
+//! edge registry, metrics, the mailboxes. Read-mostly; the registry is the
+//! only part that takes a lock, and only per stream.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::auth::revocations::Revocations;
+use crate::auth::token::Verifier;
+use crate::config::{Config, EdgeKeys};
+use crate::registry::{Feeds, Registry};
+use crate::shard::metrics::{Metrics, Snapshot, TlsSnapshot};
+use crate::shard::ShardMsg;
+use crate::static_files::StaticFiles;
+use crate::tls::Material;
+
+/// State every shard can see.
+pub struct Shared {
+    pub cfg: Config,
+    pub verifier: Verifier,
+    pub edge_keys: EdgeKeys,
+    pub registry: Registry,
+    pub feeds: Feeds,
+    pub metrics: Metrics,
+    pub mailboxes: Vec<flume::Sender<ShardMsg>>,
+    pub draining: AtomicBool,
+    /// Browser sessions open on all shards (for `limits.max_sessions`).
+    pub sessions: AtomicUsize,
+    pub revocations: Revocations,
+    /// Where clients reach this gateway (`registry.public_url`, or
+    /// `ws://` + the listening address).
+    pub public_url: String,
+    /// The dashboard's files.
+    pub web: StaticFiles,
+    /// The TLS listener's certificates and counters, when it is on.
+    pub tls: Option<Arc<Material>>,
+}
+
+impl Shared {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let r = self.registry.stats();
+        Snapshot {
+            edges_online: r.edges_online,
+            workers_idle: r.workers_idle,
+            workers_busy: r.workers_busy,
+            relay_idle: r.relay_idle,
+            ready: !self.is_draining() && self.revocations.healthy(),
+            revocation_link: self
+                .revocations
+                .enabled()
+                .then(|| self.revocations.healthy()),
+            revocations_received: self.revocations.received.load(Ordering::Relaxed),
+            revocations_remembered: self.revocations.len(),
+            tls: self.tls.as_ref().map(|m| {
+                let s = &m.stats;
+                TlsSnapshot {
+                    handshakes: s.handshakes.load(Ordering::Relaxed),
+                    handshake_failures: s.handshake_failures.load(Ordering::Relaxed),
+                    refused_over_limit: s.refused_over_limit.load(Ordering::Relaxed),
+                    active: s.active.load(Ordering::Relaxed),
+                    reloads: s.reloads.load(Ordering::Relaxed),
+                    reload_failures: s.reload_failures.load(Ordering::Relaxed),
+                    cert_not_after: s.cert_not_after.load(Ordering::Relaxed),
+                }
+            }),
+        }
+    }
+}

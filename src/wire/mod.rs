@@ -1,0 +1,12 @@
+//! Bytes on the wire: RFC 6455 frames and the HTTP/1.1 upgrade, read into
+//! owned buffers and written through bounded outboxes; no knowledge of
+//! sessions or edges.
+
+pub mod frame;
+pub mod handoff;
+pub mod http;
+pub mod keepalive;
+pub mod message;
+pub mod outbox;
+pub mod reader;
+pub mod utf8;

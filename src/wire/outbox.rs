@@ -1,0 +1,388 @@
+//! The bounded queue of frames waiting to be written to one socket, and the
+//! task that writes them.
+//!
+//! Every byte the gateway sends a peer goes through its outbox, so there is
+//! one writer per socket (no interleaved frames) and one place where
+//! buffered bytes are counted. Producers that respect [`Outbox::space`]
+//! stop reading their own source while the queue is over its cap: that is
+//! how a browser that stops reading slows its connector through TCP flow
+//! control instead of growing the gateway's memory. A fan-out producer that
+//! must not wait checks [`Outbox::queued_bytes`] and drops the viewer instead.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use monoio::io::{AsyncWriteRent, OwnedWriteHalf};
+use monoio::net::TcpStream;
+
+use crate::wire::reader::Wire;
+
+/// Most frames, and bytes, one gathered write takes.
+const BATCH_FRAMES: usize = 64;
+const BATCH_BYTES: usize = 1024 * 1024;
+
+/// Frames for one `writev`, and the iovecs that point into them.
+pub struct Gather {
+    frames: Vec<Bytes>,
+    iovecs: Vec<libc::iovec>,
+}
+
+// SAFETY: every iovec points into a `Bytes` held in `frames`, with that
+// `Bytes`'s exact length. The heap data of a `Bytes` never moves while it is
+// alive, and neither `frames` nor `iovecs` is touched while the runtime owns
+// this value (it is only read through these two methods), so the pointer
+// and the count stay valid for the whole operation. Covered by the
+// `gather_*` tests below and by every integration test (all writes go here).
+unsafe impl monoio::buf::IoVecBuf for Gather {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iovecs.as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.iovecs.len()
+    }
+}
+
+impl Gather {
+    pub fn new(frames: Vec<Bytes>) -> Self {
+        let iovecs = frames
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        Gather { frames, iovecs }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.iter().all(Bytes::is_empty)
+    }
+
+    /// What is left after the kernel took `n` bytes.
+    pub fn advance(self, mut n: usize) -> Gather {
+        let mut rest = Vec::with_capacity(self.frames.len());
+        for mut b in self.frames {
+            if n >= b.len() {
+                n -= b.len();
+                continue;
+            }
+            if n > 0 {
+                let _ = b.split_to(n);
+                n = 0;
+            }
+            rest.push(b);
+        }
+        Gather::new(rest)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// A close frame is queued: nothing more is accepted.
+    Closing,
+    /// The writer stopped (socket error, stall, or after the close frame).
+    Done,
+}
+
+struct Inner {
+    /// Frames in write order; `true` marks the second piece of a frame
+    /// split across two buffers, which must never be separated from the
+    /// first (see [`Outbox::discard_pending`]).
+    queue: VecDeque<(Bytes, bool)>,
+    queued: usize,
+    cap: usize,
+    state: State,
+    /// The socket half while no writer task runs. A writer task lives only
+    /// while there is something to write, so an idle connection costs no
+    /// task: `push` starts one, and it parks the socket here when done.
+    parked: Option<(Writer, Duration)>,
+    waiters: Vec<Waker>,
+}
+
+type Writer = OwnedWriteHalf<TcpStream>;
+
+/// Cheap to clone; all clones are the same queue.
+#[derive(Clone)]
+pub struct Outbox(Rc<RefCell<Inner>>);
+
+/// The peer can no longer be written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
+
+impl Outbox {
+    pub fn new(cap: usize) -> Self {
+        Outbox(Rc::new(RefCell::new(Inner {
+            queue: VecDeque::new(),
+            queued: 0,
+            cap,
+            state: State::Open,
+            parked: None,
+            waiters: Vec::new(),
+        })))
+    }
+
+    /// Hands the socket half to the outbox; frames pushed from now on are
+    /// written to it, each `stall` without progress dropping the peer.
+    pub fn attach(&self, io: Writer, stall: Duration) {
+        self.0.borrow_mut().parked = Some((io, stall));
+        self.kick();
+    }
+
+    /// Starts a writer task if there is something to write and none runs.
+    fn kick(&self) {
+        let job = {
+            let mut g = self.0.borrow_mut();
+            if g.queue.is_empty() {
+                None
+            } else {
+                g.parked.take()
+            }
+        };
+        if let Some((io, stall)) = job {
+            monoio::spawn(self.clone().run_writer(io, stall));
+        }
+    }
+
+    /// Queues a frame regardless of the cap (the caller waits on
+    /// [`Outbox::space`] before its next read).
+    pub fn push(&self, frame: Bytes) -> Result<(), Gone> {
+        let mut g = self.0.borrow_mut();
+        if g.state != State::Open {
+            return Err(Gone);
+        }
+        g.queued += frame.len();
+        g.queue.push_back((frame, false));
+        drop(g);
+        self.kick();
+        Ok(())
+    }
+
+    /// Queues a forwarded frame (one or two pieces, written back to back).
+    pub fn push_wire(&self, frame: Wire) -> Result<(), Gone> {
+        let mut g = self.0.borrow_mut();
+        if g.state != State::Open {
+            return Err(Gone);
+        }
+        g.queued += frame.head.len();
+        g.queue.push_back((frame.head, false));
+        if let Some(t) = frame.tail {
+            g.queued += t.len();
+            g.queue.push_back((t, true));
+        }
+        drop(g);
+        self.kick();
+        Ok(())
+    }
+
+    /// Drops the frames no write has started on, so that what is queued
+    /// next (a revocation's close) goes out now instead of after megabytes
+    /// of data. A frame whose first piece is already with the writer keeps
+    /// its second piece: the stream stays well-framed.
+    pub fn discard_pending(&self) {
+        let mut g = self.0.borrow_mut();
+        if g.state != State::Open {
+            return;
+        }
+        let keep = g.queue.iter().take_while(|(_, tail)| *tail).count();
+        let dropped: usize = g.queue.iter().skip(keep).map(|(b, _)| b.len()).sum();
+        g.queue.truncate(keep);
+        g.queued -= dropped;
+        if g.queued < g.cap {
+            for w in g.waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Queues a close frame; after it nothing is accepted, and the writer
+    /// stops once it is on the wire. A second close is ignored.
+    pub fn close(&self, frame: Bytes) {
+        let mut g = self.0.borrow_mut();
+        if g.state != State::Open {
+            return;
+        }
+        g.queued += frame.len();
+        g.queue.push_back((frame, false));
+        g.state = State::Closing;
+        for w in g.waiters.drain(..) {
+            w.wake();
+        }
+        drop(g);
+        self.kick();
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.borrow().state == State::Open
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.0.borrow().queued
+    }
+
+    /// Waits until the queue is under its cap.
+    pub async fn space(&self) -> Result<(), Gone> {
+        poll_fn(|cx| {
+            let mut g = self.0.borrow_mut();
+            match g.state {
+                State::Open if g.queued < g.cap => Poll::Ready(Ok(())),
+                State::Open => {
+                    g.waiters.push(cx.waker().clone());
+                    Poll::Pending
+                }
+                _ => Poll::Ready(Err(Gone)),
+            }
+        })
+        .await
+    }
+
+    /// Waits until the writer has stopped (close written, or the peer gone).
+    pub async fn finished(&self) {
+        poll_fn(|cx| {
+            let mut g = self.0.borrow_mut();
+            if g.state == State::Done {
+                Poll::Ready(())
+            } else {
+                g.waiters.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn finish(&self) {
+        let mut g = self.0.borrow_mut();
+        g.state = State::Done;
+        g.parked = None;
+        g.queue.clear();
+        g.queued = 0;
+        for w in g.waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Takes the queued frames (up to a batch) for one gathered write;
+    /// `true` when the close frame is among them. `None`: nothing to write.
+    fn next_batch(&self) -> Option<(Vec<Bytes>, bool)> {
+        let mut g = self.0.borrow_mut();
+        if g.queue.is_empty() {
+            return None;
+        }
+        let mut batch = Vec::with_capacity(g.queue.len().min(BATCH_FRAMES));
+        let mut bytes = 0;
+        while let Some((b, _)) = g.queue.front() {
+            if batch.len() == BATCH_FRAMES || (bytes > 0 && bytes + b.len() > BATCH_BYTES) {
+                break;
+            }
+            bytes += b.len();
+            batch.push(g.queue.pop_front().expect("front exists").0);
+        }
+        let last = g.queue.is_empty() && g.state == State::Closing;
+        Some((batch, last))
+    }
+
+    fn written(&self, n: usize) {
+        let mut g = self.0.borrow_mut();
+        let before = g.queued;
+        g.queued -= n;
+        if before >= g.cap && g.queued < g.cap {
+            for w in g.waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Writes queued frames until the queue is empty (then parks the
+    /// socket half), the close frame is written, the peer is gone, or a
+    /// write makes no progress for `stall`. Frames queued together go out
+    /// in one `writev`.
+    async fn run_writer(self, mut io: Writer, stall: Duration) {
+        loop {
+            let Some((batch, last)) = self.next_batch() else {
+                // Nothing left: park. A later push starts a new writer.
+                self.0.borrow_mut().parked = Some((io, stall));
+                // A frame may have arrived while this task was finishing.
+                self.kick();
+                return;
+            };
+            let mut pending = Gather::new(batch);
+            while !pending.is_empty() {
+                let (res, g) = match monoio::time::timeout(stall, io.writev(pending)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!(
+                            stall_ms = stall.as_millis() as u64,
+                            "write stalled; dropping peer"
+                        );
+                        return self.finish();
+                    }
+                };
+                match res {
+                    Ok(n) if n > 0 => {
+                        self.written(n);
+                        pending = g.advance(n);
+                    }
+                    Ok(_) => return self.finish(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "write failed; peer gone");
+                        return self.finish();
+                    }
+                }
+            }
+            if last {
+                return self.finish();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(g: &Gather) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in &g.iovecs {
+            // SAFETY: each iovec points at `iov_len` live bytes of a `Bytes`
+            // in `g.frames` (what this test checks against).
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn gather_iovecs_cover_exactly_the_frames() {
+        let frames = vec![
+            Bytes::from_static(b"abc"),
+            Bytes::from(vec![1u8; 10]),
+            Bytes::new(),
+            Bytes::from_static(b"z"),
+        ];
+        let g = Gather::new(frames.clone());
+        assert_eq!(g.iovecs.len(), 4);
+        assert_eq!(flat(&g), frames.concat());
+    }
+
+    #[test]
+    fn gather_advance_keeps_the_unwritten_tail() {
+        let frames = vec![
+            Bytes::from_static(b"abc"),
+            Bytes::from_static(b"defgh"),
+            Bytes::from_static(b"ij"),
+        ];
+        let all = frames.concat();
+        for n in 0..=all.len() {
+            let g = Gather::new(frames.clone()).advance(n);
+            assert_eq!(flat(&g), all[n..].to_vec(), "after {n} bytes");
+            assert_eq!(g.is_empty(), n == all.len());
+        }
+    }
+}

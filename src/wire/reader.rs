@@ -1,0 +1,467 @@
+//! Reads WebSocket frames off a socket into owned buffers and hands each one
+//! out already in server → client wire format.
+//!
+//! This is where "forward, don't re-frame" happens. Bytes land once, from
+//! the kernel, in a `BytesMut`; a frame is split off that buffer without a
+//! copy. A masked client frame is unmasked in place and its header rewritten
+//! in place — the unmasked header is exactly 4 bytes shorter, so it ends
+//! where the mask key ended and the payload never moves. A fast-path frame
+//! (already unmasked) is handed out untouched. The resulting `Bytes` can be
+//! written to another socket, or shared by many viewers, as it is.
+//!
+//! Reads can be interrupted from another task on the same shard (keepalive
+//! timer, a browser that went away, a shard taking an idle connection)
+//! through [`Interrupter`]; the read is cancelled through io_uring's own
+//! cancellation, so no byte already received is ever dropped.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use monoio::buf::{IoBufMut, SliceMut};
+use monoio::io::{CancelableAsyncReadRent, Canceller};
+use thiserror::Error;
+
+use crate::wire::frame::{
+    encode_server_header, parse_header, server_header_len, Fragmentation, FrameError, FrameHeader,
+    MaskRule, Opcode,
+};
+
+/// Smallest free space worth a read syscall, for large chunks; small
+/// chunks (JSON-only browsers) use a quarter of theirs.
+const MIN_READ: usize = 4 * 1024;
+/// Smallest chunk: a JSON-only connection reads in pieces this small, so an
+/// idle session costs little memory.
+const MIN_CHUNK: usize = 512;
+/// Where a data connection's chunk starts before it has shown it streams:
+/// 200 slow streams then hold 200 × 16 KiB of read buffer, not 200 × the
+/// configured maximum.
+const START_CHUNK: usize = 16 * 1024;
+/// Reads this far in a row that use under an eighth of what was offered
+/// halve the chunk again.
+const SHRINK_AFTER: u32 = 32;
+
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("peer closed the connection")]
+    Eof,
+    #[error("read interrupted")]
+    Interrupted,
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] FrameError),
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One frame, in server → client wire format.
+#[derive(Debug)]
+pub struct InFrame {
+    pub header: FrameHeader,
+    /// Opcode of the message this frame belongs to (resolves continuations).
+    pub message: Opcode,
+    /// Header (unmasked form) + payload, ready to write to a client.
+    pub wire: BytesMut,
+    /// Where the payload starts inside `wire`.
+    pub payload_at: usize,
+    /// The rest of the payload when a binary frame straddled two read
+    /// buffers: it stays in two pieces rather than being copied together.
+    pub tail: Option<BytesMut>,
+}
+
+/// A frame ready for the wire: one piece, or two for a frame that
+/// straddled read buffers. Cloning shares the bytes.
+#[derive(Debug, Clone)]
+pub struct Wire {
+    pub head: Bytes,
+    pub tail: Option<Bytes>,
+}
+
+impl Wire {
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.as_ref().map_or(0, Bytes::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Bytes> for Wire {
+    fn from(head: Bytes) -> Self {
+        Wire { head, tail: None }
+    }
+}
+
+impl InFrame {
+    /// The payload. Only binary data frames are ever split in two, and
+    /// callers read the payload only of text and control frames.
+    pub fn payload(&self) -> &[u8] {
+        debug_assert!(self.tail.is_none(), "payload() of a split frame");
+        &self.wire[self.payload_at..]
+    }
+
+    pub fn payload_len(&self) -> u64 {
+        self.header.payload_len
+    }
+}
+
+/// Interrupts the current (or next) read of one [`FrameReader`].
+#[derive(Clone)]
+pub struct Interrupter {
+    requested: Rc<Cell<bool>>,
+    canceller: Rc<RefCell<Option<Canceller>>>,
+}
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        self.requested.set(true);
+        let mut slot = self.canceller.borrow_mut();
+        if let Some(c) = slot.take() {
+            *slot = Some(c.cancel());
+        }
+    }
+}
+
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    rule: MaskRule,
+    max_payload: u64,
+    frag: Fragmentation,
+    chunk: Chunk,
+    interrupter: Interrupter,
+    /// A binary frame whose header and first bytes are in `.1`, waiting for
+    /// the rest of its payload in `buf`.
+    split: Option<(FrameHeader, Opcode, BytesMut)>,
+}
+
+impl<R: CancelableAsyncReadRent> FrameReader<R> {
+    /// `buf` holds bytes already read from this socket (after the HTTP head).
+    pub fn new(io: R, buf: BytesMut, rule: MaskRule, max_payload: usize) -> Self {
+        Self {
+            io,
+            buf,
+            rule,
+            max_payload: max_payload as u64,
+            frag: Fragmentation::default(),
+            chunk: Chunk::fixed(64 * 1024),
+            interrupter: Interrupter {
+                requested: Rc::new(Cell::new(false)),
+                canceller: Rc::new(RefCell::new(Some(Canceller::new()))),
+            },
+            split: None,
+        }
+    }
+
+    /// How much the reader asks the kernel for at a time. Small for
+    /// connections that carry only JSON (less memory per idle session).
+    pub fn with_chunk(mut self, chunk: usize) -> Self {
+        self.set_chunk(chunk);
+        self
+    }
+
+    /// Sets the largest chunk; reading starts at `START_CHUNK` (or the
+    /// maximum, if smaller) and adapts to the stream.
+    pub fn set_chunk(&mut self, chunk: usize) {
+        self.chunk = Chunk::adaptive(chunk);
+    }
+
+    /// Raises the frame size limit (a relay session carries data frames).
+    pub fn set_max_payload(&mut self, max: usize) {
+        self.max_payload = max as u64;
+    }
+
+    pub fn interrupter(&self) -> Interrupter {
+        self.interrupter.clone()
+    }
+
+    pub fn rule(&self) -> MaskRule {
+        self.rule
+    }
+
+    /// The socket and any bytes read but not yet consumed. Only called
+    /// between frames (a connection is handed over when idle).
+    pub fn into_parts(self) -> (R, BytesMut) {
+        debug_assert!(self.split.is_none());
+        (self.io, self.buf)
+    }
+
+    pub fn io_mut(&mut self) -> &mut R {
+        &mut self.io
+    }
+
+    /// Reads the next frame. Fragmentation is checked (RFC 6455 §5.4);
+    /// UTF-8 of text is the caller's business, since only the caller knows
+    /// whether it reassembles the message.
+    pub async fn next(&mut self) -> Result<InFrame, ReadError> {
+        loop {
+            if self.interrupter.requested.replace(false) {
+                return Err(ReadError::Interrupted);
+            }
+            if let Some((h, _, head)) = &self.split {
+                let rest = h.frame_len() as usize - head.len();
+                if self.buf.len() >= rest {
+                    let (h, message, head) = self.split.take().expect("checked");
+                    let tail = self.buf.split_to(rest);
+                    return Ok(self.join_split(h, message, head, tail));
+                }
+                self.fill().await?;
+                continue;
+            }
+            if let Some(h) = parse_header(&self.buf, self.rule, self.max_payload)? {
+                let total = h.frame_len() as usize;
+                if self.buf.len() >= total {
+                    let message = self.frag.on_frame(&h)?;
+                    return Ok(self.split_frame(h, message, total));
+                }
+                let need = total - self.buf.len();
+                if self.buf.capacity() - self.buf.len() < need {
+                    let message = self.frag.on_frame(&h)?;
+                    if message == Opcode::Binary {
+                        // Keep what we have as the frame's first piece and
+                        // read the rest into a fresh buffer: nothing moves.
+                        let head = self.buf.split_to(self.buf.len());
+                        self.buf.reserve(need.max(self.chunk.get()));
+                        self.split = Some((h, message, head));
+                        continue;
+                    }
+                    // Text and control frames are small: make room (the
+                    // part already received moves, once).
+                    self.frag.undo(&h, message);
+                    self.buf.reserve(need.max(self.chunk.get()));
+                }
+            } else if self.buf.capacity() - self.buf.len() < MIN_READ.min(self.chunk.get() / 4) {
+                self.buf.reserve(self.chunk.get());
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), ReadError> {
+        let handle = match self.interrupter.canceller.borrow().as_ref() {
+            Some(c) => c.handle(),
+            None => return Err(ReadError::Interrupted),
+        };
+        let offered = self.buf.capacity() - self.buf.len();
+        let (res, buf) = self.io.cancelable_read(spare(&mut self.buf), handle).await;
+        self.buf = buf.into_inner();
+        match res {
+            Ok(0) => Err(ReadError::Eof),
+            Ok(n) => {
+                self.chunk.after_read(n, offered);
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                self.interrupter.requested.set(false);
+                Err(ReadError::Interrupted)
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(ReadError::Eof),
+            Err(e) => Err(ReadError::Io(e)),
+        }
+    }
+
+    fn split_frame(&mut self, h: FrameHeader, message: Opcode, total: usize) -> InFrame {
+        let wire = self.buf.split_to(total);
+        to_server_format(h, message, wire, None)
+    }
+
+    fn join_split(
+        &mut self,
+        h: FrameHeader,
+        message: Opcode,
+        head: BytesMut,
+        mut tail: BytesMut,
+    ) -> InFrame {
+        if let Some(key) = h.mask {
+            let first = head.len() - h.header_len;
+            crate::wire::frame::apply_mask(&mut tail, key, first % 4);
+        }
+        to_server_format(h, message, head, Some(tail))
+    }
+}
+
+/// Unmasks the head's payload bytes in place and writes the unmasked
+/// header over the end of the masked one, so the payload never moves.
+fn to_server_format(
+    h: FrameHeader,
+    message: Opcode,
+    mut wire: BytesMut,
+    tail: Option<BytesMut>,
+) -> InFrame {
+    let Some(key) = h.mask else {
+        return InFrame {
+            header: h,
+            message,
+            wire,
+            payload_at: h.header_len,
+            tail,
+        };
+    };
+    crate::wire::frame::apply_mask(&mut wire[h.header_len..], key, 0);
+    let n = server_header_len(h.payload_len);
+    let start = h.header_len - n;
+    encode_server_header(
+        h.fin,
+        h.opcode,
+        h.payload_len,
+        &mut wire[start..h.header_len],
+    );
+    let _ = wire.split_to(start);
+    InFrame {
+        header: h,
+        message,
+        wire,
+        payload_at: n,
+        tail,
+    }
+}
+
+/// The free capacity after the bytes already held: monoio reads into an
+/// owned buffer from its start, so the read gets a view that begins at the
+/// end of the data (its length grows by what the kernel wrote).
+pub fn spare(buf: &mut BytesMut) -> SliceMut<BytesMut> {
+    let buf = std::mem::take(buf);
+    let (len, cap) = (buf.len(), buf.capacity());
+    buf.slice_mut(len..cap)
+}
+
+/// Turns a frame into the shareable bytes that go on the wire.
+pub fn freeze(frame: InFrame) -> Wire {
+    Wire {
+        head: frame.wire.freeze(),
+        tail: frame.tail.map(BytesMut::freeze),
+    }
+}
+
+/// Reassembles a text message from its frames, bounded, and checks UTF-8.
+/// Used for the JSON control messages; data frames are never reassembled.
+pub struct TextAssembler {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl TextAssembler {
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    /// Adds a frame of a text message; returns the text once it is whole.
+    pub fn push(&mut self, f: &InFrame) -> Result<Option<String>, FrameError> {
+        if self.buf.len() + f.payload().len() > self.max {
+            self.buf = Vec::new();
+            return Err(FrameError::TooLarge(
+                (self.buf.len() + f.payload().len()) as u64,
+            ));
+        }
+        if !f.header.fin {
+            self.buf.extend_from_slice(f.payload());
+            return Ok(None);
+        }
+        let bytes = if self.buf.is_empty() {
+            f.payload().to_vec()
+        } else {
+            self.buf.extend_from_slice(f.payload());
+            std::mem::take(&mut self.buf)
+        };
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| FrameError::InvalidUtf8)
+    }
+}
+
+/// Bytes asked of the kernel per read: doubles while reads fill what was
+/// offered (a bulk stream), up to the configured maximum; halves again when
+/// reads stay small, so slow streams keep small buffers.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    cur: usize,
+    max: usize,
+    small_reads: u32,
+}
+
+impl Chunk {
+    fn fixed(size: usize) -> Self {
+        Self {
+            cur: size,
+            max: size,
+            small_reads: 0,
+        }
+    }
+
+    fn adaptive(max: usize) -> Self {
+        let max = max.max(MIN_CHUNK);
+        Self {
+            cur: max.min(START_CHUNK),
+            max,
+            small_reads: 0,
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.cur
+    }
+
+    fn after_read(&mut self, n: usize, offered: usize) {
+        let floor = self.max.min(START_CHUNK);
+        if n == offered && self.cur < self.max {
+            self.cur = (self.cur * 2).min(self.max);
+            self.small_reads = 0;
+        } else if n < self.cur / 8 && self.cur > floor {
+            self.small_reads += 1;
+            if self.small_reads >= SHRINK_AFTER {
+                self.cur = (self.cur / 2).max(floor);
+                self.small_reads = 0;
+            }
+        } else {
+            self.small_reads = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    #[test]
+    fn grows_while_reads_fill_the_buffer_up_to_the_maximum() {
+        let mut c = Chunk::adaptive(256 * 1024);
+        assert_eq!(c.get(), START_CHUNK);
+        for _ in 0..10 {
+            let offered = c.get();
+            c.after_read(offered, offered);
+        }
+        assert_eq!(c.get(), 256 * 1024);
+    }
+
+    #[test]
+    fn shrinks_back_after_a_run_of_small_reads_but_not_below_the_start() {
+        let mut c = Chunk::adaptive(256 * 1024);
+        for _ in 0..10 {
+            let offered = c.get();
+            c.after_read(offered, offered);
+        }
+        for _ in 0..SHRINK_AFTER - 1 {
+            c.after_read(100, 256 * 1024);
+        }
+        assert_eq!(c.get(), 256 * 1024, "one short run is not enough");
+        c.after_read(100, 256 * 1024);
+        assert_eq!(c.get(), 128 * 1024);
+        for _ in 0..SHRINK_AFTER * 20 {
+            c.after_read(100, c.get());
+        }
+        assert_eq!(c.get(), START_CHUNK);
+    }
+
+    #[test]
+    fn a_small_maximum_is_used_as_is() {
+        let mut c = Chunk::adaptive(4096);
+        assert_eq!(c.get(), 4096);
+        c.after_read(4096, 4096);
+        assert_eq!(c.get(), 4096);
+        assert_eq!(Chunk::adaptive(1).get(), MIN_CHUNK);
+    }
+}

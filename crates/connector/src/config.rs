@@ -218,9 +218,9 @@ pub struct Config {
     pub fast_path: bool,
     pub datasets: Vec<DatasetConfig>,
     /// Where `offload` requests put their exports (S3-compatible).
-    pub offload: crate::offload::OffloadConfig,
+    pub offload: OffloadConfig,
     /// TLS client settings for a `wss://` gateway (seed 002's names).
-    pub mtls: crate::tls::Mtls,
+    pub mtls: Mtls,
     #[serde(skip)]
     pub edge_key: EdgeKey,
     /// Built from `mtls` by `finish` when the gateway is `wss://`.
@@ -243,8 +243,8 @@ impl Default for Config {
             rescan_ms: 5_000,
             fast_path: true,
             datasets: Vec::new(),
-            offload: crate::offload::OffloadConfig::default(),
-            mtls: crate::tls::Mtls::default(),
+            offload: OffloadConfig::default(),
+            mtls: Mtls::default(),
             edge_key: EdgeKey::default(),
             tls: None,
         }
@@ -376,6 +376,50 @@ impl Config {
             Duration::from_millis(self.max_reconnect_delay_ms.max(self.reconnect_delay_ms)),
         )
     }
+}
+
+/// `[offload]` in the connector's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffloadConfig {
+    /// `http(s)://host:port` of an S3-compatible store; empty = AWS S3.
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    /// Key prefix for exports.
+    pub prefix: String,
+    /// Environment variables holding the credentials (never in the file).
+    pub access_key_env: String,
+    pub secret_key_env: String,
+    /// Lifetime of the presigned URL.
+    pub url_ttl_s: u64,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            prefix: "sluice-exports/".into(),
+            access_key_env: "AWS_ACCESS_KEY_ID".into(),
+            secret_key_env: "AWS_SECRET_ACCESS_KEY".into(),
+            url_ttl_s: 900,
+        }
+    }
+}
+
+/// `[mtls]` (seed 002): TLS to the gateway and this site's client
+/// certificate; loaded by `crate::tls`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mtls {
+    /// CA that signed the gateway's certificate (default: the public web
+    /// PKI roots).
+    pub ca_cert: Option<PathBuf>,
+    /// This site's certificate (CN = tenant id) and its key.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ pub mod ipc;
 pub mod link;
 pub mod live;
 pub mod offload;
-mod pg;
 pub mod source;
 pub mod stream;
 pub mod tls;

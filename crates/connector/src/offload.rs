@@ -8,45 +8,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::config::OffloadConfig;
+use crate::source::Dataset;
+use crate::stream::{self, Outcome, Piece};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::signer::{Method, Signer};
 use object_store::{ObjectStoreExt, WriteMultipart};
-use serde::Deserialize;
-
-use crate::source::Dataset;
-use crate::stream::{self, Outcome, Piece};
-
-/// `[offload]` in the connector's config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OffloadConfig {
-    /// `http(s)://host:port` of an S3-compatible store; empty = AWS S3.
-    pub endpoint: String,
-    pub bucket: String,
-    pub region: String,
-    /// Key prefix for exports.
-    pub prefix: String,
-    /// Environment variables holding the credentials (never in the file).
-    pub access_key_env: String,
-    pub secret_key_env: String,
-    /// Lifetime of the presigned URL.
-    pub url_ttl_s: u64,
-}
-
-impl Default for OffloadConfig {
-    fn default() -> Self {
-        Self {
-            endpoint: String::new(),
-            bucket: String::new(),
-            region: "us-east-1".into(),
-            prefix: "sluice-exports/".into(),
-            access_key_env: "AWS_ACCESS_KEY_ID".into(),
-            secret_key_env: "AWS_SECRET_ACCESS_KEY".into(),
-            url_ttl_s: 900,
-        }
-    }
-}
 
 /// What the connector answers instead of streaming.
 pub struct Offloaded {

@@ -2,26 +2,13 @@
 //! has one (mutual TLS: the gateway reads the tenant id from its CN).
 //! Settings are seed 002's `[mtls]` section.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::{ConfigError, Mtls};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
-use serde::Deserialize;
-
-use crate::config::ConfigError;
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Mtls {
-    /// CA that signed the gateway's certificate (default: the public web
-    /// PKI roots).
-    pub ca_cert: Option<PathBuf>,
-    /// This site's certificate (CN = tenant id) and its key.
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-}
 
 impl Mtls {
     pub fn has_client_cert(&self) -> bool {

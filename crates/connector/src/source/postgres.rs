@@ -17,11 +17,39 @@ use fallible_iterator::FallibleIterator;
 use postgres::types::{FromSql, Type};
 use postgres::{Client, NoTls, Row};
 
-use crate::source::{Batches, Dataset, SourceError};
+use std::path::{Path, PathBuf};
+
+use super::{Batches, Dataset, Source, SourceError};
 
 /// Days and microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
 const PG_EPOCH_DAYS: i32 = 10_957;
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The rows of a PostgreSQL query (`query`, `connection`).
+pub struct Postgres;
+
+impl Source for Postgres {
+    fn reads_files(&self) -> bool {
+        false
+    }
+
+    fn infer_schema(&self, ds: &Dataset, _files: &[PathBuf]) -> Result<SchemaRef, SourceError> {
+        ds.pg_schema()
+    }
+
+    fn read_file(
+        &self,
+        ds: &Arc<Dataset>,
+        _path: &Path,
+        _schema: &SchemaRef,
+    ) -> Result<Batches, SourceError> {
+        Err(ds.err_at(None, "a query, not a file"))
+    }
+
+    fn open(&self, ds: &Arc<Dataset>) -> Option<Result<(SchemaRef, Batches), SourceError>> {
+        Some(ds.pg_open())
+    }
+}
 
 impl Dataset {
     fn pg_url(&self) -> Result<String, SourceError> {
@@ -72,7 +100,7 @@ impl Dataset {
         self.cfg.query.as_deref().unwrap_or_default()
     }
 
-    pub(crate) fn pg_schema(&self) -> Result<SchemaRef, SourceError> {
+    fn pg_schema(&self) -> Result<SchemaRef, SourceError> {
         let (mut client, at) = self.pg_connect()?;
         let stmt = client
             .prepare(self.pg_query())
@@ -104,7 +132,7 @@ impl Dataset {
 
     /// Rows streamed by a thread that owns the connection; it stops when
     /// the batches are dropped (a cancelled stream).
-    pub(crate) fn pg_open(self: &Arc<Self>) -> Result<(SchemaRef, Batches), SourceError> {
+    fn pg_open(self: &Arc<Self>) -> Result<(SchemaRef, Batches), SourceError> {
         let (mut client, at) = self.pg_connect()?;
         let stmt = client
             .prepare(self.pg_query())

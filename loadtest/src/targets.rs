@@ -2,6 +2,8 @@
 //! socket to the origin), or nginx / haproxy as WebSocket proxies in front
 //! of the same origin. Each target yields connected (source, sink) pairs.
 
+use sluice_protocol::browser::{BrowserAction, QueryMode};
+use sluice_protocol::connector::Reply;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
-use serde_json::json;
 use sha1::{Digest, Sha1};
 use sluice::auth::token::{sign_hs256, Claims, Mode};
 use sluice::wire::frame::Opcode;
@@ -515,8 +516,7 @@ impl Route<'_> {
         };
         c.send_json(
             enc,
-            &json!({"action": "register", "tenant_id": self.gw.tenant, "edge_id": self.gw.edge,
-                    "version": "loadtest", "datasets": datasets}),
+            &wire::register(&self.gw.tenant, &self.gw.edge, datasets),
         )?;
         let v = c.next_json(SETUP)?;
         if v["status"] != "ok" {
@@ -581,16 +581,14 @@ impl Route<'_> {
                     &format!("lt-q-{n}-{fast}-{}", std::process::id()),
                     Mode::Query,
                 )?;
-                browser.send_json(
-                    Encoding::Masked,
-                    &json!({"action": "query", "dataset": "bulk"}),
-                )?;
-                let rid = worker.wait_for("action", "do_get", SETUP)?["request_id"].clone();
-                worker.send_json(
-                    enc,
-                    &json!({"request_id": rid, "type": "stream_start", "schema": ""}),
-                )?;
-                browser.wait_for("type", "stream_start", SETUP)?;
+                let query = BrowserAction::Query {
+                    dataset: "bulk".into(),
+                    mode: QueryMode::Stream,
+                };
+                browser.send_json(Encoding::Masked, &query)?;
+                let rid = worker.wait_do_get(SETUP)?;
+                worker.send_json(enc, &Reply::stream_start(&rid, ""))?;
+                browser.wait_stream_start(SETUP)?;
                 let end = wire::stream_end(enc, &rid);
                 Ok((
                     Source {

@@ -7,6 +7,9 @@
 //! `sluice::wire::frame` helpers; the measured sinks decode with a different
 //! implementation (fastwebsockets), so a codec bug cannot hide itself.
 
+use serde::Serialize;
+use sluice_protocol::browser::ServerEvent;
+use sluice_protocol::connector::{ConnectorAction, GatewayRequest, Register, Reply};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -61,9 +64,21 @@ pub fn upgrade_request(addr: SocketAddr, path: &str, headers: &[(&str, String)])
 }
 
 /// A connector's `stream_end` for request `rid`, ready to write.
-pub fn stream_end(enc: Encoding, rid: &Value) -> Vec<u8> {
-    let v = serde_json::json!({"request_id": rid, "type": "stream_end", "total_bytes": 0});
-    enc.frame(Opcode::Text, v.to_string().as_bytes())
+pub fn stream_end(enc: Encoding, rid: &str) -> Vec<u8> {
+    enc.frame(
+        Opcode::Text,
+        Reply::stream_end(rid, 0, None).to_json().as_bytes(),
+    )
+}
+
+/// A connector's `register` for the loader's edge.
+pub fn register(tenant: &str, edge: &str, datasets: &[&str]) -> ConnectorAction {
+    ConnectorAction::Register(Register {
+        tenant_id: tenant.to_owned(),
+        edge_id: Some(edge.to_owned()),
+        version: Some("loadtest".into()),
+        datasets: datasets.iter().map(|d| d.to_string()).collect(),
+    })
 }
 
 /// Opens `path` on `addr` as a WebSocket client.
@@ -195,10 +210,33 @@ impl Conn {
         }
     }
 
-    pub fn send_json(&mut self, enc: Encoding, v: &Value) -> Result<()> {
-        self.stream
-            .write_all(&enc.frame(Opcode::Text, v.to_string().as_bytes()))?;
+    pub fn send_json<T: Serialize + ?Sized>(&mut self, enc: Encoding, msg: &T) -> Result<()> {
+        let text = serde_json::to_vec(msg)?;
+        self.stream.write_all(&enc.frame(Opcode::Text, &text))?;
         Ok(())
+    }
+
+    /// Waits for the gateway's `do_get` on this connector connection;
+    /// returns its request id.
+    pub fn wait_do_get(&mut self, within: Duration) -> Result<String> {
+        loop {
+            let v = self.next_json(within)?;
+            if let Ok(GatewayRequest::DoGet { request_id, .. }) = serde_json::from_value(v) {
+                return Ok(request_id);
+            }
+        }
+    }
+
+    /// Waits for the `stream_start` of a query or feed on a browser.
+    pub fn wait_stream_start(&mut self, within: Duration) -> Result<()> {
+        loop {
+            let v = self.next_json(within)?;
+            match serde_json::from_value::<ServerEvent>(v.clone()) {
+                Ok(ServerEvent::StreamStart { .. }) => return Ok(()),
+                Ok(ServerEvent::Error { .. }) => bail!("the gateway answered an error: {v}"),
+                _ => {}
+            }
+        }
     }
 
     /// The socket and the bytes read past the last frame handed out.

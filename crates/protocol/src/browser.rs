@@ -98,7 +98,11 @@ impl BrowserAction {
 
     /// The message as a client sends it.
     pub fn to_json(&self) -> String {
-        let w = match self {
+        serde_json::to_string(self).expect("an action always serializes")
+    }
+
+    fn wire(&self) -> Wire {
+        match self {
             BrowserAction::Auth(t) => Wire {
                 auth: Some(t.clone()),
                 ..Wire::default()
@@ -125,8 +129,13 @@ impl BrowserAction {
                 dataset: Some(dataset.clone()),
                 ..Wire::default()
             },
-        };
-        serde_json::to_string(&w).expect("an action always serializes")
+        }
+    }
+}
+
+impl Serialize for BrowserAction {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.wire().serialize(s)
     }
 }
 

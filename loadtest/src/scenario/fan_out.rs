@@ -3,10 +3,11 @@
 //! subscribed viewer; on the direct and proxied paths the origin itself
 //! writes each frame to every viewer's connection.
 
+use sluice_protocol::browser::BrowserAction;
+use sluice_protocol::connector::Reply;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::json;
 use sluice::auth::token::Mode;
 use sluice::wire::frame::Opcode;
 
@@ -62,23 +63,19 @@ fn open(d: &Driven, p: &Params) -> Result<(Vec<Source>, Vec<SinkParts>)> {
         let mut v = r
             .browser(&format!("lt-view-{n}-{}", std::process::id()), Mode::Query)
             .with_context(|| format!("viewer {n}"))?;
-        v.send_json(
-            Encoding::Masked,
-            &json!({"action": "subscribe", "dataset": "feed"}),
-        )?;
+        let subscribe = BrowserAction::Subscribe {
+            dataset: "feed".into(),
+        };
+        v.send_json(Encoding::Masked, &subscribe)?;
         if rid.is_none() {
-            let id =
-                feed.wait_for("action", "do_get", Duration::from_secs(10))?["request_id"].clone();
-            feed.send_json(
-                enc,
-                &json!({"request_id": id, "type": "stream_start", "schema": ""}),
-            )?;
+            let id = feed.wait_do_get(Duration::from_secs(10))?;
+            feed.send_json(enc, &Reply::stream_start(&id, ""))?;
             // The first binary message is the schema late joiners are sent;
             // 8 bytes, so the sinks do not take it for a stamped frame.
             std::io::Write::write_all(&mut feed.stream, &enc.frame(Opcode::Binary, b"schema!!"))?;
             rid = Some(id);
         }
-        v.wait_for("type", "stream_start", Duration::from_secs(10))
+        v.wait_stream_start(Duration::from_secs(10))
             .with_context(|| format!("viewer {n} subscribing"))?;
         parts.push(v.into_parts());
     }

@@ -15,6 +15,8 @@
 //! `sluice certs` makes them); the connector authenticates with its client
 //! certificate and its edge key on the TLS legs.
 
+use sluice_protocol::browser::{BrowserAction, QueryMode, ServerEvent};
+use sluice_protocol::connector::{GatewayRequest, Reply};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -26,7 +28,7 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
 use hdrhistogram::Histogram;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sluice::auth::token::{sign_hs256, Claims, Mode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -245,12 +247,8 @@ impl<'a> Dialer<'a> {
         let mut ws = self
             .open(tls, "/ws/connect", &headers, Role::Server)
             .await?;
-        send_json(
-            &mut ws,
-            &json!({"action": "register", "tenant_id": self.gw.tenant, "edge_id": self.gw.edge,
-                    "version": "loadtest", "datasets": ["bulk"]}),
-        )
-        .await?;
+        let register = crate::wire::register(&self.gw.tenant, &self.gw.edge, &["bulk"]);
+        send_json(&mut ws, &register).await?;
         let v = next_json(&mut ws).await?;
         if v["status"] != "ok" {
             bail!("register refused: {v}");
@@ -260,22 +258,23 @@ impl<'a> Dialer<'a> {
 
     /// A browser and `worker` (the edge's only worker, so the gateway
     /// picks it) with a stream started between them.
-    async fn stream(&self, legs: Legs, mut worker: Ws, sid: &str) -> Result<(Ws, Ws, Value)> {
+    async fn stream(&self, legs: Legs, mut worker: Ws, sid: &str) -> Result<(Ws, Ws, String)> {
         let mut browser = self.browser(legs, sid).await?;
-        send_json(&mut browser, &json!({"action": "query", "dataset": "bulk"})).await?;
+        let query = BrowserAction::Query {
+            dataset: "bulk".into(),
+            mode: QueryMode::Stream,
+        };
+        send_json(&mut browser, &query).await?;
         let rid = loop {
             let v = next_json(&mut worker).await?;
-            if v["action"] == "do_get" {
-                break v["request_id"].clone();
+            if let Ok(GatewayRequest::DoGet { request_id, .. }) = serde_json::from_value(v) {
+                break request_id;
             }
         };
-        send_json(
-            &mut worker,
-            &json!({"request_id": rid, "type": "stream_start", "schema": ""}),
-        )
-        .await?;
+        send_json(&mut worker, &Reply::stream_start(&rid, "")).await?;
         loop {
-            if next_json(&mut browser).await?["type"] == "stream_start" {
+            let v = next_json(&mut browser).await?;
+            if let Ok(ServerEvent::StreamStart { .. }) = serde_json::from_value(v) {
                 break;
             }
         }
@@ -283,8 +282,8 @@ impl<'a> Dialer<'a> {
     }
 }
 
-async fn send_json(ws: &mut Ws, v: &Value) -> Result<()> {
-    let text = v.to_string().into_bytes();
+async fn send_json<T: serde::Serialize + ?Sized>(ws: &mut Ws, msg: &T) -> Result<()> {
+    let text = serde_json::to_vec(msg)?;
     ws.write_frame(Frame::text(Payload::Owned(text))).await?;
     ws.flush().await?;
     Ok(())
@@ -298,12 +297,8 @@ async fn send_binary(ws: &mut Ws, payload: Payload<'_>) -> Result<()> {
     Ok(())
 }
 
-async fn end_stream(ws: &mut Ws, rid: &Value) -> Result<()> {
-    send_json(
-        ws,
-        &json!({"request_id": rid, "type": "stream_end", "total_bytes": 0}),
-    )
-    .await
+async fn end_stream(ws: &mut Ws, rid: &str) -> Result<()> {
+    send_json(ws, &Reply::stream_end(rid, 0, None)).await
 }
 
 async fn next_json(ws: &mut Ws) -> Result<Value> {

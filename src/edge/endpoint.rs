@@ -17,10 +17,11 @@ use crate::ids::EdgeId;
 use crate::registry::{ConnKind, RegisterError};
 use crate::shard::reply::reject;
 use crate::shard::{ConnMeta, Shard};
-use crate::wire::frame::{MaskRule, Opcode};
+use crate::wire::frame::MaskRule;
 use crate::wire::http::{self, HttpError, Request, FAST_PATH_PROTOCOL};
 use crate::wire::message::{self, close};
-use crate::wire::reader::{FrameReader, ReadError, TextAssembler};
+use crate::wire::peer::{Direct, Incoming, Peer, PeerError};
+use crate::wire::reader::FrameReader;
 use sluice_protocol::connector::{ConnectorAction, Register, RegisterAnswer, Registered};
 
 /// Upgrade checks shared by both endpoints; returns whether the fast path
@@ -106,35 +107,25 @@ async fn refuse(shard: &Shard, mut reader: FrameReader<TcpStream>, code: u16, re
     let _ = io.write_all(message::closing(code, reason)).await;
 }
 
-/// Reads frames until one whole text message; control frames are answered.
+/// Reads until one whole text message (the `register`).
 async fn read_text(
     reader: &mut FrameReader<TcpStream>,
     max: usize,
 ) -> Result<String, (u16, String)> {
-    let mut text = TextAssembler::new(max);
+    let mut peer = Peer::new(reader, Direct, max);
     loop {
-        let f = reader.next().await.map_err(|e| match e {
-            ReadError::Protocol(p) => (p.close_code(), p.to_string()),
-            other => (close::GOING_AWAY, other.to_string()),
-        })?;
-        match f.message {
-            Opcode::Text => {
-                if let Some(t) = text.push(&f).map_err(|p| (p.close_code(), p.to_string()))? {
-                    return Ok(t);
-                }
-            }
-            Opcode::Ping => {
-                let pong = message::pong(f.payload());
-                let _ = reader.io_mut().write_all(pong).await;
-            }
-            Opcode::Close => return Err((close::NORMAL, "closed before register".into())),
-            Opcode::Pong => {}
-            _ => {
+        match peer.next().await {
+            Ok(Incoming::Text(t)) => return Ok(t),
+            Ok(Incoming::Interrupted) => {}
+            Ok(Incoming::Close(_)) => return Err((close::NORMAL, "closed before register".into())),
+            Ok(Incoming::Data(_)) => {
                 return Err((
                     close::BAD_REQUEST,
                     "expected a text register message".into(),
                 ))
             }
+            Err(PeerError::Protocol(p)) => return Err((p.close_code(), p.to_string())),
+            Err(e) => return Err((close::GOING_AWAY, e.to_string())),
         }
     }
 }

@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::edge::conn::{adopt, gauge, EdgeConn};
+use crate::ids::ConnId;
 use crate::registry::ConnKind;
-use crate::shard::{IdleSlot, MovedConn, Shard};
-use crate::wire::frame::{parse_close, Opcode};
+use crate::shard::{ConnMeta, IdleSlot, MovedConn, Shard};
 use crate::wire::handoff;
 use crate::wire::keepalive;
 use crate::wire::message::{self, close};
-use crate::wire::reader::{ReadError, TextAssembler};
+use crate::wire::peer::{close_code, Direct, Incoming, Peer, PeerError};
 use sluice_protocol::connector::ConnectorAction;
 
 type TakeCell = Rc<RefCell<Option<flume::Sender<Option<MovedConn>>>>>;
@@ -33,6 +33,21 @@ pub(crate) fn mind(shard: &Shard, c: &EdgeConn) -> TakeCell {
         },
     );
     take
+}
+
+/// Another shard (or this one) takes idle connection `conn`: its idle task
+/// is woken to hand it over through `reply` (`None` when it is gone).
+pub fn take(shard: &Shard, conn: ConnId, reply: flume::Sender<Option<MovedConn>>) {
+    let slot = shard.idle.borrow_mut().remove(&conn);
+    match slot {
+        Some(slot) => {
+            *slot.take.borrow_mut() = Some(reply);
+            slot.interrupter.interrupt();
+        }
+        None => {
+            let _ = reply.send(None);
+        }
+    }
 }
 
 /// Puts a connection back in the pool on this shard.
@@ -56,60 +71,57 @@ pub(crate) async fn idle(shard: Rc<Shard>, mut c: EdgeConn, take: TakeCell) {
         c.reader.interrupter(),
         None,
     );
-    let mut text = TextAssembler::new(shard.cfg().limits.max_text_bytes);
-    let reason: (u16, String) = loop {
-        match c.reader.next().await {
-            Ok(f) => {
-                live.seen();
-                match f.message {
-                    Opcode::Ping => {
-                        let pong = message::pong(f.payload());
-                        if c.send(pong).await.is_err() {
-                            break (close::GOING_AWAY, "write failed".into());
-                        }
-                    }
-                    Opcode::Close => {
-                        let code = parse_close(f.payload())
-                            .ok()
-                            .flatten()
-                            .map_or(close::NORMAL, |s| s.code);
-                        break (code, "connector closed".into());
-                    }
-                    Opcode::Text if c.kind == ConnKind::Worker => match text.push(&f) {
-                        Ok(Some(t)) => refresh(&shard, &c, &t),
-                        Ok(None) => {}
-                        Err(e) => break (e.close_code(), e.to_string()),
-                    },
-                    // Late frames of a cancelled stream, pongs: nothing to do.
-                    _ => {}
+    let max_text = shard.cfg().limits.max_text_bytes;
+    let exit = {
+        // Workers may send `register` again (dataset list refresh); a relay
+        // edge's frames while idle mean nothing.
+        let peer = match c.kind {
+            ConnKind::Worker => Peer::new(&mut c.reader, Direct, max_text),
+            ConnKind::Relay => Peer::raw(&mut c.reader, Direct),
+        };
+        let mut peer = peer.watched(live);
+        loop {
+            match peer.next().await {
+                Ok(Incoming::Text(t)) => refresh(&shard, &c.meta, &t),
+                // Late frames of a cancelled stream: nothing to do.
+                Ok(Incoming::Data(_)) => {}
+                Ok(Incoming::Close(f)) => {
+                    break Exit::Retire(close_code(&f), "connector closed".into())
                 }
+                Ok(Incoming::Interrupted) => {
+                    if let Some(reply) = take.borrow_mut().take() {
+                        break Exit::HandOver(reply);
+                    }
+                    if shard.closing.get() {
+                        break Exit::Retire(close::GOING_AWAY, "gateway shutting down".into());
+                    }
+                }
+                Err(PeerError::TimedOut) => {
+                    break Exit::Retire(close::GOING_AWAY, "idle timeout".into())
+                }
+                Err(PeerError::Protocol(e)) => break Exit::Retire(e.close_code(), e.to_string()),
+                Err(PeerError::Write(_)) => {
+                    break Exit::Retire(close::GOING_AWAY, "write failed".into())
+                }
+                Err(e) => break Exit::Retire(close::GOING_AWAY, e.to_string()),
             }
-            Err(ReadError::Interrupted) => {
-                if let Some(reply) = take.borrow_mut().take() {
-                    live.stop();
-                    hand_over(&shard, c, reply);
-                    return;
-                }
-                if shard.closing.get() {
-                    break (close::GOING_AWAY, "gateway shutting down".into());
-                }
-                if live.timed_out() {
-                    break (close::GOING_AWAY, "idle timeout".into());
-                }
-                if live.take_ping_due() {
-                    let ping = message::ping();
-                    if c.send(ping).await.is_err() {
-                        break (close::GOING_AWAY, "write failed".into());
-                    }
-                }
-            }
-            Err(ReadError::Protocol(e)) => break (e.close_code(), e.to_string()),
-            Err(e) => break (close::GOING_AWAY, e.to_string()),
         }
     };
-    live.stop();
-    shard.idle.borrow_mut().remove(&c.meta.conn);
-    retire(&shard, c, reason.0, &reason.1).await;
+    match exit {
+        Exit::HandOver(reply) => hand_over(&shard, c, reply),
+        Exit::Retire(code, reason) => {
+            shard.idle.borrow_mut().remove(&c.meta.conn);
+            retire(&shard, c, code, &reason).await;
+        }
+    }
+}
+
+/// How an idle connection stops being idle.
+enum Exit {
+    /// A session took it.
+    HandOver(flume::Sender<Option<MovedConn>>),
+    /// It is closed for good, with this code and reason.
+    Retire(u16, String),
 }
 
 /// Ends a connection for good: close frame, registry, gauges.
@@ -124,12 +136,12 @@ pub async fn retire(shard: &Shard, mut c: EdgeConn, code: u16, reason: &str) {
     .await;
 }
 
-fn refresh(shard: &Shard, c: &EdgeConn, text: &str) {
+fn refresh(shard: &Shard, meta: &ConnMeta, text: &str) {
     if let Ok(ConnectorAction::Register(r)) = serde_json::from_str(text) {
         shard
             .shared
             .registry
-            .update_datasets(&c.meta.edge, c.meta.conn, r.datasets);
+            .update_datasets(&meta.edge, meta.conn, r.datasets);
     }
 }
 

@@ -9,5 +9,5 @@ mod lease;
 
 pub use conn::EdgeConn;
 pub use endpoint::{serve_relay, serve_worker};
-pub use idle::{park, retire};
-pub use lease::{acquire, cancel, Unavailable};
+pub use idle::take;
+pub use lease::{acquire, Lease, RelayHold, Release, Unavailable};

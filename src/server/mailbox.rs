@@ -3,6 +3,7 @@
 
 use std::rc::Rc;
 
+use crate::edge;
 use crate::server::route;
 use crate::session::{browser, fanout};
 use crate::shard::{Shard, ShardMsg};
@@ -29,18 +30,7 @@ pub async fn run(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot adopt browser socket"),
             },
-            ShardMsg::Take { conn, reply } => {
-                let slot = shard.idle.borrow_mut().remove(&conn);
-                match slot {
-                    Some(slot) => {
-                        *slot.take.borrow_mut() = Some(reply);
-                        slot.interrupter.interrupt();
-                    }
-                    None => {
-                        let _ = reply.send(None);
-                    }
-                }
-            }
+            ShardMsg::Take { conn, reply } => edge::take(&shard, conn, reply),
             ShardMsg::FeedIdle { key } => fanout::on_idle(&key),
             ShardMsg::CloseAll => shard.close_all(),
             ShardMsg::Revoke(sid) => shard.revoke(&sid),

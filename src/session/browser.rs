@@ -17,12 +17,13 @@ use crate::session::quota::Quota;
 use crate::session::{fanout, query, relay, BrowserReader, Flow, Session};
 use crate::shard::reply::reject;
 use crate::shard::Shard;
-use crate::wire::frame::{parse_close, MaskRule, Opcode};
+use crate::wire::frame::MaskRule;
 use crate::wire::http::{self, HttpError, Request};
 use crate::wire::keepalive::{self, Liveness};
 use crate::wire::message::{self, close, ErrorCode, Refusal};
 use crate::wire::outbox::Outbox;
-use crate::wire::reader::{FrameReader, ReadError, TextAssembler};
+use crate::wire::peer::{close_code, Incoming, Peer, PeerError, ViaOutbox};
+use crate::wire::reader::FrameReader;
 
 /// Counts an open session on its shard and globally, for exactly its life.
 struct SessionCount(Rc<Shard>);
@@ -163,38 +164,34 @@ async fn next_text(
     outbox: &Outbox,
     max: usize,
 ) -> Result<String, Refusal> {
-    let mut text = TextAssembler::new(max);
+    let mut peer = Peer::new(reader, ViaOutbox(outbox.clone()), max);
     loop {
-        let f = reader.next().await.map_err(read_failure)?;
-        match f.message {
-            Opcode::Ping => {
-                let _ = outbox.push(message::pong(f.payload()));
-            }
-            Opcode::Pong => {}
-            Opcode::Close => {
+        match peer.next().await {
+            Ok(Incoming::Text(t)) => return Ok(t),
+            Ok(Incoming::Interrupted) => {}
+            Ok(Incoming::Close(_)) => {
                 return Err(Refusal::new(
                     close::NORMAL,
                     ErrorCode::Closed,
                     "closed by client",
                 ))
             }
-            Opcode::Text => {
-                if let Some(t) = text.push(&f).map_err(|e| {
-                    Refusal::new(e.close_code(), ErrorCode::ProtocolError, e.to_string())
-                })? {
-                    return Ok(t);
-                }
-            }
-            _ => return Err(Refusal::bad_request("expected a text message")),
+            Ok(Incoming::Data(_)) => return Err(Refusal::bad_request("expected a text message")),
+            Err(e) => return Err(read_failure(e)),
         }
     }
 }
 
-fn read_failure(e: ReadError) -> Refusal {
+fn read_failure(e: PeerError) -> Refusal {
     match e {
-        ReadError::Protocol(p) => {
+        PeerError::Protocol(p) => {
             Refusal::new(p.close_code(), ErrorCode::ProtocolError, p.to_string())
         }
+        PeerError::TimedOut => Refusal::new(
+            close::GOING_AWAY,
+            ErrorCode::IdleTimeout,
+            "no traffic from client",
+        ),
         other => Refusal::new(close::GOING_AWAY, ErrorCode::Closed, other.to_string()),
     }
 }
@@ -323,97 +320,44 @@ async fn read_actions(
     live: Rc<Liveness>,
 ) {
     let max = sess.shard.cfg().limits.max_text_bytes;
-    let mut text = TextAssembler::new(max);
+    let mut peer = Peer::new(&mut reader, ViaOutbox(sess.outbox.clone()), max).watched(live);
     loop {
-        // A client that sends (pings, actions) but does not read its answers
-        // is not read either until it does: its answers stay bounded.
+        // A client that sends actions but does not read its answers is not
+        // read either until it does: its answers stay bounded.
         if sess.outbox.space().await.is_err() {
             break;
         }
-        let f = match reader.next().await {
-            Ok(f) => f,
-            Err(ReadError::Interrupted) => {
-                if live.timed_out() {
-                    sess.fail(Refusal::new(
-                        close::GOING_AWAY,
-                        ErrorCode::IdleTimeout,
-                        "no traffic from client",
-                    ));
-                    break;
-                }
-                if sess.gone.get() {
-                    break;
-                }
-                continue;
-            }
-            Err(ReadError::Protocol(e)) => {
-                sess.shard.metrics().protocol_errors.fetch_add(1, Relaxed);
-                sess.fail(Refusal::new(
-                    e.close_code(),
-                    ErrorCode::ProtocolError,
-                    e.to_string(),
-                ));
+        let refusal = match peer.next().await {
+            Ok(Incoming::Interrupted) if sess.gone.get() => break,
+            Ok(Incoming::Interrupted) => continue,
+            Ok(Incoming::Close(f)) => {
+                sess.outbox.close(message::closing(close_code(&f), ""));
                 break;
             }
+            Ok(Incoming::Text(t)) => match BrowserAction::parse(&t) {
+                Ok(req) => match tx.try_send(req) {
+                    Ok(()) => continue,
+                    Err(_) => Refusal::bad_request("too many pending actions"),
+                },
+                Err(msg) => {
+                    sess.shard.metrics().protocol_errors.fetch_add(1, Relaxed);
+                    Refusal::bad_request(msg)
+                }
+            },
+            Ok(Incoming::Data(_)) => {
+                Refusal::bad_request("binary messages are not accepted in query mode")
+            }
+            Err(e @ PeerError::Protocol(_)) => {
+                sess.shard.metrics().protocol_errors.fetch_add(1, Relaxed);
+                read_failure(e)
+            }
+            Err(e @ PeerError::TimedOut) => read_failure(e),
             Err(_) => break,
         };
-        live.seen();
-        match f.message {
-            Opcode::Ping => {
-                let _ = sess.outbox.push(message::pong(f.payload()));
-            }
-            Opcode::Pong => {}
-            Opcode::Close => {
-                let status = match parse_close(f.payload()) {
-                    Ok(s) => s.map_or(close::NORMAL, |s| s.code),
-                    Err(_) => close::PROTOCOL,
-                };
-                sess.outbox.close(message::closing(status, ""));
-                break;
-            }
-            Opcode::Text => {
-                let t = match text.push(&f) {
-                    Ok(Some(t)) => t,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        sess.shard.metrics().protocol_errors.fetch_add(1, Relaxed);
-                        sess.fail(Refusal::new(
-                            e.close_code(),
-                            ErrorCode::ProtocolError,
-                            e.to_string(),
-                        ));
-                        break;
-                    }
-                };
-                match BrowserAction::parse(&t) {
-                    Ok(req) => {
-                        if tx.try_send(req).is_err() {
-                            sess.fail(Refusal::new(
-                                close::BAD_REQUEST,
-                                ErrorCode::BadRequest,
-                                "too many pending actions",
-                            ));
-                            break;
-                        }
-                    }
-                    Err(msg) => {
-                        sess.shard.metrics().protocol_errors.fetch_add(1, Relaxed);
-                        sess.fail(Refusal::new(close::BAD_REQUEST, ErrorCode::BadRequest, msg));
-                        break;
-                    }
-                }
-            }
-            _ => {
-                sess.fail(Refusal::new(
-                    close::BAD_REQUEST,
-                    ErrorCode::BadRequest,
-                    "binary messages are not accepted in query mode",
-                ));
-                break;
-            }
-        }
+        sess.fail(refusal);
+        break;
     }
-    live.stop();
+    drop(peer);
     sess.stop();
 }
 

@@ -26,16 +26,16 @@ use serde_json::Value;
 use sluice_protocol::browser::ServerEvent;
 use sluice_protocol::connector::{GatewayRequest, Reply, ReplyKind};
 
-use crate::edge::{self, EdgeConn};
+use crate::edge::{self, EdgeConn, Release};
 use crate::ids::FeedKey;
 use crate::registry::ConnKind;
 use crate::registry::{lock, Entry, Event};
 use crate::session::{check_dataset, Flow, Session};
 use crate::shard::{Shard, ShardMsg};
-use crate::wire::frame::Opcode;
 use crate::wire::keepalive;
 use crate::wire::message::{self, close, ErrorCode, Refusal};
-use crate::wire::reader::{freeze, Interrupter, ReadError, TextAssembler, Wire};
+use crate::wire::peer::{Direct, Incoming, Peer, PeerError};
+use crate::wire::reader::{freeze, Interrupter, Wire};
 
 /// Frames in flight to one shard before that shard counts as fallen behind.
 const SHARD_CHANNEL_FRAMES: usize = 1024;
@@ -349,8 +349,8 @@ fn retire_feed(shard: &Shard, key: &FeedKey, entry: &Arc<Mutex<Entry>>, force: b
 async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>) {
     let (edge, dataset) = key.clone();
     let ended = |event: ServerEvent| message::text(&event);
-    let mut w = match edge::acquire(&shard, &edge, ConnKind::Worker, Some(&dataset)).await {
-        Ok(w) => w,
+    let mut lease = match edge::acquire(&shard, &edge, ConnKind::Worker, Some(&dataset)).await {
+        Ok(lease) => lease,
         Err(_) => {
             retire_feed(&shard, &key, &entry, true);
             broadcast(
@@ -369,19 +369,19 @@ async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>) {
     local()
         .owned
         .borrow_mut()
-        .insert(key.clone(), w.reader.interrupter());
-    let outcome = feed(&shard, &mut w, &key, &entry, &rid).await;
+        .insert(key.clone(), lease.conn().reader.interrupter());
+    let outcome = feed(&shard, lease.conn(), &key, &entry, &rid).await;
     local().owned.borrow_mut().remove(&key);
     retire_feed(&shard, &key, &entry, true);
     match outcome {
         FeedEnd::Ended(msg) => {
             broadcast(&entry, Event::End(ended(*msg)));
             shard.metrics().streams_completed.fetch_add(1, Relaxed);
-            edge::park(shard.clone(), w);
+            lease.release(Release::Finished).await;
         }
         FeedEnd::NoViewers => {
             shard.metrics().streams_cancelled.fetch_add(1, Relaxed);
-            edge::cancel(&shard, w, &rid).await;
+            lease.release(Release::Abandoned { request_id: &rid }).await;
         }
         FeedEnd::Broken(code, why) => {
             shard.metrics().streams_failed.fetch_add(1, Relaxed);
@@ -393,7 +393,8 @@ async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>) {
                     message: why,
                 })),
             );
-            edge::retire(&shard, w, code, "live feed failed").await;
+            let reason = "live feed failed";
+            lease.release(Release::Broken { code, reason }).await;
         }
     }
 }
@@ -429,44 +430,10 @@ async fn feed(
         w.reader.interrupter(),
         None,
     );
-    let mut text = TextAssembler::new(cfg.limits.max_text_bytes);
+    let mut peer = Peer::new(&mut w.reader, Direct, cfg.limits.max_text_bytes).watched(live);
     loop {
-        let f = match w.reader.next().await {
-            Ok(f) => f,
-            Err(ReadError::Interrupted) => {
-                if lock(entry).slots.iter().all(Option::is_none)
-                    && retire_feed(shard, key, entry, false)
-                {
-                    return FeedEnd::NoViewers;
-                }
-                if shard.closing.get() {
-                    return FeedEnd::Broken(close::GOING_AWAY, "gateway shutting down".into());
-                }
-                if live.timed_out() {
-                    return FeedEnd::Broken(
-                        close::GOING_AWAY,
-                        "connector stopped responding".into(),
-                    );
-                }
-                if live.take_ping_due() && w.send(message::ping()).await.is_err() {
-                    return FeedEnd::Broken(
-                        close::GOING_AWAY,
-                        "connector connection failed".into(),
-                    );
-                }
-                continue;
-            }
-            Err(e) => {
-                let code = match &e {
-                    ReadError::Protocol(p) => p.close_code(),
-                    _ => close::GOING_AWAY,
-                };
-                return FeedEnd::Broken(code, format!("connector connection failed: {e}"));
-            }
-        };
-        live.seen();
-        match f.message {
-            Opcode::Binary => {
+        match peer.next().await {
+            Ok(Incoming::Data(f)) => {
                 let len = f.payload_len();
                 if !broadcast(entry, Event::Frame(freeze(f), len))
                     && retire_feed(shard, key, entry, false)
@@ -474,8 +441,7 @@ async fn feed(
                     return FeedEnd::NoViewers;
                 }
             }
-            Opcode::Text => {
-                let Ok(Some(t)) = text.push(&f) else { continue };
+            Ok(Incoming::Text(t)) => {
                 let Ok(r) = serde_json::from_str::<Reply>(&t) else {
                     continue;
                 };
@@ -508,20 +474,38 @@ async fn feed(
                     _ => {}
                 }
             }
-            Opcode::Ping => {
-                let pong = message::pong(f.payload());
-                if let Err(e) = w.send(pong).await {
-                    tracing::debug!(error = %e, "pong to connector failed");
-                    return FeedEnd::Broken(
-                        close::GOING_AWAY,
-                        "connector connection failed".into(),
-                    );
+            Ok(Incoming::Interrupted) => {
+                if lock(entry).slots.iter().all(Option::is_none)
+                    && retire_feed(shard, key, entry, false)
+                {
+                    return FeedEnd::NoViewers;
+                }
+                if shard.closing.get() {
+                    return FeedEnd::Broken(close::GOING_AWAY, "gateway shutting down".into());
                 }
             }
-            Opcode::Close => {
+            Ok(Incoming::Close(_)) => {
                 return FeedEnd::Broken(close::GOING_AWAY, "connector closed its connection".into())
             }
-            _ => {}
+            Err(PeerError::TimedOut) => {
+                return FeedEnd::Broken(close::GOING_AWAY, "connector stopped responding".into())
+            }
+            Err(PeerError::Write(e)) => {
+                tracing::debug!(error = %e, "write to connector failed");
+                return FeedEnd::Broken(close::GOING_AWAY, "connector connection failed".into());
+            }
+            Err(PeerError::Protocol(e)) => {
+                return FeedEnd::Broken(
+                    e.close_code(),
+                    format!("connector connection failed: protocol violation: {e}"),
+                )
+            }
+            Err(PeerError::Gone(e)) => {
+                return FeedEnd::Broken(
+                    close::GOING_AWAY,
+                    format!("connector connection failed: {e}"),
+                )
+            }
         }
     }
 }

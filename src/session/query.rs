@@ -14,13 +14,14 @@ use serde_json::Value;
 use sluice_protocol::browser::ServerEvent;
 use sluice_protocol::connector::{Descriptor, GatewayRequest, Reply, ReplyKind};
 
-use crate::edge::{self, EdgeConn, Unavailable};
+use crate::edge::{self, EdgeConn, Release, Unavailable};
 use crate::registry::ConnKind;
 use crate::session::{check_dataset, Flow, Session};
 use crate::wire::frame::Opcode;
 use crate::wire::keepalive;
-use crate::wire::message::{self, close, ErrorCode, Refusal};
-use crate::wire::reader::{freeze, ReadError, TextAssembler};
+use crate::wire::message::{close, ErrorCode, Refusal};
+use crate::wire::peer::{Direct, Incoming, Peer, PeerError};
+use crate::wire::reader::freeze;
 
 pub use sluice_protocol::browser::QueryMode;
 
@@ -48,8 +49,8 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
         return refused;
     }
     let shard = &sess.shard;
-    let mut w = match edge::acquire(shard, &sess.edge, ConnKind::Worker, Some(dataset)).await {
-        Ok(w) => w,
+    let mut lease = match edge::acquire(shard, &sess.edge, ConnKind::Worker, Some(dataset)).await {
+        Ok(lease) => lease,
         Err(Unavailable::Offline) => {
             return Flow::Close(Refusal::new(
                 close::EDGE_OFFLINE,
@@ -69,18 +70,18 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
         }
     };
     if sess.gone.get() {
-        edge::park(shard.clone(), w);
+        lease.release(Release::Finished).await;
         return Flow::Ended;
     }
     let info_id = sess.request_id("i");
     let get_id = sess.request_id("g");
     shard.metrics().streams_started.fetch_add(1, Relaxed);
-    *sess.upstream.borrow_mut() = Some(w.reader.interrupter());
-    let end = stream(sess, &mut w, dataset, &info_id, &get_id, mode).await;
+    *sess.upstream.borrow_mut() = Some(lease.conn().reader.interrupter());
+    let end = stream(sess, lease.conn(), dataset, &info_id, &get_id, mode).await;
     *sess.upstream.borrow_mut() = None;
     match end {
         End::Done => {
-            edge::park(shard.clone(), w);
+            lease.release(Release::Finished).await;
             if sess.outbox.is_open() {
                 Flow::Continue
             } else {
@@ -89,12 +90,14 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
         }
         End::Cancel(flow) => {
             shard.metrics().streams_cancelled.fetch_add(1, Relaxed);
-            edge::cancel(shard, w, &get_id).await;
+            let request_id = &get_id;
+            lease.release(Release::Abandoned { request_id }).await;
             flow
         }
         End::Broken(code, flow) => {
             shard.metrics().streams_failed.fetch_add(1, Relaxed);
-            edge::retire(shard, w, code, "stream failed").await;
+            let reason = "stream failed";
+            lease.release(Release::Broken { code, reason }).await;
             flow
         }
     }
@@ -135,93 +138,13 @@ async fn stream(
         None,
     );
     let metrics = shard.metrics();
-    let mut text = TextAssembler::new(cfg.limits.max_text_bytes);
+    let mut peer = Peer::new(&mut w.reader, Direct, cfg.limits.max_text_bytes).watched(live);
     // `buffered`: the payloads, concatenated, sent as one message at the end.
     let mut held: Vec<u8> = Vec::new();
     loop {
-        let f = match w.reader.next().await {
-            Ok(f) => f,
-            Err(ReadError::Interrupted) => {
-                if sess.gone.get() {
-                    return End::Cancel(Flow::Ended);
-                }
-                if live.timed_out() {
-                    return End::Broken(
-                        close::GOING_AWAY,
-                        edge_lost("connector stopped responding mid-stream"),
-                    );
-                }
-                if live.take_ping_due() && w.send(message::ping()).await.is_err() {
-                    return End::Broken(
-                        close::GOING_AWAY,
-                        edge_lost("connector connection failed"),
-                    );
-                }
-                continue;
-            }
-            Err(ReadError::Protocol(e)) => {
-                tracing::warn!(edge = %sess.edge, error = %e, "connector protocol violation");
-                return End::Broken(e.close_code(), edge_lost("connector sent an invalid frame"));
-            }
-            Err(_) => {
-                return End::Broken(
-                    close::GOING_AWAY,
-                    edge_lost("connector disconnected mid-stream"),
-                )
-            }
-        };
-        live.seen();
-        match f.message {
-            Opcode::Binary => {
-                let len = f.payload_len();
-                if sess.expired() {
-                    return End::Cancel(Flow::Close(Refusal::new(
-                        close::BAD_TOKEN,
-                        ErrorCode::TokenExpired,
-                        "session token expired",
-                    )));
-                }
-                if buffered && held.len() as u64 + len > cfg.limits.max_buffered_bytes as u64 {
-                    return End::Cancel(Flow::Close(Refusal::new(close::TOO_LARGE, ErrorCode::TooLarge, format!(
-                            "dataset {dataset} is larger than the buffered limit of {} bytes; fetch it streamed",
-                            cfg.limits.max_buffered_bytes
-                        ))));
-                }
-                if !sess.quota.admit(len) {
-                    metrics.quota_closes.fetch_add(1, Relaxed);
-                    return End::Cancel(quota_exceeded(sess, len));
-                }
-                if buffered {
-                    // Collecting is the point of this mode: one copy, bounded.
-                    // A frame that straddled two reads is in two pieces.
-                    held.extend_from_slice(&f.wire[f.payload_at..]);
-                    if let Some(t) = &f.tail {
-                        held.extend_from_slice(t);
-                    }
-                    continue;
-                }
-                if sess.outbox.push_wire(freeze(f)).is_err() {
-                    return End::Cancel(Flow::Ended);
-                }
-                metrics.bytes_forwarded.fetch_add(len, Relaxed);
-                metrics.frames_forwarded.fetch_add(1, Relaxed);
-                // Backpressure: stop reading the connector until the browser
-                // has taken enough; TCP does the rest.
-                if sess.outbox.space().await.is_err() {
-                    return End::Cancel(Flow::Ended);
-                }
-            }
-            Opcode::Text => {
-                let t = match text.push(&f) {
-                    Ok(Some(t)) => t,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        return End::Broken(
-                            e.close_code(),
-                            edge_lost("connector sent an invalid text message"),
-                        )
-                    }
-                };
+        let f = match peer.next().await {
+            Ok(Incoming::Data(f)) => f,
+            Ok(Incoming::Text(t)) => {
                 let Ok(reply) = serde_json::from_str::<Reply>(&t) else {
                     tracing::warn!(edge = %sess.edge, "connector sent a message that is not JSON; ignored");
                     continue;
@@ -288,24 +211,77 @@ async fn stream(
                     }
                 }
                 // Anything else belongs to an earlier, cancelled request.
+                // Anything else belongs to an earlier, cancelled request.
+                continue;
             }
-            Opcode::Ping => {
-                let pong = message::pong(f.payload());
-                if let Err(e) = w.send(pong).await {
-                    tracing::debug!(error = %e, "pong to connector failed");
-                    return End::Broken(
-                        close::GOING_AWAY,
-                        edge_lost("connector connection failed"),
-                    );
-                }
-            }
-            Opcode::Close => {
+            Ok(Incoming::Interrupted) if sess.gone.get() => return End::Cancel(Flow::Ended),
+            Ok(Incoming::Interrupted) => continue,
+            Ok(Incoming::Close(_)) => {
                 return End::Broken(
                     close::GOING_AWAY,
                     edge_lost("connector closed its connection mid-stream"),
                 )
             }
-            _ => {}
+            Err(PeerError::TimedOut) => {
+                return End::Broken(
+                    close::GOING_AWAY,
+                    edge_lost("connector stopped responding mid-stream"),
+                )
+            }
+            Err(PeerError::Protocol(e)) => {
+                tracing::warn!(edge = %sess.edge, error = %e, "connector protocol violation");
+                return End::Broken(e.close_code(), edge_lost("connector sent an invalid frame"));
+            }
+            Err(PeerError::Write(e)) => {
+                tracing::debug!(error = %e, "write to connector failed");
+                return End::Broken(close::GOING_AWAY, edge_lost("connector connection failed"));
+            }
+            Err(PeerError::Gone(_)) => {
+                return End::Broken(
+                    close::GOING_AWAY,
+                    edge_lost("connector disconnected mid-stream"),
+                )
+            }
+        };
+        // A data frame: binary, or a continuation of one.
+        {
+            let len = f.payload_len();
+            if sess.expired() {
+                return End::Cancel(Flow::Close(Refusal::new(
+                    close::BAD_TOKEN,
+                    ErrorCode::TokenExpired,
+                    "session token expired",
+                )));
+            }
+            if buffered && held.len() as u64 + len > cfg.limits.max_buffered_bytes as u64 {
+                return End::Cancel(Flow::Close(Refusal::new(close::TOO_LARGE, ErrorCode::TooLarge, format!(
+                            "dataset {dataset} is larger than the buffered limit of {} bytes; fetch it streamed",
+                            cfg.limits.max_buffered_bytes
+                        ))));
+            }
+            if !sess.quota.admit(len) {
+                metrics.quota_closes.fetch_add(1, Relaxed);
+                return End::Cancel(quota_exceeded(sess, len));
+            }
+            if buffered {
+                // Collecting is the point of this mode: one copy, bounded.
+                // A frame that straddled two reads is in two pieces.
+                held.extend_from_slice(&f.wire[f.payload_at..]);
+                if let Some(t) = &f.tail {
+                    held.extend_from_slice(t);
+                }
+                continue;
+            }
+            if sess.outbox.push_wire(freeze(f)).is_err() {
+                return End::Cancel(Flow::Ended);
+            }
+            metrics.bytes_forwarded.fetch_add(len, Relaxed);
+            metrics.frames_forwarded.fetch_add(1, Relaxed);
+            // Backpressure: stop reading the connector until the browser
+            // has taken enough; TCP does the rest.
+            if sess.outbox.space().await.is_err() {
+                return End::Cancel(Flow::Ended);
+            }
         }
     }
 }

@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use monoio::io::{OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
-use serde_json::json;
+use sluice_protocol::relay::RelayEvent;
 
-use crate::edge::{self, Unavailable};
+use crate::edge::{self, Release, Unavailable};
 use crate::registry::ConnKind;
 use crate::session::{BrowserReader, Session};
 use crate::wire::frame::{parse_close, Opcode};
 use crate::wire::keepalive;
 use crate::wire::message::{self, close, ErrorCode, Refusal};
 use crate::wire::outbox::Outbox;
-use crate::wire::reader::{freeze, FrameReader, ReadError};
+use crate::wire::peer::{Incoming, Peer, PeerError, ViaOutbox};
+use crate::wire::reader::{freeze, FrameReader};
 use crate::wire::utf8::Utf8Stream;
 
 /// Which way a pump carries frames.
@@ -33,8 +34,8 @@ enum Dir {
 pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
     let shard = &sess.shard;
     let cfg = shard.cfg();
-    let edge = match edge::acquire(shard, &sess.edge, ConnKind::Relay, None).await {
-        Ok(e) => e,
+    let lease = match edge::acquire(shard, &sess.edge, ConnKind::Relay, None).await {
+        Ok(lease) => lease,
         Err(Unavailable::Offline) | Err(Unavailable::Busy) => {
             let msg = format!("no idle connection of edge {} to pair with", sess.edge);
             return sess.fail(Refusal::new(
@@ -45,8 +46,11 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
         }
     };
     if sess.gone.get() {
-        return edge::park(shard.clone(), edge);
+        return lease.release(Release::Finished).await;
     }
+    // The relay owns the connection from here; `_hold` gives its place in
+    // the registry back when the relay ends.
+    let (edge, _hold) = lease.into_relay();
     let meta = edge.meta.clone();
     let rule = edge.reader.rule();
     let (stream, buffered) = edge.reader.into_parts();
@@ -57,11 +61,10 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
     let edge_reader: FrameReader<OwnedReadHalf<TcpStream>> =
         FrameReader::new(erd, buffered, rule, cfg.limits.max_frame_bytes)
             .with_chunk(cfg.limits.read_chunk_bytes);
-    let _ = edge_out.push(message::text(&json!({
-        "type": "paired",
-        "session_id": sess.sid.as_str(),
-        "sub": sess.claims.sub,
-    })));
+    let _ = edge_out.push(message::text(&RelayEvent::Paired {
+        session_id: sess.sid.as_str().to_owned(),
+        sub: sess.claims.sub.clone(),
+    }));
     tracing::info!(sid = %sess.sid, edge = %meta.edge, conn = %meta.conn, "relay paired");
 
     browser.set_max_payload(cfg.limits.max_frame_bytes);
@@ -85,21 +88,19 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
                 Dir::Down,
                 &edge_out,
                 &browser_out,
-                &down_live,
+                down_live,
             )
             .await;
             up_int.interrupt();
         })
     };
-    pump(sess, browser, Dir::Up, &sess.outbox, &edge_out, &up_live).await;
+    pump(sess, browser, Dir::Up, &sess.outbox, &edge_out, up_live).await;
     down_int.interrupt();
     down.await;
     *sess.upstream.borrow_mut() = None;
     // Whatever ended the relay, both sides get a close (no-op if sent).
     edge_out.close(message::closing(close::NORMAL, "session closed"));
     edge_out.finished().await;
-    shard.shared.registry.remove(&meta.edge, meta.conn);
-    shard.metrics().relay_conns_active.fetch_sub(1, Relaxed);
     tracing::info!(sid = %sess.sid, edge = %meta.edge, "relay ended");
 }
 
@@ -110,58 +111,24 @@ async fn pump(
     dir: Dir,
     own: &Outbox,
     to: &Outbox,
-    live: &keepalive::Liveness,
+    live: Rc<keepalive::Liveness>,
 ) {
     let metrics = sess.shard.metrics();
     let mut utf8 = Utf8Stream::default();
+    // Pongs to a peer that does not read are bounded by its outbox.
+    let mut peer = Peer::raw(&mut reader, ViaOutbox(own.clone())).watched(live);
     loop {
-        let f = match reader.next().await {
-            Ok(f) => f,
-            Err(ReadError::Interrupted) => {
-                if live.timed_out() {
-                    own.close(message::closing(close::GOING_AWAY, "idle timeout"));
-                    to.close(message::closing(close::GOING_AWAY, "peer idle timeout"));
-                    break;
-                }
+        let f = match peer.next().await {
+            Ok(Incoming::Data(f)) => f,
+            // A raw peer yields text frames as data; there is no whole text.
+            Ok(Incoming::Text(_)) => continue,
+            Ok(Incoming::Interrupted) => {
                 if sess.gone.get() || !own.is_open() || !to.is_open() {
                     break;
                 }
                 continue;
             }
-            Err(ReadError::Protocol(e)) => {
-                metrics.protocol_errors.fetch_add(1, Relaxed);
-                own.close(message::closing(e.close_code(), &e.to_string()));
-                to.close(message::closing(
-                    close::GOING_AWAY,
-                    "peer violated the protocol",
-                ));
-                break;
-            }
-            Err(_) => {
-                // Vanished without a close frame: tell the other side.
-                let (code, why) = match dir {
-                    Dir::Down => (close::EDGE_OFFLINE, "edge disconnected"),
-                    Dir::Up => (close::GOING_AWAY, "browser disconnected"),
-                };
-                if dir == Dir::Down {
-                    let _ = to.push(message::error(&Refusal::edge_disconnected(why)));
-                }
-                to.close(message::closing(code, why));
-                break;
-            }
-        };
-        live.seen();
-        match f.header.opcode {
-            Opcode::Ping => {
-                // Pongs to a peer that does not read are bounded too.
-                let pong = message::pong(f.payload());
-                if own.push(pong).is_err() || own.space().await.is_err() {
-                    break;
-                }
-                continue;
-            }
-            Opcode::Pong => continue,
-            Opcode::Close => {
+            Ok(Incoming::Close(f)) => {
                 let status = match parse_close(f.payload()) {
                     Ok(s) => s,
                     Err(e) => {
@@ -179,8 +146,35 @@ async fn pump(
                 own.close(message::closing(code, &reason));
                 break;
             }
-            _ => {}
-        }
+            Err(PeerError::TimedOut) => {
+                own.close(message::closing(close::GOING_AWAY, "idle timeout"));
+                to.close(message::closing(close::GOING_AWAY, "peer idle timeout"));
+                break;
+            }
+            Err(PeerError::Protocol(e)) => {
+                metrics.protocol_errors.fetch_add(1, Relaxed);
+                own.close(message::closing(e.close_code(), &e.to_string()));
+                to.close(message::closing(
+                    close::GOING_AWAY,
+                    "peer violated the protocol",
+                ));
+                break;
+            }
+            // Its own outbox is closed: the session is ending.
+            Err(PeerError::Write(_)) => break,
+            Err(PeerError::Gone(_)) => {
+                // Vanished without a close frame: tell the other side.
+                let (code, why) = match dir {
+                    Dir::Down => (close::EDGE_OFFLINE, "edge disconnected"),
+                    Dir::Up => (close::GOING_AWAY, "browser disconnected"),
+                };
+                if dir == Dir::Down {
+                    let _ = to.push(message::error(&Refusal::edge_disconnected(why)));
+                }
+                to.close(message::closing(code, why));
+                break;
+            }
+        };
         if f.message == Opcode::Text && !utf8.feed(f.payload(), f.header.fin) {
             own.close(message::closing(
                 close::INVALID_UTF8,
@@ -218,5 +212,4 @@ async fn pump(
             break;
         }
     }
-    live.stop();
 }

@@ -8,5 +8,6 @@ pub mod http;
 pub mod keepalive;
 pub mod message;
 pub mod outbox;
+pub mod peer;
 pub mod reader;
 pub mod utf8;

@@ -8,6 +8,7 @@
 //!   `error` replies);
 //! - [`browser`]: between a browser and the gateway (`auth`, `list`,
 //!   `query`, `subscribe`, and the gateway's events);
+//! - [`relay`]: the `paired` message of relay mode (seed 000);
 //! - [`close`]: the WebSocket close codes, and [`ErrorCode`] /
 //!   [`Refusal`]: why a session ends.
 //!
@@ -19,6 +20,7 @@ pub mod browser;
 pub mod close;
 pub mod connector;
 mod error;
+pub mod relay;
 
 pub use error::{ErrorCode, Refusal};
 

@@ -97,7 +97,7 @@ fn tls_config(ca: &Path, client: Option<&(PathBuf, PathBuf)>) -> Arc<rustls::Cli
         roots.add(c.unwrap()).unwrap();
     }
     let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

@@ -116,16 +116,26 @@ impl JwksCache {
         let min = Duration::from_millis(auth.jwks_refresh_min_ms);
         let timeout = Duration::from_millis(auth.jwks_fetch_timeout_ms.max(100));
         let weak = Arc::downgrade(&cache);
-        let mut agent = ureq::AgentBuilder::new().timeout(timeout);
-        if !auth.jwks_ca_file.is_empty() {
-            let tls = crate::tls::material::client_config(&auth.jwks_ca_file)
-                .map_err(|e| std::io::Error::other(format!("auth.jwks_ca_file: {e}")))?;
-            agent = agent.tls_config(tls);
-        }
-        let agent = agent.build();
+        // The web PKI's roots, and the private CA of `auth.jwks_ca_file`.
+        let tls = crate::tls::material::client_config(&auth.jwks_ca_file)
+            .map_err(|e| std::io::Error::other(format!("auth.jwks_ca_file: {e}")))?;
+        let tls = (*tls).clone();
         std::thread::Builder::new()
             .name("sluice-jwks".into())
             .spawn(move || {
+                // Built on this thread: the blocking client runs a small
+                // runtime of its own, which must not start inside another.
+                let agent = match reqwest::blocking::Client::builder()
+                    .timeout(timeout)
+                    .tls_backend_preconfigured(tls)
+                    .build()
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build the JWKS HTTP client; keys will not be fetched");
+                        return;
+                    }
+                };
                 while let Ok(req) = rx.recv() {
                     let Some(cache) = weak.upgrade() else { return };
                     cache.serve(&agent, &url, min, req);
@@ -134,7 +144,7 @@ impl JwksCache {
         Ok(Some(cache))
     }
 
-    fn serve(&self, agent: &ureq::Agent, url: &str, min: Duration, req: Fetch) {
+    fn serve(&self, agent: &reqwest::blocking::Client, url: &str, min: Duration, req: Fetch) {
         let recent = self
             .tenants
             .read()
@@ -210,12 +220,15 @@ impl JwksCache {
     }
 }
 
-fn fetch(agent: &ureq::Agent, url: &str) -> Result<HashMap<String, DecodingKey>, String> {
+fn fetch(
+    agent: &reqwest::blocking::Client,
+    url: &str,
+) -> Result<HashMap<String, DecodingKey>, String> {
     let body = agent
         .get(url)
-        .call()
-        .map_err(|e| e.to_string())?
-        .into_string()
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.text())
         .map_err(|e| e.to_string())?;
     parse(&body)
 }

@@ -150,7 +150,7 @@ fn certs(path: &str) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn build(cfg: &Tls) -> Result<(ServerConfig, i64), MaterialError> {
@@ -165,7 +165,7 @@ fn build(cfg: &Tls) -> Result<(ServerConfig, i64), MaterialError> {
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default versions");
+        .expect("the aws-lc-rs provider supports the default versions");
     let builder = if cfg.client_ca_file.is_empty() {
         builder.with_no_client_auth()
     } else {
@@ -204,20 +204,22 @@ pub fn tenant_of(cert: &CertificateDer<'_>) -> Option<String> {
 }
 
 /// A TLS client config trusting the public web PKI roots and the CA
-/// certificates in `ca_file` (for fetching keys from a control plane
-/// whose certificate a private CA signed).
+/// certificates in `ca_file`, if one is named (for fetching keys from a
+/// control plane whose certificate a private CA signed).
 pub fn client_config(ca_file: &str) -> Result<Arc<rustls::ClientConfig>, MaterialError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for c in certs(ca_file)? {
-        roots.add(c).map_err(|e| MaterialError::ClientCa {
-            path: ca_file.to_owned(),
-            reason: e.to_string(),
-        })?;
+    if !ca_file.is_empty() {
+        for c in certs(ca_file)? {
+            roots.add(c).map_err(|e| MaterialError::ClientCa {
+                path: ca_file.to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
     }
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default versions")
+        .expect("the aws-lc-rs provider supports the default versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))

@@ -28,11 +28,12 @@ impl Mtls {
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         }
-        let builder =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("the ring provider supports the default versions")
-                .with_root_certificates(roots);
+        let builder = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("the aws-lc-rs provider supports the default versions")
+        .with_root_certificates(roots);
         let config = match (&self.client_cert, &self.client_key) {
             (Some(c), Some(k)) => {
                 let key = PrivateKeyDer::from_pem_file(k)

@@ -60,18 +60,19 @@ fn build(cert: &Path, key: &Path) -> Result<ServerConfig> {
     }
     let key_der = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("--tls-key {}: no PEM private key", key.display()))?;
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key_der)
-            .with_context(|| {
-                format!(
-                    "{} and {} do not go together",
-                    cert.display(),
-                    key.display()
-                )
-            })?;
+    let mut config = ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key_der)
+    .with_context(|| {
+        format!(
+            "{} and {} do not go together",
+            cert.display(),
+            key.display()
+        )
+    })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

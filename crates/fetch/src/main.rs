@@ -193,7 +193,7 @@ fn tls_config(cli: &Cli) -> Result<std::sync::Arc<rustls::ClientConfig>> {
                 .with_context(|| format!("--ca-cert {}", p.display()))?;
         }
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

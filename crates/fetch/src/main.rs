@@ -12,6 +12,7 @@
 //!         --user-token "$USER_JWT" --dataset sales -o sales.parquet
 
 mod output;
+mod ws;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -21,15 +22,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use arrow_buffer::Buffer;
 use arrow_ipc::reader::StreamDecoder;
 use clap::{Parser, ValueEnum};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use output::Output;
 use serde_json::{json, Value};
 use sluice_protocol::browser::{BrowserAction, QueryMode, ServerEvent};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
-
-use output::Output;
+use ws::Message;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Mode {
@@ -301,26 +299,14 @@ async fn run(cli: &Cli) -> Result<()> {
 
 async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
     let base = session.url.as_str();
-    let mut req = session.url.as_str().into_client_request()?;
-    req.headers_mut().insert(
-        "Authorization",
-        HeaderValue::from_str(&format!("Bearer {}", session.token))?,
-    );
-    // One buffered answer can be as large as the gateway allows.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-        max_message_size: None,
-        max_frame_size: None,
-        ..Default::default()
-    };
-    let connector = if base.starts_with("wss://") {
-        Some(tokio_tungstenite::Connector::Rustls(tls_config(cli)?))
+    let tls = if base.starts_with("wss://") {
+        Some(tls_config(cli)?)
     } else {
         None
     };
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, connector)
-            .await
-            .with_context(|| format!("connecting to {base}"))?;
+    let mut ws = ws::Gateway::connect(base, &session.token, tls)
+        .await
+        .with_context(|| format!("connecting to {base}"))?;
     let mode = match cli.mode {
         Mode::Stream => QueryMode::Stream,
         Mode::Buffered => QueryMode::Buffered,
@@ -330,7 +316,7 @@ async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
         dataset: session.dataset.clone(),
         mode,
     };
-    ws.send(Message::Text(query.to_json())).await?;
+    ws.send_text(query.to_json()).await?;
 
     let mut decoder = StreamDecoder::new();
     let (mut rows, mut bytes, mut messages) = (0u64, 0u64, 0u64);
@@ -346,10 +332,10 @@ async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(cli.idle_timeout_s), ws.next())
                 .await
-                .map_err(|_| anyhow!("nothing from the gateway for {} s", cli.idle_timeout_s))?
+                .map_err(|_| anyhow!("nothing from the gateway for {} s", cli.idle_timeout_s))??
                 .ok_or_else(|| {
                     anyhow!("the gateway closed the connection before the end of the stream")
-                })??;
+                })?;
             match msg {
                 Message::Binary(b) => {
                     messages += 1;
@@ -410,10 +396,9 @@ async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
                 }
                 Message::Close(c) => bail!(
                     "the gateway closed the session: {}",
-                    c.map(|c| format!("{} {}", u16::from(c.code), c.reason))
+                    c.map(|(code, reason)| format!("{code} {reason}"))
                         .unwrap_or_default()
                 ),
-                _ => {}
             }
         }
     }
@@ -421,7 +406,7 @@ async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let _ = ws.close(None).await;
+    ws.close().await;
     match result {
         Ok(()) => {
             decoder.finish().context("the IPC stream is incomplete")?;

@@ -282,3 +282,27 @@ async fn oversized_connector_frame_closes_it_with_1009_and_the_browser_with_4503
     assert_eq!(close_of(&mut conn).await.0, 1009);
     healthy.check().await;
 }
+
+/// `HEAD` on the plain endpoints answers the head a `GET` would, with its
+/// `Content-Length`, and no body.
+#[tokio::test]
+async fn head_requests_get_no_body() {
+    let gw = Gateway::start(1, &[]);
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let (get_status, get_body) = gw.get(path).await;
+        let (status, whole) =
+            raw_exchange(gw.addr, &format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await;
+        assert_eq!(status, get_status, "{path}");
+        let (head, body) = whole.split_once("\r\n\r\n").expect("a whole head");
+        assert!(body.is_empty(), "{path}: HEAD answered a body: {body:?}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("Content-Length");
+        assert!(
+            length > 0 && (path != "/healthz" || length == get_body.len()),
+            "{path}"
+        );
+    }
+}

@@ -147,3 +147,28 @@ async fn idle_gateway_exits_at_once_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A second gateway on a port a running one serves refuses to start and
+/// names the port (with `SO_REUSEPORT` alone the kernel would split new
+/// connections between them), and the first keeps serving.
+#[tokio::test]
+async fn a_second_gateway_on_a_taken_port_refuses_to_start() {
+    let gw = Gateway::start(2, &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .env_clear()
+        .env("SLUICE_LISTEN", gw.addr.to_string())
+        .env("SLUICE_TOKEN_SECRET", SECRET)
+        .output()
+        .expect("run sluice");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second gateway started: {err}");
+    assert!(
+        err.contains(&format!("port {} is already in use", gw.addr.port())),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "it must not claim to listen"
+    );
+    assert_eq!(gw.get("/healthz").await.0, 200);
+}

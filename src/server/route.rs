@@ -16,7 +16,7 @@ use crate::edge;
 use crate::ids::{EdgeId, SessionId};
 use crate::server::admin;
 use crate::session::browser;
-use crate::shard::reply::{reject, respond};
+use crate::shard::reply::{answer, reject, respond};
 use crate::shard::{Shard, ShardMsg};
 use crate::wire::handoff;
 use crate::wire::http::{self, HttpError, Request};
@@ -41,7 +41,7 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
     };
     let path = req.path.clone();
     match path.as_str() {
-        "/healthz" => respond(stream, 200, "text/plain", b"ok\n".to_vec()).await,
+        "/healthz" => answer(stream, &req.method, 200, "text/plain", b"ok\n".to_vec()).await,
         "/readyz" => {
             let (status, body) = if shard.shared.is_draining() {
                 (503, "draining\n")
@@ -50,7 +50,8 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
             } else {
                 (200, "ready\n")
             };
-            respond(stream, status, "text/plain", body.as_bytes().to_vec()).await
+            let body = body.as_bytes().to_vec();
+            answer(stream, &req.method, status, "text/plain", body).await
         }
         p if p.starts_with("/admin/") => match admin::handle(&shard.shared, &req) {
             Ok((status, ctype, body)) => respond(stream, status, ctype, body).await,
@@ -58,7 +59,8 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
         },
         "/metrics" => {
             let body = shard.shared.metrics.render(&shard.shared.snapshot());
-            respond(stream, 200, "text/plain; version=0.0.4", body.into_bytes()).await
+            let ctype = "text/plain; version=0.0.4";
+            answer(stream, &req.method, 200, ctype, body.into_bytes()).await
         }
         // Each long-lived connection gets a task of its own sized for its
         // endpoint, and this one (which held the request head) ends.

@@ -28,6 +28,32 @@ pub struct Gateway {
     driver: &'static str,
 }
 
+/// The shards share their port through `SO_REUSEPORT`, which would also let
+/// a second gateway (same user) bind it and take half of the new
+/// connections. A socket bound without `SO_REUSEPORT` cannot share the port
+/// with a listener, so binding one first tells whether the port is taken.
+/// (Two gateways starting at the same instant can still both pass.)
+fn refuse_taken_port(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "port {} is already in use (is another gateway running?)",
+                    addr.port()
+                ),
+            )
+        } else {
+            e
+        }
+    })
+}
+
 fn bind(addr: SocketAddr, socket_buffer: usize) -> std::io::Result<std::net::TcpListener> {
     bind_as(addr, socket_buffer, true)
 }
@@ -73,6 +99,8 @@ impl Gateway {
         }
         let n = cfg.shard_count();
         let sockbuf = cfg.limits.socket_buffer_bytes;
+        refuse_taken_port(cfg.listen_addr())
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let first = bind(cfg.listen_addr(), sockbuf)
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = first.local_addr()?;

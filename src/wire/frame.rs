@@ -102,6 +102,9 @@ pub enum FrameError {
     UnexpectedMask,
     #[error("frame of {0} bytes exceeds the configured limit")]
     TooLarge(u64),
+    /// A text message's frames together are over the text limit.
+    #[error("text message of {size}+ bytes exceeds the limit of {max} bytes")]
+    TextTooLarge { size: u64, max: u64 },
     #[error("continuation frame without a message to continue")]
     UnexpectedContinuation,
     #[error("new data frame while a fragmented message is open")]
@@ -116,7 +119,7 @@ impl FrameError {
     /// Close code to send back (RFC 6455 §7.4.1).
     pub fn close_code(self) -> u16 {
         match self {
-            FrameError::TooLarge(_) => 1009,
+            FrameError::TooLarge(_) | FrameError::TextTooLarge { .. } => 1009,
             FrameError::InvalidUtf8 => 1007,
             _ => 1002,
         }

@@ -304,15 +304,30 @@ mod tests {
     fn oversized_text_and_timeouts_are_errors_interruptions_are_not() {
         runtime().block_on(async {
             let (gw, mut far) = pair().await;
-            script(&mut far, &[(Opcode::Text, true, &[b'x'; 64])]).await;
+            // A fragmented text message over the limit is reported with
+            // its size so far, not the size of its last frame.
+            script(
+                &mut far,
+                &[
+                    (Opcode::Text, false, &[b'x'; 10]),
+                    (Opcode::Continuation, true, &[b'x'; 10]),
+                ],
+            )
+            .await;
             let mut reader = FrameReader::new(gw, BytesMut::new(), MaskRule::Required, 1 << 20);
             let interrupter = reader.interrupter();
             {
                 let mut peer = Peer::new(&mut reader, Direct, 16);
-                assert!(matches!(
-                    peer.next().await,
-                    Err(PeerError::Protocol(FrameError::TooLarge(_)))
-                ));
+                match peer.next().await {
+                    Err(PeerError::Protocol(e @ FrameError::TextTooLarge { .. })) => {
+                        assert_eq!(
+                            e.to_string(),
+                            "text message of 20+ bytes exceeds the limit of 16 bytes"
+                        );
+                        assert_eq!(e.close_code(), 1009);
+                    }
+                    other => panic!("expected an oversized text, got {other:?}"),
+                }
             }
             interrupter.interrupt();
             let live = keepalive::watch(

@@ -351,11 +351,13 @@ impl TextAssembler {
 
     /// Adds a frame of a text message; returns the text once it is whole.
     pub fn push(&mut self, f: &InFrame) -> Result<Option<String>, FrameError> {
-        if self.buf.len() + f.payload().len() > self.max {
+        let size = self.buf.len() + f.payload().len();
+        if size > self.max {
             self.buf = Vec::new();
-            return Err(FrameError::TooLarge(
-                (self.buf.len() + f.payload().len()) as u64,
-            ));
+            return Err(FrameError::TextTooLarge {
+                size: size as u64,
+                max: self.max as u64,
+            });
         }
         if !f.header.fin {
             self.buf.extend_from_slice(f.payload());

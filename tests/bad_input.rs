@@ -306,3 +306,55 @@ async fn head_requests_get_no_body() {
         );
     }
 }
+
+/// A socket that upgrades, never authenticates, never reads, and sends
+/// pings: the gateway answers them only while the answers fit in the
+/// session's outbox, then stops reading it, so its memory stays bounded
+/// (issue 13, item 1: it used to queue every pong, 2.4 GB in 4 s), and a
+/// healthy session is served meanwhile.
+#[tokio::test]
+async fn a_pre_auth_ping_flood_cannot_grow_the_gateway() {
+    let gw = Gateway::start(1, &[("SLUICE_TIMEOUTS_AUTH_MS", "30000")]);
+    let mut healthy = Healthy::new(&gw).await;
+    let (_, rss_before) = fds_and_rss(gw.pid());
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!("GET /stream/flood HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let ping =
+        sluice::wire::frame::encode_client_frame(Opcode::Ping, true, &[7; 125], [1, 2, 3, 4]);
+    let batch: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 512)
+        .collect();
+    // Up to 256 MiB of pings; the flood stalls long before when the
+    // gateway stops reading.
+    let mut sent = 0usize;
+    while sent < 256 << 20 {
+        match tokio::time::timeout(Duration::from_secs(1), s.write_all(&batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            _ => break,
+        }
+    }
+    let (_, rss_after) = fds_and_rss(gw.pid());
+    assert!(
+        sent < 256 << 20,
+        "the gateway kept reading pings ({sent} bytes)"
+    );
+    let grew_kib = rss_after.saturating_sub(rss_before);
+    assert!(
+        grew_kib < 32 * 1024,
+        "gateway grew by {grew_kib} KiB for {} KiB of pings",
+        sent / 1024
+    );
+    healthy.check().await;
+    drop(s);
+}

@@ -358,3 +358,42 @@ async fn a_pre_auth_ping_flood_cannot_grow_the_gateway() {
     healthy.check().await;
     drop(s);
 }
+
+/// Names a client chooses (a connector's `tenant_id` and `version`) are
+/// logged escaped: a newline in them cannot forge a log line.
+#[tokio::test]
+async fn client_chosen_names_cannot_forge_log_lines() {
+    let mut gw = Gateway::start_logged(1, &[("SLUICE_LOG", "info")]);
+    let log = gw.child.stderr.take().expect("piped stderr");
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        // Until the gateway exits and its stderr closes.
+        std::io::BufReader::new(log)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let mut ws = connect(&gw.url("/ws/connect"), &[("Edge-Key", EDGE_KEY)])
+        .await
+        .unwrap();
+    let forged = "acme\nFORGED level=ERROR admin logged in";
+    send_json(
+        &mut ws,
+        json!({"action": "register", "tenant_id": forged, "edge_id": EDGE, "version": "1\nFORGED too", "datasets": ["d"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["status"], "ok");
+    drop(ws);
+    drop(gw);
+    let lines = lines.join().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("connector worker registered")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.starts_with("FORGED")),
+        "a forged line: {lines:?}"
+    );
+}

@@ -156,7 +156,7 @@ impl JwksCache {
             let full = format!("{url}{sep}tenant={}", req.tenant);
             match fetch(agent, &full) {
                 Ok(keys) => {
-                    tracing::info!(tenant = %req.tenant, keys = keys.len(), "JWKS fetched");
+                    tracing::info!(tenant = ?req.tenant, keys = keys.len(), "JWKS fetched");
                     let mut m = self.tenants.write().unwrap_or_else(|p| p.into_inner());
                     let now = Instant::now();
                     m.insert(
@@ -169,7 +169,7 @@ impl JwksCache {
                     );
                 }
                 Err(e) => {
-                    tracing::warn!(tenant = %req.tenant, error = %e, "cannot fetch JWKS");
+                    tracing::warn!(tenant = ?req.tenant, error = %e, "cannot fetch JWKS");
                     // Keep what we had; do not retry before `min`.
                     let mut m = self.tenants.write().unwrap_or_else(|p| p.into_inner());
                     let now = Instant::now();

@@ -68,6 +68,8 @@ pub enum TokenError {
     UnknownKey,
     #[error("token claims are invalid")]
     BadClaims,
+    #[error("token is not valid yet (nbf is in the future)")]
+    NotYetValid,
 }
 
 impl TokenError {
@@ -80,10 +82,11 @@ impl TokenError {
             TokenError::WrongSession => "wrong_session",
             TokenError::UnknownKey => "unknown_key",
             TokenError::BadClaims => "bad_claims",
+            TokenError::NotYetValid => "not_yet_valid",
         }
     }
 
-    pub const ALL: [TokenError; 7] = [
+    pub const ALL: [TokenError; 8] = [
         TokenError::Missing,
         TokenError::Malformed,
         TokenError::BadSignature,
@@ -91,6 +94,7 @@ impl TokenError {
         TokenError::WrongSession,
         TokenError::UnknownKey,
         TokenError::BadClaims,
+        TokenError::NotYetValid,
     ];
 }
 
@@ -202,6 +206,8 @@ impl Verifier {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
         validation.set_required_spec_claims(&["exp"]);
+        // A token may carry `nbf`; one used before it is refused.
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         let claims = match header.alg {
             Algorithm::HS256 => {
@@ -242,6 +248,7 @@ fn decode(token: &str, key: &DecodingKey, v: &Validation) -> Result<Claims, Toke
         .map(|d| d.claims)
         .map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
             ErrorKind::InvalidSignature => TokenError::BadSignature,
             ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => TokenError::UnknownKey,
             ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => TokenError::BadClaims,
@@ -296,6 +303,27 @@ mod tests {
             ..Auth::default()
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_token_used_before_its_nbf_is_refused() {
+        let v = verifier("s3cret");
+        let sid = SessionId::parse("s1").unwrap();
+        let sign = |nbf: u64| {
+            let mut c = serde_json::to_value(claims("s1", now_s() + 600)).unwrap();
+            c["nbf"] = nbf.into();
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &c,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            v.verify(&sign(now_s() + 3600), &sid).unwrap_err(),
+            TokenError::NotYetValid
+        );
+        assert!(v.verify(&sign(now_s() - 10), &sid).is_ok());
     }
 
     #[test]

@@ -143,7 +143,7 @@ async fn register(
     };
     if let Some(t) = grant.tenant.as_ref().filter(|t| t.as_str() != r.tenant_id) {
         shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
-        tracing::warn!(certificate = %t, registered = %r.tenant_id, "connector's certificate names another tenant");
+        tracing::warn!(certificate = %t, registered = ?r.tenant_id, "connector's certificate names another tenant");
         return refuse(
             &shard,
             reader,
@@ -200,7 +200,7 @@ async fn register(
         shard.idle.borrow_mut().remove(&conn);
         return refuse(&shard, c.reader, code, reason).await;
     }
-    tracing::info!(edge = %c.meta.edge, %conn, tenant = %r.tenant_id, %version, datasets = datasets.len(), fast, "connector worker registered");
+    tracing::info!(edge = %c.meta.edge, %conn, tenant = ?r.tenant_id, version = ?version, datasets = datasets.len(), fast, "connector worker registered");
     let ok = RegisterAnswer::Ok {
         data: Registered {
             session_id: conn.to_string(),

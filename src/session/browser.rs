@@ -226,7 +226,7 @@ async fn serve(
         Instant::now() + Duration::from_secs(claims.exp.saturating_sub(now) + cfg.auth.leeway_s)
     });
     let quota = Quota::new(claims.quota.or(Some(cfg.limits.default_quota_bytes)));
-    tracing::info!(%sid, sub = %claims.sub, %edge, mode = ?claims.mode, shard = shard.id, "session open");
+    tracing::info!(%sid, sub = ?claims.sub, %edge, mode = ?claims.mode, shard = shard.id, "session open");
     let sess = Rc::new(Session {
         shard: shard.clone(),
         sid,

@@ -30,7 +30,7 @@ pub struct ShardMetrics {
     pub slow_viewer_closes: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub http_rejections: AtomicU64,
-    pub auth_failures: [AtomicU64; 7],
+    pub auth_failures: [AtomicU64; TokenError::ALL.len()],
     pub edge_auth_failures: AtomicU64,
 }
 

@@ -46,6 +46,16 @@ impl Drop for Gateway {
 impl Gateway {
     /// Starts the gateway with the quick-start variables plus `extra`.
     pub fn start(shards: usize, extra: &[(&str, &str)]) -> Gateway {
+        Self::spawn(shards, extra, Stdio::inherit())
+    }
+
+    /// [`Gateway::start`] with its log (stderr) piped: `child.stderr`.
+    #[allow(dead_code)]
+    pub fn start_logged(shards: usize, extra: &[(&str, &str)]) -> Gateway {
+        Self::spawn(shards, extra, Stdio::piped())
+    }
+
+    fn spawn(shards: usize, extra: &[(&str, &str)], stderr: Stdio) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -61,7 +71,7 @@ impl Gateway {
                 std::env::var("SLUICE_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in extra {
             cmd.env(k, v);
         }

@@ -135,3 +135,39 @@ async fn relay_quota_and_bad_edge_keys() {
     );
     assert_eq!(gw.metric("sluice_edge_auth_failures_total").await, 3);
 }
+
+/// Seed 000: whichever side comes first waits. A browser that arrives
+/// before its relay edge (none connected yet) is paired when the edge
+/// dials in within `pair_wait_ms`; with no edge at all it gets 4503 once
+/// the wait is over.
+#[tokio::test]
+async fn a_browser_that_arrives_before_its_edge_waits_for_it() {
+    let gw = Gateway::start(1, &[("SLUICE_TIMEOUTS_PAIR_WAIT_MS", "5000")]);
+    let early = tokio::spawn({
+        let url = gw.url("/stream/early");
+        let t = token(&relay_claims("early"));
+        async move {
+            let mut b = connect(&url, &[("Authorization", &format!("Bearer {t}"))])
+                .await
+                .unwrap();
+            b.send(Message::Text("before the edge".into()))
+                .await
+                .unwrap();
+            b
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut e = edge_conn(&gw).await;
+    assert_eq!(next_json(&mut e).await["session_id"], "early");
+    assert_eq!(
+        next_msg(&mut e).await,
+        Message::Text("before the edge".into())
+    );
+    let mut b = early.await.unwrap();
+    e.send(Message::Binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(next_msg(&mut b).await, Message::Binary(vec![1, 2, 3]));
+
+    let gw = Gateway::start(1, &[("SLUICE_TIMEOUTS_PAIR_WAIT_MS", "300")]);
+    let mut lonely = browser(&gw, &relay_claims("lonely")).await;
+    expect_error_close(&mut lonely, "edge_offline", 4503).await;
+}

@@ -18,6 +18,9 @@ use crate::shard::{ConnMeta, Shard, ShardMsg};
 use crate::wire::message::close;
 use crate::wire::peer::{Direct, Incoming, Peer};
 
+/// How often a relay session waiting for an offline edge looks again.
+const OFFLINE_POLL: Duration = Duration::from_millis(10);
+
 /// Why no connection could be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
@@ -151,6 +154,18 @@ pub async fn acquire(
                 {
                     return Err(Unavailable::Busy);
                 }
+            }
+            // Seed 000: whichever side comes first waits. A relay session
+            // that arrives before its edge (or while the edge re-dials after
+            // its previous session) waits for it within `pair_wait_ms`,
+            // looking again every few milliseconds; a worker query has
+            // checked that its edge is online before it asks.
+            Acquire::Offline if kind == ConnKind::Relay => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Unavailable::Offline);
+                }
+                monoio::time::sleep(left.min(OFFLINE_POLL)).await;
             }
             Acquire::Offline => return Err(Unavailable::Offline),
         }

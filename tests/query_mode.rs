@@ -595,3 +595,39 @@ async fn buffered_queries_answer_once_and_refuse_what_is_too_big() {
     .await;
     expect_error_close(&mut b, "bad_request", 4400).await;
 }
+
+/// `timeouts.request_ms` measures a stream's progress: a connector whose
+/// WebSocket library answers the gateway's pings but sends nothing after
+/// `stream_start` is given up on (`edge_disconnected`, 4503), not waited
+/// on for ever, and the browser is told (issue 13, item 11).
+#[tokio::test]
+async fn a_connector_that_only_answers_pings_mid_stream_times_out() {
+    let gw = Gateway::start(
+        1,
+        &[
+            ("SLUICE_TIMEOUTS_PING_INTERVAL_MS", "200"),
+            ("SLUICE_TIMEOUTS_REQUEST_MS", "1000"),
+        ],
+    );
+    let mut conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+    let mut b = browser(&gw, &claims("stuck")).await;
+    send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
+    start_stream(&mut conn).await;
+    // Reading is what makes tungstenite answer pings; it sends nothing else.
+    let pongs = tokio::spawn(async move {
+        let mut pings = 0;
+        while let Some(Ok(m)) = conn.next().await {
+            if matches!(m, Message::Ping(_)) {
+                pings += 1;
+            }
+        }
+        pings
+    });
+    assert_eq!(next_json(&mut b).await["type"], "stream_start");
+    let why = expect_error_close(&mut b, "edge_disconnected", 4503).await;
+    assert!(why.contains("stopped responding"), "{why}");
+    assert!(
+        pongs.await.unwrap() >= 1,
+        "the connector was pinged and answered"
+    );
+}

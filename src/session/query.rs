@@ -138,7 +138,10 @@ async fn stream(
         None,
     );
     let metrics = shard.metrics();
-    let mut peer = Peer::new(&mut w.reader, Direct, cfg.limits.max_text_bytes).watched(live);
+    // `request_ms` measures the stream's progress: pongs do not count.
+    let mut peer = Peer::new(&mut w.reader, Direct, cfg.limits.max_text_bytes)
+        .watched(live)
+        .progress_only();
     // `buffered`: the payloads, concatenated, sent as one message at the end.
     let mut held: Vec<u8> = Vec::new();
     loop {

@@ -94,6 +94,8 @@ pub struct Peer<'r, R, A> {
     answer: A,
     live: Option<Rc<Liveness>>,
     text: Option<TextAssembler>,
+    /// Whether pings and pongs count as the peer being alive.
+    control_counts: bool,
 }
 
 impl<'r, R: CancelableAsyncReadRent, A: Answer<R>> Peer<'r, R, A> {
@@ -105,6 +107,7 @@ impl<'r, R: CancelableAsyncReadRent, A: Answer<R>> Peer<'r, R, A> {
             answer,
             live: None,
             text: Some(TextAssembler::new(max_text)),
+            control_counts: true,
         }
     }
 
@@ -115,6 +118,7 @@ impl<'r, R: CancelableAsyncReadRent, A: Answer<R>> Peer<'r, R, A> {
             answer,
             live: None,
             text: None,
+            control_counts: true,
         }
     }
 
@@ -123,6 +127,14 @@ impl<'r, R: CancelableAsyncReadRent, A: Answer<R>> Peer<'r, R, A> {
     /// watch stops when the peer is dropped.
     pub fn watched(mut self, live: Rc<Liveness>) -> Self {
         self.live = Some(live);
+        self
+    }
+
+    /// Only data, text and close frames refresh the liveness watch: a peer
+    /// that answers pings but sends nothing else times out (a connector
+    /// stuck mid-request whose WebSocket library still answers pings).
+    pub fn progress_only(mut self) -> Self {
+        self.control_counts = false;
         self
     }
 
@@ -157,7 +169,12 @@ impl<'r, R: CancelableAsyncReadRent, A: Answer<R>> Peer<'r, R, A> {
                 Err(ReadError::Protocol(e)) => return Err(PeerError::Protocol(e)),
                 Err(e) => return Err(PeerError::Gone(e)),
             };
-            if let Some(live) = &self.live {
+            let control = matches!(f.message, Opcode::Ping | Opcode::Pong);
+            if let Some(live) = self
+                .live
+                .as_ref()
+                .filter(|_| self.control_counts || !control)
+            {
                 live.seen();
             }
             match f.message {

@@ -85,14 +85,17 @@ pub async fn serve_worker(
             "register not received in time".to_owned(),
         ),
         Ok(Err((code, reason))) => (code, reason),
-        Ok(Ok(text)) => match serde_json::from_str::<ConnectorAction>(&text) {
-            Ok(ConnectorAction::Register(r)) => {
-                return register(shard, reader, r, grant, fast).await;
-            }
-            Err(_) if !text.contains("\"register\"") => (
+        Ok(Ok(text)) => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) if v.get("action").is_some_and(|a| a != "register") => (
                 close::BAD_REQUEST,
                 "first message must be a register action".into(),
             ),
+            Ok(v) => match serde_json::from_value::<ConnectorAction>(v) {
+                Ok(ConnectorAction::Register(r)) => {
+                    return register(shard, reader, r, grant, fast).await;
+                }
+                Err(e) => (close::BAD_REQUEST, format!("invalid register message: {e}")),
+            },
             Err(e) => (close::BAD_REQUEST, format!("invalid register message: {e}")),
         },
     };

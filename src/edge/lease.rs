@@ -216,7 +216,7 @@ mod tests {
 
     use bytes::BytesMut;
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-    use monoio::net::{TcpListener, TcpStream};
+    use monoio::net::TcpStream;
 
     use super::*;
     use crate::auth::revocations::Revocations;
@@ -229,6 +229,7 @@ mod tests {
     use crate::static_files::StaticFiles;
     use crate::wire::frame::{encode_client_frame, MaskRule, Opcode};
     use crate::wire::reader::FrameReader;
+    use crate::wire::test_io::{runtime, socket_pair};
 
     /// One shard with its mailbox answered the way the real one answers
     /// `Take`, and a short cancel drain.
@@ -267,9 +268,7 @@ mod tests {
     /// A registered worker of `edge-a` idling on the shard; returns the
     /// connector's end of its socket.
     async fn worker(shard: &Rc<Shard>) -> TcpStream {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let far = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (gw, _) = l.accept().await.unwrap();
+        let (gw, far) = socket_pair().await;
         let edge = EdgeId::parse("edge-a").unwrap();
         let conn = shard.shared.registry.new_conn_id();
         let c = EdgeConn {
@@ -330,13 +329,6 @@ mod tests {
         shard.shared.registry.stats().workers_idle
     }
 
-    fn runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-    }
-
     #[test]
     fn a_finished_lease_goes_back_to_the_pool() {
         runtime().block_on(async {
@@ -369,8 +361,11 @@ mod tests {
                 far.write_all(frame).await.0.unwrap();
                 got
             };
-            let (_, got) =
-                futures_join(l.release(Release::Abandoned { request_id: "g1" }), answer).await;
+            let (_, got) = futures_util::future::join(
+                l.release(Release::Abandoned { request_id: "g1" }),
+                answer,
+            )
+            .await;
             assert!(contains(&got, br#"{"action":"cancel","request_id":"g1"}"#));
             assert_eq!(idle_workers(&shard), 1, "confirmed in time: reused");
         });
@@ -413,33 +408,5 @@ mod tests {
             assert_eq!(idle_workers(&shard), 0);
             assert_eq!(shard.shared.registry.stats().edges_online, 0);
         });
-    }
-
-    async fn futures_join<A: std::future::Future, B: std::future::Future>(
-        a: A,
-        b: B,
-    ) -> (A::Output, B::Output) {
-        let mut a = std::pin::pin!(a);
-        let mut b = std::pin::pin!(b);
-        let (mut ra, mut rb) = (None, None);
-        std::future::poll_fn(|cx| {
-            if ra.is_none() {
-                if let std::task::Poll::Ready(v) = a.as_mut().poll(cx) {
-                    ra = Some(v);
-                }
-            }
-            if rb.is_none() {
-                if let std::task::Poll::Ready(v) = b.as_mut().poll(cx) {
-                    rb = Some(v);
-                }
-            }
-            if ra.is_some() && rb.is_some() {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-        .await;
-        (ra.expect("ready"), rb.expect("ready"))
     }
 }

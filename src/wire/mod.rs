@@ -10,4 +10,6 @@ pub mod message;
 pub mod outbox;
 pub mod peer;
 pub mod reader;
+#[cfg(test)]
+pub mod test_io;
 pub mod utf8;

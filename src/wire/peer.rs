@@ -221,28 +221,11 @@ mod tests {
 
     use bytes::BytesMut;
     use monoio::io::{AsyncReadRent, Splitable};
-    use monoio::net::TcpListener;
 
     use super::*;
     use crate::wire::frame::{encode_client_frame, MaskRule};
     use crate::wire::keepalive;
-
-    /// A connected pair on loopback: the gateway's end and the script's.
-    /// (The kernel completes the handshake from the backlog, before the
-    /// accept.)
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (accepted, _) = l.accept().await.unwrap();
-        (accepted, client)
-    }
-
-    fn runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-    }
+    use crate::wire::test_io::{runtime, socket_pair};
 
     async fn script(peer: &mut TcpStream, frames: &[(Opcode, bool, &[u8])]) {
         let mut out = Vec::new();
@@ -261,7 +244,7 @@ mod tests {
     #[test]
     fn control_frames_are_answered_and_text_assembled() {
         runtime().block_on(async {
-            let (gw, mut far) = pair().await;
+            let (gw, mut far) = socket_pair().await;
             script(
                 &mut far,
                 &[
@@ -296,7 +279,7 @@ mod tests {
     #[test]
     fn raw_peers_pass_text_frames_on_and_outbox_answers_queue() {
         runtime().block_on(async {
-            let (gw, mut far) = pair().await;
+            let (gw, mut far) = socket_pair().await;
             let (rd, _wr) = gw.into_split();
             script(
                 &mut far,
@@ -320,7 +303,7 @@ mod tests {
     #[test]
     fn oversized_text_and_timeouts_are_errors_interruptions_are_not() {
         runtime().block_on(async {
-            let (gw, mut far) = pair().await;
+            let (gw, mut far) = socket_pair().await;
             // A fragmented text message over the limit is reported with
             // its size so far, not the size of its last frame.
             script(

@@ -631,3 +631,109 @@ async fn a_connector_that_only_answers_pings_mid_stream_times_out() {
         "the connector was pinged and answered"
     );
 }
+
+/// Issue 13, defect 4: a session that opened while its edge was offline
+/// must not be served by an edge of another tenant that later registers
+/// under the same id; the tenant is checked at every pairing.
+#[tokio::test]
+async fn a_session_pairs_only_with_an_edge_of_its_own_tenant() {
+    let gw = Gateway::start(2, &[]);
+    let mut healthy = Healthy::new(&gw).await;
+    // Opened while edge-a is offline: nothing to check the tenant against.
+    let mut b = browser(&gw, &claims("early")).await;
+    let mut other = connector_as(&gw, "globex", EDGE, EDGE_KEY, &["ventas"]).await;
+    send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
+    let why = expect_error_close(&mut b, "forbidden", 4403).await;
+    assert!(why.contains("another tenant"), "{why}");
+    // The other tenant's connector was never asked for anything.
+    let asked = tokio::time::timeout(Duration::from_millis(300), other.next()).await;
+    assert!(asked.is_err(), "connector was sent {asked:?}");
+    healthy.check().await;
+}
+
+/// Issue 13, defect 5: the gateway reuses a worker the moment it reads
+/// `stream_end`; the real connector must already count it free then.
+/// 8 sessions × 2 queries × 25 rounds on a 4-worker connector: every
+/// query completes (before the fix 17 of 400 failed with "this worker is
+/// already streaming").
+#[tokio::test]
+async fn a_worker_is_free_once_its_stream_ends_whatever_the_connector_thread_does() {
+    let gw = Gateway::start(2, &[("SLUICE_TIMEOUTS_PAIR_WAIT_MS", "10000")]);
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("d.csv");
+    let mut text = String::from("id,name\n");
+    for i in 0..200 {
+        text.push_str(&format!("{i},row-{i}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let mut connector = std::process::Command::new(control::sibling_bin("sluice-connector"))
+        .args(["--gateway", &format!("ws://{}", gw.addr)])
+        .args(["--tenant", "acme", "--edge", EDGE, "--workers", "4"])
+        .arg("--dataset")
+        .arg(format!("d={}", csv.display()))
+        .env("SLUICE_EDGE_KEY", EDGE_KEY)
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        gw.metric_settles("sluice_connector_workers_idle", 4).await,
+        4,
+        "the connector's 4 workers register"
+    );
+    let mut sessions = Vec::new();
+    for s in 0..8 {
+        let gw_url = gw.url("");
+        let c = claims(&format!("pool-{s}"));
+        sessions.push(tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for round in 0..25 {
+                let mut c = c.clone();
+                c.sid = format!("{}-{round}", c.sid);
+                let bearer = format!("Bearer {}", token(&c));
+                let mut b = connect(
+                    &format!("{gw_url}/stream/{}", c.sid),
+                    &[("Authorization", &bearer)],
+                )
+                .await
+                .unwrap();
+                for _ in 0..2 {
+                    send_json(&mut b, json!({"action": "query", "dataset": "d"})).await;
+                    loop {
+                        match next_msg(&mut b).await {
+                            Message::Binary(_) => {}
+                            Message::Text(t) => {
+                                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                                match v["type"].as_str() {
+                                    Some("stream_end") => break,
+                                    Some("stream_start" | "flight_info") => {}
+                                    _ => {
+                                        failed.push(v.to_string());
+                                        break;
+                                    }
+                                }
+                            }
+                            other => {
+                                failed.push(format!("{other:?}"));
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = Vec::new();
+    for s in sessions {
+        failed.extend(s.await.unwrap());
+    }
+    let _ = connector.kill();
+    let _ = connector.wait();
+    assert!(
+        failed.is_empty(),
+        "{} of 400 queries failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}

@@ -28,6 +28,8 @@ pub enum Unavailable {
     Offline,
     /// All busy for the whole wait.
     Busy,
+    /// The edge now online under this id belongs to another tenant.
+    OtherTenant,
 }
 
 /// An edge connection taken for one session. A lease dropped without a
@@ -116,17 +118,23 @@ impl Drop for RelayHold {
     }
 }
 
-/// Takes an idle connection of `edge` (serving `dataset`, for workers) and
-/// brings it to this shard, waiting up to `timeouts.pair_wait_ms`.
+/// Takes an idle connection of `edge` (serving `dataset`, for workers) for
+/// a session of `tenant` and brings it to this shard, waiting up to
+/// `timeouts.pair_wait_ms`.
 pub async fn acquire(
     shard: &Rc<Shard>,
     edge: &EdgeId,
     kind: ConnKind,
     dataset: Option<&str>,
+    tenant: &str,
 ) -> Result<Lease, Unavailable> {
     let deadline = Instant::now() + Duration::from_millis(shard.cfg().timeouts.pair_wait_ms);
     loop {
-        match shard.shared.registry.acquire(edge, kind, dataset, shard.id) {
+        match shard
+            .shared
+            .registry
+            .acquire(edge, kind, dataset, tenant, shard.id)
+        {
             Acquire::Got { conn, shard: owner } => {
                 let (tx, rx) = flume::bounded(1);
                 if shard.shared.mailboxes[owner]
@@ -168,6 +176,7 @@ pub async fn acquire(
                 monoio::time::sleep(left.min(OFFLINE_POLL)).await;
             }
             Acquire::Offline => return Err(Unavailable::Offline),
+            Acquire::OtherTenant => return Err(Unavailable::OtherTenant),
         }
     }
 }
@@ -302,7 +311,7 @@ mod tests {
 
     async fn lease(shard: &Rc<Shard>) -> Lease {
         let edge = EdgeId::parse("edge-a").unwrap();
-        match acquire(shard, &edge, ConnKind::Worker, Some("d")).await {
+        match acquire(shard, &edge, ConnKind::Worker, Some("d"), "acme").await {
             Ok(l) => l,
             Err(e) => panic!("no lease: {e:?}"),
         }

@@ -40,6 +40,12 @@ struct Edge {
 }
 
 impl Edge {
+    /// An edge registered without a tenant (a plain `edge_keys` entry)
+    /// serves any tenant's sessions, as it always has.
+    fn tenant_may_pair(&self, tenant: &str) -> bool {
+        self.tenant.is_empty() || self.tenant == tenant
+    }
+
     fn datasets(&self) -> BTreeSet<String> {
         self.conns
             .values()
@@ -68,6 +74,9 @@ pub enum Acquire {
     /// when one becomes idle (then ask again).
     Busy(flume::Receiver<()>),
     Offline,
+    /// The edge online under this id belongs to another tenant than the
+    /// session's: an edge id can change hands while a session waits.
+    OtherTenant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,19 +238,26 @@ impl Registry {
         }
     }
 
-    /// Reserves an idle connection of `kind`, preferring one already on
-    /// `prefer_shard` (no socket has to move).
+    /// Reserves an idle connection of `kind` for a session of `tenant`,
+    /// preferring one already on `prefer_shard` (no socket has to move).
+    /// The tenant is checked here, at every pairing, under the same lock
+    /// that hands the connection out: an edge that went offline and came
+    /// back registered by another tenant never serves the old session.
     pub fn acquire(
         &self,
         edge: &EdgeId,
         kind: ConnKind,
         dataset: Option<&str>,
+        tenant: &str,
         prefer_shard: usize,
     ) -> Acquire {
         let mut g = self.lock();
         let Some(e) = g.get_mut(edge) else {
             return Acquire::Offline;
         };
+        if !e.tenant_may_pair(tenant) {
+            return Acquire::OtherTenant;
+        }
         let found = match kind {
             ConnKind::Relay => e.relay_idle.pop_front(),
             ConnKind::Worker => {
@@ -286,8 +302,9 @@ impl Registry {
         self.lock().get(edge).map(|e| e.datasets())
     }
 
-    pub fn tenant_of(&self, edge: &EdgeId) -> Option<String> {
-        self.lock().get(edge).map(|e| e.tenant.clone())
+    /// Whether a session of `tenant` may use `edge` now (`None`: offline).
+    pub fn tenant_may_pair(&self, edge: &EdgeId, tenant: &str) -> Option<bool> {
+        self.lock().get(edge).map(|e| e.tenant_may_pair(tenant))
     }
 
     pub fn stats(&self) -> RegistryStats {
@@ -338,26 +355,30 @@ mod tests {
             ),
             Err(RegisterError::TenantMismatch)
         );
-        match r.acquire(&e, ConnKind::Worker, Some("d"), 1) {
+        match r.acquire(&e, ConnKind::Worker, Some("d"), "t", 1) {
             Acquire::Got { conn, shard } => assert_eq!((conn, shard), (b, 1)),
             _ => panic!("expected the shard-1 worker"),
         }
         assert!(
-            matches!(r.acquire(&e, ConnKind::Worker, Some("d"), 1), Acquire::Got { conn, .. } if conn == a)
+            matches!(r.acquire(&e, ConnKind::Worker, Some("d"), "t", 1), Acquire::Got { conn, .. } if conn == a)
         );
-        let Acquire::Busy(rx) = r.acquire(&e, ConnKind::Worker, Some("d"), 0) else {
+        assert!(matches!(
+            r.acquire(&e, ConnKind::Worker, Some("d"), "other", 0),
+            Acquire::OtherTenant
+        ));
+        let Acquire::Busy(rx) = r.acquire(&e, ConnKind::Worker, Some("d"), "t", 0) else {
             panic!("expected busy")
         };
         r.release(&e, a, 1);
         assert!(rx.try_recv().is_ok());
         assert!(matches!(
-            r.acquire(&e, ConnKind::Relay, None, 0),
+            r.acquire(&e, ConnKind::Relay, None, "t", 0),
             Acquire::Offline
         ));
         r.remove(&e, a);
         r.remove(&e, b);
         assert!(matches!(
-            r.acquire(&e, ConnKind::Worker, None, 0),
+            r.acquire(&e, ConnKind::Worker, None, "t", 0),
             Acquire::Offline
         ));
         assert_eq!(r.stats().edges_online, 0);

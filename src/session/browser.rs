@@ -14,7 +14,7 @@ use sluice_protocol::browser::{BrowserAction, ServerEvent};
 use crate::auth::token::{Claims, Mode, TokenError};
 use crate::ids::{EdgeId, SessionId};
 use crate::session::quota::Quota;
-use crate::session::{fanout, query, relay, BrowserReader, Flow, Session};
+use crate::session::{fanout, other_tenant, query, relay, BrowserReader, Flow, Session};
 use crate::shard::reply::reject;
 use crate::shard::Shard;
 use crate::wire::frame::MaskRule;
@@ -209,13 +209,11 @@ async fn serve(
         outbox.close(message::closing(close::BAD_REQUEST, "invalid edge id"));
         return;
     };
-    if let Some(t) = shard.shared.registry.tenant_of(&edge) {
-        if !t.is_empty() && t != claims.tenant {
-            let why = Refusal::forbidden("edge belongs to another tenant");
-            let _ = outbox.push(message::error(&why));
-            outbox.close(message::closing(why.close, &why.message));
-            return;
-        }
+    if shard.shared.registry.tenant_may_pair(&edge, &claims.tenant) == Some(false) {
+        let why = other_tenant();
+        let _ = outbox.push(message::error(&why));
+        outbox.close(message::closing(why.close, &why.message));
+        return;
     }
     let cfg = shard.cfg();
     let expires = cfg.auth.enforce_expiry_mid_stream.then(|| {

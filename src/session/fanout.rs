@@ -133,7 +133,7 @@ pub fn subscribe(sess: &Rc<Session>, dataset: &str) -> Flow {
         }
     }
     if start {
-        monoio::spawn(own(shard.clone(), key, entry));
+        monoio::spawn(own(shard.clone(), key, entry, sess.claims.tenant.clone()));
     }
     Flow::Continue
 }
@@ -346,24 +346,27 @@ fn retire_feed(shard: &Shard, key: &FeedKey, entry: &Arc<Mutex<Entry>>, force: b
 }
 
 /// The owner: reads the connector's live stream and broadcasts it.
-async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>) {
+/// `tenant` is the first viewer's; every later viewer passed the same
+/// tenant check against the edge when it subscribed.
+async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>, tenant: String) {
     let (edge, dataset) = key.clone();
     let ended = |event: ServerEvent| message::text(&event);
-    let mut lease = match edge::acquire(&shard, &edge, ConnKind::Worker, Some(&dataset)).await {
-        Ok(lease) => lease,
-        Err(_) => {
-            retire_feed(&shard, &key, &entry, true);
-            broadcast(
-                &entry,
-                Event::End(ended(ServerEvent::Error {
-                    code: ErrorCode::EdgeOffline,
-                    dataset: Some(dataset.clone()),
-                    message: format!("no connector worker of edge {edge} for the live feed"),
-                })),
-            );
-            return;
-        }
-    };
+    let mut lease =
+        match edge::acquire(&shard, &edge, ConnKind::Worker, Some(&dataset), &tenant).await {
+            Ok(lease) => lease,
+            Err(_) => {
+                retire_feed(&shard, &key, &entry, true);
+                broadcast(
+                    &entry,
+                    Event::End(ended(ServerEvent::Error {
+                        code: ErrorCode::EdgeOffline,
+                        dataset: Some(dataset.clone()),
+                        message: format!("no connector worker of edge {edge} for the live feed"),
+                    })),
+                );
+                return;
+            }
+        };
     let rid = format!("feed-{}", shard.shared.registry.new_conn_id());
     shard.metrics().streams_started.fetch_add(1, Relaxed);
     local()

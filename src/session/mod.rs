@@ -9,4 +9,4 @@ pub mod quota;
 pub mod relay;
 mod state;
 
-pub use state::{check_dataset, BrowserReader, Flow, Session};
+pub use state::{check_dataset, other_tenant, BrowserReader, Flow, Session};

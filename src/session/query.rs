@@ -16,7 +16,7 @@ use sluice_protocol::connector::{Descriptor, GatewayRequest, Reply, ReplyKind};
 
 use crate::edge::{self, EdgeConn, Release, Unavailable};
 use crate::registry::ConnKind;
-use crate::session::{check_dataset, Flow, Session};
+use crate::session::{check_dataset, other_tenant, Flow, Session};
 use crate::wire::frame::Opcode;
 use crate::wire::keepalive;
 use crate::wire::message::{close, ErrorCode, Refusal};
@@ -49,7 +49,15 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
         return refused;
     }
     let shard = &sess.shard;
-    let mut lease = match edge::acquire(shard, &sess.edge, ConnKind::Worker, Some(dataset)).await {
+    let mut lease = match edge::acquire(
+        shard,
+        &sess.edge,
+        ConnKind::Worker,
+        Some(dataset),
+        &sess.claims.tenant,
+    )
+    .await
+    {
         Ok(lease) => lease,
         Err(Unavailable::Offline) => {
             return Flow::Close(Refusal::new(
@@ -58,6 +66,7 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
                 format!("edge {} has no connector serving {dataset:?}", sess.edge),
             ))
         }
+        Err(Unavailable::OtherTenant) => return Flow::Close(other_tenant()),
         Err(Unavailable::Busy) => {
             return Flow::Close(Refusal::new(
                 close::EDGE_OFFLINE,

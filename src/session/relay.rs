@@ -13,7 +13,7 @@ use sluice_protocol::relay::RelayEvent;
 
 use crate::edge::{self, Release, Unavailable};
 use crate::registry::ConnKind;
-use crate::session::{BrowserReader, Session};
+use crate::session::{other_tenant, BrowserReader, Session};
 use crate::wire::frame::{parse_close, Opcode};
 use crate::wire::keepalive;
 use crate::wire::message::{self, close, ErrorCode, Refusal};
@@ -34,8 +34,17 @@ enum Dir {
 pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
     let shard = &sess.shard;
     let cfg = shard.cfg();
-    let lease = match edge::acquire(shard, &sess.edge, ConnKind::Relay, None).await {
+    let lease = match edge::acquire(
+        shard,
+        &sess.edge,
+        ConnKind::Relay,
+        None,
+        &sess.claims.tenant,
+    )
+    .await
+    {
         Ok(lease) => lease,
+        Err(Unavailable::OtherTenant) => return sess.fail(other_tenant()),
         Err(Unavailable::Offline) | Err(Unavailable::Busy) => {
             let msg = format!("no idle connection of edge {} to pair with", sess.edge);
             return sess.fail(Refusal::new(

@@ -107,12 +107,16 @@ pub fn check_dataset(sess: &Session, dataset: &str) -> Option<Flow> {
             format!("token does not allow dataset {dataset:?}"),
         )));
     }
-    match sess.shard.shared.registry.datasets(&sess.edge) {
+    let registry = &sess.shard.shared.registry;
+    match registry.datasets(&sess.edge) {
         None => Some(Flow::Close(Refusal::new(
             close::EDGE_OFFLINE,
             ErrorCode::EdgeOffline,
             format!("edge {} is offline", sess.edge),
         ))),
+        Some(_) if registry.tenant_may_pair(&sess.edge, &sess.claims.tenant) == Some(false) => {
+            Some(Flow::Close(other_tenant()))
+        }
         Some(ds) if !ds.contains(dataset) => Some(Flow::Close(Refusal::new(
             close::NOT_FOUND,
             ErrorCode::UnknownDataset,
@@ -120,4 +124,10 @@ pub fn check_dataset(sess: &Session, dataset: &str) -> Option<Flow> {
         ))),
         Some(_) => None,
     }
+}
+
+/// The edge now online under the token's edge id belongs to another tenant
+/// (checked at every pairing, not only when the session opened).
+pub fn other_tenant() -> Refusal {
+    Refusal::forbidden("edge belongs to another tenant")
 }

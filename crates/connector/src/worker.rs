@@ -120,7 +120,18 @@ fn register_msg(sh: &Shared, datasets: &[String]) -> String {
 struct Running {
     rid: String,
     cancel: Arc<AtomicBool>,
+    /// Set just before the request's last message (`stream_end` or
+    /// `error`) is queued. The gateway reuses the worker the moment it
+    /// reads that message, possibly before this task has returned, so
+    /// "free" must mean "said its last word", not "task finished".
+    ended: Arc<AtomicBool>,
     done: JoinHandle<()>,
+}
+
+impl Running {
+    fn busy(&self) -> bool {
+        !self.ended.load(Ordering::Acquire) && !self.done.is_finished()
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -234,7 +245,7 @@ async fn handle(
             live,
             offload,
         } => {
-            if running.as_ref().is_some_and(|r| !r.done.is_finished()) {
+            if running.as_ref().is_some_and(Running::busy) {
                 return send(Out::Text(error(&rid, "this worker is already streaming"))).await;
             }
             let Some(ds) = sh.find(&name) else {
@@ -247,6 +258,8 @@ async fn handle(
                     sh.cfg.offload.clone(),
                     sh.cfg.chunk_bytes,
                 );
+                let ended = Arc::new(AtomicBool::new(false));
+                let e = ended.clone();
                 let done = tokio::spawn(async move {
                     let msg = match crate::offload::run(ds, chunk, &cfg, &r).await {
                         Ok(o) => {
@@ -257,11 +270,13 @@ async fn handle(
                         }
                         Err(e) => error(&r, &e),
                     };
+                    e.store(true, Ordering::Release);
                     let _ = t.send(Out::Text(msg)).await;
                 });
                 *running = Some(Running {
                     rid,
                     cancel: Arc::new(AtomicBool::new(false)),
+                    ended,
                     done,
                 });
                 return Ok(());
@@ -274,9 +289,27 @@ async fn handle(
                 .await;
             }
             let cancel = Arc::new(AtomicBool::new(false));
-            let (c, t, r, chunk) = (cancel.clone(), tx.clone(), rid.clone(), sh.cfg.chunk_bytes);
-            let done = tokio::task::spawn_blocking(move || produce(&ds, &r, &t, &c, chunk, live));
-            *running = Some(Running { rid, cancel, done });
+            let ended = Arc::new(AtomicBool::new(false));
+            let (c, e, t, r, chunk) = (
+                cancel.clone(),
+                ended.clone(),
+                tx.clone(),
+                rid.clone(),
+                sh.cfg.chunk_bytes,
+            );
+            let done = tokio::task::spawn_blocking(move || {
+                let last = produce(&ds, &r, &t, &c, chunk, live);
+                e.store(true, Ordering::Release);
+                if let Some(last) = last {
+                    let _ = t.blocking_send(Out::Text(last));
+                }
+            });
+            *running = Some(Running {
+                rid,
+                cancel,
+                ended,
+                done,
+            });
             Ok(())
         }
         GatewayRequest::Cancel { request_id } => {
@@ -292,8 +325,10 @@ fn error(rid: &str, message: &str) -> String {
     Reply::error(rid, message).to_json()
 }
 
-/// Streams a dataset on a blocking thread: `stream_start`, binary IPC
-/// messages, then `stream_end` — or `error`, never a silently short stream.
+/// Streams a dataset on a blocking thread: `stream_start`, then binary IPC
+/// messages. Returns the request's last message — `stream_end`, or `error`,
+/// never a silently short stream — for the caller to send once it has
+/// marked the worker free; `None` when the gateway is gone.
 fn produce(
     ds: &Arc<Dataset>,
     rid: &str,
@@ -301,7 +336,7 @@ fn produce(
     cancel: &AtomicBool,
     chunk: usize,
     live: bool,
-) {
+) -> Option<String> {
     let send = |o: Out| tx.blocking_send(o).is_ok();
     let emit = |p: Piece| match p {
         Piece::Start(schema) => send(Out::Text(Reply::stream_start(rid, &schema).to_json())),
@@ -316,15 +351,13 @@ fn produce(
     match outcome {
         Outcome::Done { bytes, rows } => {
             tracing::info!(dataset = ds.name(), rows, bytes, "stream complete");
-            send(Out::Text(
-                Reply::stream_end(rid, bytes, Some(rows)).to_json(),
-            ));
+            Some(Reply::stream_end(rid, bytes, Some(rows)).to_json())
         }
         Outcome::Failed(msg) => {
             tracing::warn!(dataset = ds.name(), error = %msg, "stream failed");
-            send(Out::Text(error(rid, &msg)));
+            Some(error(rid, &msg))
         }
-        Outcome::Gone => {}
+        Outcome::Gone => None,
     }
 }
 

@@ -737,3 +737,49 @@ async fn a_worker_is_free_once_its_stream_ends_whatever_the_connector_thread_doe
         &failed[..failed.len().min(3)]
     );
 }
+
+/// Issue 13, defect 6: a connector that leaves a binary message unfinished
+/// (FIN=0, then a disconnect or a `stream_end`) must not make the gateway
+/// interleave its JSON error into the browser's open message (which the
+/// browser can only answer with 1002): the session ends with a close
+/// frame alone, 4503, whose reason says what happened.
+#[tokio::test]
+async fn an_unfinished_connector_message_ends_the_session_with_4503_not_1002() {
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
+    let gw = Gateway::start(2, &[]);
+    let mut healthy = Healthy::new(&gw).await;
+    for (i, then_stream_end) in [false, true].into_iter().enumerate() {
+        let mut conn = connector(&gw, EDGE, EDGE_KEY, &["ventas"]).await;
+        let mut b = browser(&gw, &claims(&format!("frag-{i}"))).await;
+        send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
+        let rid = start_stream(&mut conn).await;
+        let first = Frame::message(vec![7; 1000], OpCode::Data(Data::Binary), false);
+        conn.send(Message::Frame(first)).await.unwrap();
+        if then_stream_end {
+            send_json(
+                &mut conn,
+                json!({"request_id": rid, "type": "stream_end", "total_bytes": 1000}),
+            )
+            .await;
+        } else {
+            drop(conn);
+        }
+        loop {
+            match next_msg(&mut b).await {
+                Message::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    assert!(
+                        ["flight_info", "stream_start"].contains(&v["type"].as_str().unwrap()),
+                        "nothing may follow the open message but a close: {v}"
+                    );
+                }
+                Message::Close(Some(f)) => {
+                    assert_eq!(u16::from(f.code), 4503, "{f:?}");
+                    break;
+                }
+                other => panic!("expected the close, got {other:?}"),
+            }
+        }
+        healthy.check().await;
+    }
+}

@@ -104,9 +104,53 @@ struct Inner {
     /// task: `push` starts one, and it parks the socket here when done.
     parked: Option<(Writer, Duration)>,
     waiters: Vec<Waker>,
+    /// The last data frame queued had FIN=0: the peer is inside a
+    /// fragmented message, and only its continuations or control frames
+    /// (a close) may follow.
+    mid_message: bool,
+}
+
+/// What a frame does to the message framing of the stream it joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joins {
+    /// A text or binary frame: starts a message.
+    NewMessage { fin: bool },
+    Continuation { fin: bool },
+    Control,
+}
+
+impl Joins {
+    fn of(first_byte: Option<u8>) -> Joins {
+        let Some(b0) = first_byte else {
+            return Joins::Control;
+        };
+        let fin = b0 & 0x80 != 0;
+        match b0 & 0x0F {
+            0x0 => Joins::Continuation { fin },
+            0x1 | 0x2 => Joins::NewMessage { fin },
+            _ => Joins::Control,
+        }
+    }
 }
 
 type Writer = OwnedWriteHalf<TcpStream>;
+
+impl Inner {
+    /// Whether a frame may join the stream, keeping `mid_message` current.
+    fn admits(&mut self, joins: Joins) -> bool {
+        match joins {
+            Joins::NewMessage { .. } if self.mid_message => {
+                tracing::debug!("frame dropped: the peer's current message is unfinished");
+                false
+            }
+            Joins::NewMessage { fin } | Joins::Continuation { fin } => {
+                self.mid_message = !fin;
+                true
+            }
+            Joins::Control => true,
+        }
+    }
+}
 
 /// Cheap to clone; all clones are the same queue.
 #[derive(Clone)]
@@ -125,6 +169,7 @@ impl Outbox {
             state: State::Open,
             parked: None,
             waiters: Vec::new(),
+            mid_message: false,
         })))
     }
 
@@ -152,10 +197,20 @@ impl Outbox {
 
     /// Queues a frame regardless of the cap (the caller waits on
     /// [`Outbox::space`] before its next read).
+    ///
+    /// A frame that would start a new message while the peer is inside an
+    /// unfinished one (a connector sent FIN=0 and then failed) is dropped:
+    /// the peer could only answer it with a protocol error (1002) and
+    /// would never learn why the stream ended. Only a close can follow an
+    /// unfinished message, and the close frame carries the code and reason
+    /// the dropped message would have.
     pub fn push(&self, frame: Bytes) -> Result<(), Gone> {
         let mut g = self.0.borrow_mut();
         if g.state != State::Open {
             return Err(Gone);
+        }
+        if !g.admits(Joins::of(frame.first().copied())) {
+            return Ok(());
         }
         g.queued += frame.len();
         g.queue.push_back((frame, false));
@@ -169,6 +224,9 @@ impl Outbox {
         let mut g = self.0.borrow_mut();
         if g.state != State::Open {
             return Err(Gone);
+        }
+        if !g.admits(Joins::of(frame.head.first().copied())) {
+            return Ok(());
         }
         g.queued += frame.head.len();
         g.queue.push_back((frame.head, false));
@@ -220,6 +278,11 @@ impl Outbox {
 
     pub fn is_open(&self) -> bool {
         self.0.borrow().state == State::Open
+    }
+
+    /// Whether the peer was last sent the start or middle of a message.
+    pub fn mid_message(&self) -> bool {
+        self.0.borrow().mid_message
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -356,6 +419,38 @@ mod tests {
             });
         }
         out
+    }
+
+    /// Issue 13, defect 6: nothing but continuations and control frames
+    /// may follow a frame with FIN=0.
+    #[test]
+    fn no_new_message_starts_inside_an_unfinished_one() {
+        use crate::wire::frame::{encode_server_frame, encode_server_header, Opcode};
+        let frame = |fin: bool, op: Opcode, payload: &[u8]| {
+            let mut h = [0u8; 14];
+            let n = encode_server_header(fin, op, payload.len() as u64, &mut h);
+            Bytes::from([&h[..n], payload].concat())
+        };
+        let outbox = Outbox::new(1 << 20);
+        let queued = |o: &Outbox| o.0.borrow().queue.len();
+        outbox.push(frame(false, Opcode::Binary, b"part")).unwrap();
+        assert!(outbox.mid_message());
+        // The gateway's own JSON error would interleave: dropped.
+        outbox
+            .push(encode_server_frame(Opcode::Text, br#"{"type":"error"}"#).into())
+            .unwrap();
+        outbox.push(frame(true, Opcode::Ping, b"")).unwrap();
+        assert_eq!(queued(&outbox), 2, "the ping joins, the text does not");
+        outbox.push(frame(true, Opcode::Continuation, b"end")).unwrap();
+        assert!(!outbox.mid_message());
+        outbox
+            .push(encode_server_frame(Opcode::Text, b"{}").into())
+            .unwrap();
+        assert_eq!(queued(&outbox), 4);
+        // The close always goes out.
+        outbox.push(frame(false, Opcode::Binary, b"again")).unwrap();
+        outbox.close(frame(true, Opcode::Close, &[0x11, 0x97]));
+        assert_eq!(queued(&outbox), 6);
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod support;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use sluice::ids::SessionId;
-use sluice::session::quota::Quota;
+use sluice::registry::Spends;
 use sluice::wire::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
 
 fn frames(c: &mut Criterion) {
@@ -34,7 +34,10 @@ fn sessions(c: &mut Criterion) {
     c.bench_function("shard/route_session_id", |b| {
         b.iter(|| black_box(&sid).shard(16))
     });
-    let q = Quota::new(Some(u64::MAX));
+    let spends = Spends::default();
+    let q = spends
+        .open(&sid, Some(u64::MAX), 1, std::time::Duration::from_secs(60))
+        .unwrap();
     c.bench_function("quota/admit", |b| b.iter(|| q.admit(black_box(65536))));
 }
 

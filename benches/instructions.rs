@@ -17,7 +17,7 @@ use std::hint::black_box;
 
 use sluice::auth::token::Verifier;
 use sluice::ids::SessionId;
-use sluice::session::quota::Quota;
+use sluice::registry::{Spend, Spends};
 use sluice::wire::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
 
 const ITERATIONS: u64 = 1000;
@@ -61,7 +61,7 @@ fn measured_shard_route(sid: &SessionId) {
 }
 
 #[inline(never)]
-fn measured_quota(q: &Quota) {
+fn measured_quota(q: &Spend) {
     for _ in 0..ITERATIONS {
         black_box(q.admit(black_box(65536)));
     }
@@ -91,7 +91,15 @@ fn run(case: &str) {
             measured_token(&v, &token, &sid);
         }
         "shard_route" => measured_shard_route(&SessionId::parse("s-bench-0123456789").unwrap()),
-        "quota_admit" => measured_quota(&Quota::new(Some(u64::MAX))),
+        "quota_admit" => {
+            // The session-wide count every connection of a session shares.
+            let spends = Spends::default();
+            let sid = sluice::SessionId::parse("bench").unwrap();
+            let spend = spends
+                .open(&sid, Some(u64::MAX), 1, std::time::Duration::from_secs(60))
+                .unwrap();
+            measured_quota(&spend)
+        }
         "http_upgrade" => measured_http_upgrade(
             b"GET /stream/s-0123456789abcdef HTTP/1.1\r\nHost: gw.example.com\r\nUpgrade: websocket\r\n\
               Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\

@@ -397,3 +397,67 @@ async fn client_chosen_names_cannot_forge_log_lines() {
         "a forged line: {lines:?}"
     );
 }
+
+/// Issue 13, defect 7: a refused session whose client already sent more
+/// (a dashboard's `auth` and `list` right after the upgrade) is closed as
+/// RFC 6455 §7.1.1 asks: close frame, half-close, then the gateway reads
+/// what is left. The client reads the close code and end-of-stream, never
+/// a reset, and can still send its own close frame. Before, the gateway
+/// closed with unread bytes and the kernel answered with a reset.
+#[tokio::test]
+async fn a_refused_session_is_closed_with_a_handshake_never_a_reset() {
+    let gw = Gateway::start(1, &[]);
+    let mut healthy = Healthy::new(&gw).await;
+    let mut bad = claims("refused");
+    bad.exp = 1; // long expired: 4401
+    let t = token(&bad);
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let mut req = format!(
+            "GET /stream/refused HTTP/1.1\r\nHost: x\r\n{UPGRADE}Authorization: Bearer {t}\r\n\r\n"
+        )
+        .into_bytes();
+        // What a dashboard sends without waiting for an answer.
+        let list = serde_json::to_vec(&json!({"action": "list"})).unwrap();
+        for _ in 0..64 {
+            req.extend(encode_client_frame(Opcode::Text, true, &list, [1, 2, 3, 4]));
+        }
+        s.write_all(&req).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+                .await
+                .expect("the gateway ends the connection")
+                .expect("end-of-stream after the close frame, not a reset");
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&chunk[..n]);
+        }
+        let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut rest = &all[head_end..];
+        let mut code = None;
+        while let Ok(Some(h)) = parse_header(rest, MaskRule::Forbidden, u64::MAX >> 1) {
+            let total = h.frame_len() as usize;
+            if h.opcode == Opcode::Close {
+                code = parse_close(&rest[h.header_len..total])
+                    .unwrap()
+                    .map(|c| c.code);
+            }
+            rest = &rest[total..];
+        }
+        assert_eq!(code, Some(4401));
+        // The client answers the close, as a browser does.
+        s.write_all(&encode_client_frame(
+            Opcode::Close,
+            true,
+            &[0x03, 0xe8],
+            [1, 2, 3, 4],
+        ))
+        .await
+        .expect("the gateway still reads after its close");
+    }
+    healthy.check().await;
+}

@@ -223,3 +223,70 @@ async fn without_redis_configured_nothing_changes_and_a_bad_url_is_refused() {
         );
     }
 }
+
+/// Issue 13, defect 3, with Redis: when a session ends, the gateway frees
+/// its stream slot and refunds its unused grant in the control plane's
+/// keys, and spends its token for every gateway (revocation key and
+/// channel).
+#[tokio::test]
+async fn a_session_end_is_written_to_the_control_planes_redis_keys() {
+    let redis = Redis::start();
+    let gw = Gateway::start(2, &[("SLUICE_REVOCATION_REDIS_URL", &redis.url())]);
+    wait_ready(&gw, 200).await;
+    let mut c = claims("ends-in-redis");
+    c.client = Some("dash".into());
+    c.quota = Some(1000);
+    let streams = "sluice:streams:acme:dash";
+    let grants = "sluice:grants:acme:dash";
+    let _: i64 = redis.cmd(redis::cmd("ZADD").arg(streams).arg(c.exp).arg(&c.sid));
+    let _: i64 = redis.cmd(
+        redis::cmd("ZADD")
+            .arg(grants)
+            .arg(1)
+            .arg(format!("{}:1000", c.sid)),
+    );
+    let mut conn = connector(&gw, EDGE, EDGE_KEY, &["d"]).await;
+    let mut b = browser(&gw, &c).await;
+    send_json(&mut b, json!({"action": "query", "dataset": "d"})).await;
+    let rid = start_stream(&mut conn).await;
+    conn.send(Message::Binary(vec![9; 300])).await.unwrap();
+    send_json(
+        &mut conn,
+        json!({"request_id": rid, "type": "stream_end", "total_bytes": 300}),
+    )
+    .await;
+    let (frames, _) = {
+        let mut got = Vec::new();
+        loop {
+            match next_msg(&mut b).await {
+                Message::Binary(x) => got.push(x),
+                Message::Text(t) if t.contains("stream_end") => break (got, t),
+                _ => {}
+            }
+        }
+    };
+    assert_eq!(frames.len(), 1);
+    close_with(&mut b, 1000, "done").await;
+    drop(b);
+    let mut spent = false;
+    for _ in 0..250 {
+        let exists: i64 = redis.cmd(redis::cmd("EXISTS").arg(format!("sluice:revoked:{}", c.sid)));
+        if exists == 1 {
+            spent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(spent, "the ended session's token was not spent");
+    let held: i64 = redis.cmd(redis::cmd("ZCARD").arg(streams));
+    assert_eq!(held, 0, "the slot is free");
+    let members: Vec<String> = redis.cmd(redis::cmd("ZRANGE").arg(grants).arg(0).arg(-1));
+    assert_eq!(
+        members,
+        vec![format!("{}:300", c.sid)],
+        "700 unused bytes went back"
+    );
+    let mut again = browser(&gw, &c).await;
+    let (code, _) = close_of(&mut again).await;
+    assert_eq!(code, 4410);
+}

@@ -24,6 +24,7 @@ pub fn hs256_token() -> (Verifier, String) {
         quota: Some(1 << 30),
         exp: 4_102_444_800,
         jti: None,
+        client: None,
     };
     (v, sign_hs256(&claims, SECRET))
 }

@@ -482,6 +482,7 @@ impl Route<'_> {
             quota: None,
             exp: sluice::auth::token::now_s() + 3600,
             jti: None,
+            client: None,
         }
     }
 

@@ -32,6 +32,10 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// The control plane's client id: names the keys of the session's
+    /// stream slot when its end is reported through Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -294,6 +298,7 @@ mod tests {
             quota: None,
             exp,
             jti: Some("j1".into()),
+            client: None,
         }
     }
 

@@ -49,6 +49,7 @@ pub struct Config {
     pub revocation: Revocation,
     pub registry: EdgeRegistry,
     pub admin: Admin,
+    pub control: Control,
     pub web: Web,
     pub tls: Tls,
     /// Edge id → `sha256:<hex>` of its pre-shared key.
@@ -87,6 +88,12 @@ pub struct Limits {
     pub read_chunk_bytes: usize,
     /// SO_SNDBUF/SO_RCVBUF of every accepted socket; 0 = kernel autotuning.
     pub socket_buffer_bytes: usize,
+    /// Connections one session (one token) may hold at once; 0 = no limit.
+    /// Past it the new connection is closed with 4429 `too_many_connections`.
+    pub max_connections_per_session: u32,
+    /// Session-end reports waiting for the control plane or Redis; past it
+    /// reports are dropped (counted), and those slots free at token expiry.
+    pub max_pending_session_reports: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +116,15 @@ pub struct Timeouts {
     /// After a cancel, how long the connector has to end the stream before
     /// its worker connection is closed instead of reused.
     pub cancel_drain_ms: u64,
+    /// After the gateway's close frame (RFC 6455 §7.1.1): how long it keeps
+    /// reading, and discarding, what the peer still sends before closing
+    /// the socket, so that unread bytes never turn the close into a reset
+    /// that loses the close frame.
+    pub close_linger_ms: u64,
+    /// A session ends when its last connection has been closed this long
+    /// (a reconnect within it continues the session, quota included); the
+    /// end is then reported and the token cannot open new streams.
+    pub session_end_ms: u64,
     /// SIGTERM: running streams get this long before sessions close with 1001.
     pub drain_grace_ms: u64,
     /// SIGTERM: the process exits at the latest this long after the grace.
@@ -314,6 +330,33 @@ pub struct Admin {
     pub token: String,
 }
 
+/// The control plane, told when sessions end so their stream slots free at
+/// once (single-node mode; with `revocation.redis_url` set the gateway
+/// writes the end to Redis instead).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// Base URL, e.g. `http://127.0.0.1:8080`; empty = no reports (a slot
+    /// then frees when its token expires). Reports authenticate with
+    /// `admin.token`, which the control plane knows as
+    /// `SLUICE_GATEWAY_ADMIN_TOKEN`.
+    pub url: String,
+    /// Prefix of the control plane's Redis keys (`sluice:` unless changed).
+    pub key_prefix: String,
+    /// Timeout of one report.
+    pub report_timeout_ms: u64,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            key_prefix: "sluice:".into(),
+            report_timeout_ms: 2_000,
+        }
+    }
+}
+
 impl Default for Revocation {
     fn default() -> Self {
         Self {
@@ -341,6 +384,7 @@ impl Default for Config {
             revocation: Revocation::default(),
             registry: EdgeRegistry::default(),
             admin: Admin::default(),
+            control: Control::default(),
             web: Web::default(),
             tls: Tls::default(),
             edge_keys: BTreeMap::new(),
@@ -364,6 +408,8 @@ impl Default for Limits {
             max_pending_actions: 8,
             read_chunk_bytes: 256 * 1024,
             socket_buffer_bytes: 4 * 1024 * 1024,
+            max_connections_per_session: 1,
+            max_pending_session_reports: 4096,
         }
     }
 }
@@ -379,6 +425,8 @@ impl Default for Timeouts {
             pair_wait_ms: 5_000,
             request_ms: 30_000,
             cancel_drain_ms: 5_000,
+            close_linger_ms: 1_000,
+            session_end_ms: 500,
             drain_grace_ms: 10_000,
             shutdown_ms: 5_000,
         }

@@ -258,6 +258,8 @@ mod tests {
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
             revocations: Revocations::new(false),
+            spends: Default::default(),
+            end_reports: crate::registry::EndReports::new(None),
             public_url: "ws://test".into(),
             web: StaticFiles::load("", 0).unwrap(),
             tls: None,

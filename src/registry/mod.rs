@@ -1,8 +1,11 @@
 //! What is online on this gateway, shared by its shards: the edges and
-//! their connections (idle or busy, on which shard), and the live feeds.
+//! their connections (idle or busy, on which shard), the live feeds, and
+//! what each session has spent.
 
 mod edges;
 mod feeds;
+mod spend;
 
 pub use edges::*;
 pub use feeds::{lock, Entry, Event, Feeds};
+pub use spend::{EndReports, Ended, OpenError, Spend, Spends};

@@ -14,8 +14,8 @@ use crate::auth::token::Verifier;
 use crate::cluster::revocation_link;
 use crate::config::Config;
 use crate::config::EdgeKeys;
-use crate::registry::Feeds;
 use crate::registry::Registry;
+use crate::registry::{EndReports, Feeds, Spends};
 use crate::server::{accept, tls_front};
 use crate::shard::metrics::Metrics;
 use crate::shard::{ShardMsg, Shared};
@@ -141,6 +141,7 @@ impl Gateway {
             format!("ws://{addr}")
         };
         let revocation_on = !cfg.revocation.redis_url.is_empty();
+        let ends = crate::cluster::session_end::queue(&cfg);
         let shared = Arc::new(Shared {
             cfg,
             verifier,
@@ -152,6 +153,8 @@ impl Gateway {
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
             revocations: Revocations::new(revocation_on),
+            spends: Spends::default(),
+            end_reports: EndReports::new(ends.as_ref().map(|(tx, _)| tx.clone())),
             public_url,
             web,
             tls: tls.as_ref().map(|(m, _)| m.clone()),
@@ -213,6 +216,10 @@ impl Gateway {
             tracing::info!(addr = %tls_addr.expect("bound"), mutual = shared.cfg.tls.mutual(), "tls listening");
         }
         revocation_link::start(shared.clone()).context("cannot start the revocation thread")?;
+        if let Some((_, rx)) = ends {
+            crate::cluster::session_end::start(shared.clone(), rx)
+                .context("cannot start the session-end thread")?;
+        }
         crate::cluster::announce::start(shared.clone())
             .context("cannot start the edge announcer")?;
         tracing::info!(%addr, shards = n, driver, "gateway listening");

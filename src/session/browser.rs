@@ -17,6 +17,7 @@ use crate::session::quota::Quota;
 use crate::session::{fanout, other_tenant, query, relay, BrowserReader, Flow, Session};
 use crate::shard::reply::reject;
 use crate::shard::Shard;
+use crate::wire::closing;
 use crate::wire::frame::MaskRule;
 use crate::wire::http::{self, HttpError, Request};
 use crate::wire::keepalive::{self, Liveness};
@@ -101,15 +102,20 @@ pub async fn run(
         .with_chunk(512);
 
     // Boxed: the session's task does not keep the authentication state.
-    match Box::pin(authenticate(&shard, &mut reader, &outbox, token, &sid)).await {
+    let reader = match Box::pin(authenticate(&shard, &mut reader, &outbox, token, &sid)).await {
         Err(why) => {
             let _ = outbox.push(message::error(&why));
             outbox.close(message::closing(why.close, &why.message));
+            Some(reader)
         }
         Ok(claims) => serve(shard, sid, claims, reader, outbox.clone()).await,
-    }
+    };
     outbox.close(message::closing(close::NORMAL, ""));
     outbox.finished().await;
+    if let Some(reader) = reader {
+        let linger = Duration::from_millis(cfg.timeouts.close_linger_ms);
+        closing::linger(reader.into_parts().0, linger).await;
+    }
 }
 
 async fn authenticate(
@@ -196,24 +202,26 @@ fn read_failure(e: PeerError) -> Refusal {
     }
 }
 
+/// Serves the session until it ends; gives back the browser's read half
+/// (when the session still has it) for the closing handshake.
 async fn serve(
     shard: Rc<Shard>,
     sid: SessionId,
     claims: Claims,
     reader: BrowserReader,
     outbox: Outbox,
-) {
+) -> Option<BrowserReader> {
     let Some(edge) = EdgeId::parse(&claims.edge) else {
         let why = Refusal::bad_request("token names an invalid edge id");
         let _ = outbox.push(message::error(&why));
         outbox.close(message::closing(close::BAD_REQUEST, "invalid edge id"));
-        return;
+        return Some(reader);
     };
     if shard.shared.registry.tenant_may_pair(&edge, &claims.tenant) == Some(false) {
         let why = other_tenant();
         let _ = outbox.push(message::error(&why));
         outbox.close(message::closing(why.close, &why.message));
-        return;
+        return Some(reader);
     }
     let cfg = shard.cfg();
     let expires = cfg.auth.enforce_expiry_mid_stream.then(|| {
@@ -223,7 +231,25 @@ async fn serve(
             .as_secs();
         Instant::now() + Duration::from_secs(claims.exp.saturating_sub(now) + cfg.auth.leeway_s)
     });
-    let quota = Quota::new(claims.quota.or(Some(cfg.limits.default_quota_bytes)));
+    // A revoked token is told so, even when its session has also ended.
+    let joined = if shard.shared.revocations.is_revoked(&sid) {
+        shard.metrics().revoked_closes.fetch_add(1, Relaxed);
+        Err(Refusal::new(
+            close::REVOKED,
+            ErrorCode::Revoked,
+            "session revoked",
+        ))
+    } else {
+        Quota::join(&shard, &sid, &claims)
+    };
+    let quota = match joined {
+        Ok(q) => q,
+        Err(why) => {
+            let _ = outbox.push(message::error(&why));
+            outbox.close(message::closing(why.close, &why.message));
+            return Some(reader);
+        }
+    };
     tracing::info!(%sid, sub = ?claims.sub, %edge, mode = ?claims.mode, shard = shard.id, "session open");
     let sess = Rc::new(Session {
         shard: shard.clone(),
@@ -264,17 +290,18 @@ async fn serve(
     if shard.shared.revocations.is_revoked(&sess.sid) {
         shard.metrics().revoked_closes.fetch_add(1, Relaxed);
         sess.revoke();
-        return;
+        return Some(reader);
     }
-    match sess.claims.mode {
-        Mode::Query => serve_actions(&sess, reader).await,
+    let reader = match sess.claims.mode {
+        Mode::Query => Some(serve_actions(&sess, reader).await),
         Mode::Relay => Box::pin(relay::run(&sess, reader)).await,
-    }
+    };
     fanout::unsubscribe(&sess);
     tracing::info!(sid = %sess.sid, bytes = sess.quota.used(), "session closed");
+    reader
 }
 
-async fn serve_actions(sess: &Rc<Session>, reader: BrowserReader) {
+async fn serve_actions(sess: &Rc<Session>, reader: BrowserReader) -> BrowserReader {
     let cfg = sess.shard.cfg();
     let (tx, rx) = flume::bounded(cfg.limits.max_pending_actions.max(1));
     let live = keepalive::watch(
@@ -307,7 +334,7 @@ async fn serve_actions(sess: &Rc<Session>, reader: BrowserReader) {
         }
     }
     sess.stop();
-    reading.await;
+    reading.await
 }
 
 /// The browser's half: control frames, and actions queued for the session.
@@ -316,7 +343,7 @@ async fn read_actions(
     mut reader: BrowserReader,
     tx: flume::Sender<BrowserAction>,
     live: Rc<Liveness>,
-) {
+) -> BrowserReader {
     let max = sess.shard.cfg().limits.max_text_bytes;
     let mut peer = Peer::new(&mut reader, ViaOutbox(sess.outbox.clone()), max).watched(live);
     loop {
@@ -357,6 +384,7 @@ async fn read_actions(
     }
     drop(peer);
     sess.stop();
+    reader
 }
 
 fn list(sess: &Session) -> Flow {

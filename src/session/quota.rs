@@ -1,61 +1,107 @@
-//! Per-session byte quota, charged at frame boundaries.
+//! A connection's membership of its session: its share of the session's
+//! byte quota and of its connection allowance. The count lives in the
+//! gateway-wide [`Spends`](crate::registry::Spends) ledger, so a token
+//! reused over several connections (one after the other, or at once, on
+//! any shard) spends one quota; when the last connection has been gone
+//! for `timeouts.session_end_ms`, the session ends and the end is
+//! reported (see `cluster::session_end`).
 //!
 //! A frame is admitted whole or not at all: the session never receives half
 //! a frame, and the count is exactly the payload bytes of the data frames it
 //! did receive (headers and the gateway's own JSON messages are free).
 
-use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::auth::token::Claims;
+use crate::ids::SessionId;
+use crate::registry::{Ended, OpenError, Spend};
+use crate::shard::Shard;
+use crate::wire::message::{close, ErrorCode, Refusal};
 
 pub struct Quota {
-    limit: Option<u64>,
-    used: Cell<u64>,
+    spend: Arc<Spend>,
+    shard: Rc<Shard>,
+    sid: SessionId,
+    tenant: String,
+    client: Option<String>,
+    exp: u64,
 }
 
 impl Quota {
-    /// `limit == 0` or `None` means unlimited.
-    pub fn new(limit: Option<u64>) -> Self {
-        Self {
-            limit: limit.filter(|&l| l > 0),
-            used: Cell::new(0),
+    /// Joins the session `sid` for this connection, or says why not.
+    pub fn join(shard: &Rc<Shard>, sid: &SessionId, claims: &Claims) -> Result<Quota, Refusal> {
+        let cfg = shard.cfg();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let ttl = Duration::from_secs(claims.exp.saturating_sub(now) + cfg.auth.leeway_s);
+        let limit = claims
+            .quota
+            .or(Some(cfg.limits.default_quota_bytes))
+            .filter(|&l| l > 0);
+        let max = cfg.limits.max_connections_per_session;
+        match shard.shared.spends.open(sid, limit, max, ttl) {
+            Ok(spend) => Ok(Quota {
+                spend,
+                shard: shard.clone(),
+                sid: sid.clone(),
+                tenant: claims.tenant.clone(),
+                client: claims.client.clone(),
+                exp: claims.exp,
+            }),
+            Err(OpenError::Ended) => Err(Refusal::new(
+                close::REVOKED,
+                ErrorCode::SessionEnded,
+                "session ended: its token cannot open new streams (ask the control plane for a new session)",
+            )),
+            Err(OpenError::TooManyConnections { max }) => Err(Refusal::new(
+                close::QUOTA,
+                ErrorCode::TooManyConnections,
+                format!("session already holds {max} connection(s) (limits.max_connections_per_session)"),
+            )),
         }
     }
 
-    /// Charges `len` bytes if they fit; otherwise charges nothing.
+    /// Charges `len` bytes if they fit the session's quota; otherwise
+    /// charges nothing.
     pub fn admit(&self, len: u64) -> bool {
-        let next = self.used.get().saturating_add(len);
-        match self.limit {
-            Some(limit) if next > limit => false,
-            _ => {
-                self.used.set(next);
-                true
-            }
-        }
+        self.spend.admit(len)
     }
 
+    /// Bytes the session received, over all its connections.
     pub fn used(&self) -> u64 {
-        self.used.get()
+        self.spend.used()
     }
 
     pub fn limit(&self) -> Option<u64> {
-        self.limit
+        self.spend.limit()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exact_at_the_boundary() {
-        let q = Quota::new(Some(100));
-        assert!(q.admit(60));
-        assert!(q.admit(40));
-        assert!(!q.admit(1));
-        assert_eq!(q.used(), 100);
-        let q = Quota::new(Some(100));
-        assert!(q.admit(60));
-        assert!(!q.admit(41));
-        assert_eq!(q.used(), 60);
-        assert!(Quota::new(Some(0)).admit(u64::MAX));
+impl Drop for Quota {
+    fn drop(&mut self) {
+        let shared = self.shard.shared.clone();
+        let Some(generation) = shared.spends.close(&self.sid) else {
+            return;
+        };
+        let wait = Duration::from_millis(self.shard.cfg().timeouts.session_end_ms);
+        let mut end = Ended {
+            sid: self.sid.clone(),
+            tenant: std::mem::take(&mut self.tenant),
+            client: self.client.take(),
+            exp: self.exp,
+            bytes: 0,
+        };
+        monoio::spawn(async move {
+            monoio::time::sleep(wait).await;
+            if let Some(bytes) = shared.spends.end_if_idle(&end.sid, generation) {
+                end.bytes = bytes;
+                tracing::info!(sid = %end.sid, bytes, "session ended");
+                shared.end_reports.report(end);
+            }
+        });
     }
 }

@@ -31,7 +31,9 @@ enum Dir {
     Up,
 }
 
-pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
+/// Relays until either side ends; gives back the browser's read half for
+/// the closing handshake.
+pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) -> Option<BrowserReader> {
     let shard = &sess.shard;
     let cfg = shard.cfg();
     let lease = match edge::acquire(
@@ -44,18 +46,23 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
     .await
     {
         Ok(lease) => lease,
-        Err(Unavailable::OtherTenant) => return sess.fail(other_tenant()),
+        Err(Unavailable::OtherTenant) => {
+            sess.fail(other_tenant());
+            return Some(browser);
+        }
         Err(Unavailable::Offline) | Err(Unavailable::Busy) => {
             let msg = format!("no idle connection of edge {} to pair with", sess.edge);
-            return sess.fail(Refusal::new(
+            sess.fail(Refusal::new(
                 close::EDGE_OFFLINE,
                 ErrorCode::EdgeOffline,
                 msg,
             ));
+            return Some(browser);
         }
     };
     if sess.gone.get() {
-        return lease.release(Release::Finished).await;
+        lease.release(Release::Finished).await;
+        return Some(browser);
     }
     // The relay owns the connection from here; `_hold` gives its place in
     // the registry back when the relay ends.
@@ -103,7 +110,7 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
             up_int.interrupt();
         })
     };
-    pump(sess, browser, Dir::Up, &sess.outbox, &edge_out, up_live).await;
+    let browser = pump(sess, browser, Dir::Up, &sess.outbox, &edge_out, up_live).await;
     down_int.interrupt();
     down.await;
     *sess.upstream.borrow_mut() = None;
@@ -111,6 +118,7 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) {
     edge_out.close(message::closing(close::NORMAL, "session closed"));
     edge_out.finished().await;
     tracing::info!(sid = %sess.sid, edge = %meta.edge, "relay ended");
+    Some(browser)
 }
 
 /// Carries frames from `reader` into `to`; answers pings on `own`.
@@ -121,7 +129,7 @@ async fn pump(
     own: &Outbox,
     to: &Outbox,
     live: Rc<keepalive::Liveness>,
-) {
+) -> FrameReader<OwnedReadHalf<TcpStream>> {
     let metrics = sess.shard.metrics();
     let mut utf8 = Utf8Stream::default();
     // Pongs to a peer that does not read are bounded by its outbox.
@@ -221,4 +229,6 @@ async fn pump(
             break;
         }
     }
+    drop(peer);
+    reader
 }

@@ -60,6 +60,11 @@ pub struct Snapshot {
     pub revocation_link: Option<bool>,
     pub revocations_received: u64,
     pub revocations_remembered: usize,
+    /// Sessions with a connection open; ended sessions remembered.
+    pub sessions_live: usize,
+    pub sessions_ended: usize,
+    /// Session-end reports: sent, failed, dropped (queue full).
+    pub end_reports: [u64; 3],
     /// `None` when there is no TLS listener.
     pub tls: Option<TlsSnapshot>,
 }
@@ -167,6 +172,21 @@ impl Metrics {
                 "gauge",
                 "Unix time the serving certificate expires",
                 t.cert_not_after,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sluice_session_ids_live Sessions (token sids) with a connection open or ending\n# TYPE sluice_session_ids_live gauge\nsluice_session_ids_live {}\n# HELP sluice_session_ids_ended Ended sessions remembered until their tokens expire\n# TYPE sluice_session_ids_ended gauge\nsluice_session_ids_ended {}",
+            snap.sessions_live, snap.sessions_ended
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_session_end_reports_total Session ends reported to the control plane or Redis\n# TYPE sluice_session_end_reports_total counter"
+        );
+        for (result, n) in ["sent", "failed", "dropped"].iter().zip(snap.end_reports) {
+            let _ = writeln!(
+                out,
+                "sluice_session_end_reports_total{{result=\"{result}\"}} {n}"
             );
         }
         if snap.revocation_link.is_some() {

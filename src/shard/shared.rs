@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::auth::revocations::Revocations;
 use crate::auth::token::Verifier;
 use crate::config::{Config, EdgeKeys};
-use crate::registry::{Feeds, Registry};
+use crate::registry::{EndReports, Feeds, Registry, Spends};
 use crate::shard::metrics::{Metrics, Snapshot, TlsSnapshot};
 use crate::shard::ShardMsg;
 use crate::static_files::StaticFiles;
@@ -27,6 +27,9 @@ pub struct Shared {
     /// Browser sessions open on all shards (for `limits.max_sessions`).
     pub sessions: AtomicUsize,
     pub revocations: Revocations,
+    /// Per-session spend and connections, across shards.
+    pub spends: Spends,
+    pub end_reports: EndReports,
     /// Where clients reach this gateway (`registry.public_url`, or
     /// `ws://` + the listening address).
     pub public_url: String,
@@ -59,6 +62,13 @@ impl Shared {
                 .then(|| self.revocations.healthy()),
             revocations_received: self.revocations.received.load(Ordering::Relaxed),
             revocations_remembered: self.revocations.len(),
+            sessions_live: self.spends.counts().0,
+            sessions_ended: self.spends.counts().1,
+            end_reports: [
+                self.end_reports.sent.load(Ordering::Relaxed),
+                self.end_reports.failed.load(Ordering::Relaxed),
+                self.end_reports.dropped.load(Ordering::Relaxed),
+            ],
             tls: self.tls.as_ref().map(|m| {
                 let s = &m.stats;
                 TlsSnapshot {

@@ -114,8 +114,12 @@ struct Inner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Joins {
     /// A text or binary frame: starts a message.
-    NewMessage { fin: bool },
-    Continuation { fin: bool },
+    NewMessage {
+        fin: bool,
+    },
+    Continuation {
+        fin: bool,
+    },
     Control,
 }
 
@@ -399,6 +403,10 @@ impl Outbox {
                 }
             }
             if last {
+                // The close is on the wire: half-close, so the peer reads
+                // end-of-stream after it (RFC 6455 §7.1.1). The read side
+                // stays open for the session to drain (`wire::closing`).
+                let _ = io.shutdown().await;
                 return self.finish();
             }
         }
@@ -441,7 +449,9 @@ mod tests {
             .unwrap();
         outbox.push(frame(true, Opcode::Ping, b"")).unwrap();
         assert_eq!(queued(&outbox), 2, "the ping joins, the text does not");
-        outbox.push(frame(true, Opcode::Continuation, b"end")).unwrap();
+        outbox
+            .push(frame(true, Opcode::Continuation, b"end"))
+            .unwrap();
         assert!(!outbox.mid_message());
         outbox
             .push(encode_server_frame(Opcode::Text, b"{}").into())

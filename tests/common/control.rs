@@ -94,7 +94,9 @@ pub fn admin(dir: &Path, args: &[&str]) -> String {
 ///   streams, 1 MB per session), plan `tiny` (1,000 B per session, 2,500 B
 ///   an hour); clients `dash` (pro, reads `d`), `metered` (tiny, reads
 ///   all), `bulk` (no limits, reads all), `alice-only` (pro, only user
-///   alice); signing key rotated in.
+///   alice), `single` (plan `one`: 1 stream), `hourly` (plan `hour`: 100
+///   streams, 10,000 B an hour, no per-session quota); signing key
+///   rotated in.
 /// - `other`: edge `edge-b` serving `od`, client `ocl`; its own key.
 /// - `nokeys`: complete but never rotated a key.
 /// - `bare`: a folder without settings.
@@ -179,6 +181,39 @@ pub fn provision() -> DataDir {
         "*",
     ]);
     a(&["plan", "add", "--tenant", "acme", "open"]);
+    a(&[
+        "plan",
+        "add",
+        "--tenant",
+        "acme",
+        "one",
+        "--max-streams",
+        "1",
+    ]);
+    a(&[
+        "plan",
+        "add",
+        "--tenant",
+        "acme",
+        "hour",
+        "--max-streams",
+        "100",
+        "--hourly-quota",
+        "10000",
+    ]);
+    for (client, plan) in [("single", "one"), ("hourly", "hour")] {
+        a(&[
+            "client",
+            "add",
+            "--tenant",
+            "acme",
+            client,
+            "--plan",
+            plan,
+            "--dataset",
+            "d",
+        ]);
+    }
     a(&[
         "client",
         "add",
@@ -457,8 +492,10 @@ pub fn single_node_with(
     let ctl = Control::start(dir, &["--gateway", &origin, "--cors-origin", &origin]);
     let keys = gateway_edge_keys();
     let jwks = ctl.jwks_url();
+    let ctl_url = format!("http://{}", ctl.addr);
     let mut env = vec![
         ("SLUICE_LISTEN", gw_addr.as_str()),
+        ("SLUICE_CONTROL_URL", ctl_url.as_str()),
         ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
         ("SLUICE_EDGE_KEYS", keys.as_str()),
         ("SLUICE_AUTH_JWKS_URL", jwks.as_str()),

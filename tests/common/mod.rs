@@ -188,6 +188,7 @@ pub fn claims(sid: &str) -> Claims {
         quota: None,
         exp: sluice::auth::token::now_s() + 300,
         jti: Some(format!("jti-{sid}")),
+        client: None,
     }
 }
 

@@ -429,6 +429,8 @@ fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
         );
     }
     let gateway_token = std::env::var("SLUICE_GATEWAY_ADMIN_TOKEN").unwrap_or_default();
+    let gateway_digest = (!gateway_token.is_empty())
+        .then(|| -> [u8; 32] { Sha256::digest(gateway_token.as_bytes()).into() });
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if args.threads > 0 {
         rt.worker_threads(args.threads);
@@ -482,6 +484,7 @@ fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
             link,
             audit,
             admin_token,
+            gateway_token: gateway_digest,
             signers: Signers::default(),
             cors: server::cors(&args.cors_origins).context("--cors-origin")?,
         });

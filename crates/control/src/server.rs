@@ -40,6 +40,10 @@ pub struct App {
     pub audit: Audit,
     /// SHA-256 of the admin token; `None` = admin endpoints disabled.
     pub admin_token: Option<[u8; 32]>,
+    /// SHA-256 of the gateway's admin token (`SLUICE_GATEWAY_ADMIN_TOKEN`),
+    /// which the gateway presents when it reports a session end; `None` =
+    /// reports refused.
+    pub gateway_token: Option<[u8; 32]>,
     pub signers: Signers,
     pub cors: Option<tower_http::cors::CorsLayer>,
 }
@@ -75,6 +79,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/control/validate/{sid}", get(validate_handler))
         .route("/control/revoke/{sid}", post(revoke_handler))
         .route("/control/release/{sid}", post(release_handler))
+        .route("/control/ended/{sid}", post(ended_handler))
         .route("/.well-known/jwks.json", get(jwks_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
@@ -159,6 +164,23 @@ fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
             "admin endpoints are disabled (SLUICE_CONTROL_ADMIN_TOKEN not set)",
         ));
     };
+    require_bearer(headers, want)
+}
+
+/// The gateway's reports carry the gateway's own admin token, which this
+/// control plane holds anyway to call the gateway: no new secret.
+fn require_gateway(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(want) = &app.gateway_token else {
+        return Err(ApiError::new(
+            403,
+            "reports_disabled",
+            "session-end reports are disabled (SLUICE_GATEWAY_ADMIN_TOKEN not set)",
+        ));
+    };
+    require_bearer(headers, want)
+}
+
+fn require_bearer(headers: &HeaderMap, want: &[u8; 32]) -> Result<(), ApiError> {
     let given = bearer(headers)
         .ok_or_else(|| ApiError::new(401, "missing_token", "admin bearer token required"))?;
     // Digests of equal length, compared in constant time.
@@ -342,6 +364,41 @@ async fn release_handler(
     app.audit.record(
         "release",
         json!({"tenant": slug.as_str(), "sub": user.sub, "sid": sid}),
+    );
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndedReport {
+    /// Bytes the session received over all its connections.
+    bytes: u64,
+}
+
+/// A gateway reports that a session's last connection closed: its stream
+/// slot frees now (not when its token expires) and the unused part of its
+/// hourly grant returns to the plan.
+async fn ended_handler(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require_gateway(&app, &headers)?;
+    let report: EndedReport = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            400,
+            "bad_request",
+            format!("body must be {{\"bytes\": <n>}}: {e}"),
+        )
+    })?;
+    let Some((rec, _)) = app.store.lookup(&sid, now_s()).await? else {
+        return Err(ApiError::new(404, "unknown_session", "no such session"));
+    };
+    app.store.end(&rec, report.bytes).await?;
+    app.audit.record(
+        "ended",
+        json!({"tenant": rec.tenant, "sid": sid, "bytes": report.bytes}),
     );
     Ok(StatusCode::NO_CONTENT.into_response())
 }

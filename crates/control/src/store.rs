@@ -7,12 +7,17 @@
 //! revocation keys); [`Store::Memory`] is the single-node default, where the
 //! gateway is told of revocations through its admin endpoint instead.
 //!
-//! A stream slot is held until the session's token expires, it is released
-//! (`/control/release/{sid}`), or it is revoked: the gateway never reports
-//! back, so the token's life is the honest upper bound on a session.
-//! The hourly quota counts bytes *granted* (each session's quota), which
-//! bounds what a client can read in an hour without the data plane ever
-//! calling the control plane.
+//! A stream slot is held until the gateway reports the session ended
+//! (`/control/ended/{sid}`, or through Redis), it is released
+//! (`/control/release/{sid}`), it is revoked, or — when no report arrives
+//! — its token expires.
+//!
+//! The hourly quota counts bytes *granted*, which bounds what a client can
+//! read in an hour without the data plane ever calling the control plane.
+//! A plan without a per-session quota grants each session a fair share of
+//! what is left of the hour (what is left divided by the plan's free
+//! stream slots), and an ended session gives back what it did not use, so
+//! one session never takes the whole hour from the plan's other streams.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -20,6 +25,8 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
+
+use sluice_protocol::slots;
 
 use crate::error::ApiError;
 
@@ -75,10 +82,10 @@ impl Keys {
         format!("{}session:{sid}", self.prefix)
     }
     fn streams(&self, tenant: &str, client: &str) -> String {
-        format!("{}streams:{tenant}:{client}", self.prefix)
+        slots::streams_key(&self.prefix, tenant, client)
     }
     fn grants(&self, tenant: &str, client: &str) -> String {
-        format!("{}grants:{tenant}:{client}", self.prefix)
+        slots::grants_key(&self.prefix, tenant, client)
     }
     pub fn revoked(&self, sid: &str) -> String {
         format!("{}{sid}", self.revoked_prefix)
@@ -95,10 +102,13 @@ pub struct Memory {
     sessions: HashMap<String, SessionRecord>,
     /// (tenant, client) → (sid, exp) of the slots held.
     slots: HashMap<(String, String), Vec<(String, u64)>>,
-    /// (tenant, client) → (granted at, bytes), oldest first.
-    grants: HashMap<(String, String), VecDeque<(u64, u64)>>,
+    /// (tenant, client) → its grants of the last hour, oldest first.
+    grants: HashMap<(String, String), VecDeque<Grant>>,
     revoked: HashMap<String, u64>,
 }
+
+/// One session's hourly grant: (granted at, sid, bytes).
+type Grant = (u64, String, u64);
 
 pub struct RedisStore {
     pub keys: Keys,
@@ -118,6 +128,7 @@ if max_streams > 0 and redis.call('ZCARD', KEYS[1]) >= max_streams then
   return -1
 end
 local granted = session_quota
+local active = redis.call('ZCARD', KEYS[1])
 if hourly > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 3600)
   local used = 0
@@ -128,7 +139,14 @@ if hourly > 0 then
   if left <= 0 then
     return -2
   end
-  if granted == 0 or granted > left then
+  if granted == 0 then
+    local free = 1
+    if max_streams > 0 then
+      free = math.max(1, max_streams - active)
+    end
+    granted = math.max(1, math.floor(left / free))
+  end
+  if granted > left then
     granted = left
   end
   redis.call('ZADD', KEYS[2], now, ARGV[3] .. ':' .. granted)
@@ -271,6 +289,32 @@ impl Store {
         }
     }
 
+    /// The gateway reports that `rec`'s session ended having received
+    /// `bytes`: its slot frees, and the unused part of its grant returns
+    /// to the plan's hourly budget.
+    pub async fn end(&self, rec: &SessionRecord, bytes: u64) -> Result<(), ApiError> {
+        match self {
+            Store::Memory(m) => {
+                m.lock().unwrap_or_else(|p| p.into_inner()).end(rec, bytes);
+                Ok(())
+            }
+            Store::Redis(r) => {
+                let mut c = r.conn.clone();
+                static SCRIPT: std::sync::LazyLock<redis::Script> =
+                    std::sync::LazyLock::new(|| redis::Script::new(slots::END_SESSION));
+                let _: i64 = SCRIPT
+                    .key(r.keys.streams(&rec.tenant, &rec.client_id))
+                    .key(r.keys.grants(&rec.tenant, &rec.client_id))
+                    .arg(&rec.sid)
+                    .arg(bytes)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(redis_down)?;
+                Ok(())
+            }
+        }
+    }
+
     /// Frees the stream slot of a session its user is done with.
     pub async fn release(&self, rec: &SessionRecord) -> Result<(), ApiError> {
         match self {
@@ -325,20 +369,26 @@ impl Memory {
             return Err(Refused::TooManyStreams);
         }
         let mut granted = limits.session_quota;
+        let active = slots.len() as u64;
         if limits.hourly_quota > 0 {
             let g = self.grants.entry(key.clone()).or_default();
-            while g.front().is_some_and(|(t, _)| *t + 3600 <= now) {
+            while g.front().is_some_and(|(t, _, _)| *t + 3600 <= now) {
                 g.pop_front();
             }
-            let used: u64 = g.iter().map(|(_, b)| b).sum();
+            let used: u64 = g.iter().map(|(_, _, b)| b).sum();
             let left = limits.hourly_quota.saturating_sub(used);
             if left == 0 {
                 return Err(Refused::HourlyQuotaExhausted);
             }
-            if granted == 0 || granted > left {
-                granted = left;
+            if granted == 0 {
+                let free = match limits.max_streams {
+                    0 => 1,
+                    max => (u64::from(max)).saturating_sub(active).max(1),
+                };
+                granted = (left / free).max(1);
             }
-            g.push_back((now, granted));
+            granted = granted.min(left);
+            g.push_back((now, rec.sid.clone(), granted));
         }
         self.slots
             .entry(key)
@@ -348,6 +398,18 @@ impl Memory {
         rec.quota = granted;
         self.sessions.insert(rec.sid.clone(), rec);
         Ok(granted)
+    }
+
+    fn end(&mut self, rec: &SessionRecord, bytes: u64) {
+        self.release(rec);
+        let key = (rec.tenant.clone(), rec.client_id.clone());
+        if let Some(g) = self.grants.get_mut(&key) {
+            for (_, sid, granted) in g.iter_mut() {
+                if *sid == rec.sid {
+                    *granted = (*granted).min(bytes);
+                }
+            }
+        }
     }
 
     fn release(&mut self, rec: &SessionRecord) {

@@ -96,6 +96,8 @@ fn main() -> Result<()> {
     cfg.web.dir = args.web.to_string_lossy().into_owned();
     cfg.admin.token = admin_token.clone();
     cfg.auth.jwks_url = format!("{ctl_url}/.well-known/jwks.json");
+    // Session ends go back to the control plane, which frees their slots.
+    cfg.control.url = ctl_url.clone();
     cfg.edge_keys.insert(
         EDGE.into(),
         KeyHash::of(edge_key.as_bytes()).to_config_string(),
@@ -113,10 +115,15 @@ fn main() -> Result<()> {
             master,
             users: UserAuth::new(http.clone()),
             store: Store::memory(),
-            locator: Locator::Gateway(GatewayAdmin::new(&gw_url, admin_token, http.clone())),
+            locator: Locator::Gateway(GatewayAdmin::new(
+                &gw_url,
+                admin_token.clone(),
+                http.clone(),
+            )),
             link: None,
             audit: Audit::open(&control_dir.join("audit.jsonl"))?,
             admin_token: Some(sha256(&control_admin)),
+            gateway_token: Some(sha256(&admin_token)),
             signers: Signers::default(),
             cors: server::cors(std::slice::from_ref(&gw_url))?,
         });

@@ -17,6 +17,11 @@ pub enum ErrorCode {
     AuthTimeout,
     SlowConsumer,
     Revoked,
+    /// The session ended (its last connection closed, or it was released):
+    /// its token cannot open new streams.
+    SessionEnded,
+    /// The session already holds `limits.max_connections_per_session`.
+    TooManyConnections,
     TooLarge,
     QuotaExceeded,
     EdgeOffline,
@@ -45,6 +50,8 @@ impl ErrorCode {
             ErrorCode::AuthTimeout => "auth_timeout",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::Revoked => "revoked",
+            ErrorCode::SessionEnded => "session_ended",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::EdgeOffline => "edge_offline",

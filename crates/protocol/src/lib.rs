@@ -10,7 +10,9 @@
 //!   `query`, `subscribe`, and the gateway's events);
 //! - [`relay`]: the `paired` message of relay mode (seed 000);
 //! - [`close`]: the WebSocket close codes, and [`ErrorCode`] /
-//!   [`Refusal`]: why a session ends.
+//!   [`Refusal`]: why a session ends;
+//! - [`slots`]: the control plane's stream slots and grants in Redis,
+//!   which gateways update when a session ends.
 //!
 //! Messages serialize with their tag first and their fields in the order
 //! the protocol has always written them, so the bytes on the wire are
@@ -21,6 +23,7 @@ pub mod close;
 pub mod connector;
 mod error;
 pub mod relay;
+pub mod slots;
 
 pub use error::{ErrorCode, Refusal};
 

@@ -218,6 +218,7 @@ impl<'a> Dialer<'a> {
             quota: None,
             exp: sluice::auth::token::now_s() + 3600,
             jti: None,
+            client: None,
         };
         sign_hs256(&c, self.gw.secret.as_bytes())
     }

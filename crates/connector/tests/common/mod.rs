@@ -179,6 +179,7 @@ pub fn token(sid: &str) -> String {
             quota: None,
             exp: sluice::auth::token::now_s() + 600,
             jti: None,
+            client: None,
         },
         SECRET.as_bytes(),
     )

@@ -461,3 +461,80 @@ async fn a_refused_session_is_closed_with_a_handshake_never_a_reset() {
     }
     healthy.check().await;
 }
+
+/// Issue 13, limits: sockets that never finish a request head are bounded
+/// as a whole (before, 20,000 of them exhausted the descriptors and a
+/// healthy query took 3.7 s). At `max_pending_handshakes` a newcomer evicts
+/// the oldest waiting socket (408), so the gateway stays reachable through
+/// the flood; established sessions are served throughout, and the
+/// gateway's descriptors stay bounded.
+#[tokio::test]
+async fn sockets_that_never_send_a_request_are_bounded() {
+    let gw = Gateway::start(1, &[("SLUICE_LIMITS_MAX_PENDING_HANDSHAKES", "100")]);
+    let mut healthy = Healthy::new(&gw).await;
+    let (fds_before, _) = fds_and_rss(gw.pid());
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    // The oldest 200 were evicted with 408 to make room for newer ones.
+    let mut evicted = 0;
+    for s in idle.iter_mut().take(200) {
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut answer)).await;
+        if answer.starts_with("HTTP/1.1 408") {
+            evicted += 1;
+        }
+    }
+    assert_eq!(evicted, 200);
+    // Still reachable, and the count is bounded.
+    let pending = gw.metric("sluice_pending_handshakes").await;
+    assert!((99..=100).contains(&pending), "{pending} pending");
+    assert!(gw.metric("sluice_handshakes_evicted_total").await >= 200);
+    healthy.check().await;
+    let (fds_during, _) = fds_and_rss(gw.pid());
+    assert!(
+        fds_during <= fds_before + 110,
+        "{fds_before} -> {fds_during} descriptors"
+    );
+    drop(idle);
+    assert_eq!(gw.metric_settles("sluice_pending_handshakes", 0).await, 0);
+    healthy.check().await;
+}
+
+/// Issue 13, limits: before authenticating, a browser may only send a small
+/// message (before, 3,000 sockets each holding a partial 64 KiB text frame
+/// held 214 MB for `auth_ms`), and unauthenticated sessions are bounded.
+#[tokio::test]
+async fn unauthenticated_sessions_hold_little_and_are_bounded() {
+    let gw = Gateway::start(1, &[("SLUICE_LIMITS_MAX_UNAUTHENTICATED", "5")]);
+    let mut healthy = Healthy::new(&gw).await;
+    let upgrade = |sid: &str| format!("GET /stream/{sid} HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
+    // A 64 KiB text frame announced before any auth: 1009 at once.
+    let mut big = TcpStream::connect(gw.addr).await.unwrap();
+    big.write_all(upgrade("big").as_bytes()).await.unwrap();
+    let frame = encode_client_frame(Opcode::Text, true, &vec![b'x'; 64 * 1024], [1, 2, 3, 4]);
+    big.write_all(&frame[..1024]).await.unwrap();
+    let mut head = vec![0u8; 129];
+    big.read_exact(&mut head).await.unwrap();
+    assert_eq!(close_code(&mut big).await, 1009);
+    // Five sessions that never authenticate fill the allowance ...
+    let mut waiting = Vec::new();
+    for i in 0..5 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(upgrade(&format!("quiet-{i}")).as_bytes())
+            .await
+            .unwrap();
+        let mut h = vec![0u8; 12];
+        s.read_exact(&mut h).await.unwrap();
+        assert_eq!(&h, b"HTTP/1.1 101");
+        waiting.push(s);
+    }
+    // ... so a sixth is refused with 503 until one leaves.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(upgrade("sixth").as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    healthy.check().await;
+}

@@ -88,6 +88,17 @@ pub struct Limits {
     pub read_chunk_bytes: usize,
     /// SO_SNDBUF/SO_RCVBUF of every accepted socket; 0 = kernel autotuning.
     pub socket_buffer_bytes: usize,
+    /// Connections whose request head has not arrived yet, gateway-wide;
+    /// past it new connections get 503 at once, so idle sockets cannot
+    /// exhaust the descriptors established sessions need.
+    pub max_pending_handshakes: usize,
+    /// Browser sessions upgraded but not yet authenticated, gateway-wide
+    /// (503 past it).
+    pub max_unauthenticated: usize,
+    /// Largest message (and frame payload) a browser may send before it
+    /// has authenticated: an `auth` message is a token, so this bounds
+    /// what unauthenticated sockets can make the gateway hold (1009 past it).
+    pub max_auth_message_bytes: usize,
     /// Connections one session (one token) may hold at once; 0 = no limit.
     /// Past it the new connection is closed with 4429 `too_many_connections`.
     pub max_connections_per_session: u32,
@@ -408,6 +419,9 @@ impl Default for Limits {
             max_pending_actions: 8,
             read_chunk_bytes: 256 * 1024,
             socket_buffer_bytes: 4 * 1024 * 1024,
+            max_pending_handshakes: 4096,
+            max_unauthenticated: 4096,
+            max_auth_message_bytes: 16 * 1024,
             max_connections_per_session: 1,
             max_pending_session_reports: 4096,
         }
@@ -495,6 +509,12 @@ impl Config {
         }
         if l.max_text_bytes < 256 {
             return bad("limits.max_text_bytes must be >= 256");
+        }
+        if l.max_auth_message_bytes < 1024 {
+            return bad("limits.max_auth_message_bytes must be >= 1024 (a token must fit)");
+        }
+        if l.max_pending_handshakes == 0 || l.max_unauthenticated == 0 {
+            return bad("limits.max_pending_handshakes and max_unauthenticated must be >= 1");
         }
         let t = &self.timeouts;
         if t.ping_interval_ms == 0 || t.idle_timeout_ms < t.ping_interval_ms {

@@ -257,6 +257,8 @@ mod tests {
             mailboxes: vec![tx],
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
+            pending_handshakes: AtomicUsize::new(0),
+            unauthenticated: AtomicUsize::new(0),
             revocations: Revocations::new(false),
             spends: Default::default(),
             end_reports: crate::registry::EndReports::new(None),

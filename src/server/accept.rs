@@ -10,6 +10,7 @@ use monoio::net::TcpListener;
 
 use crate::auth::edge_auth::Transport;
 use crate::server::{mailbox, route};
+use crate::shard::metrics::ShardMetrics;
 use crate::shard::{Shard, ShardMsg, Shared};
 
 /// Runs shard `id` until the process exits.
@@ -28,6 +29,9 @@ pub async fn run(
         }
     };
     monoio::spawn(mailbox::run(shard.clone(), mailbox));
+    // One descriptor held in reserve for when the process runs out.
+    let mut spare = std::fs::File::open("/dev/null").ok();
+    let mut out_of_fds: u64 = 0;
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
@@ -38,8 +42,28 @@ pub async fn run(
                     Transport::Plain,
                 ));
             }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // Out of descriptors. The waiting connection would sit in
+                // the backlog until its client gives up; instead free the
+                // spare, accept it and close it at once (its client sees a
+                // refusal it can retry), take the spare back, and pause
+                // briefly so established sessions keep the shard.
+                drop(spare.take());
+                if let Ok(Ok((s, _))) =
+                    monoio::time::timeout(Duration::from_millis(5), listener.accept()).await
+                {
+                    drop(s);
+                }
+                spare = std::fs::File::open("/dev/null").ok();
+                out_of_fds += 1;
+                if out_of_fds.is_power_of_two() {
+                    tracing::warn!(shard = id, times = out_of_fds, "out of file descriptors: refusing new connections (raise the descriptor limit, or lower limits.max_pending_handshakes)");
+                }
+                ShardMetrics::inc(&shard.metrics().http_rejections);
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
+                // Other failures: back off instead of spinning.
                 tracing::warn!(shard = id, error = %e, "accept failed");
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -4,6 +4,7 @@
 //! edge endpoints or to the session's own shard.
 
 use std::rc::Rc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -16,16 +17,47 @@ use crate::edge;
 use crate::ids::{EdgeId, SessionId};
 use crate::server::admin;
 use crate::session::browser;
+use crate::shard::metrics::ShardMetrics;
 use crate::shard::reply::{answer, reject, respond};
-use crate::shard::{Shard, ShardMsg};
+use crate::shard::{Shard, ShardMsg, Shared};
 use crate::wire::handoff;
 use crate::wire::http::{self, HttpError, Request};
 
 /// Reads the request head, answers plain HTTP, and routes upgrades.
 pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transport: Transport) {
     let cfg = shard.cfg();
+    // Sockets that never finish a request head are bounded as a whole, so
+    // they cannot take the descriptors and memory established sessions
+    // need. At the bound a newcomer evicts the oldest waiting connection
+    // of its shard (a real client sends its head at once; the ones that
+    // linger are the slow or idle), so the gateway stays reachable — its
+    // `/metrics` included — through a flood of idle sockets.
+    let max = cfg.limits.max_pending_handshakes;
+    let count: fn(&Shared) -> &AtomicUsize = |s| &s.pending_handshakes;
+    let pending = match shard.shared.admit(count, max) {
+        Some(p) => p,
+        None if shard.evict_oldest_handshake() => shard.shared.admit_anyway(count),
+        None => {
+            let e = HttpError::new(
+                503,
+                "too many connections are waiting to send a request; retry",
+            );
+            return reject(&shard, stream, &e).await;
+        }
+    };
+    let listed = shard.handshake_started();
     let deadline = Duration::from_millis(cfg.timeouts.handshake_ms);
-    let head = monoio::time::timeout(deadline, read_head(&mut stream, cfg)).await;
+    let head = monoio::select! {
+        head = monoio::time::timeout(deadline, read_head(&mut stream, cfg)) => Some(head),
+        _ = listed.evicted.recv_async() => None,
+    };
+    drop(listed);
+    drop(pending);
+    let Some(head) = head else {
+        ShardMetrics::inc(&shard.metrics().handshakes_evicted);
+        let e = HttpError::new(408, "request head too slow while others were waiting");
+        return reject(&shard, stream, &e).await;
+    };
     let (req, buffered) = match head {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return, // closed before sending a request

@@ -152,6 +152,8 @@ impl Gateway {
             mailboxes: txs,
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
+            pending_handshakes: AtomicUsize::new(0),
+            unauthenticated: AtomicUsize::new(0),
             revocations: Revocations::new(revocation_on),
             spends: Spends::default(),
             end_reports: EndReports::new(ends.as_ref().map(|(tx, _)| tx.clone())),

@@ -82,6 +82,13 @@ pub async fn run(
         )
         .await;
     }
+    // Unauthenticated sessions are bounded as a whole, and each may send
+    // only a small message (an `auth`) until it has authenticated.
+    let max = cfg.limits.max_unauthenticated;
+    let Some(unauthenticated) = shard.shared.admit(|s| &s.unauthenticated, max) else {
+        let e = HttpError::new(503, "too many sessions are authenticating; retry");
+        return reject(&shard, stream, &e).await;
+    };
     let token = header_token(&req);
     drop(req);
     if stream
@@ -98,11 +105,17 @@ pub async fn run(
     outbox.attach(wr, Duration::from_millis(cfg.timeouts.write_stall_ms));
     // An idle session reads only small JSON messages: a small buffer (it
     // starts in what is left of the request head's).
-    let mut reader = FrameReader::new(rd, buffered, MaskRule::Required, cfg.limits.max_text_bytes)
-        .with_chunk(512);
+    let pre_auth = cfg
+        .limits
+        .max_auth_message_bytes
+        .min(cfg.limits.max_text_bytes);
+    let mut reader = FrameReader::new(rd, buffered, MaskRule::Required, pre_auth).with_chunk(512);
 
     // Boxed: the session's task does not keep the authentication state.
-    let reader = match Box::pin(authenticate(&shard, &mut reader, &outbox, token, &sid)).await {
+    let authenticated = Box::pin(authenticate(&shard, &mut reader, &outbox, token, &sid)).await;
+    drop(unauthenticated);
+    reader.set_max_payload(cfg.limits.max_text_bytes);
+    let reader = match authenticated {
         Err(why) => {
             let _ = outbox.push(message::error(&why));
             outbox.close(message::closing(why.close, &why.message));
@@ -129,7 +142,8 @@ async fn authenticate(
         Some(t) => t,
         None => {
             let wait = Duration::from_millis(shard.cfg().timeouts.auth_ms);
-            let max = shard.cfg().limits.max_text_bytes;
+            let limits = &shard.cfg().limits;
+            let max = limits.max_auth_message_bytes.min(limits.max_text_bytes);
             let first = match monoio::time::timeout(wait, next_text(reader, outbox, max)).await {
                 Err(_) => {
                     return Err(Refusal::new(

@@ -4,7 +4,7 @@
 //! of what a session does.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -35,6 +35,26 @@ pub struct Shard {
     revokers: RefCell<HashMap<SessionId, Closers>>,
     next_local: Cell<u64>,
     pub closing: Cell<bool>,
+    /// Connections on this shard still sending their request head, oldest
+    /// first, each with the sender that evicts it.
+    handshakes: RefCell<VecDeque<(u64, flume::Sender<()>)>>,
+}
+
+/// A connection waiting for its request head, listed on its shard; the
+/// receiver fires when a newer connection evicted it.
+pub struct Handshake {
+    shard: Rc<Shard>,
+    id: u64,
+    pub evicted: flume::Receiver<()>,
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.shard
+            .handshakes
+            .borrow_mut()
+            .retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// Removes a closer when the thing it closes ends.
@@ -78,6 +98,29 @@ impl Shard {
             revokers: RefCell::new(HashMap::new()),
             next_local: Cell::new(0),
             closing: Cell::new(false),
+            handshakes: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    /// Lists a connection that is about to send its request head.
+    pub fn handshake_started(self: &Rc<Self>) -> Handshake {
+        let id = self.next_local.get() + 1;
+        self.next_local.set(id);
+        let (tx, rx) = flume::bounded(1);
+        self.handshakes.borrow_mut().push_back((id, tx));
+        Handshake {
+            shard: self.clone(),
+            id,
+            evicted: rx,
+        }
+    }
+
+    /// Evicts this shard's oldest connection still sending its request
+    /// head; false when there is none.
+    pub fn evict_oldest_handshake(&self) -> bool {
+        match self.handshakes.borrow_mut().pop_front() {
+            Some((_, tx)) => tx.try_send(()).is_ok(),
+            None => false,
         }
     }
 

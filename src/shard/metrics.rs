@@ -30,6 +30,8 @@ pub struct ShardMetrics {
     pub slow_viewer_closes: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub http_rejections: AtomicU64,
+    /// Connections evicted while sending their request head, to make room.
+    pub handshakes_evicted: AtomicU64,
     pub auth_failures: [AtomicU64; TokenError::ALL.len()],
     pub edge_auth_failures: AtomicU64,
 }
@@ -60,6 +62,8 @@ pub struct Snapshot {
     pub revocation_link: Option<bool>,
     pub revocations_received: u64,
     pub revocations_remembered: usize,
+    pub pending_handshakes: usize,
+    pub unauthenticated: usize,
     /// Sessions with a connection open; ended sessions remembered.
     pub sessions_live: usize,
     pub sessions_ended: usize,
@@ -176,6 +180,11 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP sluice_pending_handshakes Connections whose request head has not arrived\n# TYPE sluice_pending_handshakes gauge\nsluice_pending_handshakes {}\n# HELP sluice_unauthenticated_sessions Upgraded browser sessions not yet authenticated\n# TYPE sluice_unauthenticated_sessions gauge\nsluice_unauthenticated_sessions {}",
+            snap.pending_handshakes, snap.unauthenticated
+        );
+        let _ = writeln!(
+            out,
             "# HELP sluice_session_ids_live Sessions (token sids) with a connection open or ending\n# TYPE sluice_session_ids_live gauge\nsluice_session_ids_live {}\n# HELP sluice_session_ids_ended Ended sessions remembered until their tokens expire\n# TYPE sluice_session_ids_ended gauge\nsluice_session_ids_ended {}",
             snap.sessions_live, snap.sessions_ended
         );
@@ -197,7 +206,7 @@ impl Metrics {
             );
         }
         type Get = fn(&ShardMetrics) -> i64;
-        let per_shard: [(&str, &str, &str, Get); 17] = [
+        let per_shard: [(&str, &str, &str, Get); 18] = [
             (
                 "sluice_sessions_active",
                 "gauge",
@@ -293,6 +302,12 @@ impl Metrics {
                 "counter",
                 "Requests answered with an HTTP error status",
                 |s| s.http_rejections.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_handshakes_evicted_total",
+                "counter",
+                "Connections closed while still sending their request head, to make room for newer ones (limits.max_pending_handshakes)",
+                |s| s.handshakes_evicted.load(Relaxed) as i64,
             ),
             (
                 "sluice_edge_auth_failures_total",

@@ -26,6 +26,12 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Browser sessions open on all shards (for `limits.max_sessions`).
     pub sessions: AtomicUsize,
+    /// Connections whose request head has not arrived yet
+    /// (`limits.max_pending_handshakes`).
+    pub pending_handshakes: AtomicUsize,
+    /// Upgraded browser sessions not yet authenticated
+    /// (`limits.max_unauthenticated`).
+    pub unauthenticated: AtomicUsize,
     pub revocations: Revocations,
     /// Per-session spend and connections, across shards.
     pub spends: Spends,
@@ -39,7 +45,46 @@ pub struct Shared {
     pub tls: Option<Arc<Material>>,
 }
 
+/// A place in one of the gateway's bounded counts, given back on drop.
+pub struct Admitted {
+    shared: Arc<Shared>,
+    count: fn(&Shared) -> &AtomicUsize,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        (self.count)(&self.shared).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Shared {
+    /// Takes a place in `count` if fewer than `max` are taken.
+    pub fn admit(
+        self: &Arc<Self>,
+        count: fn(&Shared) -> &AtomicUsize,
+        max: usize,
+    ) -> Option<Admitted> {
+        let c = count(self);
+        if c.fetch_add(1, Ordering::Relaxed) >= max {
+            c.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admitted {
+            shared: self.clone(),
+            count,
+        })
+    }
+
+    /// Takes a place in `count` even past its bound: for a newcomer that
+    /// evicted an older holder, whose place frees as soon as it ends.
+    pub fn admit_anyway(self: &Arc<Self>, count: fn(&Shared) -> &AtomicUsize) -> Admitted {
+        count(self).fetch_add(1, Ordering::Relaxed);
+        Admitted {
+            shared: self.clone(),
+            count,
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -62,6 +107,8 @@ impl Shared {
                 .then(|| self.revocations.healthy()),
             revocations_received: self.revocations.received.load(Ordering::Relaxed),
             revocations_remembered: self.revocations.len(),
+            pending_handshakes: self.pending_handshakes.load(Ordering::Relaxed),
+            unauthenticated: self.unauthenticated.load(Ordering::Relaxed),
             sessions_live: self.spends.counts().0,
             sessions_ended: self.spends.counts().1,
             end_reports: [

@@ -78,6 +78,13 @@ fn main() {
                 eprintln!("sluice hash-key: pass the key on standard input");
                 std::process::exit(2);
             }
+            if key.trim().len() < sluice::config::MIN_EDGE_KEY_CHARS {
+                eprintln!(
+                    "sluice hash-key: the key is shorter than {} characters (128 bits); use a random key such as the ones `sluice-control edge add` generates",
+                    sluice::config::MIN_EDGE_KEY_CHARS
+                );
+                std::process::exit(2);
+            }
             println!("{}", KeyHash::of(key.trim().as_bytes()).to_config_string());
             return;
         }

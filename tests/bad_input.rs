@@ -214,7 +214,9 @@ async fn bad_connectors_are_refused() {
     healthy.check().await;
 
     // The key of edge-b cannot register edge-a.
-    let mut ws = connect(&url, &[("Edge-Key", "edge-b-key")]).await.unwrap();
+    let mut ws = connect(&url, &[("Edge-Key", "edge-b-key-0123456789abcdef")])
+        .await
+        .unwrap();
     send_json(
         &mut ws,
         json!({"action": "register", "tenant_id": "acme", "edge_id": EDGE, "datasets": ["x"]}),
@@ -223,7 +225,9 @@ async fn bad_connectors_are_refused() {
     assert_eq!(next_json(&mut ws).await["status"], "error");
     assert_eq!(close_of(&mut ws).await.0, 4403);
     // No edge_id: the tenant id is the edge id (seed 001).
-    let mut ws = connect(&url, &[("Edge-Key", "edge-b-key")]).await.unwrap();
+    let mut ws = connect(&url, &[("Edge-Key", "edge-b-key-0123456789abcdef")])
+        .await
+        .unwrap();
     send_json(
         &mut ws,
         json!({"action": "register", "tenant_id": "edge-b", "datasets": ["x"]}),
@@ -537,4 +541,69 @@ async fn unauthenticated_sessions_hold_little_and_are_bounded() {
     s.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     healthy.check().await;
+}
+
+/// Issue 13, limits: edge keys. A guessing client (before: 12,800 guesses a
+/// second, no lockout, nothing logged) is refused with 429 once it has
+/// used its tries, even with a right key, while a connected edge keeps
+/// working; failures are logged counted, not one line per attempt; a key
+/// shorter than 128 bits is neither configurable nor accepted.
+#[tokio::test]
+async fn failed_edge_keys_lock_their_address_out_and_short_keys_are_refused() {
+    let mut gw = Gateway::start_logged(
+        1,
+        &[
+            ("SLUICE_AUTH_EDGE_FAILURES_PER_MINUTE", "5"),
+            ("SLUICE_LOG", "info"),
+        ],
+    );
+    let log = gw.child.stderr.take().expect("piped stderr");
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(log)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let mut healthy = Healthy::new(&gw).await;
+    let url = gw.url("/ws/connect");
+    for i in 0..5 {
+        let guess = format!("guess-{i:016}-0123456789");
+        assert_eq!(refused_status(&url, &[("Edge-Key", &guess)]).await, 401);
+    }
+    for _ in 0..200 {
+        assert_eq!(refused_status(&url, &[("Edge-Key", "x")]).await, 429);
+    }
+    // Locked out: the right key waits too (the address, not the key, is
+    // what is limited).
+    assert_eq!(refused_status(&url, &[("Edge-Key", EDGE_KEY)]).await, 429);
+    healthy.check().await;
+    assert!(gw.metric("sluice_edge_auth_failures_total").await >= 205);
+    drop(healthy);
+    drop(gw);
+    let log = lines.join().unwrap();
+    let about = log
+        .iter()
+        .filter(|l| l.contains("failed edge authentication"))
+        .count();
+    assert!(
+        (1..=3).contains(&about),
+        "{about} log lines for 205 failures: {log:?}"
+    );
+    assert!(log.iter().any(|l| l.contains("locked out")), "{log:?}");
+
+    // One character: refused on a fresh gateway without any lockout.
+    let gw2 = Gateway::start(1, &[]);
+    let url2 = gw2.url("/ws/connect");
+    assert_eq!(refused_status(&url2, &[("Edge-Key", "x")]).await, 401);
+    // And not configurable.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .env("SLUICE_EDGE_KEYS", "edge-a=x")
+        .env("SLUICE_TOKEN_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shorter than 22 characters"), "{err}");
 }

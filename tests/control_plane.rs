@@ -872,3 +872,45 @@ where
     }
     panic!("never happened");
 }
+
+/// Issue 13, limits: the control plane reads requests under a timeout
+/// (before, a partial request stayed open 99 s and more): a head that does
+/// not arrive is dropped, a body that stalls is answered 408.
+#[tokio::test]
+async fn the_control_plane_drops_partial_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = provision();
+    let ctl = Control::start(
+        &dir,
+        &[
+            "--gateway",
+            "http://127.0.0.1:9",
+            "--read-timeout-ms",
+            "300",
+        ],
+    );
+    // Half a head.
+    let mut s = tokio::net::TcpStream::connect(ctl.addr).await.unwrap();
+    s.write_all(b"POST /control/access HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    // A whole head, then a body that stops short.
+    let mut s = tokio::net::TcpStream::connect(ctl.addr).await.unwrap();
+    s.write_all(
+        b"POST /control/access HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"client_id\"",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    // Healthy requests are unaffected.
+    assert_eq!(ctl.request("GET", "/healthz", &[], "").await.0, 200);
+}

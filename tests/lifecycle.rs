@@ -57,7 +57,7 @@ async fn pings_keep_live_peers_and_idle_peers_are_closed() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(gw.metric("sluice_edges_online").await, 1);
     keep.abort();
-    let _mute = connector(&gw, "edge-b", "edge-b-key", &["d"]).await; // never reads again
+    let _mute = connector(&gw, "edge-b", "edge-b-key-0123456789abcdef", &["d"]).await; // never reads again
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(gw.metric("sluice_edges_online").await, 0);
 }

@@ -130,7 +130,7 @@ async fn relay_quota_and_bad_edge_keys() {
     assert_eq!(refused_status(&url, &[("Edge-Key", "wrong")]).await, 401);
     // A valid key for another edge is no key for this one.
     assert_eq!(
-        refused_status(&url, &[("Edge-Key", "edge-b-key")]).await,
+        refused_status(&url, &[("Edge-Key", "edge-b-key-0123456789abcdef")]).await,
         401
     );
     assert_eq!(gw.metric("sluice_edge_auth_failures_total").await, 3);

@@ -74,7 +74,7 @@ async fn a_browser_that_stops_reading_pauses_its_connector() {
 async fn ten_thousand_sessions_leave_nothing_behind() {
     // One relay edge id per concurrent client, so each pairs with its own.
     let keys: Vec<String> = (0..CLIENTS)
-        .map(|w| format!("churn-edge-{w}=k{w}"))
+        .map(|w| format!("churn-edge-{w}=churn-key-{w:08}-0123456789"))
         .collect();
     let gw = Gateway::start(2, &[("SLUICE_EDGE_KEYS", &keys.join(","))]);
     let addr = gw.addr;
@@ -163,7 +163,7 @@ async fn one_session(base: &str, addr: std::net::SocketAddr, i: usize, w: usize)
         }
         // Relay pair, closed by the browser.
         _ => {
-            let key = format!("k{w}");
+            let key = format!("churn-key-{w:08}-0123456789");
             let mut edge = connect(
                 &format!("{base}/edge/churn-edge-{w}"),
                 &[("Edge-Key", &key)],

@@ -48,6 +48,11 @@ enum Scenario {
     /// What TLS costs on each leg (browser, connector, both) against
     /// plaintext, on one gateway: bulk, latency, session opens.
     Tls,
+    /// Mixed traffic while faults are injected (connector killed and
+    /// stalled, Redis restarted, revocations, gateway SIGTERM + restart);
+    /// every stream verified byte for byte or ended with a documented
+    /// error. Starts its own gateway and redis-server.
+    Chaos,
 }
 
 #[derive(Parser, Debug)]
@@ -144,6 +149,13 @@ struct Args {
     #[arg(long, default_value = "sluice:revocations")]
     revoke_channel: String,
 
+    /// Seconds between faults (chaos).
+    #[arg(long)]
+    fault_every: Option<u64>,
+    /// Relay sessions at once (chaos).
+    #[arg(long)]
+    relays: Option<usize>,
+
     /// Directory for report.json, the .hgrm files and latency.svg.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -181,6 +193,28 @@ fn run() -> Result<()> {
         source_cpu: if pin { a.source_cpu } else { None },
     };
 
+    if a.scenario == Scenario::Chaos {
+        let gw = gateway_spec(&a, &None)?;
+        let p = scenario::chaos::Params {
+            duration: Duration::from_secs(a.duration.unwrap_or(120)),
+            fault_every: Duration::from_secs(a.fault_every.unwrap_or(10).max(1)),
+            queries: a.sessions.unwrap_or(6),
+            viewers: a.viewers.unwrap_or(3),
+            relays: a.relays.unwrap_or(2),
+        };
+        let dir = a
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("target/loadtest/chaos"));
+        std::fs::create_dir_all(&dir)?;
+        let report = scenario::chaos::run(&gw, &p);
+        if let Ok(r) = &report {
+            let file = dir.join("report.json");
+            std::fs::write(&file, serde_json::to_string_pretty(r)?)?;
+            println!("wrote {}", file.display());
+        }
+        return report.map(|_| ());
+    }
     let targets: Vec<Target> = if matches!(a.scenario, Scenario::Revoke | Scenario::Tls) {
         // Revocation and the TLS legs exist only in the gateway: the
         // baseline is the gateway's own plaintext path.
@@ -371,6 +405,7 @@ fn run() -> Result<()> {
             println!("wrote {}", file.display());
             return Ok(());
         }
+        Scenario::Chaos => unreachable!("chaos returned above"),
         Scenario::Idle => {
             let p = scenario::idle::Params {
                 sessions: a.sessions.unwrap_or(10_000),
@@ -450,7 +485,7 @@ fn gateway_spec(a: &Args, proxy_cpus: &Option<String>) -> Result<GatewaySpec> {
         None if attached => bail!(
             "attaching to a gateway needs the edge key of --edge: --edge-key or SLUICE_EDGE_KEY"
         ),
-        None => format!("edge-key-{}", std::process::id()),
+        None => format!("loadtest-edge-key-{:016}", std::process::id()),
     };
     let bin = match &a.gateway_bin {
         Some(b) => b.clone(),

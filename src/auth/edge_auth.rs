@@ -7,8 +7,8 @@
 //! edge ids this connection may serve, and the tenant its `register` must
 //! name) travels with the connection as a [`Grant`].
 
-use crate::config::EdgeKeys;
 use crate::config::{Config, ConnectorAuth};
+use crate::config::{EdgeKeys, MIN_EDGE_KEY_CHARS};
 use crate::wire::http::{HttpError, Request};
 
 /// What the transport proved about the peer before any HTTP was read.
@@ -19,13 +19,17 @@ pub enum Transport {
     Plain,
     /// The TLS listener; `client` is the tenant named by a client
     /// certificate that chained to `tls.client_ca_file` and was valid now.
-    Tls { client: Option<CertTenant> },
+    Tls {
+        client: Option<CertTenant>,
+        /// The client's address (the shard sees a local socket pair).
+        peer: Option<std::net::IpAddr>,
+    },
 }
 
 impl Transport {
     pub fn cert_tenant(&self) -> Option<&CertTenant> {
         match self {
-            Transport::Tls { client } => client.as_ref(),
+            Transport::Tls { client, .. } => client.as_ref(),
             Transport::Plain => None,
         }
     }
@@ -96,6 +100,9 @@ pub fn authenticate(
         return Err(refuse("missing Edge-Key header"));
     }
     let edges = match (key, cert) {
+        // Too short to be a real key: refused without hashing, the same
+        // answer as a wrong key.
+        (Some(k), _) if k.len() < MIN_EDGE_KEY_CHARS => return Err(refuse("invalid Edge-Key")),
         (Some(k), _) => {
             let edges = keys.edges_for(k.as_bytes());
             if edges.is_empty() {
@@ -142,7 +149,7 @@ mod tests {
             .insert("acme".into(), vec!["acme-plant".into()]);
         cfg.edge_keys.insert(
             "globex".into(),
-            KeyHash::of(b"globex-key").to_config_string(),
+            KeyHash::of(b"globex-key-0123456789abcdef").to_config_string(),
         );
         let keys = EdgeKeys::from_config(&cfg.edge_keys).unwrap();
         (cfg, keys)
@@ -151,13 +158,20 @@ mod tests {
     fn tls(tenant: Option<&str>) -> Transport {
         Transport::Tls {
             client: tenant.map(|t| CertTenant::from_verified_cn(t.into())),
+            peer: None,
         }
     }
 
     #[test]
     fn either_accepts_a_key_or_a_certificate() {
         let (cfg, keys) = setup(ConnectorAuth::Either);
-        let g = authenticate(&cfg, &keys, &Transport::Plain, &req(Some("globex-key"))).unwrap();
+        let g = authenticate(
+            &cfg,
+            &keys,
+            &Transport::Plain,
+            &req(Some("globex-key-0123456789abcdef")),
+        )
+        .unwrap();
         assert_eq!(g.edges, ["globex"]);
         assert!(g.tenant.is_none());
         let g = authenticate(&cfg, &keys, &tls(Some("acme")), &req(None)).unwrap();
@@ -173,7 +187,13 @@ mod tests {
     fn a_key_and_a_certificate_are_both_checked() {
         let (cfg, keys) = setup(ConnectorAuth::Either);
         // The key names the edges; the certificate's tenant still binds register.
-        let g = authenticate(&cfg, &keys, &tls(Some("acme")), &req(Some("globex-key"))).unwrap();
+        let g = authenticate(
+            &cfg,
+            &keys,
+            &tls(Some("acme")),
+            &req(Some("globex-key-0123456789abcdef")),
+        )
+        .unwrap();
         assert_eq!(g.edges, ["globex"]);
         assert_eq!(g.tenant.unwrap().as_str(), "acme");
         assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(Some("bad"))).is_err());
@@ -182,8 +202,20 @@ mod tests {
     #[test]
     fn certificate_mode_refuses_keys_alone_and_plaintext() {
         let (cfg, keys) = setup(ConnectorAuth::Certificate);
-        assert!(authenticate(&cfg, &keys, &Transport::Plain, &req(Some("globex-key"))).is_err());
-        assert!(authenticate(&cfg, &keys, &tls(None), &req(Some("globex-key"))).is_err());
+        assert!(authenticate(
+            &cfg,
+            &keys,
+            &Transport::Plain,
+            &req(Some("globex-key-0123456789abcdef"))
+        )
+        .is_err());
+        assert!(authenticate(
+            &cfg,
+            &keys,
+            &tls(None),
+            &req(Some("globex-key-0123456789abcdef"))
+        )
+        .is_err());
         assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(None)).is_ok());
     }
 
@@ -191,7 +223,19 @@ mod tests {
     fn both_mode_needs_both() {
         let (cfg, keys) = setup(ConnectorAuth::Both);
         assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(None)).is_err());
-        assert!(authenticate(&cfg, &keys, &tls(None), &req(Some("globex-key"))).is_err());
-        assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(Some("globex-key"))).is_ok());
+        assert!(authenticate(
+            &cfg,
+            &keys,
+            &tls(None),
+            &req(Some("globex-key-0123456789abcdef"))
+        )
+        .is_err());
+        assert!(authenticate(
+            &cfg,
+            &keys,
+            &tls(Some("acme")),
+            &req(Some("globex-key-0123456789abcdef"))
+        )
+        .is_ok());
     }
 }

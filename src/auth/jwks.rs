@@ -13,6 +13,7 @@
 //! does not stop new sessions.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,40 @@ pub struct JwksCache {
     max_age: Duration,
     min: Duration,
     wait: Duration,
+    max_tenants: usize,
+    /// Fetches made, failed, and skipped for want of budget or queue room.
+    pub fetched: AtomicU64,
+    pub failed: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+/// Fetches pending for the fetcher thread; past it a session that would
+/// wait for one is refused at once (its key is unknown).
+const FETCH_QUEUE: usize = 256;
+
+/// The global fetch budget: `per_minute` tokens, refilled continuously.
+struct Budget {
+    per_minute: f64,
+    left: f64,
+    at: Instant,
+}
+
+impl Budget {
+    fn take(&mut self) -> bool {
+        if self.per_minute <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.per_minute / 60.0;
+        self.left = (self.left + refill).min(self.per_minute);
+        self.at = now;
+        if self.left >= 1.0 {
+            self.left -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -104,14 +139,24 @@ impl JwksCache {
         if auth.jwks_url.is_empty() {
             return Ok(None);
         }
-        let (tx, rx) = flume::unbounded::<Fetch>();
+        let (tx, rx) = flume::bounded::<Fetch>(FETCH_QUEUE);
         let cache = Arc::new(JwksCache {
             tenants: RwLock::new(HashMap::new()),
             fetch: tx,
             max_age: Duration::from_secs(auth.jwks_max_age_s.max(1)),
             min: Duration::from_millis(auth.jwks_refresh_min_ms),
             wait: Duration::from_millis(auth.jwks_fetch_timeout_ms.max(1)),
+            max_tenants: auth.jwks_max_tenants.max(1),
+            fetched: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
         });
+        let per_minute = f64::from(auth.jwks_fetches_per_minute);
+        let mut budget = Budget {
+            per_minute,
+            left: per_minute,
+            at: Instant::now(),
+        };
         let url = auth.jwks_url.clone();
         let min = Duration::from_millis(auth.jwks_refresh_min_ms);
         let timeout = Duration::from_millis(auth.jwks_fetch_timeout_ms.max(100));
@@ -138,26 +183,42 @@ impl JwksCache {
                 };
                 while let Ok(req) = rx.recv() {
                     let Some(cache) = weak.upgrade() else { return };
-                    cache.serve(&agent, &url, min, req);
+                    cache.serve(&agent, &url, min, req, &mut budget);
                 }
             })?;
         Ok(Some(cache))
     }
 
-    fn serve(&self, agent: &reqwest::blocking::Client, url: &str, min: Duration, req: Fetch) {
+    fn serve(
+        &self,
+        agent: &reqwest::blocking::Client,
+        url: &str,
+        min: Duration,
+        req: Fetch,
+        budget: &mut Budget,
+    ) {
         let recent = self
             .tenants
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&req.tenant)
             .is_some_and(|t| t.attempted.elapsed() < min);
-        if !recent {
+        let allowed = !recent && budget.take();
+        if !recent && !allowed {
+            let n = self.skipped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(skipped = n, "JWKS fetch budget (auth.jwks_fetches_per_minute) used up: tokens of tenants whose keys are not cached are refused meanwhile");
+            }
+        }
+        if allowed {
             let sep = if url.contains('?') { '&' } else { '?' };
             let full = format!("{url}{sep}tenant={}", req.tenant);
             match fetch(agent, &full) {
                 Ok(keys) => {
+                    self.fetched.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(tenant = ?req.tenant, keys = keys.len(), "JWKS fetched");
                     let mut m = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+                    self.make_room(&mut m, &req.tenant);
                     let now = Instant::now();
                     m.insert(
                         req.tenant.clone(),
@@ -169,9 +230,11 @@ impl JwksCache {
                     );
                 }
                 Err(e) => {
-                    tracing::warn!(tenant = ?req.tenant, error = %e, "cannot fetch JWKS");
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(tenant = ?req.tenant, error = %e, "cannot fetch JWKS");
                     // Keep what we had; do not retry before `min`.
                     let mut m = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+                    self.make_room(&mut m, &req.tenant);
                     let now = Instant::now();
                     m.entry(req.tenant.clone())
                         .and_modify(|t| t.attempted = now)
@@ -186,6 +249,31 @@ impl JwksCache {
         if let Some(r) = req.reply {
             let _ = r.send(());
         }
+    }
+
+    /// Keeps the cache under `max_tenants` before `tenant` is inserted:
+    /// tenants without keys (made-up or failed) go first, then the least
+    /// recently fetched.
+    fn make_room(&self, m: &mut HashMap<String, TenantKeys>, tenant: &str) {
+        if m.len() < self.max_tenants || m.contains_key(tenant) {
+            return;
+        }
+        m.retain(|_, t| !t.keys.is_empty());
+        while m.len() >= self.max_tenants {
+            let oldest = m
+                .iter()
+                .min_by_key(|(_, t)| t.fetched)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => m.remove(&k),
+                None => break,
+            };
+        }
+    }
+
+    /// Tenants cached now.
+    pub fn cached(&self) -> usize {
+        self.tenants.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The key `kid` of `tenant`, if cached. A stale entry is still used
@@ -210,10 +298,14 @@ impl JwksCache {
     /// Asks for `tenant`'s keys to be fetched, and waits for it (bounded).
     pub async fn refresh(&self, tenant: &str) {
         let (tx, rx) = flume::bounded(1);
-        let sent = self.fetch.send(Fetch {
+        // A full queue: refuse now rather than wait behind a flood.
+        let sent = self.fetch.try_send(Fetch {
             tenant: tenant.to_owned(),
             reply: Some(tx),
         });
+        if sent.is_err() {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
         if sent.is_ok() {
             let _ = monoio::time::timeout(self.wait, rx.recv_async()).await;
         }

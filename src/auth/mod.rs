@@ -4,5 +4,6 @@
 
 pub mod edge_auth;
 pub mod jwks;
+pub mod lockout;
 pub mod revocations;
 pub mod token;

@@ -132,6 +132,11 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// The per-tenant JWKS cache, when `auth.jwks_url` is set.
+    pub fn jwks(&self) -> Option<&JwksCache> {
+        self.jwks.as_deref()
+    }
+
     pub fn from_config(auth: &Auth) -> Result<Self, KeyError> {
         let hs256 = (!auth.hs256_secret.is_empty())
             .then(|| DecodingKey::from_secret(auth.hs256_secret.as_bytes()));

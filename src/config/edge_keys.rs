@@ -14,6 +14,11 @@ pub enum EdgeKeyError {
     BadHash { edge: String },
 }
 
+/// The shortest edge key accepted anywhere (configured, hashed, or
+/// presented): 22 characters are what 128 random bits take in base64url,
+/// the form `sluice-control edge add` generates (32 random bytes).
+pub const MIN_EDGE_KEY_CHARS: usize = 22;
+
 /// SHA-256 of a pre-shared key.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyHash([u8; 32]);

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 mod edge_keys;
 
-pub use edge_keys::{EdgeKeys, KeyHash};
+pub use edge_keys::{EdgeKeys, KeyHash, MIN_EDGE_KEY_CHARS};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -99,6 +99,10 @@ pub struct Limits {
     /// has authenticated: an `auth` message is a token, so this bounds
     /// what unauthenticated sockets can make the gateway hold (1009 past it).
     pub max_auth_message_bytes: usize,
+    /// Messages waiting in one shard's mailbox (sockets handed over from
+    /// other shards, revocations); a shard whose mailbox is full makes
+    /// senders wait, or refuses a new browser with 503.
+    pub shard_mailbox_messages: usize,
     /// Connections one session (one token) may hold at once; 0 = no limit.
     /// Past it the new connection is closed with 4429 `too_many_connections`.
     pub max_connections_per_session: u32,
@@ -165,8 +169,19 @@ pub struct Auth {
     pub jwks_max_age_s: u64,
     /// How long a session's authentication may wait for a JWKS fetch.
     pub jwks_fetch_timeout_ms: u64,
+    /// JWKS fetches per minute for all tenants together: tokens naming
+    /// made-up tenants cannot turn the gateway against the control plane.
+    pub jwks_fetches_per_minute: u32,
+    /// Tenants whose keys (or failed fetch) are cached; past it the entries
+    /// of tenants without keys go first, then the least recently fetched.
+    pub jwks_max_tenants: usize,
     /// Clock skew tolerated on `exp`, in seconds.
     pub leeway_s: u64,
+    /// Failed edge authentications one source address may make per minute
+    /// before it is refused (429) until a try refills; 0 = no limit.
+    pub edge_failures_per_minute: u32,
+    /// Source addresses tracked for that limit (bounded memory).
+    pub edge_failure_sources: usize,
     /// Cut a running stream when its token expires (otherwise expiry is
     /// checked when a session connects or reconnects).
     pub enforce_expiry_mid_stream: bool,
@@ -204,7 +219,11 @@ impl Default for Auth {
             jwks_refresh_min_ms: 1_000,
             jwks_max_age_s: 300,
             jwks_fetch_timeout_ms: 2_000,
+            jwks_fetches_per_minute: 120,
+            jwks_max_tenants: 10_000,
             leeway_s: 0,
+            edge_failures_per_minute: 30,
+            edge_failure_sources: 65_536,
             enforce_expiry_mid_stream: false,
         }
     }
@@ -422,6 +441,7 @@ impl Default for Limits {
             max_pending_handshakes: 4096,
             max_unauthenticated: 4096,
             max_auth_message_bytes: 16 * 1024,
+            shard_mailbox_messages: 65_536,
             max_connections_per_session: 1,
             max_pending_session_reports: 4096,
         }
@@ -605,6 +625,12 @@ pub fn parse_edge_key_list(list: &str) -> Result<Vec<(String, KeyHash)>, ConfigE
                 msg: "edge id and key must both be non-empty".into(),
             });
         }
+        if key.len() < MIN_EDGE_KEY_CHARS {
+            return Err(ConfigError::Env {
+                var: "SLUICE_EDGE_KEYS".into(),
+                msg: format!("the key of edge {edge:?} is shorter than {MIN_EDGE_KEY_CHARS} characters (128 bits)"),
+            });
+        }
         out.push((edge.to_owned(), KeyHash::of(key.as_bytes())));
     }
     Ok(out)
@@ -720,7 +746,10 @@ mod tests {
                 ("SLUICE_LISTEN", "127.0.0.1:0"),
                 ("SLUICE_WORKERS", "3"),
                 ("SLUICE_TOKEN_SECRET", "s3cret"),
-                ("SLUICE_EDGE_KEYS", "edge-a=key1,edge-b=key2"),
+                (
+                    "SLUICE_EDGE_KEYS",
+                    "edge-a=key1-0123456789abcdefgh,edge-b=key2-0123456789abcdefgh",
+                ),
             ]),
         )
         .unwrap();
@@ -729,6 +758,9 @@ mod tests {
         assert_eq!(cfg.edge_keys.len(), 2);
         assert!(cfg.edge_keys["edge-a"].starts_with("sha256:"));
         assert!(!cfg.edge_keys["edge-a"].contains("key1"));
+        // Shorter than 128 bits: refused, naming the edge.
+        let short = Config::load(None, &env(&[("SLUICE_EDGE_KEYS", "edge-a=key1")]));
+        assert!(format!("{:?}", short.unwrap_err()).contains("edge-a"));
     }
 
     #[test]

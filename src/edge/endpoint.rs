@@ -11,6 +11,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::auth::edge_auth::{self, Grant, Transport};
+use crate::auth::lockout::LockedOut;
 use crate::edge::conn::EdgeConn;
 use crate::edge::idle::{idle, mind};
 use crate::ids::EdgeId;
@@ -40,11 +41,36 @@ async fn switch(stream: &mut TcpStream, up: &http::Upgrade, fast: bool) -> bool 
     stream.write_all(resp).await.0.is_ok()
 }
 
-/// Authenticates an edge connection at its upgrade (see [`edge_auth`]).
-fn authenticate(shard: &Shard, transport: &Transport, req: &Request) -> Result<Grant, HttpError> {
+/// Authenticates an edge connection at its upgrade (see [`edge_auth`]),
+/// unless its source address is locked out for failing too often.
+fn authenticate(
+    shard: &Shard,
+    transport: &Transport,
+    req: &Request,
+    stream: &TcpStream,
+) -> Result<Grant, HttpError> {
     let s = &shard.shared;
+    let source = match transport {
+        Transport::Tls { peer, .. } => *peer,
+        Transport::Plain => stream.peer_addr().ok().map(|a| a.ip()),
+    };
+    if let Some(LockedOut(wait)) = source.and_then(|ip| s.edge_lockout.check(ip).err()) {
+        shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
+        tracing::debug!(
+            ?source,
+            retry_s = wait.as_secs() + 1,
+            "edge authentication refused: address locked out"
+        );
+        return Err(HttpError::new(
+            429,
+            "too many failed authentications from this address; retry later",
+        ));
+    }
     edge_auth::authenticate(&s.cfg, &s.edge_keys, transport, req).inspect_err(|_| {
         shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
+        if let Some(ip) = source {
+            s.edge_lockout.failed(ip);
+        }
     })
 }
 
@@ -61,7 +87,7 @@ pub async fn serve_worker(
         Ok(x) => x,
         Err(e) => return reject(&shard, stream, &e).await,
     };
-    let grant = match authenticate(&shard, &transport, &req) {
+    let grant = match authenticate(&shard, &transport, &req, &stream) {
         Ok(g) => g,
         Err(e) => return reject(&shard, stream, &e).await,
     };
@@ -228,7 +254,7 @@ pub async fn serve_relay(
         Ok(x) => x,
         Err(e) => return reject(&shard, stream, &e).await,
     };
-    match authenticate(&shard, &transport, &req) {
+    match authenticate(&shard, &transport, &req, &stream) {
         Ok(g) if g.allows(edge.as_str()) => {}
         Ok(_) => {
             shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);

@@ -137,8 +137,11 @@ pub async fn acquire(
         {
             Acquire::Got { conn, shard: owner } => {
                 let (tx, rx) = flume::bounded(1);
+                // Waits for room in a full mailbox (the owner drains it on
+                // a task of its own); fails only when the owner is gone.
                 if shard.shared.mailboxes[owner]
-                    .send(ShardMsg::Take { conn, reply: tx })
+                    .send_async(ShardMsg::Take { conn, reply: tx })
+                    .await
                     .is_err()
                 {
                     continue;
@@ -260,6 +263,7 @@ mod tests {
             pending_handshakes: AtomicUsize::new(0),
             unauthenticated: AtomicUsize::new(0),
             revocations: Revocations::new(false),
+            edge_lockout: crate::auth::lockout::Lockout::new(0, 1),
             spends: Default::default(),
             end_reports: crate::registry::EndReports::new(None),
             public_url: "ws://test".into(),

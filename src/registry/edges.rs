@@ -297,9 +297,15 @@ impl Registry {
         }
     }
 
-    /// Datasets the edge's workers registered, or `None` when offline.
+    /// Datasets the edge's workers registered, or `None` when it has no
+    /// worker online (an edge whose only connections are relay legs
+    /// serves no dataset: its queries get `edge_offline`, not
+    /// `unknown_dataset`).
     pub fn datasets(&self, edge: &EdgeId) -> Option<BTreeSet<String>> {
-        self.lock().get(edge).map(|e| e.datasets())
+        self.lock()
+            .get(edge)
+            .filter(|e| e.conns.values().any(|c| c.kind == ConnKind::Worker))
+            .map(|e| e.datasets())
     }
 
     /// Whether a session of `tenant` may use `edge` now (`None`: offline).

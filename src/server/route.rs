@@ -121,14 +121,20 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
                 let target = sid.shard(shard.shared.shard_count());
                 if target == shard.id {
                     monoio::spawn(Box::pin(browser::run(shard, stream, req, buffered, sid)));
+                } else if shard.shared.mailboxes[target].is_full() {
+                    let e = HttpError::new(503, "gateway busy; retry");
+                    reject(&shard, stream, &e).await
                 } else {
                     let msg = ShardMsg::AdoptBrowser {
                         sock: handoff::detach(stream, buffered),
                         req: Box::new(req),
                         sid,
                     };
-                    if shard.shared.mailboxes[target].send(msg).is_err() {
-                        tracing::error!(target, "shard mailbox closed");
+                    // Filled meanwhile (another task on this shard): the
+                    // socket closes with the message.
+                    if shard.shared.mailboxes[target].try_send(msg).is_err() {
+                        ShardMetrics::inc(&shard.metrics().http_rejections);
+                        tracing::warn!(target, "shard mailbox full; connection dropped");
                     }
                 }
             }

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::auth::lockout::Lockout;
 use crate::auth::revocations::Revocations;
 use crate::auth::token::Verifier;
 use crate::cluster::revocation_link;
@@ -122,7 +123,9 @@ impl Gateway {
             Some((_, l)) => Some(l.local_addr()?),
             None => None,
         };
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| flume::unbounded::<ShardMsg>()).unzip();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| flume::bounded::<ShardMsg>(cfg.limits.shard_mailbox_messages.max(1)))
+            .unzip();
         let want = match cfg.driver.as_str() {
             "epoll" => false,
             "io_uring" => true,
@@ -142,6 +145,10 @@ impl Gateway {
         };
         let revocation_on = !cfg.revocation.redis_url.is_empty();
         let ends = crate::cluster::session_end::queue(&cfg);
+        let edge_lockout = Lockout::new(
+            cfg.auth.edge_failures_per_minute,
+            cfg.auth.edge_failure_sources,
+        );
         let shared = Arc::new(Shared {
             cfg,
             verifier,
@@ -155,6 +162,7 @@ impl Gateway {
             pending_handshakes: AtomicUsize::new(0),
             unauthenticated: AtomicUsize::new(0),
             revocations: Revocations::new(revocation_on),
+            edge_lockout,
             spends: Spends::default(),
             end_reports: EndReports::new(ends.as_ref().map(|(tx, _)| tx.clone())),
             public_url,

@@ -164,9 +164,12 @@ async fn serve(
             fd: theirs,
             buffered: BytesMut::new(),
         },
-        transport: Transport::Tls { client },
+        transport: Transport::Tls {
+            client,
+            peer: Some(peer.ip()),
+        },
     };
-    if shared.mailboxes[target].send(msg).is_err() {
+    if shared.mailboxes[target].send_async(msg).await.is_err() {
         tracing::error!(target, "shard mailbox closed");
         return;
     }

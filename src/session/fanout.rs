@@ -276,7 +276,13 @@ fn detach(shard: &Shard, key: &FeedKey, entry: &Arc<Mutex<Entry>>) {
         (e.owner, e.slots.iter().all(Option::is_none))
     };
     if none_left {
-        let _ = shard.shared.mailboxes[owner].send(ShardMsg::FeedIdle { key: key.clone() });
+        let msg = ShardMsg::FeedIdle { key: key.clone() };
+        if let Err(flume::TrySendError::Full(msg)) = shard.shared.mailboxes[owner].try_send(msg) {
+            let to = shard.shared.mailboxes[owner].clone();
+            monoio::spawn(async move {
+                let _ = to.send_async(msg).await;
+            });
+        }
     }
 }
 

@@ -62,6 +62,9 @@ pub struct Snapshot {
     pub revocation_link: Option<bool>,
     pub revocations_received: u64,
     pub revocations_remembered: usize,
+    /// JWKS fetches ok, failed, skipped, and tenants cached (`None`: no
+    /// `auth.jwks_url`).
+    pub jwks: Option<[u64; 4]>,
     pub pending_handshakes: usize,
     pub unauthenticated: usize,
     /// Sessions with a connection open; ended sessions remembered.
@@ -196,6 +199,12 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "sluice_session_end_reports_total{{result=\"{result}\"}} {n}"
+            );
+        }
+        if let Some([ok, failed, skipped, cached]) = snap.jwks {
+            let _ = writeln!(
+                out,
+                "# HELP sluice_jwks_fetches_total JWKS fetches from the control plane (skipped: over auth.jwks_fetches_per_minute or queue full)\n# TYPE sluice_jwks_fetches_total counter\nsluice_jwks_fetches_total{{result=\"ok\"}} {ok}\nsluice_jwks_fetches_total{{result=\"failed\"}} {failed}\nsluice_jwks_fetches_total{{result=\"skipped\"}} {skipped}\n# HELP sluice_jwks_tenants_cached Tenants whose keys (or failed fetch) are cached\n# TYPE sluice_jwks_tenants_cached gauge\nsluice_jwks_tenants_cached {cached}"
             );
         }
         if snap.revocation_link.is_some() {

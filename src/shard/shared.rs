@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::auth::lockout::Lockout;
 use crate::auth::revocations::Revocations;
 use crate::auth::token::Verifier;
 use crate::config::{Config, EdgeKeys};
@@ -33,6 +34,8 @@ pub struct Shared {
     /// (`limits.max_unauthenticated`).
     pub unauthenticated: AtomicUsize,
     pub revocations: Revocations,
+    /// Source addresses that failed edge authentication too often.
+    pub edge_lockout: Lockout,
     /// Per-session spend and connections, across shards.
     pub spends: Spends,
     pub end_reports: EndReports,
@@ -107,6 +110,14 @@ impl Shared {
                 .then(|| self.revocations.healthy()),
             revocations_received: self.revocations.received.load(Ordering::Relaxed),
             revocations_remembered: self.revocations.len(),
+            jwks: self.verifier.jwks().map(|j| {
+                [
+                    j.fetched.load(Ordering::Relaxed),
+                    j.failed.load(Ordering::Relaxed),
+                    j.skipped.load(Ordering::Relaxed),
+                    j.cached() as u64,
+                ]
+            }),
             pending_handshakes: self.pending_handshakes.load(Ordering::Relaxed),
             unauthenticated: self.unauthenticated.load(Ordering::Relaxed),
             sessions_live: self.spends.counts().0,

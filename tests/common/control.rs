@@ -17,9 +17,9 @@ pub const ADMIN_TOKEN: &str = "control-admin-token-0123456789";
 pub const GW_ADMIN_TOKEN: &str = "gateway-admin-token-0123456789";
 pub const ACME_USERS: &str = "acme-user-secret-0123456789-abcdefgh";
 pub const OTHER_USERS: &str = "other-user-secret-0123456789-abcdefg";
-pub const EDGE_A_KEY: &str = "edge-a-key-0123456789";
-pub const EDGE_B_KEY: &str = "edge-b-key-0123456789";
-pub const EDGE_C_KEY: &str = "edge-c-key-0123456789";
+pub const EDGE_A_KEY: &str = "edge-a-key-0123456789abcdef";
+pub const EDGE_B_KEY: &str = "edge-b-key-0123456789abcdef";
+pub const EDGE_C_KEY: &str = "edge-c-key-0123456789abcdef";
 
 /// Gateway environment so its edge keys are the ones the control plane
 /// provisioned.

@@ -23,7 +23,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "test-secret-0123456789";
 pub const EDGE: &str = "edge-a";
-pub const EDGE_KEY: &str = "edge-a-key";
+pub const EDGE_KEY: &str = "edge-a-key-0123456789abcdef";
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -64,7 +64,7 @@ impl Gateway {
             .env("SLUICE_TOKEN_SECRET", SECRET)
             .env(
                 "SLUICE_EDGE_KEYS",
-                format!("{EDGE}={EDGE_KEY},edge-b=edge-b-key"),
+                format!("{EDGE}={EDGE_KEY},edge-b=edge-b-key-0123456789abcdef"),
             )
             .env(
                 "SLUICE_LOG",

@@ -190,8 +190,12 @@ impl Admin<'_> {
             rand::rngs::OsRng.fill_bytes(&mut b);
             B64URL.encode(b)
         });
-        if key.len() < 16 {
-            return Err(invalid("edge key must be at least 16 characters"));
+        // What 128 random bits take in base64url; the gateway refuses
+        // shorter keys too.
+        if key.len() < 22 {
+            return Err(invalid(
+                "edge key must be at least 22 characters (128 bits)",
+            ));
         }
         self.dir.update(slug, false, |t| {
             t.edges.retain(|e| e.id != id);

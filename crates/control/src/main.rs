@@ -100,6 +100,14 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     cors_origins: Vec<String>,
+    /// A client must send its request head within this, and each part of
+    /// its body within this of the last (milliseconds).
+    #[arg(
+        long = "read-timeout-ms",
+        env = "SLUICE_CONTROL_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    read_timeout_ms: u64,
     /// Runtime threads (0 = one per core).
     #[arg(long, env = "SLUICE_CONTROL_THREADS", default_value_t = 0)]
     threads: usize,
@@ -487,6 +495,7 @@ fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
             gateway_token: gateway_digest,
             signers: Signers::default(),
             cors: server::cors(&args.cors_origins).context("--cors-origin")?,
+            read_timeout: std::time::Duration::from_millis(args.read_timeout_ms.max(1)),
         });
         // Read before binding: a bad file is a clear error, not a port
         // that accepts and then fails every handshake.

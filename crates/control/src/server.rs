@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -46,6 +47,9 @@ pub struct App {
     pub gateway_token: Option<[u8; 32]>,
     pub signers: Signers,
     pub cors: Option<tower_http::cors::CorsLayer>,
+    /// The request head must arrive within this, and each part of the
+    /// body within this of the last (`--read-timeout-ms`).
+    pub read_timeout: Duration,
 }
 
 /// Browsers on these origins (the dashboard) may call the API; `None` =
@@ -85,6 +89,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(ready_handler))
         .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            app.read_timeout,
+        ))
         .with_state(app);
     match cors {
         Some(c) => r.layer(c),
@@ -92,21 +99,73 @@ pub fn router(app: Arc<App>) -> Router {
     }
 }
 
+/// A client must send its whole request head within the read timeout
+/// (then the connection closes), and each piece of its body within it of
+/// the last (then 408): a partial request cannot hold a connection open.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long SIGTERM waits for requests in progress.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves one accepted connection (plain, or TLS once the handshake is
+/// done) with the read timeouts above.
+pub async fn serve_connection<I>(io: I, routes: Router, read_timeout: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower_service::Service;
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        routes.clone().call(req)
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(read_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await;
+}
+
+/// Plain HTTP until SIGTERM or Ctrl-C; then requests in progress get
+/// [`SHUTDOWN_GRACE`].
 pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "control plane listening");
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            tracing::info!("shutting down");
-        })
-        .await
+    let read_timeout = app.read_timeout;
+    let routes = router(app);
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let (routes, open) = (routes.clone(), open.clone());
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(async move {
+            serve_connection(tcp, routes, read_timeout).await;
+            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    tracing::info!("shutting down");
+    drain(&open).await;
+    Ok(())
+}
+
+/// Waits (bounded) for open connections to finish.
+pub async fn drain(open: &std::sync::atomic::AtomicUsize) {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while open.load(std::sync::atomic::Ordering::Relaxed) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -196,6 +255,27 @@ fn require_bearer(headers: &HeaderMap, want: &[u8; 32]) -> Result<(), ApiError> 
     }
 }
 
+/// A body that could not be read: too slow (408), too large (413), or
+/// otherwise unreadable (400).
+fn body_refused(e: &BytesRejection) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::new(
+                408,
+                "request_timeout",
+                "the request body did not arrive in time (--read-timeout-ms)",
+            );
+        }
+        source = err.source();
+    }
+    ApiError::new(
+        e.status().as_u16(),
+        "bad_request",
+        format!("request body unreadable: {e} (at most 64 KiB)"),
+    )
+}
+
 async fn access_handler(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -205,11 +285,7 @@ async fn access_handler(
     let mut audit = json!({});
     let res = match body {
         Ok(body) => decide(&app, &headers, &q, &body, &mut audit).await,
-        Err(e) => Err(ApiError::new(
-            e.status().as_u16(),
-            "bad_request",
-            format!("request body unreadable: {e} (at most 64 KiB)"),
-        )),
+        Err(e) => Err(body_refused(&e)),
     };
     let (status, reason) = match &res {
         Ok(_) => (200, "granted".to_owned()),

@@ -11,14 +11,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use tower_service::Service;
 
-use crate::server::{router, App};
+use crate::server::{drain, router, serve_connection, App};
 
 /// The certificate and key files, and the config built from them.
 pub struct Files {
@@ -86,6 +83,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, files: File
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let open = Arc::new(AtomicUsize::new(0));
+    let read_timeout = app.read_timeout;
     let routes = router(app);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -111,21 +109,11 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, files: File
                     Err(_) => return tracing::debug!(%peer, "tls handshake timed out"),
                 };
             open.fetch_add(1, Ordering::Relaxed);
-            let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                routes.clone().call(req)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            serve_connection(tls, routes, read_timeout).await;
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }
     tracing::info!("shutting down");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    drain(&open).await;
     Ok(())
 }

@@ -126,6 +126,7 @@ fn main() -> Result<()> {
             gateway_token: Some(sha256(&admin_token)),
             signers: Signers::default(),
             cors: server::cors(std::slice::from_ref(&gw_url))?,
+            read_timeout: server::DEFAULT_READ_TIMEOUT,
         });
         let listener = tokio::net::TcpListener::bind(args.control)
             .await

@@ -3,6 +3,7 @@
 //! runs taken minutes apart on the same machine, not figures from elsewhere.
 
 pub mod bulk;
+pub mod chaos;
 pub mod churn;
 pub mod fan_out;
 pub mod idle;

@@ -37,7 +37,8 @@ fn sessions(c: &mut Criterion) {
     let spends = Spends::default();
     let q = spends
         .open(&sid, Some(u64::MAX), 1, std::time::Duration::from_secs(60))
-        .unwrap();
+        .unwrap()
+        .spend;
     c.bench_function("quota/admit", |b| b.iter(|| q.admit(black_box(65536))));
 }
 

@@ -97,7 +97,8 @@ fn run(case: &str) {
             let sid = sluice::SessionId::parse("bench").unwrap();
             let spend = spends
                 .open(&sid, Some(u64::MAX), 1, std::time::Duration::from_secs(60))
-                .unwrap();
+                .unwrap()
+                .spend;
             measured_quota(&spend)
         }
         "http_upgrade" => measured_http_upgrade(

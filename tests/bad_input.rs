@@ -607,3 +607,41 @@ async fn failed_edge_keys_lock_their_address_out_and_short_keys_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("shorter than 22 characters"), "{err}");
 }
+
+/// Issue 13, limits: out of descriptors (EMFILE) the gateway closes the
+/// connections it cannot serve at once instead of leaving them in the
+/// accept queue, keeps serving its established sessions, and recovers as
+/// soon as descriptors free up. The gateway's limit is lowered with
+/// `prlimit` while it runs.
+#[tokio::test]
+async fn out_of_descriptors_the_gateway_sheds_newcomers_and_keeps_serving() {
+    let gw = Gateway::start(1, &[]);
+    let mut healthy = Healthy::new(&gw).await;
+    let (fds, _) = fds_and_rss(gw.pid());
+    let limit = fds + 40;
+    let set = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", gw.pid()))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("prlimit (util-linux) is installed");
+    assert!(set.success());
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    // The ones past the limit are closed at once: end-of-stream, not a wait.
+    let mut shed = 0;
+    for s in idle.iter_mut().rev().take(100) {
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            shed += 1;
+        }
+    }
+    assert!(shed > 0, "no connection was shed");
+    healthy.check().await;
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = gw.get("/healthz").await;
+    assert_eq!(status, 200);
+    healthy.check().await;
+}

@@ -914,3 +914,32 @@ async fn the_control_plane_drops_partial_requests() {
     // Healthy requests are unaffected.
     assert_eq!(ctl.request("GET", "/healthz", &[], "").await.0, 200);
 }
+
+/// Issue 13, defect 3: a released session's token cannot open new
+/// streams (before, it worked until it expired although its slot had been
+/// given to someone else).
+#[tokio::test]
+async fn a_released_sessions_token_is_spent() {
+    let dir = provision();
+    let (ctl, gw) = single_node(&dir, 2);
+    let mut conn = connector(&gw, "edge-a", EDGE_A_KEY, &["d"]).await;
+    let grant = ctl.access_when_online("single", "d").await;
+    let mut b = open(&grant).await;
+    read_one_frame(&mut b, &mut conn, "d").await;
+    let sid = grant["session_id"].as_str().unwrap();
+    let bearer = format!("Bearer {}", alice());
+    let (status, body) = ctl
+        .request(
+            "POST",
+            &format!("/control/release/{sid}"),
+            &[("X-Tenant-Slug", "acme"), ("Authorization", &bearer)],
+            "",
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    expect_error_close(&mut b, "revoked", 4410).await;
+    let mut again = open(&grant).await;
+    expect_error_close(&mut again, "revoked", 4410).await;
+    // The slot is free for a new session.
+    assert_eq!(ctl.access("acme", &alice(), "single", "d").await.0, 200);
+}

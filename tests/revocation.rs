@@ -290,3 +290,71 @@ async fn a_session_end_is_written_to_the_control_planes_redis_keys() {
     let (code, _) = close_of(&mut again).await;
     assert_eq!(code, 4410);
 }
+
+/// Issue 13, defect 2, across gateways: with Redis, a session's quota and
+/// its connection limit hold whichever gateway its connections reach. A
+/// browser that reads 800 of its 1,000 bytes through one gateway and
+/// reconnects through another finds 200 left; while it is connected to
+/// one, the other refuses a second connection (4429).
+#[tokio::test]
+async fn the_quota_and_the_connection_limit_hold_across_gateways() {
+    let redis = Redis::start();
+    let env = [("SLUICE_REVOCATION_REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (one, two) = (Gateway::start(1, &env), Gateway::start(1, &env));
+    wait_ready(&one, 200).await;
+    wait_ready(&two, 200).await;
+    let s1 = tokio::spawn(serve_frames(
+        connector(&one, EDGE, EDGE_KEY, &["d"]).await,
+        frames(4, 400),
+    ));
+    let s2 = tokio::spawn(serve_frames(
+        connector(&two, EDGE, EDGE_KEY, &["d"]).await,
+        frames(4, 400),
+    ));
+    let mut c = claims("across");
+    c.quota = Some(1000);
+    async fn frames_until_quota(b: &mut Ws) -> usize {
+        send_json(b, json!({"action": "query", "dataset": "d"})).await;
+        let mut n = 0;
+        loop {
+            match next_msg(b).await {
+                Message::Binary(_) => n += 1,
+                Message::Text(t) if t.contains("\"error\"") => {
+                    assert!(t.contains("quota_exceeded"), "{t}");
+                    return n;
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut b = browser(&one, &c).await;
+    send_json(&mut b, json!({"action": "list"})).await;
+    assert_eq!(next_json(&mut b).await["type"], "datasets");
+    // Connected to one: two refuses a second connection.
+    let mut twin = browser(&two, &c).await;
+    expect_error_close(&mut twin, "too_many_connections", 4429).await;
+    // 800 of the 1,000 bytes through one (the third frame closes it).
+    assert_eq!(frames_until_quota(&mut b).await, 2);
+    drop(b);
+    // Reconnect through the other gateway: 200 bytes left, no frame fits.
+    let mut again = None;
+    for _ in 0..100 {
+        let mut b = browser(&two, &c).await;
+        send_json(&mut b, json!({"action": "list"})).await;
+        match next_msg(&mut b).await {
+            Message::Text(t) if t.contains("too_many_connections") => {
+                // one has not seen the disconnect yet
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => {
+                again = Some(b);
+                break;
+            }
+        }
+    }
+    let mut b = again.expect("reconnect through the second gateway");
+    assert_eq!(frames_until_quota(&mut b).await, 0);
+    s1.abort();
+    s2.abort();
+}

@@ -5,3 +5,4 @@
 pub mod announce;
 pub mod revocation_link;
 pub mod session_end;
+pub mod spend_link;

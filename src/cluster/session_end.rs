@@ -122,13 +122,24 @@ fn to_redis(
     // The slot and the grant first (the control plane's own script), then
     // the token is spent for every gateway: stored, then published, as the
     // control plane does for a revocation.
-    let res = redis::Script::new(slots::END_SESSION)
+    // Ended only when no gateway holds a connection of the session (it may
+    // have reconnected through another one meanwhile): then that gateway
+    // reports the end when its own last connection goes.
+    let guarded = format!(
+        "if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then return 0 end\n{}",
+        slots::END_SESSION
+    );
+    let res = redis::Script::new(&guarded)
         .key(slots::streams_key(prefix, &end.tenant, client))
         .key(slots::grants_key(prefix, &end.tenant, client))
+        .key(format!("{prefix}conns:{}", end.sid))
         .arg(end.sid.as_str())
         .arg(end.bytes)
         .invoke::<i64>(c)
-        .and_then(|_| {
+        .and_then(|ended| {
+            if ended == 0 {
+                return Ok(());
+            }
             redis::pipe()
                 .set_ex(
                     format!("{}{}", cfg.revocation.key_prefix, end.sid),

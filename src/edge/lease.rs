@@ -265,6 +265,7 @@ mod tests {
             revocations: Revocations::new(false),
             edge_lockout: crate::auth::lockout::Lockout::new(0, 1),
             spends: Default::default(),
+            spend_link: None,
             end_reports: crate::registry::EndReports::new(None),
             public_url: "ws://test".into(),
             web: StaticFiles::load("", 0).unwrap(),

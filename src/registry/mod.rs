@@ -8,4 +8,7 @@ mod spend;
 
 pub use edges::*;
 pub use feeds::{lock, Entry, Event, Feeds};
-pub use spend::{EndReports, Ended, OpenError, Spend, Spends};
+pub use spend::{
+    EndReports, Ended, Joined, OpenError, RemoteJoin, Spend, SpendLink, SpendRequest, Spends,
+    SPEND_QUEUE,
+};

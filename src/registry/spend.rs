@@ -21,6 +21,10 @@ use crate::ids::SessionId;
 pub struct Spend {
     limit: Option<u64>,
     used: AtomicU64,
+    /// What this gateway may deliver in all (used included): the quota on
+    /// a single gateway; with Redis, what it reserved of what the other
+    /// gateways left (`cluster::spend_link`). `u64::MAX`: unlimited.
+    cap: AtomicU64,
 }
 
 impl Spend {
@@ -28,13 +32,11 @@ impl Spend {
     /// is admitted whole or not at all, so the count is exactly the payload
     /// bytes the session received, across all its connections.
     pub fn admit(&self, len: u64) -> bool {
+        let cap = self.cap.load(Ordering::Relaxed);
         self.used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 let next = used.saturating_add(len);
-                match self.limit {
-                    Some(limit) if next > limit => None,
-                    _ => Some(next),
-                }
+                (next <= cap).then_some(next)
             })
             .is_ok()
     }
@@ -45,6 +47,19 @@ impl Spend {
 
     pub fn limit(&self) -> Option<u64> {
         self.limit
+    }
+
+    /// Sets what this gateway may deliver in all (a reservation landed).
+    pub fn set_cap(&self, cap: u64) {
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// Gives up what is reserved and unused: the cap shrinks to what was
+    /// used, and the difference is returned for the shared count.
+    pub fn release_unused(&self) -> u64 {
+        let used = self.used();
+        let cap = self.cap.swap(used, Ordering::Relaxed);
+        cap.saturating_sub(used)
     }
 }
 
@@ -110,6 +125,14 @@ impl EndReports {
     }
 }
 
+/// A connection's place in its session.
+pub struct Joined {
+    pub spend: Arc<Spend>,
+    /// No other connection of the session is open on this gateway: with
+    /// Redis, this one reserves the session's remaining quota for it.
+    pub first: bool,
+}
+
 #[derive(Default)]
 pub struct Spends {
     live: Mutex<HashMap<SessionId, Held>>,
@@ -126,7 +149,7 @@ impl Spends {
         limit: Option<u64>,
         max_conns: u32,
         ttl: Duration,
-    ) -> Result<Arc<Spend>, OpenError> {
+    ) -> Result<Joined, OpenError> {
         let now = Instant::now();
         if self.is_ended(sid, now) {
             return Err(OpenError::Ended);
@@ -136,6 +159,7 @@ impl Spends {
             spend: Arc::new(Spend {
                 limit,
                 used: AtomicU64::new(0),
+                cap: AtomicU64::new(limit.unwrap_or(u64::MAX)),
             }),
             conns: 0,
             generation: 0,
@@ -146,7 +170,10 @@ impl Spends {
         }
         held.conns += 1;
         held.generation += 1;
-        Ok(held.spend.clone())
+        Ok(Joined {
+            spend: held.spend.clone(),
+            first: held.conns == 1,
+        })
     }
 
     /// A connection of the session closed. `Some(generation)` when it was
@@ -159,9 +186,24 @@ impl Spends {
         (held.conns == 0).then_some(held.generation)
     }
 
+    /// A connection that was refused after it joined leaves without
+    /// ending anything (the session may live on another gateway).
+    pub fn abandon(&self, sid: &SessionId) {
+        let mut live = lock(&self.live);
+        if let Some(held) = live.get_mut(sid) {
+            held.conns = held.conns.saturating_sub(1);
+            if held.conns == 0 && held.spend.used() == 0 {
+                live.remove(sid);
+            }
+        }
+    }
+
     /// Ends the session if no connection reopened it since `generation`;
-    /// returns the bytes it used.
-    pub fn end_if_idle(&self, sid: &SessionId, generation: u64) -> Option<u64> {
+    /// returns the bytes it used. `remember`: refuse its token here from
+    /// now on (single gateway; with Redis the end is decided there, and
+    /// comes back as a revocation when the session has no connection on
+    /// any gateway).
+    pub fn end_if_idle(&self, sid: &SessionId, generation: u64, remember: bool) -> Option<u64> {
         let mut live = lock(&self.live);
         let held = live.get(sid)?;
         if held.conns > 0 || held.generation != generation {
@@ -169,7 +211,9 @@ impl Spends {
         }
         let held = live.remove(sid)?;
         drop(live);
-        self.mark_ended(sid.clone(), held.until);
+        if remember {
+            self.mark_ended(sid.clone(), held.until);
+        }
         Some(held.spend.used())
     }
 
@@ -198,6 +242,103 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+// ---- The session's count across gateways (Redis); the thread that talks
+// to Redis is `cluster::spend_link`, which explains the protocol.
+
+/// Requests waiting for the link thread.
+pub const SPEND_QUEUE: usize = 4096;
+
+/// What a join learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteJoin {
+    /// Over the connection limit, counting every gateway.
+    TooMany,
+    /// Counted; this much of the quota is reserved here.
+    Reserved(u64),
+    /// Counted; nothing to reserve (no quota, or not the first here).
+    Counted,
+}
+
+pub enum SpendRequest {
+    Join {
+        sid: SessionId,
+        exp: u64,
+        max_conns: u32,
+        limit: u64,
+        first: bool,
+        reply: flume::Sender<Result<RemoteJoin, String>>,
+    },
+    Leave {
+        sid: SessionId,
+        exp: u64,
+        unused: u64,
+    },
+}
+
+pub struct SpendLink {
+    tx: flume::Sender<SpendRequest>,
+    wait: Duration,
+    /// Joins or leaves that could not reach Redis (local count used).
+    pub failures: AtomicU64,
+}
+
+impl SpendLink {
+    /// A link whose requests go to `tx` (the thread `cluster::spend_link`
+    /// starts); a join waits at most `wait` for Redis.
+    pub fn new(tx: flume::Sender<SpendRequest>, wait: Duration) -> Self {
+        SpendLink {
+            tx,
+            wait,
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a connection of `sid` and, for its first here, reserves what
+    /// is left of `limit` (0 = no quota).
+    pub async fn join(
+        &self,
+        sid: &SessionId,
+        exp: u64,
+        max_conns: u32,
+        limit: u64,
+        first: bool,
+    ) -> Result<RemoteJoin, String> {
+        let (reply, rx) = flume::bounded(1);
+        let req = SpendRequest::Join {
+            sid: sid.clone(),
+            exp,
+            max_conns,
+            limit,
+            first,
+            reply,
+        };
+        let res = match self.tx.try_send(req) {
+            Err(_) => Err("link queue full".to_owned()),
+            Ok(()) => match monoio::time::timeout(self.wait, rx.recv_async()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err("link thread gone".to_owned()),
+                Err(_) => Err("Redis did not answer in time".to_owned()),
+            },
+        };
+        if res.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+
+    /// Uncounts a connection; `unused` goes back to the session's quota.
+    pub fn leave(&self, sid: &SessionId, exp: u64, unused: u64) {
+        let req = SpendRequest::Leave {
+            sid: sid.clone(),
+            exp,
+            unused,
+        };
+        if self.tx.try_send(req).is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +353,8 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let a = s.open(&sid("s1"), Some(100), 2, ttl).unwrap();
         let b = s.open(&sid("s1"), Some(999), 2, ttl).unwrap();
+        assert!(a.first && !b.first);
+        let (a, b) = (a.spend, b.spend);
         assert_eq!(
             s.open(&sid("s1"), Some(100), 2, ttl).err(),
             Some(OpenError::TooManyConnections { max: 2 })
@@ -223,18 +366,25 @@ mod tests {
         // Sequential: the last connection closes, a reconnect continues.
         assert_eq!(s.close(&sid("s1")), None);
         let gen = s.close(&sid("s1")).unwrap();
-        let c = s.open(&sid("s1"), None, 2, ttl).unwrap();
+        let c = s.open(&sid("s1"), None, 2, ttl).unwrap().spend;
         assert!(!c.admit(1));
-        assert_eq!(s.end_if_idle(&sid("s1"), gen), None, "reopened since");
+        // A reservation of another gateway's leftovers: the cap moves.
+        c.set_cap(150);
+        assert!(c.admit(50));
+        assert_eq!(c.release_unused(), 0);
+        c.set_cap(170);
+        assert_eq!(c.release_unused(), 20, "reserved 170, used 150");
+        assert!(!c.admit(1), "nothing left once released");
+        assert_eq!(s.end_if_idle(&sid("s1"), gen, true), None, "reopened since");
         let gen = s.close(&sid("s1")).unwrap();
-        assert_eq!(s.end_if_idle(&sid("s1"), gen), Some(100));
+        assert_eq!(s.end_if_idle(&sid("s1"), gen, true), Some(150));
         assert_eq!(
             s.open(&sid("s1"), Some(100), 2, ttl).err(),
             Some(OpenError::Ended)
         );
         assert_eq!(s.counts(), (0, 1));
         // Unlimited, and 0 = no connection limit.
-        let u = s.open(&sid("s2"), None, 0, ttl).unwrap();
+        let u = s.open(&sid("s2"), None, 0, ttl).unwrap().spend;
         assert!(u.admit(u64::MAX));
     }
 }

@@ -49,18 +49,21 @@ pub async fn run(
                 // refusal it can retry), take the spare back, and pause
                 // briefly so established sessions keep the shard.
                 drop(spare.take());
-                if let Ok(Ok((s, _))) =
-                    monoio::time::timeout(Duration::from_millis(5), listener.accept()).await
-                {
+                // A connection is waiting (that is what failed): no timeout,
+                // whose cancellation could leave an accept in flight.
+                if let Ok((s, _)) = listener.accept().await {
                     drop(s);
                 }
-                spare = std::fs::File::open("/dev/null").ok();
                 out_of_fds += 1;
                 if out_of_fds.is_power_of_two() {
                     tracing::warn!(shard = id, times = out_of_fds, "out of file descriptors: refusing new connections (raise the descriptor limit, or lower limits.max_pending_handshakes)");
                 }
                 ShardMetrics::inc(&shard.metrics().http_rejections);
+                // Under io_uring a dropped socket is closed by an operation
+                // of the ring: give it time to complete before the spare
+                // takes the descriptor back.
                 monoio::time::sleep(Duration::from_millis(10)).await;
+                spare = std::fs::File::open("/dev/null").ok();
             }
             Err(e) => {
                 // Other failures: back off instead of spinning.

@@ -145,6 +145,8 @@ impl Gateway {
         };
         let revocation_on = !cfg.revocation.redis_url.is_empty();
         let ends = crate::cluster::session_end::queue(&cfg);
+        let spend_link = crate::cluster::spend_link::start(&cfg)
+            .context("cannot start the session-spend thread")?;
         let edge_lockout = Lockout::new(
             cfg.auth.edge_failures_per_minute,
             cfg.auth.edge_failure_sources,
@@ -164,6 +166,7 @@ impl Gateway {
             revocations: Revocations::new(revocation_on),
             edge_lockout,
             spends: Spends::default(),
+            spend_link,
             end_reports: EndReports::new(ends.as_ref().map(|(tx, _)| tx.clone())),
             public_url,
             web,

@@ -254,7 +254,7 @@ async fn serve(
             "session revoked",
         ))
     } else {
-        Quota::join(&shard, &sid, &claims)
+        Quota::join(&shard, &sid, &claims).await
     };
     let quota = match joined {
         Ok(q) => q,

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::auth::token::Claims;
 use crate::ids::SessionId;
-use crate::registry::{Ended, OpenError, Spend};
+use crate::registry::{Ended, OpenError, RemoteJoin, Spend};
 use crate::shard::Shard;
 use crate::wire::message::{close, ErrorCode, Refusal};
 
@@ -27,11 +27,21 @@ pub struct Quota {
     tenant: String,
     client: Option<String>,
     exp: u64,
+    /// Counted in Redis too (so leaving must uncount it there).
+    counted_remotely: bool,
+    /// Refused after joining: leaves without ending the session.
+    refused: bool,
 }
 
 impl Quota {
-    /// Joins the session `sid` for this connection, or says why not.
-    pub fn join(shard: &Rc<Shard>, sid: &SessionId, claims: &Claims) -> Result<Quota, Refusal> {
+    /// Joins the session `sid` for this connection, or says why not. With
+    /// Redis the connection is also counted across gateways, and the
+    /// session's first connection here reserves what is left of its quota.
+    pub async fn join(
+        shard: &Rc<Shard>,
+        sid: &SessionId,
+        claims: &Claims,
+    ) -> Result<Quota, Refusal> {
         let cfg = shard.cfg();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -44,24 +54,59 @@ impl Quota {
             .filter(|&l| l > 0);
         let max = cfg.limits.max_connections_per_session;
         match shard.shared.spends.open(sid, limit, max, ttl) {
-            Ok(spend) => Ok(Quota {
-                spend,
-                shard: shard.clone(),
-                sid: sid.clone(),
-                tenant: claims.tenant.clone(),
-                client: claims.client.clone(),
-                exp: claims.exp,
-            }),
+            Ok(joined) => {
+                let mut quota = Quota {
+                    spend: joined.spend,
+                    shard: shard.clone(),
+                    sid: sid.clone(),
+                    tenant: claims.tenant.clone(),
+                    client: claims.client.clone(),
+                    exp: claims.exp,
+                    counted_remotely: false,
+                    refused: false,
+                };
+                let Some(link) = &shard.shared.spend_link else {
+                    return Ok(quota);
+                };
+                if joined.first && limit.is_some() {
+                    // Nothing may be delivered before the reservation lands.
+                    quota.spend.set_cap(quota.spend.used());
+                }
+                let want = limit.unwrap_or(0);
+                match link.join(sid, claims.exp, max, want, joined.first).await {
+                    Ok(RemoteJoin::TooMany) => {
+                        // `quota` drops here: the local count is undone
+                        // (the remote one was never taken), and nothing
+                        // ends: the session lives on another gateway.
+                        quota.refused = true;
+                        Err(too_many(max))
+                    }
+                    Ok(RemoteJoin::Reserved(left)) => {
+                        quota.counted_remotely = true;
+                        quota.spend.set_cap(quota.spend.used() + left);
+                        Ok(quota)
+                    }
+                    Ok(RemoteJoin::Counted) => {
+                        quota.counted_remotely = true;
+                        Ok(quota)
+                    }
+                    Err(e) => {
+                        tracing::warn!(sid = %sid, error = %e, "session spend across gateways unavailable; counting on this gateway");
+                        if joined.first {
+                            if let Some(l) = limit {
+                                quota.spend.set_cap(l);
+                            }
+                        }
+                        Ok(quota)
+                    }
+                }
+            }
             Err(OpenError::Ended) => Err(Refusal::new(
                 close::REVOKED,
                 ErrorCode::SessionEnded,
                 "session ended: its token cannot open new streams (ask the control plane for a new session)",
             )),
-            Err(OpenError::TooManyConnections { max }) => Err(Refusal::new(
-                close::QUOTA,
-                ErrorCode::TooManyConnections,
-                format!("session already holds {max} connection(s) (limits.max_connections_per_session)"),
-            )),
+            Err(OpenError::TooManyConnections { max }) => Err(too_many(max)),
         }
     }
 
@@ -81,10 +126,32 @@ impl Quota {
     }
 }
 
+fn too_many(max: u32) -> Refusal {
+    Refusal::new(
+        close::QUOTA,
+        ErrorCode::TooManyConnections,
+        format!("session already holds {max} connection(s) (limits.max_connections_per_session)"),
+    )
+}
+
 impl Drop for Quota {
     fn drop(&mut self) {
         let shared = self.shard.shared.clone();
-        let Some(generation) = shared.spends.close(&self.sid) else {
+        if self.refused {
+            shared.spends.abandon(&self.sid);
+            return;
+        }
+        let last = shared.spends.close(&self.sid);
+        if let Some(link) = shared.spend_link.as_ref().filter(|_| self.counted_remotely) {
+            // The last connection here gives back what it reserved and did
+            // not use, so a reconnect through another gateway finds it.
+            let unused = match (last, self.spend.limit()) {
+                (Some(_), Some(_)) => self.spend.release_unused(),
+                _ => 0,
+            };
+            link.leave(&self.sid, self.exp, unused);
+        }
+        let Some(generation) = last else {
             return;
         };
         let wait = Duration::from_millis(self.shard.cfg().timeouts.session_end_ms);
@@ -97,7 +164,8 @@ impl Drop for Quota {
         };
         monoio::spawn(async move {
             monoio::time::sleep(wait).await;
-            if let Some(bytes) = shared.spends.end_if_idle(&end.sid, generation) {
+            let remember = shared.spend_link.is_none();
+            if let Some(bytes) = shared.spends.end_if_idle(&end.sid, generation, remember) {
                 end.bytes = bytes;
                 tracing::info!(sid = %end.sid, bytes, "session ended");
                 shared.end_reports.report(end);

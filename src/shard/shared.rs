@@ -9,7 +9,7 @@ use crate::auth::lockout::Lockout;
 use crate::auth::revocations::Revocations;
 use crate::auth::token::Verifier;
 use crate::config::{Config, EdgeKeys};
-use crate::registry::{EndReports, Feeds, Registry, Spends};
+use crate::registry::{EndReports, Feeds, Registry, SpendLink, Spends};
 use crate::shard::metrics::{Metrics, Snapshot, TlsSnapshot};
 use crate::shard::ShardMsg;
 use crate::static_files::StaticFiles;
@@ -38,6 +38,8 @@ pub struct Shared {
     pub edge_lockout: Lockout,
     /// Per-session spend and connections, across shards.
     pub spends: Spends,
+    /// The same count across gateways, with Redis.
+    pub spend_link: Option<SpendLink>,
     pub end_reports: EndReports,
     /// Where clients reach this gateway (`registry.public_url`, or
     /// `ws://` + the listening address).

@@ -436,7 +436,14 @@ async fn release_handler(
             "no such session of yours",
         ));
     };
-    app.store.release(&rec).await?;
+    // Released: the slot frees, and the token must not open new streams
+    // anywhere — the same marker and message as a revocation (which also
+    // ends a stream the user left running).
+    let now = now_s();
+    app.store.revoke(&rec, now).await?;
+    if let Locator::Gateway(g) = &app.locator {
+        g.revoke(&rec.sid, rec.exp).await?;
+    }
     app.audit.record(
         "release",
         json!({"tenant": slug.as_str(), "sub": user.sub, "sid": sid}),

@@ -367,7 +367,9 @@ Sluice demo is running (Ctrl-C stops it).
   control plane  {ctl}
   gateway        {gw}  (connector edge {EDGE} of tenant {TENANT}: sales, sales_parquet, metrics)
 
-Open the dashboard with a ready session on `sales` (valid one hour):
+Open the dashboard with a ready session on `sales` (one session: once its
+tab has been closed for half a second the session has ended and its token
+is spent; the sign-in link below makes a new one each time):
 
   {gw}/#token={token}
 

@@ -10,8 +10,14 @@
 //!
 //! Faults, in turn every `fault_every`: the connector killed (every socket
 //! cut without a close) and restarted, the connector stalled for 3 s,
-//! Redis restarted, a running session revoked, and the gateway stopped
-//! with SIGTERM and restarted.
+//! Redis restarted, a running session revoked, the control plane
+//! restarted, and the gateway stopped with SIGTERM and restarted.
+//!
+//! The control plane (`sluice-control`, next to the gateway binary, its
+//! data directory written by its own admin commands) is in the path of the
+//! "granted" queries: they ask it for access, and the gateway verifies
+//! their EdDSA tokens with keys it fetches from the control plane's JWKS.
+//! While it is down, grants are refused (counted, not a stream).
 //!
 //! Each stream ends as one of: **whole** (every frame byte for byte, in
 //! order, then `stream_end` with the right total — or, for a viewer or a
@@ -83,6 +89,8 @@ const DOCUMENTED: [u16; 4] = [4503, 1001, 4410, 4409];
 pub struct Tally {
     pub sessions: u64,
     pub refused_at_connect: u64,
+    /// Access requests the control plane could not answer (restarting).
+    pub grants_refused: u64,
     pub whole: u64,
     pub ended_with_error: u64,
     pub abandoned: u64,
@@ -110,6 +118,7 @@ struct World {
     tenant: String,
     edge_key: String,
     redis_url: String,
+    control: SocketAddr,
     stop: AtomicBool,
     stalled: AtomicBool,
     /// Connector sockets, cut by the "connector killed" fault.
@@ -392,6 +401,198 @@ fn query_actor(w: Arc<World>, id: usize) {
     }
 }
 
+/// A user's token for the control plane (HS256 with the tenant's user
+/// secret): `sub`, `tenant`, `exp`; the other claims are ignored there.
+fn user_token(w: &World) -> String {
+    let c = Claims {
+        sid: "user".into(),
+        sub: "chaos-user".into(),
+        tenant: w.tenant.clone(),
+        edge: w.edge.clone(),
+        mode: Mode::Query,
+        datasets: None,
+        quota: None,
+        exp: sluice::auth::token::now_s() + 3600,
+        jti: None,
+        client: None,
+    };
+    sign_hs256(&c, USERS_SECRET.as_bytes())
+}
+
+/// One HTTP/1.1 exchange; status and JSON body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, Value)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    let json = out
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    Ok((status, json))
+}
+
+/// Queries through a grant of the control plane: access, then the stream
+/// with the EdDSA session token it signed.
+fn granted_actor(w: Arc<World>, id: usize) {
+    let mut rng = Rng(id as u64 * 104_729 + 3);
+    while !w.stopping() {
+        let d = (rng.next() % 2) as usize;
+        let body = json!({"client_id": "chaos", "dataset_id": DATASETS[d].0}).to_string();
+        let bearer = format!("Bearer {}", user_token(&w));
+        let grant = http(
+            w.control,
+            "POST",
+            "/control/access",
+            &[("X-Tenant-Slug", &w.tenant), ("Authorization", &bearer)],
+            &body,
+        );
+        let grant = match grant {
+            Ok((200, g)) => g,
+            _ => {
+                w.tally.lock().unwrap().grants_refused += 1;
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let sid = grant["session_id"].as_str().unwrap_or("").to_owned();
+        let token = grant["session_token"].as_str().unwrap_or("").to_owned();
+        let conn = wire::connect(
+            w.addr,
+            &format!("/stream/{sid}"),
+            &[("Authorization", format!("Bearer {token}"))],
+        );
+        let mut c = match conn {
+            Ok(c) => c,
+            Err(_) => {
+                w.tally.lock().unwrap().refused_at_connect += 1;
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        w.live_sids.lock().unwrap().push(sid.clone());
+        let t0 = w.since();
+        let v = query(&w, &mut c, d, false, false);
+        let failed = matches!(v, Verdict::Error(_));
+        w.record(&format!("granted query {sid} from {t0:.1} s"), v);
+        w.live_sids.lock().unwrap().retain(|s| s != &sid);
+        if failed {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The tenant's user secret (HS256) the loader signs user tokens with.
+const USERS_SECRET: &str = "chaos-users-secret-0123456789abcdef";
+const ADMIN_TOKEN: &str = "chaos-control-admin-token-0123456789";
+
+/// Writes the control plane's data directory with its own admin commands:
+/// the loader's tenant, its edge and key, the datasets, an open plan, a
+/// client, and a signing key.
+fn provision_control(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    master: &str,
+    spec: &GatewaySpec,
+) -> Result<()> {
+    let (t, e) = (spec.tenant.as_str(), spec.edge.as_str());
+    let mut steps: Vec<Vec<&str>> = vec![
+        vec!["tenant", "add", t, "--user-hs256-secret-env", "CHAOS_USERS"],
+        vec![
+            "edge",
+            "add",
+            "--tenant",
+            t,
+            e,
+            "--key-env",
+            "CHAOS_EDGE_KEY",
+        ],
+        vec!["plan", "add", "--tenant", t, "open"],
+    ];
+    for (name, _, _) in DATASETS {
+        steps.push(vec!["dataset", "add", "--tenant", t, name, "--edge", e]);
+    }
+    steps.push(vec![
+        "client",
+        "add",
+        "--tenant",
+        t,
+        "chaos",
+        "--plan",
+        "open",
+        "--dataset",
+        "*",
+    ]);
+    steps.push(vec!["keys", "rotate", "--tenant", t]);
+    for args in steps {
+        let out = Command::new(bin)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(&args)
+            .env("SLUICE_MASTER_KEY", master)
+            .env("CHAOS_USERS", USERS_SECRET)
+            .env("CHAOS_EDGE_KEY", &spec.edge_key)
+            .output()
+            .with_context(|| format!("run {}", bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "sluice-control {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn start_control(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    master: &str,
+    addr: SocketAddr,
+    redis_url: &str,
+) -> Result<Kid> {
+    let child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["serve", "--listen", &addr.to_string(), "--redis", redis_url])
+        .env("SLUICE_MASTER_KEY", master)
+        .env("SLUICE_CONTROL_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start sluice-control")?;
+    let kid = Kid(Some(child));
+    for _ in 0..400 {
+        if let Ok((200, _)) = http(addr, "GET", "/healthz", &[], "") {
+            return Ok(kid);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("sluice-control did not answer on {addr}")
+}
+
 fn viewer_actor(w: Arc<World>, id: usize) {
     while !w.stopping() {
         let n = w.next.fetch_add(1, Ordering::Relaxed);
@@ -481,14 +682,14 @@ fn relay_actor(w: Arc<World>, id: usize) {
         };
         w.live_sids.lock().unwrap().push(sid.clone());
         let t0 = w.since();
-        let v = relay(&mut c);
+        let v = relay(&w, &mut c);
         w.record(&format!("relay {sid} from {t0:.1} s"), v);
         w.live_sids.lock().unwrap().retain(|s| s != &sid);
     }
 }
 
 /// 50 frames of 4 KiB to the edge, each echoed back exactly.
-fn relay(c: &mut Conn) -> Verdict {
+fn relay(w: &World, c: &mut Conn) -> Verdict {
     for i in 0..50u64 {
         let frame = content(5, i, 4096);
         if c.stream
@@ -499,6 +700,10 @@ fn relay(c: &mut Conn) -> Verdict {
         }
         let mut last = Instant::now();
         loop {
+            // The loader is tearing its relay edges down: not a verdict.
+            if w.stopping() {
+                return Verdict::Abandoned;
+            }
             match read(c, Duration::from_secs(1)) {
                 Read::Frame(Opcode::Binary, p) if p == frame => break,
                 Read::Frame(Opcode::Binary, _) => {
@@ -729,7 +934,12 @@ fn start_redis(port: u16) -> Result<Kid> {
     bail!("redis-server did not listen on {port}")
 }
 
-fn start_gateway(spec: &GatewaySpec, addr: SocketAddr, redis_url: &str) -> Result<Kid> {
+fn start_gateway(
+    spec: &GatewaySpec,
+    addr: SocketAddr,
+    redis_url: &str,
+    control: SocketAddr,
+) -> Result<Kid> {
     let mut cmd = Command::new(&spec.bin);
     cmd.env("SLUICE_LISTEN", addr.to_string())
         .env("SLUICE_WORKERS", spec.workers.to_string())
@@ -740,6 +950,10 @@ fn start_gateway(spec: &GatewaySpec, addr: SocketAddr, redis_url: &str) -> Resul
         )
         .env("SLUICE_LOG", "warn")
         .env("SLUICE_REVOCATION_REDIS_URL", redis_url)
+        .env(
+            "SLUICE_AUTH_JWKS_URL",
+            format!("http://{control}/.well-known/jwks.json"),
+        )
         .env("SLUICE_TIMEOUTS_DRAIN_GRACE_MS", "1000")
         .env("SLUICE_TIMEOUTS_SHUTDOWN_MS", "2000")
         .env("SLUICE_TIMEOUTS_PAIR_WAIT_MS", "5000")
@@ -808,8 +1022,27 @@ pub fn run(spec: &GatewaySpec, p: &Params) -> Result<Value> {
     let redis_port = free_port()?;
     let redis_url = format!("redis://127.0.0.1:{redis_port}/");
     let mut redis = start_redis(redis_port)?;
+    let control_bin = spec.bin.with_file_name("sluice-control");
+    if !control_bin.exists() {
+        bail!(
+            "chaos restarts the control plane as one of its faults: {} not found (cargo build --workspace)",
+            control_bin.display()
+        );
+    }
+    let data = crate::targets::TempDir::new("chaos-control")?;
+    let master = {
+        use base64::Engine;
+        let seed = sluice::auth::token::now_s().to_le_bytes();
+        let key: Vec<u8> = (0..32u8)
+            .map(|i| seed[usize::from(i) % 8] ^ i.wrapping_mul(37))
+            .collect();
+        base64::engine::general_purpose::STANDARD.encode(key)
+    };
+    provision_control(&control_bin, &data.0, &master, spec)?;
+    let control: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut control_plane = start_control(&control_bin, &data.0, &master, control, &redis_url)?;
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let mut gateway = start_gateway(spec, addr, &redis_url)?;
+    let mut gateway = start_gateway(spec, addr, &redis_url, control)?;
     let w = Arc::new(World {
         addr,
         spec_secret: spec.secret.clone(),
@@ -817,6 +1050,7 @@ pub fn run(spec: &GatewaySpec, p: &Params) -> Result<Value> {
         tenant: spec.tenant.clone(),
         edge_key: spec.edge_key.clone(),
         redis_url: redis_url.clone(),
+        control,
         stop: AtomicBool::new(false),
         stalled: AtomicBool::new(false),
         connector_socks: Mutex::new(Vec::new()),
@@ -845,6 +1079,10 @@ pub fn run(spec: &GatewaySpec, p: &Params) -> Result<Value> {
         let w = w.clone();
         threads.push(std::thread::spawn(move || viewer_actor(w, i)));
     }
+    for i in 0..2 {
+        let w = w.clone();
+        threads.push(std::thread::spawn(move || granted_actor(w, i)));
+    }
     for i in 0..p.relays {
         let w = w.clone();
         threads.push(std::thread::spawn(move || relay_actor(w, i)));
@@ -856,7 +1094,7 @@ pub fn run(spec: &GatewaySpec, p: &Params) -> Result<Value> {
     let mut restarts = 0;
     while Instant::now() + p.fault_every < end {
         std::thread::sleep(p.fault_every);
-        match k % 5 {
+        match k % 6 {
             0 => {
                 w.fault("connector killed and restarted");
                 w.connector_down.store(true, Ordering::Relaxed);
@@ -888,11 +1126,17 @@ pub fn run(spec: &GatewaySpec, p: &Params) -> Result<Value> {
                     }
                 }
             }
+            4 => {
+                w.fault("control plane restarted");
+                control_plane.stop();
+                std::thread::sleep(Duration::from_secs(1));
+                control_plane = start_control(&control_bin, &data.0, &master, control, &redis_url)?;
+            }
             _ => {
                 w.fault("gateway SIGTERM and restart");
                 sigterm_and_wait(&mut gateway);
                 w.connector_socks.lock().unwrap().clear();
-                gateway = start_gateway(spec, addr, &redis_url)?;
+                gateway = start_gateway(spec, addr, &redis_url, control)?;
                 restarts += 1;
             }
         }
@@ -933,6 +1177,10 @@ pub fn run(spec: &GatewaySpec, p: &Params) -> Result<Value> {
     println!(
         "  refused at connect:     {} (gateway restarting)",
         t.refused_at_connect
+    );
+    println!(
+        "  grants refused:         {} (control plane restarting)",
+        t.grants_refused
     );
     println!("  streams verified whole: {}", t.whole);
     println!(

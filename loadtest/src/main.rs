@@ -64,7 +64,8 @@ struct Args {
     scenario: Scenario,
 
     /// Paths to drive, comma separated: direct, gateway (fast path),
-    /// gateway-query (seed-001 masked), gateway-relay, nginx, haproxy.
+    /// gateway-query (seed-001 masked), gateway-relay, nginx, haproxy,
+    /// haproxy-tcp (mode tcp with splicing: the ceiling for any proxy).
     /// Default: direct, gateway, and nginx/haproxy when installed.
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
@@ -226,6 +227,7 @@ fn run() -> Result<()> {
         }
         if targets::has("haproxy") {
             t.push(Target::Haproxy);
+            t.push(Target::HaproxyTcp);
         }
         t
     } else {
@@ -277,15 +279,25 @@ fn run() -> Result<()> {
                 "target haproxy asked for, but haproxy is not installed (apt-get install haproxy)"
             );
         }
-        let (s, addr, p) = targets::start_haproxy(origin.addr, &proxy_cpus)?;
+        let (s, addr, p) = targets::start_haproxy(origin.addr, &proxy_cpus, false)?;
         _haproxy = Some(s);
         haproxy_at = Some((addr, p));
+    }
+    let (mut _haproxy_tcp, mut haproxy_tcp_at) = (None, None);
+    if targets.contains(&Target::HaproxyTcp) {
+        if !targets::has("haproxy") {
+            bail!("target haproxy-tcp asked for, but haproxy is not installed (apt-get install haproxy)");
+        }
+        let (s, addr, p) = targets::start_haproxy(origin.addr, &proxy_cpus, true)?;
+        _haproxy_tcp = Some(s);
+        haproxy_tcp_at = Some((addr, p));
     }
     for t in &targets {
         let (addr, proc) = match t {
             Target::Direct => (origin.addr, None),
             Target::Nginx => (nginx_at.unwrap().0, Some(nginx_at.unwrap().1)),
             Target::Haproxy => (haproxy_at.unwrap().0, Some(haproxy_at.unwrap().1)),
+            Target::HaproxyTcp => (haproxy_tcp_at.unwrap().0, Some(haproxy_tcp_at.unwrap().1)),
             _ => (gw.addr.expect("gateway address"), gw.pid.map(Proc)),
         };
         procs.push((*t, addr, proc));

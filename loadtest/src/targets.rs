@@ -35,6 +35,9 @@ pub enum Target {
     GatewayRelay,
     Nginx,
     Haproxy,
+    /// haproxy in `mode tcp` with kernel splicing: it parses nothing of
+    /// WebSocket, so it is the ceiling any proxy can reach on this host.
+    HaproxyTcp,
 }
 
 impl Target {
@@ -46,7 +49,8 @@ impl Target {
             "gateway-relay" => Target::GatewayRelay,
             "nginx" => Target::Nginx,
             "haproxy" => Target::Haproxy,
-            _ => bail!("unknown target {s:?} (direct, gateway, gateway-query, gateway-relay, nginx, haproxy)"),
+            "haproxy-tcp" => Target::HaproxyTcp,
+            _ => bail!("unknown target {s:?} (direct, gateway, gateway-query, gateway-relay, nginx, haproxy, haproxy-tcp)"),
         })
     }
 
@@ -58,6 +62,7 @@ impl Target {
             Target::GatewayRelay => "gateway-relay",
             Target::Nginx => "nginx",
             Target::Haproxy => "haproxy",
+            Target::HaproxyTcp => "haproxy-tcp",
         }
     }
 
@@ -295,14 +300,19 @@ fn spawn_proxy(
     port: u16,
     dir: TempDir,
 ) -> Result<(Spawned, SocketAddr, Proc)> {
+    // Its complaints go to a file, quoted if it fails to start.
+    let log = dir.0.join("stderr.log");
     let mut child = pinned(cpus, &find(name))
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("start {name}"))?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    wait_listening(addr, name, &mut child)?;
+    wait_listening(addr, name, &mut child).map_err(|e| {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        anyhow!("{e}: {}", said.trim())
+    })?;
     let pid = Proc(child.id());
     Ok((
         Spawned {
@@ -347,16 +357,25 @@ pub fn start_nginx(
     spawn_proxy("nginx", &args, cpus, port, dir)
 }
 
-/// haproxy, one thread, HTTP mode (WebSocket upgrade → tunnel) to `origin`.
+/// haproxy, one thread, to `origin`: HTTP mode (WebSocket upgrade →
+/// tunnel), or with `tcp` plain TCP forwarding with kernel splicing (the
+/// ceiling: no protocol work at all).
 pub fn start_haproxy(
     origin: SocketAddr,
     cpus: &Option<String>,
+    tcp: bool,
 ) -> Result<(Spawned, SocketAddr, Proc)> {
-    let dir = TempDir::new("haproxy")?;
+    let dir = TempDir::new(if tcp { "haproxy-tcp" } else { "haproxy" })?;
     let port = free_port()?;
-    let conns = fd_budget();
+    // Splicing takes a pipe (two descriptors) per active connection.
+    let conns = if tcp { fd_budget() / 2 } else { fd_budget() };
+    let mode = if tcp {
+        "mode tcp\n  option splice-auto"
+    } else {
+        "mode http"
+    };
     let conf = format!(
-        "global\n  nbthread 1\n  maxconn {conns}\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n\
+        "global\n  nbthread 1\n  maxconn {conns}\n\ndefaults\n  {mode}\n  timeout connect 5s\n  timeout client 1h\n\
          timeout server 1h\n  timeout tunnel 1h\n\nfrontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\n\
          backend be\n  server origin {origin}\n"
     );
@@ -541,7 +560,7 @@ impl Route<'_> {
     /// One stream, ready for data: the source writes, the sink reads.
     pub fn open_stream(&self, n: usize) -> Result<(Source, SinkParts)> {
         match self.target {
-            Target::Direct | Target::Nginx | Target::Haproxy => {
+            Target::Direct | Target::Nginx | Target::Haproxy | Target::HaproxyTcp => {
                 let key = format!("{}-{n}", self.target.name());
                 let rx = self.origin.expect(&key);
                 let sink = wire::connect(self.addr, &format!("/hold/{key}"), &[])?;

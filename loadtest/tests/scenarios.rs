@@ -23,7 +23,7 @@ fn loader(scenario: &str, args: &[&str]) -> Value {
         .arg(scenario)
         .args([
             "--targets",
-            "direct,gateway,gateway-query,gateway-relay,nginx,haproxy",
+            "direct,gateway,gateway-query,gateway-relay,nginx,haproxy,haproxy-tcp",
         ])
         .args(["--no-pin", "--out"])
         .arg(&out)
@@ -38,7 +38,7 @@ fn loader(scenario: &str, args: &[&str]) -> Value {
     );
     let report: Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-    let paths = if scenario == "revoke" { 1 } else { 6 };
+    let paths = if scenario == "revoke" { 1 } else { 7 };
     assert_eq!(
         report["outcomes"].as_array().unwrap().len(),
         paths,

@@ -8,11 +8,11 @@
 //! | [`wire`] | RFC 6455 frames, the HTTP upgrade, readers, bounded outboxes, socket handoff |
 //! | [`tls`] | certificate material and `sluice certs` |
 //! | [`auth`] | session tokens, JWKS, edge credentials, revoked sessions |
-//! | [`registry`] | edges online, their connections, live feeds |
+//! | [`registry`] | edges online, their connections, live feeds, session spend |
 //! | [`shard`] | a shard's state, its mailbox messages, metrics |
 //! | [`edge`] | edge endpoints, the idle pool, leasing a connection to a session |
 //! | [`session`] | the browser session: authenticate, query, fan-out, relay, quota |
-//! | [`cluster`] | Redis links: revocations in, the edge registry out |
+//! | [`cluster`] | Redis links: revocations in; edge registry, session ends and spend out |
 //! | [`server`] | start, accept, route, the TLS front, admin endpoints |
 //!
 //! A browser connection goes: `server::accept` → `server::route` →

@@ -368,15 +368,7 @@ async fn a_pre_auth_ping_flood_cannot_grow_the_gateway() {
 #[tokio::test]
 async fn client_chosen_names_cannot_forge_log_lines() {
     let mut gw = Gateway::start_logged(1, &[("SLUICE_LOG", "info")]);
-    let log = gw.child.stderr.take().expect("piped stderr");
-    let lines = std::thread::spawn(move || {
-        use std::io::BufRead;
-        // Until the gateway exits and its stderr closes.
-        std::io::BufReader::new(log)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
+    let lines = gw.log_lines();
     let mut ws = connect(&gw.url("/ws/connect"), &[("Edge-Key", EDGE_KEY)])
         .await
         .unwrap();
@@ -557,14 +549,7 @@ async fn failed_edge_keys_lock_their_address_out_and_short_keys_are_refused() {
             ("SLUICE_LOG", "info"),
         ],
     );
-    let log = gw.child.stderr.take().expect("piped stderr");
-    let lines = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(log)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
+    let lines = gw.log_lines();
     let mut healthy = Healthy::new(&gw).await;
     let url = gw.url("/ws/connect");
     for i in 0..5 {

@@ -791,45 +791,21 @@ async fn an_unfinished_connector_message_ends_the_session_with_4503_not_1002() {
 #[tokio::test]
 async fn the_quota_is_the_sessions_across_reconnects_and_concurrent_connections() {
     let gw = Gateway::start(2, &[("SLUICE_LIMITS_MAX_CONNECTIONS_PER_SESSION", "3")]);
-    let conns: Vec<_> =
-        futures_util::future::join_all((0..3).map(|_| connector(&gw, EDGE, EDGE_KEY, &["d"])))
-            .await;
-    let serving: Vec<_> = conns
-        .into_iter()
-        .map(|c| tokio::spawn(serve_frames(c, frames(4, 400))))
-        .collect();
+    let serving = serving_connectors(&gw, 3, frames(4, 400)).await;
     let mut c = claims("metered");
     c.quota = Some(1000);
-    // Reads binaries until the quota close; returns how many arrived.
-    async fn read_until_quota(b: &mut Ws) -> usize {
-        send_json(b, json!({"action": "query", "dataset": "d"})).await;
-        let mut n = 0;
-        loop {
-            match next_msg(b).await {
-                Message::Binary(_) => n += 1,
-                Message::Text(t) => {
-                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                    if v["type"] == "error" {
-                        assert_eq!(v["code"], "quota_exceeded", "{v}");
-                        return n;
-                    }
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-    }
     let mut b = browser(&gw, &c).await;
-    assert_eq!(read_until_quota(&mut b).await, 2, "800 of 1,000 bytes");
+    assert_eq!(frames_until_quota(&mut b).await, 2, "800 of 1,000 bytes");
     drop(b);
     // A reconnect continues the session: 200 bytes left, no 400-byte frame fits.
     let mut b = browser(&gw, &c).await;
-    assert_eq!(read_until_quota(&mut b).await, 0);
+    assert_eq!(frames_until_quota(&mut b).await, 0);
     drop(b);
     // Concurrent connections of a fresh session share one quota.
     c.sid = "metered-2".into();
     let mut a = browser(&gw, &c).await;
     let mut b = browser(&gw, &c).await;
-    let (x, y) = tokio::join!(read_until_quota(&mut a), read_until_quota(&mut b));
+    let (x, y) = tokio::join!(frames_until_quota(&mut a), frames_until_quota(&mut b));
     assert_eq!(
         x + y,
         2,
@@ -913,13 +889,7 @@ async fn made_up_tenants_cannot_flood_the_jwks_endpoint_or_the_cache() {
 #[tokio::test]
 async fn tiny_shard_mailboxes_slow_hand_overs_but_lose_nothing() {
     let gw = Gateway::start(4, &[("SLUICE_LIMITS_SHARD_MAILBOX_MESSAGES", "1")]);
-    let conns: Vec<_> =
-        futures_util::future::join_all((0..4).map(|_| connector(&gw, EDGE, EDGE_KEY, &["d"])))
-            .await;
-    let serving: Vec<_> = conns
-        .into_iter()
-        .map(|c| tokio::spawn(serve_frames(c, frames(3, 1000))))
-        .collect();
+    let serving = serving_connectors(&gw, 4, frames(3, 1000)).await;
     let runs = (0..16).map(|i| {
         let gw_url = gw.url("");
         async move {

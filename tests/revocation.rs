@@ -304,30 +304,10 @@ async fn the_quota_and_the_connection_limit_hold_across_gateways() {
     let (one, two) = (Gateway::start(1, &env), Gateway::start(1, &env));
     wait_ready(&one, 200).await;
     wait_ready(&two, 200).await;
-    let s1 = tokio::spawn(serve_frames(
-        connector(&one, EDGE, EDGE_KEY, &["d"]).await,
-        frames(4, 400),
-    ));
-    let s2 = tokio::spawn(serve_frames(
-        connector(&two, EDGE, EDGE_KEY, &["d"]).await,
-        frames(4, 400),
-    ));
+    let mut serving = serving_connectors(&one, 1, frames(4, 400)).await;
+    serving.extend(serving_connectors(&two, 1, frames(4, 400)).await);
     let mut c = claims("across");
     c.quota = Some(1000);
-    async fn frames_until_quota(b: &mut Ws) -> usize {
-        send_json(b, json!({"action": "query", "dataset": "d"})).await;
-        let mut n = 0;
-        loop {
-            match next_msg(b).await {
-                Message::Binary(_) => n += 1,
-                Message::Text(t) if t.contains("\"error\"") => {
-                    assert!(t.contains("quota_exceeded"), "{t}");
-                    return n;
-                }
-                _ => {}
-            }
-        }
-    }
     let mut b = browser(&one, &c).await;
     send_json(&mut b, json!({"action": "list"})).await;
     assert_eq!(next_json(&mut b).await["type"], "datasets");
@@ -355,6 +335,7 @@ async fn the_quota_and_the_connection_limit_hold_across_gateways() {
     }
     let mut b = again.expect("reconnect through the second gateway");
     assert_eq!(frames_until_quota(&mut b).await, 0);
-    s1.abort();
-    s2.abort();
+    for s in serving {
+        s.abort();
+    }
 }

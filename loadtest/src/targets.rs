@@ -489,24 +489,48 @@ pub struct Route<'a> {
 /// The socket and pending bytes of a sink, to be moved into the runtime.
 pub type SinkParts = (TcpStream, Vec<u8>);
 
-impl Route<'_> {
-    fn claims(&self, sid: &str, mode: Mode) -> Claims {
-        Claims {
-            sid: sid.into(),
-            sub: "loadtest".into(),
-            tenant: self.gw.tenant.clone(),
-            edge: self.gw.edge.clone(),
-            mode,
-            datasets: None,
-            quota: None,
-            exp: sluice::auth::token::now_s() + 3600,
-            jti: None,
-            client: None,
-        }
-    }
+/// An HS256 session token for `sid` of `sub`, valid for an hour: what
+/// every scenario's browsers present.
+pub fn session_token(
+    secret: &str,
+    tenant: &str,
+    edge: &str,
+    sid: &str,
+    sub: &str,
+    mode: Mode,
+) -> String {
+    let c = Claims {
+        sid: sid.into(),
+        sub: sub.into(),
+        tenant: tenant.into(),
+        edge: edge.into(),
+        mode,
+        datasets: None,
+        quota: None,
+        exp: sluice::auth::token::now_s() + 3600,
+        jti: None,
+        client: None,
+    };
+    sign_hs256(&c, secret.as_bytes())
+}
 
+impl GatewaySpec {
+    /// A session token this gateway accepts, for the loader's edge.
     pub fn token(&self, sid: &str, mode: Mode) -> String {
-        sign_hs256(&self.claims(sid, mode), self.gw.secret.as_bytes())
+        session_token(
+            &self.secret,
+            &self.tenant,
+            &self.edge,
+            sid,
+            "loadtest",
+            mode,
+        )
+    }
+}
+
+impl Route<'_> {
+    pub fn token(&self, sid: &str, mode: Mode) -> String {
+        self.gw.token(sid, mode)
     }
 
     /// A browser session on the gateway, authenticated by header.

@@ -141,6 +141,8 @@ mod tests {
             .unwrap()
     }
 
+    const GLOBEX_KEY: &str = "globex-key-0123456789abcdef";
+
     fn setup(mode: ConnectorAuth) -> (Config, EdgeKeys) {
         let mut cfg = Config::default();
         cfg.tls.connector_auth = mode;
@@ -149,7 +151,7 @@ mod tests {
             .insert("acme".into(), vec!["acme-plant".into()]);
         cfg.edge_keys.insert(
             "globex".into(),
-            KeyHash::of(b"globex-key-0123456789abcdef").to_config_string(),
+            KeyHash::of(GLOBEX_KEY.as_bytes()).to_config_string(),
         );
         let keys = EdgeKeys::from_config(&cfg.edge_keys).unwrap();
         (cfg, keys)
@@ -165,13 +167,7 @@ mod tests {
     #[test]
     fn either_accepts_a_key_or_a_certificate() {
         let (cfg, keys) = setup(ConnectorAuth::Either);
-        let g = authenticate(
-            &cfg,
-            &keys,
-            &Transport::Plain,
-            &req(Some("globex-key-0123456789abcdef")),
-        )
-        .unwrap();
+        let g = authenticate(&cfg, &keys, &Transport::Plain, &req(Some(GLOBEX_KEY))).unwrap();
         assert_eq!(g.edges, ["globex"]);
         assert!(g.tenant.is_none());
         let g = authenticate(&cfg, &keys, &tls(Some("acme")), &req(None)).unwrap();
@@ -187,13 +183,7 @@ mod tests {
     fn a_key_and_a_certificate_are_both_checked() {
         let (cfg, keys) = setup(ConnectorAuth::Either);
         // The key names the edges; the certificate's tenant still binds register.
-        let g = authenticate(
-            &cfg,
-            &keys,
-            &tls(Some("acme")),
-            &req(Some("globex-key-0123456789abcdef")),
-        )
-        .unwrap();
+        let g = authenticate(&cfg, &keys, &tls(Some("acme")), &req(Some(GLOBEX_KEY))).unwrap();
         assert_eq!(g.edges, ["globex"]);
         assert_eq!(g.tenant.unwrap().as_str(), "acme");
         assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(Some("bad"))).is_err());
@@ -202,20 +192,8 @@ mod tests {
     #[test]
     fn certificate_mode_refuses_keys_alone_and_plaintext() {
         let (cfg, keys) = setup(ConnectorAuth::Certificate);
-        assert!(authenticate(
-            &cfg,
-            &keys,
-            &Transport::Plain,
-            &req(Some("globex-key-0123456789abcdef"))
-        )
-        .is_err());
-        assert!(authenticate(
-            &cfg,
-            &keys,
-            &tls(None),
-            &req(Some("globex-key-0123456789abcdef"))
-        )
-        .is_err());
+        assert!(authenticate(&cfg, &keys, &Transport::Plain, &req(Some(GLOBEX_KEY))).is_err());
+        assert!(authenticate(&cfg, &keys, &tls(None), &req(Some(GLOBEX_KEY))).is_err());
         assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(None)).is_ok());
     }
 
@@ -223,19 +201,7 @@ mod tests {
     fn both_mode_needs_both() {
         let (cfg, keys) = setup(ConnectorAuth::Both);
         assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(None)).is_err());
-        assert!(authenticate(
-            &cfg,
-            &keys,
-            &tls(None),
-            &req(Some("globex-key-0123456789abcdef"))
-        )
-        .is_err());
-        assert!(authenticate(
-            &cfg,
-            &keys,
-            &tls(Some("acme")),
-            &req(Some("globex-key-0123456789abcdef"))
-        )
-        .is_ok());
+        assert!(authenticate(&cfg, &keys, &tls(None), &req(Some(GLOBEX_KEY))).is_err());
+        assert!(authenticate(&cfg, &keys, &tls(Some("acme")), &req(Some(GLOBEX_KEY))).is_ok());
     }
 }

@@ -125,11 +125,13 @@ fn to_redis(
     // Ended only when no gateway holds a connection of the session (it may
     // have reconnected through another one meanwhile): then that gateway
     // reports the end when its own last connection goes.
-    let guarded = format!(
-        "if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then return 0 end\n{}",
-        slots::END_SESSION
-    );
-    let res = redis::Script::new(&guarded)
+    static GUARDED: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(&format!(
+            "if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then return 0 end\n{}",
+            slots::END_SESSION
+        ))
+    });
+    let res = GUARDED
         .key(slots::streams_key(prefix, &end.tenant, client))
         .key(slots::grants_key(prefix, &end.tenant, client))
         .key(format!("{prefix}conns:{}", end.sid))

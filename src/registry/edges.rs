@@ -308,6 +308,26 @@ impl Registry {
             .map(|e| e.datasets())
     }
 
+    /// Datasets the edge's workers serve to a session of `tenant` (one
+    /// look under the lock): `None` when no worker is online,
+    /// `Some(Err(()))` when the edge belongs to another tenant.
+    pub fn datasets_for(
+        &self,
+        edge: &EdgeId,
+        tenant: &str,
+    ) -> Option<Result<BTreeSet<String>, ()>> {
+        self.lock()
+            .get(edge)
+            .filter(|e| e.conns.values().any(|c| c.kind == ConnKind::Worker))
+            .map(|e| {
+                if e.tenant_may_pair(tenant) {
+                    Ok(e.datasets())
+                } else {
+                    Err(())
+                }
+            })
+    }
+
     /// Whether a session of `tenant` may use `edge` now (`None`: offline).
     pub fn tenant_may_pair(&self, edge: &EdgeId, tenant: &str) -> Option<bool> {
         self.lock().get(edge).map(|e| e.tenant_may_pair(tenant))

@@ -108,21 +108,19 @@ pub fn check_dataset(sess: &Session, dataset: &str) -> Option<Flow> {
         )));
     }
     let registry = &sess.shard.shared.registry;
-    match registry.datasets(&sess.edge) {
+    match registry.datasets_for(&sess.edge, &sess.claims.tenant) {
         None => Some(Flow::Close(Refusal::new(
             close::EDGE_OFFLINE,
             ErrorCode::EdgeOffline,
             format!("edge {} is offline", sess.edge),
         ))),
-        Some(_) if registry.tenant_may_pair(&sess.edge, &sess.claims.tenant) == Some(false) => {
-            Some(Flow::Close(other_tenant()))
-        }
-        Some(ds) if !ds.contains(dataset) => Some(Flow::Close(Refusal::new(
+        Some(Err(())) => Some(Flow::Close(other_tenant())),
+        Some(Ok(ds)) if !ds.contains(dataset) => Some(Flow::Close(Refusal::new(
             close::NOT_FOUND,
             ErrorCode::UnknownDataset,
             format!("edge {} has no dataset {dataset:?}", sess.edge),
         ))),
-        Some(_) => None,
+        Some(Ok(_)) => None,
     }
 }
 

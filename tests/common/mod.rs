@@ -55,6 +55,18 @@ impl Gateway {
         Self::spawn(shards, extra, Stdio::piped())
     }
 
+    /// The log of a gateway from [`Gateway::start_logged`]: its lines,
+    /// collected until the gateway exits (drop it, then join).
+    pub fn log_lines(&mut self) -> std::thread::JoinHandle<Vec<String>> {
+        let log = self.child.stderr.take().expect("started with start_logged");
+        std::thread::spawn(move || {
+            BufReader::new(log)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        })
+    }
+
     fn spawn(shards: usize, extra: &[(&str, &str)], stderr: Stdio) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
         cmd.env_clear()
@@ -385,6 +397,40 @@ pub async fn serve_frames(mut ws: Ws, frames: Vec<Vec<u8>>) {
                 .await;
             }
             _ => {}
+        }
+    }
+}
+
+/// `n` connector workers of [`EDGE`] serving dataset `d` with `frames`.
+pub async fn serving_connectors(
+    gw: &Gateway,
+    n: usize,
+    frames: Vec<Vec<u8>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let conns =
+        futures_util::future::join_all((0..n).map(|_| connector(gw, EDGE, EDGE_KEY, &["d"]))).await;
+    conns
+        .into_iter()
+        .map(|c| tokio::spawn(serve_frames(c, frames.clone())))
+        .collect()
+}
+
+/// Queries `d` and counts its binary messages until the session is closed
+/// for its quota (`quota_exceeded`).
+pub async fn frames_until_quota(b: &mut Ws) -> usize {
+    send_json(b, json!({"action": "query", "dataset": "d"})).await;
+    let mut n = 0;
+    loop {
+        match next_msg(b).await {
+            Message::Binary(_) => n += 1,
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "error" {
+                    assert_eq!(v["code"], "quota_exceeded", "{v}");
+                    return n;
+                }
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

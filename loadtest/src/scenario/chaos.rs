@@ -38,11 +38,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use sluice::auth::token::{sign_hs256, Claims, Mode};
+use sluice::auth::token::Mode;
 use sluice::wire::frame::Opcode;
 use sluice_protocol::connector::{GatewayRequest, Reply};
 
-use crate::targets::{has, GatewaySpec, Proc};
+use crate::targets::{has, session_token, GatewaySpec, Proc};
 use crate::wire::{self, Conn, Encoding};
 
 pub struct Params {
@@ -133,19 +133,14 @@ struct World {
 
 impl World {
     fn token(&self, sid: &str, mode: Mode) -> String {
-        let c = Claims {
-            sid: sid.into(),
-            sub: "chaos".into(),
-            tenant: self.tenant.clone(),
-            edge: self.edge.clone(),
+        session_token(
+            &self.spec_secret,
+            &self.tenant,
+            &self.edge,
+            sid,
+            "chaos",
             mode,
-            datasets: None,
-            quota: None,
-            exp: sluice::auth::token::now_s() + 3600,
-            jti: None,
-            client: None,
-        };
-        sign_hs256(&c, self.spec_secret.as_bytes())
+        )
     }
 
     /// Seconds since the run started (for the failure lines).
@@ -195,13 +190,54 @@ impl World {
         println!("chaos: {at:.1} s: fault: {kind}");
     }
 
-    fn browser(&self, sid: &str, mode: Mode) -> Result<Conn> {
-        let t = self.token(sid, mode);
+    /// Opens `/stream/{sid}` with `token`. A refusal (the gateway is
+    /// restarting) is counted, and the actor waits before asking again.
+    fn open(&self, sid: &str, token: &str) -> Option<Conn> {
+        let c = self.connect(sid, token);
+        if c.is_err() {
+            self.tally.lock().unwrap().refused_at_connect += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c.ok()
+    }
+
+    fn browser(&self, sid: &str, mode: Mode) -> Option<Conn> {
+        self.open(sid, &self.token(sid, mode))
+    }
+
+    /// One try, neither counted nor paced (a reconnect mid-session).
+    fn browser_once(&self, sid: &str, mode: Mode) -> Result<Conn> {
+        self.connect(sid, &self.token(sid, mode))
+    }
+
+    fn connect(&self, sid: &str, token: &str) -> Result<Conn> {
         wire::connect(
             self.addr,
             &format!("/stream/{sid}"),
-            &[("Authorization", format!("Bearer {t}"))],
+            &[("Authorization", format!("Bearer {token}"))],
         )
+    }
+
+    /// Runs one session, listed for the revocation fault meanwhile, and
+    /// records the verdicts `run` returns (what, verdict). True when the
+    /// first ended with a documented error (the edge down, the gateway
+    /// restarting): a client waits a little before asking again.
+    fn judged(&self, sid: &str, run: impl FnOnce() -> Vec<(String, Verdict)>) -> bool {
+        self.live_sids.lock().unwrap().push(sid.to_owned());
+        let verdicts = run();
+        let failed = matches!(verdicts.first(), Some((_, Verdict::Error(_))));
+        for (what, v) in verdicts {
+            self.record(&what, v);
+        }
+        self.live_sids.lock().unwrap().retain(|s| s != sid);
+        failed
+    }
+}
+
+/// After a documented error, the pause a client makes before asking again.
+fn pause_if(failed: bool) {
+    if failed {
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -367,56 +403,44 @@ fn query_actor(w: Arc<World>, id: usize) {
     while !w.stopping() {
         let n = w.next.fetch_add(1, Ordering::Relaxed);
         let sid = format!("chaos-q{id}-{n}");
-        let mut c = match w.browser(&sid, Mode::Query) {
-            Ok(c) => c,
-            Err(_) => {
-                w.tally.lock().unwrap().refused_at_connect += 1;
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
+        let Some(mut c) = w.browser(&sid, Mode::Query) else {
+            continue;
         };
-        w.live_sids.lock().unwrap().push(sid.clone());
         let d = if slow { 2 } else { (rng.next() % 3) as usize };
         let abandon = !slow && rng.next().is_multiple_of(10);
-        let t0 = w.since();
-        let v = query(&w, &mut c, d, slow, abandon);
-        let what = format!("query {sid} ({}) from {t0:.1} s", DATASETS[d].0);
-        let reconnect = matches!(v, Verdict::Whole) && rng.next().is_multiple_of(5);
-        let failed = matches!(v, Verdict::Error(_));
-        w.record(&what, v);
-        drop(c);
-        // Reconnect with the same token: the session goes on.
-        if reconnect && !w.stopping() {
-            if let Ok(mut c) = w.browser(&sid, Mode::Query) {
-                let v = query(&w, &mut c, 0, false, false);
-                w.record("reconnected query", v);
+        let failed = w.judged(&sid, || {
+            let t0 = w.since();
+            let v = query(&w, &mut c, d, slow, abandon);
+            let what = format!("query {sid} ({}) from {t0:.1} s", DATASETS[d].0);
+            let reconnect = matches!(v, Verdict::Whole) && rng.next().is_multiple_of(5);
+            let mut verdicts = vec![(what, v)];
+            drop(c);
+            // Reconnect with the same token: the session goes on.
+            if reconnect && !w.stopping() {
+                if let Ok(mut c) = w.browser_once(&sid, Mode::Query) {
+                    verdicts.push((
+                        "reconnected query".into(),
+                        query(&w, &mut c, 0, false, false),
+                    ));
+                }
             }
-        }
-        w.live_sids.lock().unwrap().retain(|s| s != &sid);
-        if failed {
-            // The edge is down or the gateway restarting: like a client,
-            // wait a little before asking again.
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            verdicts
+        });
+        pause_if(failed);
     }
 }
 
 /// A user's token for the control plane (HS256 with the tenant's user
 /// secret): `sub`, `tenant`, `exp`; the other claims are ignored there.
 fn user_token(w: &World) -> String {
-    let c = Claims {
-        sid: "user".into(),
-        sub: "chaos-user".into(),
-        tenant: w.tenant.clone(),
-        edge: w.edge.clone(),
-        mode: Mode::Query,
-        datasets: None,
-        quota: None,
-        exp: sluice::auth::token::now_s() + 3600,
-        jti: None,
-        client: None,
-    };
-    sign_hs256(&c, USERS_SECRET.as_bytes())
+    session_token(
+        USERS_SECRET,
+        &w.tenant,
+        &w.edge,
+        "user",
+        "chaos-user",
+        Mode::Query,
+    )
 }
 
 /// One HTTP/1.1 exchange; status and JSON body.
@@ -477,29 +501,16 @@ fn granted_actor(w: Arc<World>, id: usize) {
             }
         };
         let sid = grant["session_id"].as_str().unwrap_or("").to_owned();
-        let token = grant["session_token"].as_str().unwrap_or("").to_owned();
-        let conn = wire::connect(
-            w.addr,
-            &format!("/stream/{sid}"),
-            &[("Authorization", format!("Bearer {token}"))],
-        );
-        let mut c = match conn {
-            Ok(c) => c,
-            Err(_) => {
-                w.tally.lock().unwrap().refused_at_connect += 1;
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
+        let token = grant["session_token"].as_str().unwrap_or("");
+        let Some(mut c) = w.open(&sid, token) else {
+            continue;
         };
-        w.live_sids.lock().unwrap().push(sid.clone());
-        let t0 = w.since();
-        let v = query(&w, &mut c, d, false, false);
-        let failed = matches!(v, Verdict::Error(_));
-        w.record(&format!("granted query {sid} from {t0:.1} s"), v);
-        w.live_sids.lock().unwrap().retain(|s| s != &sid);
-        if failed {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let failed = w.judged(&sid, || {
+            let t0 = w.since();
+            let v = query(&w, &mut c, d, false, false);
+            vec![(format!("granted query {sid} from {t0:.1} s"), v)]
+        });
+        pause_if(failed);
     }
 }
 
@@ -597,24 +608,14 @@ fn viewer_actor(w: Arc<World>, id: usize) {
     while !w.stopping() {
         let n = w.next.fetch_add(1, Ordering::Relaxed);
         let sid = format!("chaos-v{id}-{n}");
-        let mut c = match w.browser(&sid, Mode::Query) {
-            Ok(c) => c,
-            Err(_) => {
-                w.tally.lock().unwrap().refused_at_connect += 1;
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
+        let Some(mut c) = w.browser(&sid, Mode::Query) else {
+            continue;
         };
-        w.live_sids.lock().unwrap().push(sid.clone());
-        let t0 = w.since();
-        let v = watch(&w, &mut c);
-        let what = format!("viewer {sid} from {t0:.1} s");
-        let failed = matches!(v, Verdict::Error(_));
-        w.record(&what, v);
-        w.live_sids.lock().unwrap().retain(|s| s != &sid);
-        if failed {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let failed = w.judged(&sid, || {
+            let t0 = w.since();
+            vec![(format!("viewer {sid} from {t0:.1} s"), watch(&w, &mut c))]
+        });
+        pause_if(failed);
     }
 }
 
@@ -672,19 +673,13 @@ fn relay_actor(w: Arc<World>, id: usize) {
     while !w.stopping() {
         let n = w.next.fetch_add(1, Ordering::Relaxed);
         let sid = format!("chaos-r{id}-{n}");
-        let mut c = match w.browser(&sid, Mode::Relay) {
-            Ok(c) => c,
-            Err(_) => {
-                w.tally.lock().unwrap().refused_at_connect += 1;
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
+        let Some(mut c) = w.browser(&sid, Mode::Relay) else {
+            continue;
         };
-        w.live_sids.lock().unwrap().push(sid.clone());
-        let t0 = w.since();
-        let v = relay(&w, &mut c);
-        w.record(&format!("relay {sid} from {t0:.1} s"), v);
-        w.live_sids.lock().unwrap().retain(|s| s != &sid);
+        w.judged(&sid, || {
+            let t0 = w.since();
+            vec![(format!("relay {sid} from {t0:.1} s"), relay(&w, &mut c))]
+        });
     }
 }
 
@@ -969,15 +964,8 @@ fn start_gateway(
         .with_context(|| format!("start {}", spec.bin.display()))?;
     let kid = Kid(Some(child));
     for _ in 0..400 {
-        if let Ok(mut s) = TcpStream::connect(addr) {
-            use std::io::{Read as _, Write as _};
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: chaos\r\n\r\n");
-            let mut out = String::new();
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.read_to_string(&mut out);
-            if out.starts_with("HTTP/1.1 200") {
-                return Ok(kid);
-            }
+        if let Ok((200, _)) = http(addr, "GET", "/readyz", &[], "") {
+            return Ok(kid);
         }
         std::thread::sleep(Duration::from_millis(25));
     }

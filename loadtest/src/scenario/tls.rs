@@ -29,7 +29,7 @@ use hdrhistogram::Histogram;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
-use sluice::auth::token::{sign_hs256, Claims, Mode};
+use sluice::auth::token::Mode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -208,19 +208,7 @@ impl<'a> Dialer<'a> {
     }
 
     fn token(&self, sid: &str) -> String {
-        let c = Claims {
-            sid: sid.into(),
-            sub: "loadtest".into(),
-            tenant: self.gw.tenant.clone(),
-            edge: self.gw.edge.clone(),
-            mode: Mode::Query,
-            datasets: None,
-            quota: None,
-            exp: sluice::auth::token::now_s() + 3600,
-            jti: None,
-            client: None,
-        };
-        sign_hs256(&c, self.gw.secret.as_bytes())
+        self.gw.token(sid, Mode::Query)
     }
 
     async fn browser(&self, legs: Legs, sid: &str) -> Result<Ws> {

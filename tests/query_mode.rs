@@ -641,7 +641,11 @@ async fn a_session_pairs_only_with_an_edge_of_its_own_tenant() {
     let mut healthy = Healthy::new(&gw).await;
     // Opened while edge-a is offline: nothing to check the tenant against.
     let mut b = browser(&gw, &claims("early")).await;
+    let mut lister = browser(&gw, &claims("early-list")).await;
     let mut other = connector_as(&gw, "globex", EDGE, EDGE_KEY, &["ventas"]).await;
+    // Not even the names of its datasets.
+    send_json(&mut lister, json!({"action": "list"})).await;
+    expect_error_close(&mut lister, "forbidden", 4403).await;
     send_json(&mut b, json!({"action": "query", "dataset": "ventas"})).await;
     let why = expect_error_close(&mut b, "forbidden", 4403).await;
     assert!(why.contains("another tenant"), "{why}");

@@ -297,17 +297,6 @@ impl Registry {
         }
     }
 
-    /// Datasets the edge's workers registered, or `None` when it has no
-    /// worker online (an edge whose only connections are relay legs
-    /// serves no dataset: its queries get `edge_offline`, not
-    /// `unknown_dataset`).
-    pub fn datasets(&self, edge: &EdgeId) -> Option<BTreeSet<String>> {
-        self.lock()
-            .get(edge)
-            .filter(|e| e.conns.values().any(|c| c.kind == ConnKind::Worker))
-            .map(|e| e.datasets())
-    }
-
     /// Datasets the edge's workers serve to a session of `tenant` (one
     /// look under the lock): `None` when no worker is online,
     /// `Some(Err(()))` when the edge belongs to another tenant.

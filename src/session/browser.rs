@@ -402,13 +402,16 @@ async fn read_actions(
 }
 
 fn list(sess: &Session) -> Flow {
-    match sess.shard.shared.registry.datasets(&sess.edge) {
+    let registry = &sess.shard.shared.registry;
+    match registry.datasets_for(&sess.edge, &sess.claims.tenant) {
         None => Flow::Close(Refusal::new(
             close::EDGE_OFFLINE,
             ErrorCode::EdgeOffline,
             format!("edge {} is offline", sess.edge),
         )),
-        Some(all) => {
+        // Not even the names of another tenant's datasets.
+        Some(Err(())) => Flow::Close(other_tenant()),
+        Some(Ok(all)) => {
             let visible: Vec<_> = all
                 .into_iter()
                 .filter(|d| sess.claims.may_read(d))

@@ -11,6 +11,7 @@
 //!     sluice-loadtest idle --sessions 10000
 //!     sluice-loadtest tls --frames 20000 --rate 2000 --sessions 200
 
+mod counters;
 mod report;
 mod scenario;
 mod sink;

@@ -9,6 +9,8 @@ use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::counters::{self, Kernel};
+
 /// Latency histogram in nanoseconds, 1 ns to 100 s, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
@@ -73,8 +75,60 @@ pub struct Outcome {
     pub kib_per_session: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Totals over every measured phase, for the cost table.
+    pub cost: Cost,
     #[serde(skip)]
     pub hist: Option<Histogram<u64>>,
+}
+
+/// What carrying the traffic cost each side, summed over the measured
+/// phases: CPU, system calls and context switches, against the payload
+/// delivered. Per-MB and per-frame figures compare proxies doing the same
+/// work; the loader's own figures show what a proxy's output pattern
+/// makes its peers pay.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Cost {
+    pub payload_bytes: u64,
+    pub proxy_cpu_s: f64,
+    pub loader_cpu_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_syscalls: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_context_switches: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loader_syscalls: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loader_context_switches: Option<u64>,
+}
+
+impl Cost {
+    pub fn add_proxy(&mut self, k: Option<Kernel>) {
+        Self::add(
+            &mut self.proxy_syscalls,
+            &mut self.proxy_context_switches,
+            k,
+        );
+    }
+
+    pub fn add_loader(&mut self, k: Option<Kernel>) {
+        Self::add(
+            &mut self.loader_syscalls,
+            &mut self.loader_context_switches,
+            k,
+        );
+    }
+
+    fn add(sys: &mut Option<u64>, cs: &mut Option<u64>, k: Option<Kernel>) {
+        if let Some(k) = k {
+            *sys = Some(sys.unwrap_or(0) + k.syscalls);
+            *cs = Some(cs.unwrap_or(0) + k.context_switches);
+        }
+    }
+
+    fn per_mb(&self, v: Option<u64>) -> Option<f64> {
+        let mb = self.payload_bytes as f64 / 1e6;
+        v.filter(|_| mb > 0.0).map(|v| v as f64 / mb)
+    }
 }
 
 impl Outcome {
@@ -163,6 +217,7 @@ impl Report {
                     .unwrap_or_else(|| "-".into()),
             );
         }
+        self.cost_table(&mut s);
         for o in &self.outcomes {
             if let (Some(d), Some(l)) = (direct_p99, o.latency.as_ref()) {
                 if o.target != "direct" {
@@ -197,6 +252,55 @@ impl Report {
             }
         }
         s
+    }
+
+    /// Where each target's cycles and wake-ups went: CPU per GiB and per
+    /// 1,000 frames, system calls and context switches per MB, for the
+    /// proxy and for the loader that fed and drained it.
+    fn cost_table(&self, s: &mut String) {
+        if self.outcomes.iter().all(|o| o.cost.payload_bytes == 0) {
+            return;
+        }
+        let f =
+            |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "{:<15} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>10}",
+            "cost",
+            "cpu-s/GiB",
+            "cpu-ms/kfr",
+            "sys/MB",
+            "cs/MB",
+            "load s/GiB",
+            "load sys/MB",
+            "load cs/MB"
+        );
+        for o in &self.outcomes {
+            let c = &o.cost;
+            let gib = c.payload_bytes as f64 / (1u64 << 30) as f64;
+            let per_gib = |cpu: f64| (gib > 0.0).then(|| cpu / gib);
+            let proxy = o.proxy_cpu_s.map(|_| c.proxy_cpu_s);
+            let _ = writeln!(
+                s,
+                "{:<15} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>10}",
+                o.target,
+                f(proxy.and_then(per_gib), 2),
+                f(
+                    proxy
+                        .filter(|_| o.messages > 0)
+                        .map(|cpu| cpu * 1e6 / o.messages as f64),
+                    2
+                ),
+                f(c.per_mb(c.proxy_syscalls), 1),
+                f(c.per_mb(c.proxy_context_switches), 1),
+                f(per_gib(c.loader_cpu_s), 2),
+                f(c.per_mb(c.loader_syscalls), 1),
+                f(c.per_mb(c.loader_context_switches), 1),
+            );
+        }
+        if let Some(why) = counters::unavailable() {
+            let _ = writeln!(s, "  syscalls and context switches not counted: {why}");
+        }
     }
 
     /// Writes `report.json`, `<target>.hgrm` and `latency.svg` under `dir`.

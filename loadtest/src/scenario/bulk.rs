@@ -27,7 +27,10 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
         for (i, d) in ctx.targets.iter().enumerate() {
             let meter = super::Meter::start(d.proc);
             match once(ctx, d, p, round) {
-                Ok(mb) => out[i].runs_mb_per_s.push(mb),
+                Ok(mb) => {
+                    out[i].runs_mb_per_s.push(mb);
+                    out[i].cost.payload_bytes += p.frames * p.size as u64;
+                }
                 Err(e) => out[i].error(format!("round {round}: {e:#}")),
             }
             meter.stop(&mut out[i]);

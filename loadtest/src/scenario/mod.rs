@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use sluice::wire::frame::Opcode;
 use tokio::runtime::Runtime;
 
+use crate::counters::Counting;
 use crate::report::{histogram, Outcome};
 use crate::sink::{Event, Sink};
 use crate::targets::{Proc, Route, SinkParts, Target};
@@ -160,6 +161,8 @@ pub struct Meter {
     proxy: f64,
     loader: f64,
     t0: Instant,
+    proxy_kernel: Option<Counting>,
+    loader_kernel: Option<Counting>,
 }
 
 impl Meter {
@@ -168,6 +171,8 @@ impl Meter {
             proc,
             proxy: proc.map(|p| p.cpu_secs()).unwrap_or(0.0),
             loader: Proc(std::process::id()).cpu_secs(),
+            proxy_kernel: proc.and_then(|p| Counting::start(p.0)),
+            loader_kernel: Counting::start(std::process::id()),
             t0: Instant::now(),
         }
     }
@@ -175,13 +180,18 @@ impl Meter {
     /// Adds this phase's figures to `o` (several phases accumulate).
     pub fn stop(self, o: &mut Outcome) {
         let add = |v: &mut Option<f64>, x: f64| *v = Some(v.unwrap_or(0.0) + x);
-        add(&mut o.wall_s, self.t0.elapsed().as_secs_f64());
-        add(
-            &mut o.loader_cpu_s,
-            Proc(std::process::id()).cpu_secs() - self.loader,
-        );
+        let wall = self.t0.elapsed().as_secs_f64();
+        add(&mut o.wall_s, wall);
+        let loader = Proc(std::process::id()).cpu_secs() - self.loader;
+        add(&mut o.loader_cpu_s, loader);
+        o.cost.loader_cpu_s += loader;
+        o.cost
+            .add_loader(self.loader_kernel.and_then(Counting::stop));
         if let Some(p) = self.proc {
-            add(&mut o.proxy_cpu_s, p.cpu_secs() - self.proxy);
+            let proxy = p.cpu_secs() - self.proxy;
+            add(&mut o.proxy_cpu_s, proxy);
+            o.cost.proxy_cpu_s += proxy;
+            o.cost.add_proxy(self.proxy_kernel.and_then(Counting::stop));
             o.proxy_peak_rss_kib = Some(p.peak_rss_kib());
         }
     }
@@ -285,7 +295,9 @@ pub fn timed(
         ctx.epoch,
         cpu,
     );
+    let before = o.messages;
     collect(ctx.rt, sinks, t.expect_each, ctx.epoch, t.duration, o);
+    o.cost.payload_bytes += (o.messages - before) * t.size as u64;
     let (sources, errors) = sender.join().expect("sender thread");
     drop(sources);
     for e in errors {

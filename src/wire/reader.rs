@@ -172,6 +172,17 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
         self.max_payload = max as u64;
     }
 
+    /// Gives back the read buffer's memory when it holds nothing, so an
+    /// idle connection keeps only what its next read needs (one chunk,
+    /// taken when that read starts). The buffer a request head was read
+    /// into, or one grown for a large message, is otherwise kept for the
+    /// connection's life.
+    pub fn release_idle_buffer(&mut self) {
+        if self.buf.is_empty() && self.split.is_none() {
+            self.buf = BytesMut::new();
+        }
+    }
+
     pub fn interrupter(&self) -> Interrupter {
         self.interrupter.clone()
     }
@@ -421,6 +432,53 @@ impl Chunk {
         } else {
             self.small_reads = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+    use crate::wire::frame::encode_client_frame;
+    use crate::wire::test_io::{runtime, socket_pair};
+    use monoio::io::AsyncWriteRentExt;
+
+    #[test]
+    fn an_idle_reader_gives_its_buffer_back_but_keeps_unread_bytes() {
+        runtime().block_on(async {
+            let (gw, mut far) = socket_pair().await;
+            // A request head's buffer: large, shared with nothing now.
+            let head = BytesMut::with_capacity(1024);
+            let mut reader =
+                FrameReader::new(gw, head, MaskRule::Required, 1 << 20).with_chunk(512);
+            let mut two = encode_client_frame(Opcode::Text, true, b"one", [1, 2, 3, 4]);
+            two.extend(encode_client_frame(
+                Opcode::Text,
+                true,
+                b"two",
+                [5, 6, 7, 8],
+            ));
+            far.write_all(two).await.0.unwrap();
+            let f = reader.next().await.unwrap();
+            assert_eq!(f.payload(), b"one");
+            drop(f);
+            // The second frame is buffered: nothing may be dropped.
+            reader.release_idle_buffer();
+            assert_eq!(reader.next().await.unwrap().payload(), b"two");
+            reader.release_idle_buffer();
+            assert_eq!(reader.buf.capacity(), 0, "an idle reader holds no buffer");
+            // And it reads on, into a chunk taken for that read.
+            far.write_all(encode_client_frame(
+                Opcode::Text,
+                true,
+                b"three",
+                [9, 9, 9, 9],
+            ))
+            .await
+            .0
+            .unwrap();
+            assert_eq!(reader.next().await.unwrap().payload(), b"three");
+            assert!(reader.buf.capacity() <= 512, "{}", reader.buf.capacity());
+        });
     }
 }
 

@@ -290,7 +290,8 @@ async fn serve(
     // session's life, only what `settle` returns.
     let interrupter = reader.interrupter();
     let Some(settled) = Box::pin(settle(shard, sid, claims, interrupter, outbox)).await else {
-        return None;
+        // Refused: the reason is queued; the closing handshake still runs.
+        return Some(reader);
     };
     let sess = &settled.sess;
     let reader = match sess.claims.mode {

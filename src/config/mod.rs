@@ -39,6 +39,12 @@ pub struct Config {
     pub workers: usize,
     /// `auto` (io_uring, else epoll), `io_uring`, or `epoll`.
     pub driver: String,
+    /// How an io_uring shard runs completion work: `defer` (only when the
+    /// shard asks for events: no interruptions, no inter-processor
+    /// interrupts while it runs; Linux 6.1+), `coop` (no interrupt while it
+    /// runs; 5.19+) or `plain`. A kernel that refuses the setting gets the
+    /// next one down, with a warning.
+    pub uring_taskrun: String,
     /// Pin shard N to CPU N (modulo the available CPUs).
     pub pin_cores: bool,
     /// Log format: `text` or `json`.
@@ -406,6 +412,7 @@ impl Default for Config {
             listen: "127.0.0.1:8081".into(),
             workers: 0,
             driver: "auto".into(),
+            uring_taskrun: "defer".into(),
             pin_cores: false,
             log_format: "text".into(),
             limits: Limits::default(),
@@ -510,6 +517,9 @@ impl Config {
         }
         if !matches!(self.driver.as_str(), "auto" | "io_uring" | "epoll") {
             return bad("driver must be auto, io_uring or epoll");
+        }
+        if !matches!(self.uring_taskrun.as_str(), "defer" | "coop" | "plain") {
+            return bad("uring_taskrun must be defer, coop or plain");
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");

@@ -136,6 +136,7 @@ impl Gateway {
         }
         let driver = if want { "io_uring" } else { "epoll" };
         let pin = cfg.pin_cores;
+        let taskrun = cfg.uring_taskrun.clone();
         let public_url = if !cfg.registry.public_url.is_empty() {
             cfg.registry.public_url.trim_end_matches('/').to_owned()
         } else if let Some(at) = tls_addr {
@@ -179,6 +180,7 @@ impl Gateway {
         for (id, (listener, rx)) in listeners.into_iter().zip(rxs).enumerate() {
             let shared = shared.clone();
             let ready = ready_tx.clone();
+            let taskrun = taskrun.clone();
             std::thread::Builder::new()
                 .name(format!("sluice-shard-{id}"))
                 .spawn(move || {
@@ -189,11 +191,7 @@ impl Gateway {
                     }
                     let fut = accept::run(id, shared, listener, rx);
                     if want {
-                        match RuntimeBuilder::<IoUringDriver>::new()
-                            .with_entries(4096)
-                            .enable_timer()
-                            .build()
-                        {
+                        match uring_runtime(&taskrun, id) {
                             Ok(mut rt) => {
                                 let _ = ready.send(Ok(()));
                                 rt.block_on(fut)
@@ -296,4 +294,47 @@ impl Gateway {
         std::thread::sleep(Duration::from_millis(100));
         tracing::info!(sessions_left = active(), "drained");
     }
+}
+
+/// An io_uring shard runtime with the completion-work mode asked for, or
+/// the next one down where the kernel refuses it.
+///
+/// `defer` (single issuer + deferred task running) and `coop` stop the
+/// kernel from interrupting a running shard to post a completion: the
+/// work waits until the shard next waits for events, and no
+/// inter-processor interrupt is sent to a busy core.
+fn uring_runtime(
+    taskrun: &str,
+    shard: usize,
+) -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>> {
+    let modes = ["defer", "coop", "plain"];
+    let from = modes.iter().position(|m| *m == taskrun).unwrap_or(0);
+    let mut last = None;
+    for mode in &modes[from..] {
+        let mut urb = io_uring::IoUring::builder();
+        match *mode {
+            "defer" => {
+                urb.setup_single_issuer().setup_defer_taskrun();
+            }
+            "coop" => {
+                urb.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            _ => {}
+        }
+        match RuntimeBuilder::<IoUringDriver>::new()
+            .uring_builder(urb)
+            .with_entries(4096)
+            .enable_timer()
+            .build()
+        {
+            Ok(rt) => {
+                if *mode != taskrun {
+                    tracing::warn!(shard, asked = taskrun, using = *mode, error = ?last.as_ref().map(ToString::to_string), "io_uring task-run mode refused by the kernel; using the next one down");
+                }
+                return Ok(rt);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no io_uring mode")))
 }

@@ -19,6 +19,8 @@ use sluice::auth::token::Verifier;
 use sluice::ids::SessionId;
 use sluice::registry::{Spend, Spends};
 use sluice::wire::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
+use sluice::wire::outbox::Outbox;
+use sluice::wire::reader::Wire;
 
 const ITERATIONS: u64 = 1000;
 
@@ -30,6 +32,7 @@ const CASES: &[&str] = &[
     "shard_route",
     "quota_admit",
     "http_upgrade",
+    "outbox_push",
 ];
 
 #[inline(never)]
@@ -64,6 +67,17 @@ fn measured_shard_route(sid: &SessionId) {
 fn measured_quota(q: &Spend) {
     for _ in 0..ITERATIONS {
         black_box(q.admit(black_box(65536)));
+    }
+}
+
+/// A forwarded frame joining a connection's outbox (framing check, queue,
+/// byte count, the writer decision) and leaving it. The socket write
+/// itself is the kernel's and is not counted.
+#[inline(never)]
+fn measured_outbox_push(o: &Outbox, frame: &Wire) {
+    for _ in 0..ITERATIONS {
+        o.push_wire(black_box(frame.clone())).unwrap();
+        o.discard_pending();
     }
 }
 
@@ -106,6 +120,10 @@ fn run(case: &str) {
               Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
               Sec-WebSocket-Version: 13\r\nAuthorization: Bearer abc.def.ghi\r\n\r\n",
         ),
+        "outbox_push" => {
+            let frame = sluice::wire::frame::encode_server_frame(Opcode::Binary, &[0u8; 4096]);
+            measured_outbox_push(&Outbox::new(1 << 20), &Wire::from(bytes::Bytes::from(frame)));
+        }
         other => {
             eprintln!("unknown case {other:?}; cases: {}", CASES.join(", "));
             std::process::exit(2);

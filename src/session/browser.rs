@@ -93,6 +93,9 @@ async fn session(opening: Pin<Box<impl Future<Output = Option<Opened>>>>) {
     };
     let shared = shard.shared.clone();
     reader.set_max_payload(shared.cfg.limits.max_text_bytes);
+    // Authenticated: what comes now is small actions (or, in relay mode,
+    // data, and the relay sets its own chunk).
+    reader.set_chunk(crate::wire::reader::MIN_CHUNK);
     let reader = match authenticated {
         Err(why) => {
             let _ = outbox.push(message::error(&why));

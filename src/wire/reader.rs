@@ -31,9 +31,10 @@ use crate::wire::frame::{
 /// Smallest free space worth a read syscall, for large chunks; small
 /// chunks (JSON-only browsers) use a quarter of theirs.
 const MIN_READ: usize = 4 * 1024;
-/// Smallest chunk: a JSON-only connection reads in pieces this small, so an
-/// idle session costs little memory.
-const MIN_CHUNK: usize = 512;
+/// Smallest chunk: an authenticated JSON-only connection reads in pieces
+/// this small (an action is a few dozen bytes; a larger message takes a
+/// buffer sized for it), so an idle session holds 128 bytes of buffer.
+pub const MIN_CHUNK: usize = 128;
 /// Where a data connection's chunk starts before it has shown it streams:
 /// 200 slow streams then hold 200 × 16 KiB of read buffer, not 200 × the
 /// configured maximum.

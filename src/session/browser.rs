@@ -15,6 +15,7 @@ use sluice_protocol::browser::{BrowserAction, ServerEvent};
 
 use crate::auth::token::{Claims, Mode, TokenError};
 use crate::ids::{EdgeId, SessionId};
+use crate::session::actions::{Actions, Closer};
 use crate::session::quota::Quota;
 use crate::session::{fanout, other_tenant, query, relay, BrowserReader, Flow, Session};
 use crate::shard::reply::reject;
@@ -414,15 +415,16 @@ async fn settle(
 
 async fn serve_actions(sess: &Rc<Session>, reader: Box<BrowserReader>) -> Box<BrowserReader> {
     let cfg = sess.shard.cfg();
-    let (tx, rx) = flume::bounded(cfg.limits.max_pending_actions.max(1));
+    let actions = Actions::new(cfg.limits.max_pending_actions);
     let live = keepalive::watch(
         Duration::from_millis(cfg.timeouts.ping_interval_ms),
         Duration::from_millis(cfg.timeouts.idle_timeout_ms),
         reader.interrupter(),
         Some(sess.outbox.clone()),
     );
-    let reading = monoio::spawn(Box::pin(read_actions(sess.clone(), reader, tx, live)));
-    while let Ok(req) = rx.recv_async().await {
+    let closer = Closer(actions.clone());
+    let reading = monoio::spawn(Box::pin(read_actions(sess.clone(), reader, closer, live)));
+    while let Some(req) = actions.next().await {
         if sess.gone.get() {
             break;
         }
@@ -452,7 +454,7 @@ async fn serve_actions(sess: &Rc<Session>, reader: Box<BrowserReader>) -> Box<Br
 async fn read_actions(
     sess: Rc<Session>,
     mut reader: Box<BrowserReader>,
-    tx: flume::Sender<BrowserAction>,
+    actions: Closer,
     live: Rc<Liveness>,
 ) -> Box<BrowserReader> {
     let max = sess.shard.cfg().limits.max_text_bytes;
@@ -471,7 +473,7 @@ async fn read_actions(
                 break;
             }
             Ok(Incoming::Text(t)) => match BrowserAction::parse(&t) {
-                Ok(req) => match tx.try_send(req) {
+                Ok(req) => match actions.0.try_push(req) {
                     Ok(()) => continue,
                     Err(_) => Refusal::bad_request("too many pending actions"),
                 },

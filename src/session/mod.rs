@@ -2,6 +2,7 @@
 //! authenticates and dispatches its actions; [`query`], [`fanout`] and
 //! [`relay`] forward an edge's frames into its outbox under its [`quota`].
 
+mod actions;
 pub mod browser;
 pub mod fanout;
 pub mod query;

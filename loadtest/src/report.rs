@@ -11,6 +11,11 @@ use serde::Serialize;
 
 use crate::counters::{self, Kernel};
 
+/// A figure with `p` decimals, or `-` where there is none.
+fn f(v: Option<f64>, p: usize) -> String {
+    v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into())
+}
+
 /// Latency histogram in nanoseconds, 1 ns to 100 s, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds")
@@ -195,9 +200,6 @@ impl Report {
             .and_then(|o| o.latency.as_ref())
             .map(|l| l.p99_us);
         for o in &self.outcomes {
-            let f = |v: Option<f64>, p: usize| {
-                v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into())
-            };
             let l = o.latency.as_ref();
             let _ = writeln!(
                 s,
@@ -261,8 +263,6 @@ impl Report {
         if self.outcomes.iter().all(|o| o.cost.payload_bytes == 0) {
             return;
         }
-        let f =
-            |v: Option<f64>, p: usize| v.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
             "{:<15} {:>10} {:>11} {:>10} {:>10} {:>11} {:>10} {:>10}",

@@ -136,7 +136,6 @@ impl Gateway {
         }
         let driver = if want { "io_uring" } else { "epoll" };
         let pin = cfg.pin_cores;
-        let taskrun = cfg.uring_taskrun.clone();
         let public_url = if !cfg.registry.public_url.is_empty() {
             cfg.registry.public_url.trim_end_matches('/').to_owned()
         } else if let Some(at) = tls_addr {
@@ -180,7 +179,7 @@ impl Gateway {
         for (id, (listener, rx)) in listeners.into_iter().zip(rxs).enumerate() {
             let shared = shared.clone();
             let ready = ready_tx.clone();
-            let taskrun = taskrun.clone();
+            let taskrun = shared.cfg.uring_taskrun.clone();
             std::thread::Builder::new()
                 .name(format!("sluice-shard-{id}"))
                 .spawn(move || {

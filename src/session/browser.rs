@@ -85,7 +85,7 @@ async fn session(opening: Pin<Box<impl Future<Output = Option<Opened>>>>) {
         shard,
         sid,
         authenticated,
-        mut reader,
+        reader,
         outbox,
         _count,
     }) = opening.await
@@ -93,10 +93,6 @@ async fn session(opening: Pin<Box<impl Future<Output = Option<Opened>>>>) {
         return;
     };
     let shared = shard.shared.clone();
-    reader.set_max_payload(shared.cfg.limits.max_text_bytes);
-    // Authenticated: what comes now is small actions (or, in relay mode,
-    // data, and the relay sets its own chunk).
-    reader.set_chunk(crate::wire::reader::MIN_CHUNK);
     let reader = match authenticated {
         Err(why) => {
             let _ = outbox.push(message::error(&why));
@@ -183,8 +179,12 @@ async fn open(
 
     let authenticated = authenticate(shard, &mut reader, &outbox, token, &sid).await;
     drop(unauthenticated);
-    // The request head's buffer, or one sized for a token, is more than an
-    // idle session needs: the next read takes a small one.
+    // Past authentication come small actions (or, in relay mode, data, and
+    // the relay sets its own chunk). The request head's buffer, or one
+    // sized for a token, is more than an idle session needs: the next read
+    // takes a small one.
+    reader.set_max_payload(cfg.limits.max_text_bytes);
+    reader.set_chunk(crate::wire::reader::MIN_CHUNK);
     reader.release_idle_buffer();
     Some(Opened {
         shard: shard.clone(),

@@ -34,6 +34,14 @@ const DIRECT_FRAMES: usize = 16;
 const DIRECT_BYTES: usize = 16 * 1024;
 const BATCH_BYTES: usize = 1024 * 1024;
 
+/// The iovec covering one frame, for a gathered write.
+fn iovec(b: &Bytes) -> libc::iovec {
+    libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    }
+}
+
 /// Frames for one `writev`, and the iovecs that point into them.
 pub struct Gather {
     frames: Vec<Bytes>,
@@ -58,13 +66,7 @@ unsafe impl monoio::buf::IoVecBuf for Gather {
 
 impl Gather {
     pub fn new(frames: Vec<Bytes>) -> Self {
-        let iovecs = frames
-            .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
-            .collect();
+        let iovecs = frames.iter().map(iovec).collect();
         Gather { frames, iovecs }
     }
 
@@ -166,16 +168,10 @@ impl Inner {
         let Some(fd) = self.fd else {
             return false;
         };
-        let mut iov: [libc::iovec; DIRECT_FRAMES] = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; DIRECT_FRAMES];
+        let mut iov = [iovec(&Bytes::new()); DIRECT_FRAMES];
         let mut n = 0;
         for (b, _) in self.queue.iter().take(DIRECT_FRAMES) {
-            iov[n] = libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            };
+            iov[n] = iovec(b);
             n += 1;
         }
         // SAFETY: a zeroed msghdr is valid (no name, no control data).
@@ -192,7 +188,7 @@ impl Inner {
             return false;
         }
         let mut left = sent as usize;
-        self.queued -= left;
+        self.sent(left);
         while left > 0 {
             let front = &mut self.queue.front_mut().expect("sent bytes were queued").0;
             if left >= front.len() {
@@ -206,12 +202,19 @@ impl Inner {
                 left = 0;
             }
         }
-        if self.queued < self.cap {
+        self.queue.is_empty()
+    }
+
+    /// `n` queued bytes reached the socket: producers waiting for room
+    /// are woken when the queue drops under its cap.
+    fn sent(&mut self, n: usize) {
+        let before = self.queued;
+        self.queued -= n;
+        if before >= self.cap && self.queued < self.cap {
             for w in self.waiters.drain(..) {
                 w.wake();
             }
         }
-        self.queue.is_empty()
     }
 
     /// Whether a frame may join the stream, keeping `mid_message` current.
@@ -273,9 +276,8 @@ impl Outbox {
     fn kick(&self) {
         let job = {
             let mut g = self.0.borrow_mut();
-            let idle = g.queue.is_empty() || g.parked.is_none();
-            let direct = || g.state == State::Open && g.queued <= DIRECT_BYTES;
-            if idle || (direct() && g.write_now()) {
+            let writable = !g.queue.is_empty() && g.parked.is_some();
+            if !writable || (g.state == State::Open && g.queued <= DIRECT_BYTES && g.write_now()) {
                 None
             } else {
                 g.parked.take()
@@ -441,17 +443,6 @@ impl Outbox {
         Some((batch, last))
     }
 
-    fn written(&self, n: usize) {
-        let mut g = self.0.borrow_mut();
-        let before = g.queued;
-        g.queued -= n;
-        if before >= g.cap && g.queued < g.cap {
-            for w in g.waiters.drain(..) {
-                w.wake();
-            }
-        }
-    }
-
     /// Writes queued frames until the queue is empty (then parks the
     /// socket half), the close frame is written, the peer is gone, or a
     /// write makes no progress for `stall`. Frames queued together go out
@@ -479,7 +470,7 @@ impl Outbox {
                 };
                 match res {
                     Ok(n) if n > 0 => {
-                        self.written(n);
+                        self.0.borrow_mut().sent(n);
                         pending = g.advance(n);
                     }
                     Ok(_) => return self.finish(),

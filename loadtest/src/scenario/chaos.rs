@@ -595,13 +595,22 @@ fn start_control(
         .spawn()
         .context("start sluice-control")?;
     let kid = Kid(Some(child));
+    if answers(addr, "/healthz") {
+        return Ok(kid);
+    }
+    bail!("sluice-control did not answer on {addr}")
+}
+
+/// Whether `GET path` on `addr` answers 200 within 10 s (a process just
+/// started).
+fn answers(addr: SocketAddr, path: &str) -> bool {
     for _ in 0..400 {
-        if let Ok((200, _)) = http(addr, "GET", "/healthz", &[], "") {
-            return Ok(kid);
+        if let Ok((200, _)) = http(addr, "GET", path, &[], "") {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    bail!("sluice-control did not answer on {addr}")
+    false
 }
 
 fn viewer_actor(w: Arc<World>, id: usize) {
@@ -963,11 +972,8 @@ fn start_gateway(
         .spawn()
         .with_context(|| format!("start {}", spec.bin.display()))?;
     let kid = Kid(Some(child));
-    for _ in 0..400 {
-        if let Ok((200, _)) = http(addr, "GET", "/readyz", &[], "") {
-            return Ok(kid);
-        }
-        std::thread::sleep(Duration::from_millis(25));
+    if answers(addr, "/readyz") {
+        return Ok(kid);
     }
     bail!("gateway did not become ready on {addr}")
 }

@@ -2,6 +2,7 @@
 //! network is checked once, at the edge, and never again.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest id accepted in a URL path or a register message.
 pub const MAX_ID_LEN: usize = 128;
@@ -16,13 +17,18 @@ fn valid_id(s: &str) -> bool {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        ///
+        /// Shared, not copied: a session's id sits in the shard's
+        /// revocation table, the quota ledger and the session itself, and
+        /// each clone is a reference count, not an allocation per idle
+        /// session.
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Accepts 1–128 characters of `[A-Za-z0-9._~:-]`.
             pub fn parse(s: &str) -> Option<Self> {
-                valid_id(s).then(|| Self(s.to_owned()))
+                valid_id(s).then(|| Self(Arc::from(s)))
             }
 
             pub fn as_str(&self) -> &str {

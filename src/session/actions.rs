@@ -60,6 +60,10 @@ impl Actions {
         poll_fn(|cx| {
             let mut g = self.inner.borrow_mut();
             if let Some(a) = g.queue.pop_front() {
+                if g.queue.is_empty() {
+                    // Actions are rare: an idle session keeps no queue.
+                    g.queue = VecDeque::new();
+                }
                 return Poll::Ready(Some(a));
             }
             if g.closed {

@@ -22,7 +22,10 @@ pub struct IdleSlot {
 
 /// What closes each session open under one id (a browser may reconnect
 /// with the same token while its first connection is still open).
-type Closers = HashMap<u64, Rc<dyn Fn()>>;
+/// A session id's closers: almost always one (a session whose token allows
+/// several connections has one per connection), so a small vector, not a
+/// map per idle session.
+type Closers = Vec<(u64, Rc<dyn Fn()>)>;
 
 /// Per-thread shard context.
 pub struct Shard {
@@ -80,7 +83,7 @@ impl Drop for RevokerGuard {
     fn drop(&mut self) {
         let mut map = self.shard.revokers.borrow_mut();
         if let Some(m) = map.get_mut(&self.sid) {
-            m.remove(&self.id);
+            m.retain(|(id, _)| *id != self.id);
             if m.is_empty() {
                 map.remove(&self.sid);
             }
@@ -149,8 +152,8 @@ impl Shard {
         self.revokers
             .borrow_mut()
             .entry(sid.clone())
-            .or_default()
-            .insert(id, f);
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push((id, f));
         RevokerGuard {
             shard: self.clone(),
             sid: sid.clone(),
@@ -164,7 +167,7 @@ impl Shard {
             .revokers
             .borrow()
             .get(sid)
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.iter().map(|(_, f)| f.clone()).collect())
             .unwrap_or_default();
         for c in closers {
             c();

@@ -42,6 +42,29 @@ fn iovec(b: &Bytes) -> libc::iovec {
     }
 }
 
+/// One non-blocking gathered `sendmsg` of up to `DIRECT_FRAMES` buffers
+/// to `fd`; the bytes the kernel took (0 on `EAGAIN` or any error: the
+/// writer task retries, waits for room and reports errors).
+fn send_now<'a>(fd: RawFd, bufs: impl Iterator<Item = &'a Bytes>) -> usize {
+    let mut iov = [iovec(&Bytes::new()); DIRECT_FRAMES];
+    let mut n = 0;
+    for b in bufs.take(DIRECT_FRAMES) {
+        iov[n] = iovec(b);
+        n += 1;
+    }
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = n as _;
+    // SAFETY: every iovec points into a `Bytes` the caller holds, with its
+    // exact length, and the caller holds it (and the queue it sits in,
+    // untouched) until the call returns; `msg` and `iov` outlive the call.
+    // The kernel only reads through them. `fd` is the socket of the parked
+    // write half, which is open: the outbox holds that half.
+    let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    sent.max(0) as usize
+}
+
 /// Frames for one `writev`, and the iovecs that point into them.
 pub struct Gather {
     frames: Vec<Bytes>,
@@ -168,26 +191,11 @@ impl Inner {
         let Some(fd) = self.fd else {
             return false;
         };
-        let mut iov = [iovec(&Bytes::new()); DIRECT_FRAMES];
-        let mut n = 0;
-        for (b, _) in self.queue.iter().take(DIRECT_FRAMES) {
-            iov[n] = iovec(b);
-            n += 1;
-        }
-        // SAFETY: a zeroed msghdr is valid (no name, no control data).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = n as _;
-        // SAFETY: every iovec points into a `Bytes` in `self.queue`, with
-        // its exact length, and the queue is not touched until the call
-        // returns; `msg` and `iov` outlive the call. The kernel only reads
-        // through them. `fd` is the socket of the parked write half, which
-        // is open: the outbox holds that half.
-        let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if sent <= 0 {
+        let sent = send_now(fd, self.queue.iter().take(DIRECT_FRAMES).map(|(b, _)| b));
+        if sent == 0 {
             return false;
         }
-        let mut left = sent as usize;
+        let mut left = sent;
         self.sent(left);
         while left > 0 {
             let front = &mut self.queue.front_mut().expect("sent bytes were queued").0;
@@ -201,6 +209,46 @@ impl Inner {
                 self.queue.front_mut().expect("front").1 = true;
                 left = 0;
             }
+        }
+        self.queue.is_empty()
+    }
+
+    /// Whether a frame of `len` bytes pushed now may go straight to the
+    /// socket: nothing is queued ahead of it, no writer task runs, and it
+    /// is small (large frames are cheaper through the writer's batched
+    /// ring writes, see `DIRECT_BYTES`).
+    #[inline(always)]
+    fn may_send_now(&self, len: impl FnOnce() -> usize) -> bool {
+        self.parked.is_some() && self.queue.is_empty() && self.fd.is_some() && len() <= DIRECT_BYTES
+    }
+
+    /// Sends one frame (its head, and the tail of a frame split across
+    /// two buffers) with one non-blocking `sendmsg`, queueing only what
+    /// the socket did not take, the part of a frame already sent marking
+    /// the rest as its continuation. A frame that goes out whole never
+    /// touches the queue: an idle connection keeps no queue storage, a
+    /// slow stream no queue traffic. `true` when it went out whole;
+    /// `false` means a writer must run (trying the same send again would
+    /// only repeat the `EAGAIN`).
+    #[inline(never)]
+    fn send_unqueued(&mut self, head: Bytes, tail: Option<Bytes>) -> bool {
+        let fd = self.fd.expect("checked by may_send_now");
+        let len = head.len() + tail.as_ref().map_or(0, Bytes::len);
+        self.queued += len;
+        let mut sent = send_now(fd, std::iter::once(&head).chain(tail.as_ref()));
+        self.sent(sent);
+        for (mut piece, mut continues) in [(head, false)].into_iter().chain(tail.map(|t| (t, true)))
+        {
+            if sent >= piece.len() {
+                sent -= piece.len();
+                continue;
+            }
+            if sent > 0 {
+                let _ = piece.split_to(sent);
+                continues = true;
+                sent = 0;
+            }
+            self.queue.push_back((piece, continues));
         }
         self.queue.is_empty()
     }
@@ -271,6 +319,20 @@ impl Outbox {
         self.kick();
     }
 
+    /// The socket did not take a frame sent straight to it: the parked
+    /// writer takes over the rest.
+    #[cold]
+    fn wake_writer(&self) {
+        let job = self.0.borrow_mut().parked.take();
+        self.start_writer(job);
+    }
+
+    fn start_writer(&self, job: Option<(Writer, Duration)>) {
+        if let Some((io, stall)) = job {
+            monoio::spawn(self.clone().run_writer(io, stall));
+        }
+    }
+
     /// Writes what is queued: straight to the socket when no writer runs
     /// and the socket takes it all, else through a writer task.
     fn kick(&self) {
@@ -283,9 +345,7 @@ impl Outbox {
                 g.parked.take()
             }
         };
-        if let Some((io, stall)) = job {
-            monoio::spawn(self.clone().run_writer(io, stall));
-        }
+        self.start_writer(job);
     }
 
     /// Queues a frame regardless of the cap (the caller waits on
@@ -305,6 +365,14 @@ impl Outbox {
         if !g.admits(Joins::of(frame.first().copied())) {
             return Ok(());
         }
+        if g.may_send_now(|| frame.len()) {
+            let whole = g.send_unqueued(frame, None);
+            drop(g);
+            if !whole {
+                self.wake_writer();
+            }
+            return Ok(());
+        }
         g.queued += frame.len();
         g.queue.push_back((frame, false));
         drop(g);
@@ -319,6 +387,14 @@ impl Outbox {
             return Err(Gone);
         }
         if !g.admits(Joins::of(frame.head.first().copied())) {
+            return Ok(());
+        }
+        if g.may_send_now(|| frame.head.len() + frame.tail.as_ref().map_or(0, Bytes::len)) {
+            let whole = g.send_unqueued(frame.head, frame.tail);
+            drop(g);
+            if !whole {
+                self.wake_writer();
+            }
             return Ok(());
         }
         g.queued += frame.head.len();
@@ -557,7 +633,14 @@ mod tests {
             outbox.push(Bytes::from_static(b"first")).unwrap();
             assert_eq!(outbox.queued_bytes(), 0);
             assert!(outbox.0.borrow().parked.is_some(), "no writer task ran");
-            // Far more than a socket buffer holds, in pieces of 1-16 KiB.
+            assert_eq!(
+                outbox.0.borrow().queue.capacity(),
+                0,
+                "a frame sent whole never touched the queue"
+            );
+            // Far more than a socket buffer holds, in pieces of 1-16 KiB;
+            // every third is a forwarded frame in two pieces (head and
+            // tail), so the socket also fills up in the middle of one.
             let mut expect = b"first".to_vec();
             for i in 0..2000u32 {
                 let len = 1024 + (i as usize * 37) % 15_000;
@@ -565,9 +648,19 @@ mod tests {
                 // which is all the outbox looks at.
                 let mut piece = vec![(i % 251) as u8; len];
                 piece[0] = 0x82;
-                let piece = Bytes::from(piece);
+                let mut piece = Bytes::from(piece);
                 expect.extend_from_slice(&piece);
-                outbox.push(piece).unwrap();
+                if i % 3 == 0 {
+                    let head = piece.split_to(len / 3);
+                    outbox
+                        .push_wire(Wire {
+                            head,
+                            tail: Some(piece),
+                        })
+                        .unwrap();
+                } else {
+                    outbox.push(piece).unwrap();
+                }
             }
             assert!(outbox.queued_bytes() > 0, "the socket filled up");
             let mut got = Vec::with_capacity(expect.len());

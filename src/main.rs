@@ -30,6 +30,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Sign a session token with this gateway's HS256 secret
+    /// (SLUICE_TOKEN_SECRET or auth.hs256_secret) and print it. For
+    /// development and scripts; in production the control plane signs
+    /// them. The session id goes to stderr.
+    ///
+    /// Example: TOKEN=$(sluice token --tenant acme --edge edge-a --dataset orders)
+    Token {
+        /// Tenant the edge belongs to (the connector's `tenant`).
+        #[arg(long)]
+        tenant: String,
+        /// Edge (connector) the session reads from.
+        #[arg(long)]
+        edge: String,
+        /// Session id (`/stream/{sid}`); default: a random `s-…`.
+        #[arg(long)]
+        sid: Option<String>,
+        /// `query` (datasets as Arrow streams) or `relay` (raw frames, seed 000).
+        #[arg(long, value_enum, default_value = "query")]
+        mode: TokenMode,
+        /// A dataset the session may read (repeat); none = every dataset of the edge.
+        #[arg(long = "dataset")]
+        datasets: Vec<String>,
+        /// Bytes the session may receive (`500MB`, `1GiB`); default: the gateway's.
+        #[arg(long)]
+        quota: Option<String>,
+        /// Life of the token (`900`, `15m`, `2h`; at most `24h`).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// The user the token speaks for (`sub`).
+        #[arg(long, default_value = "dev")]
+        sub: String,
+    },
     /// Read an edge key on stdin and print the `sha256:…` form for `edge_keys`.
     HashKey,
     /// Load and validate the configuration, print it with secrets redacted, and exit.
@@ -55,6 +87,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TokenMode {
+    Query,
+    Relay,
+}
+
 fn main() {
     let cli = Cli::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
@@ -72,6 +110,47 @@ fn main() {
         cfg.workers = w;
     }
     match cli.command {
+        Some(Command::Token {
+            tenant,
+            edge,
+            sid,
+            mode,
+            datasets,
+            quota,
+            ttl,
+            sub,
+        }) => {
+            use sluice::auth::dev_token;
+            use sluice::auth::token::Mode;
+            let req = dev_token::Request {
+                sid,
+                sub,
+                tenant,
+                edge,
+                mode: match mode {
+                    TokenMode::Query => Mode::Query,
+                    TokenMode::Relay => Mode::Relay,
+                },
+                datasets,
+                quota,
+                ttl,
+            };
+            match dev_token::mint(&req, &cfg.auth.hs256_secret) {
+                Ok(m) => {
+                    eprintln!(
+                        "session id: {} (expires in {} s)",
+                        m.claims.sid,
+                        m.claims.exp.saturating_sub(sluice::auth::token::now_s())
+                    );
+                    println!("{}", m.token);
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("sluice token: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
         Some(Command::HashKey) => {
             let mut key = String::new();
             if std::io::stdin().read_to_string(&mut key).is_err() || key.trim().is_empty() {

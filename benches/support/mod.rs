@@ -3,7 +3,7 @@
 
 use sluice::auth::token::{sign_hs256, Claims, Mode, Verifier};
 
-const SECRET: &[u8] = b"bench-secret";
+const SECRET: &[u8] = b"bench-secret-0123456789abcdef-0123456789";
 
 /// An HS256 verifier and a valid token for session `s-bench`. The expiry
 /// is fixed far in the future: the token's bytes (and so the instruction

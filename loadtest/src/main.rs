@@ -491,7 +491,11 @@ fn gateway_spec(a: &Args, proxy_cpus: &Option<String>) -> Result<GatewaySpec> {
     let secret = match a.secret.clone().or(from_config) {
         Some(s) => s,
         None if attached => bail!("attaching to a gateway needs its HS256 secret: --secret, SLUICE_TOKEN_SECRET or --config FILE"),
-        None => format!("loadtest-{}-{}", std::process::id(), sluice::auth::token::now_s()),
+        None => format!(
+            "loadtest-secret-{}-{}-0123456789abcdef",
+            std::process::id(),
+            sluice::auth::token::now_s()
+        ),
     };
     let edge_key = match a.edge_key.clone() {
         Some(k) => k,

@@ -2,6 +2,7 @@
 //! from config or a JWKS), edge credentials (`Edge-Key` or a client
 //! certificate), and the sessions revoked since their token was issued.
 
+pub mod dev_token;
 pub mod edge_auth;
 pub mod jwks;
 pub mod lockout;

@@ -17,6 +17,11 @@ mod edge_keys;
 
 pub use edge_keys::{EdgeKeys, KeyHash, MIN_EDGE_KEY_CHARS};
 
+/// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least
+/// as long as the hash (256 bits); a shorter one is guessable offline from
+/// any token.
+pub const MIN_TOKEN_SECRET_BYTES: usize = 32;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -524,6 +529,12 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");
         }
+        let secret = self.auth.hs256_secret.len();
+        if secret > 0 && secret < MIN_TOKEN_SECRET_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "auth.hs256_secret (SLUICE_TOKEN_SECRET) is {secret} bytes; at least {MIN_TOKEN_SECRET_BYTES} are required (make one with `openssl rand -base64 32`)"
+            )));
+        }
         let l = &self.limits;
         if l.max_header_bytes < 256 || l.max_headers == 0 {
             return bad("limits.max_header_bytes must be >= 256 and max_headers >= 1");
@@ -755,7 +766,7 @@ mod tests {
             &env(&[
                 ("SLUICE_LISTEN", "127.0.0.1:0"),
                 ("SLUICE_WORKERS", "3"),
-                ("SLUICE_TOKEN_SECRET", "s3cret"),
+                ("SLUICE_TOKEN_SECRET", "s3cret-s3cret-s3cret-s3cret-0123"),
                 (
                     "SLUICE_EDGE_KEYS",
                     "edge-a=key1-0123456789abcdefgh,edge-b=key2-0123456789abcdefgh",
@@ -764,7 +775,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.workers, 3);
-        assert_eq!(cfg.auth.hs256_secret, "s3cret");
+        assert_eq!(cfg.auth.hs256_secret, "s3cret-s3cret-s3cret-s3cret-0123");
         assert_eq!(cfg.edge_keys.len(), 2);
         assert!(cfg.edge_keys["edge-a"].starts_with("sha256:"));
         assert!(!cfg.edge_keys["edge-a"].contains("key1"));

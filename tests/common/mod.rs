@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "test-secret-0123456789";
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 pub const EDGE: &str = "edge-a";
 pub const EDGE_KEY: &str = "edge-a-key-0123456789abcdef";
 

@@ -45,17 +45,41 @@ enum Cmd {
     /// Run the HTTP service.
     Serve(ServeArgs),
     /// Print a fresh master key (base64 of 32 random bytes) for SLUICE_MASTER_KEY.
+    /// Writes nothing.
     MasterKey,
+    /// Sign a development user token for a tenant whose users sign in with
+    /// HS256 (`tenant add --user-hs256-secret-env`): the bearer token
+    /// `/control/access` and `sluice-fetch --user-token` expect. Needs
+    /// SLUICE_MASTER_KEY to open the tenant's secret. Writes nothing.
+    UserToken {
+        #[arg(long)]
+        tenant: String,
+        /// The user (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Bind the token to one client (`client_id`).
+        #[arg(long)]
+        client: Option<String>,
+        /// Life of the token (`900`, `15m`, `2h`; at most `24h`).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Tenants: create one, change its settings, list them.
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// Plans: how many streams and bytes a tenant's clients get.
     #[command(subcommand)]
     Plan(PlanCmd),
+    /// Clients: who reads which datasets under which plan.
     #[command(subcommand)]
     Client(ClientCmd),
+    /// Datasets: the names clients ask for, and the edge that serves each.
     #[command(subcommand)]
     Dataset(DatasetCmd),
+    /// Edges: connector deployments and their pre-shared keys.
     #[command(subcommand)]
     Edge(EdgeCmd),
+    /// Session-token signing keys (Ed25519): rotate and list.
     #[command(subcommand)]
     Keys(KeysCmd),
 }
@@ -123,33 +147,44 @@ struct ServeArgs {
 enum TenantCmd {
     /// Create a tenant, or change its settings.
     Add {
+        /// The tenant's id: [a-z0-9_-], up to 64 characters.
         slug: String,
+        /// Display name.
         #[arg(long)]
         name: Option<String>,
         /// Life of the session tokens, seconds.
         #[arg(long)]
         session_ttl: Option<u64>,
-        /// Environment variable holding the users' HS256 secret (sealed at rest).
+        /// Environment variable holding the users' HS256 secret, at least
+        /// 32 bytes (sealed at rest under SLUICE_MASTER_KEY).
         #[arg(long)]
         user_hs256_secret_env: Option<String>,
+        /// The identity provider's JWKS URL (users' tokens signed with its keys).
         #[arg(long)]
         user_jwks_url: Option<String>,
+        /// A JWKS file with the users' token keys.
         #[arg(long)]
         user_jwks_file: Option<String>,
+        /// Required `iss` of users' tokens.
         #[arg(long)]
         issuer: Option<String>,
+        /// Required `aud` of users' tokens.
         #[arg(long)]
         audience: Option<String>,
     },
+    /// List the tenants.
     List,
 }
 
 #[derive(Subcommand)]
 enum PlanCmd {
+    /// Create a plan, or change it.
     Add {
         #[arg(long)]
         tenant: String,
+        /// The plan's id.
         id: String,
+        /// Streams a client may have open at once; 0 = unlimited.
         #[arg(long, default_value_t = 0)]
         max_streams: u32,
         /// Bytes per session (e.g. 500MB); 0 = unlimited.
@@ -159,6 +194,7 @@ enum PlanCmd {
         #[arg(long, default_value = "0", value_parser = parse_bytes)]
         hourly_quota: u64,
     },
+    /// Remove it (refused while something still uses it).
     Remove {
         #[arg(long)]
         tenant: String,
@@ -168,10 +204,13 @@ enum PlanCmd {
 
 #[derive(Subcommand)]
 enum ClientCmd {
+    /// Create a client, or change it.
     Add {
         #[arg(long)]
         tenant: String,
+        /// The client's id (what `sluice-fetch --client` names).
         id: String,
+        /// The plan it reads under.
         #[arg(long)]
         plan: String,
         /// Dataset the client may read (repeat; `*` = all).
@@ -180,9 +219,11 @@ enum ClientCmd {
         /// User (`sub`) allowed to act for the client (repeat; none = any).
         #[arg(long = "subject")]
         subjects: Vec<String>,
+        /// Refuse every access for this client (kept for the record).
         #[arg(long)]
         disabled: bool,
     },
+    /// Remove it (refused while something still uses it).
     Remove {
         #[arg(long)]
         tenant: String,
@@ -192,16 +233,20 @@ enum ClientCmd {
 
 #[derive(Subcommand)]
 enum DatasetCmd {
+    /// Publish a dataset of one of the tenant's edges, or change it.
     Add {
         #[arg(long)]
         tenant: String,
+        /// The name clients ask for.
         id: String,
+        /// The edge whose connector serves it.
         #[arg(long)]
         edge: String,
         /// Name at the connector, when it differs from the id.
         #[arg(long)]
         name: Option<String>,
     },
+    /// Remove it (refused while something still uses it).
     Remove {
         #[arg(long)]
         tenant: String,
@@ -215,6 +260,7 @@ enum EdgeCmd {
     Add {
         #[arg(long)]
         tenant: String,
+        /// The edge's id (the connector's `edge`).
         id: String,
         /// Environment variable holding the key; default: a random one.
         #[arg(long)]
@@ -226,6 +272,7 @@ enum EdgeCmd {
         tenant: String,
         id: String,
     },
+    /// Remove it (refused while something still uses it).
     Remove {
         #[arg(long)]
         tenant: String,
@@ -242,6 +289,7 @@ enum KeysCmd {
         #[arg(long)]
         tenant: String,
     },
+    /// List the keys, the signing one first.
     List {
         #[arg(long)]
         tenant: String,
@@ -260,6 +308,31 @@ fn env_secret(var: &str) -> anyhow::Result<String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let dir = DataDir::new(&cli.data_dir);
+    // Commands that write nothing run before the audit log is opened, so
+    // they create no data directory where they run.
+    match &cli.cmd {
+        Cmd::MasterKey => {
+            println!("{}", MasterKey::generate());
+            return Ok(());
+        }
+        Cmd::UserToken {
+            tenant,
+            sub,
+            client,
+            ttl,
+        } => {
+            let t = dir.load(&slug(tenant)?)?;
+            let master = MasterKey::from_env()?;
+            let ttl = sluice_protocol::units::parse_seconds(ttl)
+                .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+            println!(
+                "{}",
+                sluice_control::userauth::dev_token(&t, &master, sub, client.as_deref(), ttl)?
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
     let audit_path = cli
         .audit
         .clone()
@@ -272,9 +345,8 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.cmd {
         Cmd::Serve(args) => serve(args, dir, audit),
-        Cmd::MasterKey => {
-            println!("{}", MasterKey::generate());
-            Ok(())
+        Cmd::MasterKey | Cmd::UserToken { .. } => {
+            unreachable!("handled before the audit log opens")
         }
         Cmd::Tenant(TenantCmd::List) => {
             for t in dir.tenants() {

@@ -12,7 +12,8 @@
 //! - [`close`]: the WebSocket close codes, and [`ErrorCode`] /
 //!   [`Refusal`]: why a session ends;
 //! - [`slots`]: the control plane's stream slots and grants in Redis,
-//!   which gateways update when a session ends.
+//!   which gateways update when a session ends;
+//! - [`units`]: sizes and durations as the command lines take them.
 //!
 //! Messages serialize with their tag first and their fields in the order
 //! the protocol has always written them, so the bytes on the wire are
@@ -24,6 +25,7 @@ pub mod connector;
 mod error;
 pub mod relay;
 pub mod slots;
+pub mod units;
 
 pub use error::{ErrorCode, Refusal};
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sluice::auth::token::{sign_hs256, Claims, Mode};
 
-pub const SECRET: &str = "connector-test-secret";
+pub const SECRET: &str = "connector-test-secret-0123456789abcdef";
 pub const KEY: &str = "connector-test-key-0123456789abcdef";
 
 pub struct Proc(pub Child);

@@ -195,6 +195,12 @@ fn main() {
             }
         }
         Some(Command::CheckConfig) => {
+            for (var, near) in sluice::config::unknown_env_vars(&env) {
+                let hint = near
+                    .map(|n| format!("; did you mean {n}?"))
+                    .unwrap_or_default();
+                eprintln!("sluice: warning: unknown environment variable {var} is ignored{hint}");
+            }
             if let Err(e) = cfg.validate() {
                 eprintln!("sluice: {e}");
                 std::process::exit(2);
@@ -223,6 +229,7 @@ fn main() {
         None => {}
     }
     init_logging(&cfg.log_format);
+    warn_unknown_env(&env);
     let gw = match Gateway::start(cfg) {
         Ok(g) => g,
         Err(e) => {
@@ -266,6 +273,18 @@ fn main() {
         gw.drain();
     }
     std::process::exit(0);
+}
+
+/// A misspelled variable would otherwise be ignored without a word.
+fn warn_unknown_env(env: &[(String, String)]) {
+    for (var, near) in sluice::config::unknown_env_vars(env) {
+        match near {
+            Some(n) => {
+                tracing::warn!("unknown environment variable {var} is ignored; did you mean {n}?")
+            }
+            None => tracing::warn!("unknown environment variable {var} is ignored"),
+        }
+    }
 }
 
 fn init_logging(format: &str) {

@@ -74,6 +74,84 @@ async fn sluice_token_opens_a_session_limited_to_its_datasets() {
     expect_error_close(&mut other, "unauthorized", 4401).await;
 }
 
+fn fetch(args: &[&str]) -> std::process::Output {
+    Command::new(ctl::sibling_bin("sluice-fetch"))
+        .args(args)
+        .output()
+        .expect("run sluice-fetch")
+}
+
+#[tokio::test]
+async fn fetch_lists_what_a_token_may_read_and_a_misspelled_dataset_names_them() {
+    let gw = Gateway::start(1, &[]);
+    let _conn = connector(&gw, EDGE, EDGE_KEY, &["big", "orders", "stock"]).await;
+    let mut c = claims("s-list-1");
+    c.datasets = Some(vec!["big".into(), "orders".into()]);
+    let t = token(&c);
+    let base = gw.url("");
+    let base = base.trim_end_matches('/');
+    let listed = fetch(&["--gateway", base, "--token", &t, "--list"]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "big\norders\n");
+
+    let out = std::env::temp_dir().join(format!("newcomer-{}.csv", std::process::id()));
+    let typo = fetch(&[
+        "--gateway",
+        base,
+        "--token",
+        &t,
+        "--dataset",
+        "bgi",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!typo.status.success());
+    let msg = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        msg.contains(r#"token does not allow dataset "bgi"; it allows "big", "orders""#),
+        "{msg}"
+    );
+    // Without an allow-list, the edge's own datasets.
+    let open = token(&claims("s-list-2"));
+    let typo = fetch(&[
+        "--gateway",
+        base,
+        "--token",
+        &open,
+        "--dataset",
+        "bgi",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let msg = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        msg.contains(r#"has no dataset "bgi"; it serves "big", "orders", "stock""#),
+        "{msg}"
+    );
+
+    // A token that is not a JWT, and a gateway that is not there.
+    let garbage = fetch(&["--gateway", base, "--token", "garbage", "--list"]);
+    let msg = String::from_utf8_lossy(&garbage.stderr);
+    assert!(msg.contains("--token is not a JWT"), "{msg}");
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let nobody = format!("ws://{free}");
+    let gone = fetch(&["--gateway", &nobody, "--token", &t, "--list"]);
+    let msg = String::from_utf8_lossy(&gone.stderr);
+    assert!(msg.contains("cannot connect to"), "{msg}");
+    assert_eq!(
+        msg.matches("os error").count(),
+        1,
+        "the OS error once: {msg}"
+    );
+}
+
 #[test]
 fn sluice_token_refuses_what_the_gateway_would() {
     let short = sluice_token("short-secret", &["--tenant", "acme", "--edge", EDGE]);

@@ -70,8 +70,9 @@ pub enum TokenError {
     WrongSession,
     #[error("token is signed with an unknown key or algorithm")]
     UnknownKey,
-    #[error("token claims are invalid")]
-    BadClaims,
+    /// Names the claim when it can be told (a missing or empty one).
+    #[error("token claims are invalid{}", .0.map(|c| format!(": `{c}` is missing, empty or of the wrong type")).unwrap_or_default())]
+    BadClaims(Option<&'static str>),
     #[error("token is not valid yet (nbf is in the future)")]
     NotYetValid,
 }
@@ -85,7 +86,7 @@ impl TokenError {
             TokenError::Expired => "expired",
             TokenError::WrongSession => "wrong_session",
             TokenError::UnknownKey => "unknown_key",
-            TokenError::BadClaims => "bad_claims",
+            TokenError::BadClaims(_) => "bad_claims",
             TokenError::NotYetValid => "not_yet_valid",
         }
     }
@@ -97,7 +98,7 @@ impl TokenError {
         TokenError::Expired,
         TokenError::WrongSession,
         TokenError::UnknownKey,
-        TokenError::BadClaims,
+        TokenError::BadClaims(None),
         TokenError::NotYetValid,
     ];
 }
@@ -244,8 +245,14 @@ impl Verifier {
         if claims.sid != path_sid.as_str() {
             return Err(TokenError::WrongSession);
         }
-        if claims.sub.is_empty() || claims.tenant.is_empty() || claims.edge.is_empty() {
-            return Err(TokenError::BadClaims);
+        for (name, value) in [
+            ("sub", &claims.sub),
+            ("tenant", &claims.tenant),
+            ("edge", &claims.edge),
+        ] {
+            if value.is_empty() {
+                return Err(TokenError::BadClaims(Some(name)));
+            }
         }
         Ok(claims)
     }
@@ -260,9 +267,26 @@ fn decode(token: &str, key: &DecodingKey, v: &Validation) -> Result<Claims, Toke
             ErrorKind::ImmatureSignature => TokenError::NotYetValid,
             ErrorKind::InvalidSignature => TokenError::BadSignature,
             ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => TokenError::UnknownKey,
-            ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => TokenError::BadClaims,
+            ErrorKind::MissingRequiredClaim(c) => TokenError::BadClaims(claim_name(c)),
+            ErrorKind::Json(j) => TokenError::BadClaims(missing_field(&j.to_string())),
             _ => TokenError::Malformed,
         })
+}
+
+/// The claims a session token carries, by name, for error messages.
+const CLAIM_NAMES: [&str; 11] = [
+    "sid", "sub", "tenant", "edge", "mode", "datasets", "quota", "exp", "jti", "client", "nbf",
+];
+
+fn claim_name(c: &str) -> Option<&'static str> {
+    CLAIM_NAMES.iter().copied().find(|n| *n == c)
+}
+
+/// serde's "missing field `tenant`" (and "unknown variant … for `mode`"
+/// has no field name; only what can be named is).
+fn missing_field(msg: &str) -> Option<&'static str> {
+    let rest = msg.split("missing field `").nth(1)?;
+    claim_name(rest.split('`').next()?)
 }
 
 /// Signs an HS256 token. The gateway never signs; the load generator,
@@ -334,6 +358,37 @@ mod tests {
             TokenError::NotYetValid
         );
         assert!(v.verify(&sign(now_s() - 10), &sid).is_ok());
+    }
+
+    #[test]
+    fn a_missing_or_empty_claim_is_named() {
+        let v = verifier("k");
+        let sid = SessionId::parse("s1").unwrap();
+        let sign = |c: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &c,
+                &EncodingKey::from_secret(b"k"),
+            )
+            .unwrap()
+        };
+        let exp = now_s() + 60;
+        let no_tenant = sign(serde_json::json!({"sid": "s1", "sub": "a", "edge": "e", "exp": exp}));
+        let e = v.verify(&no_tenant, &sid).unwrap_err();
+        assert_eq!(e, TokenError::BadClaims(Some("tenant")));
+        assert!(e.to_string().contains("`tenant`"), "{e}");
+        let empty_edge = sign(
+            serde_json::json!({"sid": "s1", "sub": "a", "tenant": "t", "edge": "", "exp": exp}),
+        );
+        assert_eq!(
+            v.verify(&empty_edge, &sid).unwrap_err(),
+            TokenError::BadClaims(Some("edge"))
+        );
+        let no_exp = sign(serde_json::json!({"sid": "s1", "sub": "a", "tenant": "t", "edge": "e"}));
+        assert_eq!(
+            v.verify(&no_exp, &sid).unwrap_err(),
+            TokenError::BadClaims(Some("exp"))
+        );
     }
 
     #[test]

@@ -690,6 +690,89 @@ fn set_path(tree: &mut toml::Value, path: &[&str], value: toml::Value) {
 /// Overrides each scalar leaf of `tree` from `PREFIX_KEY` when set, parsed
 /// as the leaf's own type. Maps (`edge_keys`, `auth.ed25519_keys`) take
 /// `name=value,name=value`.
+/// Variables of Sluice's other programs, which share the `SLUICE_`
+/// prefix and often the same environment (a demo, a systemd drop-in): not
+/// the gateway's, and not typos either. `tests::every_sluice_variable_is_known`
+/// keeps this list in step with the workspace.
+const OTHER_PROGRAMS_VARS: &[&str] = &[
+    "SLUICE_CA_CERT",
+    "SLUICE_CLIENT",
+    "SLUICE_CONTROL",
+    "SLUICE_EDGE_KEY",
+    "SLUICE_GATEWAY",
+    "SLUICE_GATEWAY_ADMIN_TOKEN",
+    "SLUICE_MASTER_KEY",
+    "SLUICE_POSTGRES_URL",
+    "SLUICE_TENANT",
+    "SLUICE_TOKEN",
+    "SLUICE_USER_TOKEN",
+];
+/// Whole families of other programs' variables.
+const OTHER_PROGRAMS_PREFIXES: &[&str] = &["SLUICE_CONTROL_", "SLUICE_CONNECTOR_"];
+/// The gateway's own variables that are not configuration keys.
+const GATEWAY_EXTRA_VARS: &[&str] = &["SLUICE_CONFIG", "SLUICE_LOG", "SLUICE_TOKEN_SECRET"];
+
+/// `SLUICE_…` variables in `env` that nothing reads: most likely typos
+/// (`SLUICE_LISTN`), silently ignored otherwise. Each comes with the
+/// closest variable the gateway knows, when one is close.
+pub fn unknown_env_vars(env: &[(String, String)]) -> Vec<(String, Option<String>)> {
+    let mut known = Vec::new();
+    if let Ok(tree) = toml::Value::try_from(Config::default()) {
+        env_names(&tree, "SLUICE", &mut known);
+    }
+    known.extend(GATEWAY_EXTRA_VARS.iter().map(|s| s.to_string()));
+    env.iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("SLUICE_"))
+        .filter(|k| !known.iter().any(|n| n == k))
+        .filter(|k| !OTHER_PROGRAMS_VARS.contains(k))
+        .filter(|k| !OTHER_PROGRAMS_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .map(|k| {
+            let near = known
+                .iter()
+                .map(|n| (edit_distance(k, n), n))
+                .filter(|(d, _)| *d <= 3)
+                .min()
+                .map(|(_, n)| n.clone());
+            (k.to_owned(), near)
+        })
+        .collect()
+}
+
+/// Every variable the configuration tree answers to.
+fn env_names(tree: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+    let Some(table) = tree.as_table() else {
+        return;
+    };
+    for (key, value) in table {
+        let var = format!("{prefix}_{}", key.to_ascii_uppercase());
+        match value {
+            toml::Value::Table(_)
+                if var != "SLUICE_EDGE_KEYS" && var != "SLUICE_AUTH_ED25519_KEYS" =>
+            {
+                env_names(value, &var, out)
+            }
+            _ => out.push(var),
+        }
+    }
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 fn apply_env(
     tree: &mut toml::Value,
     prefix: &str,
@@ -751,6 +834,73 @@ fn apply_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_variables_are_named_with_the_closest_known_one() {
+        let env = |k: &str| (k.to_owned(), "x".to_owned());
+        let got = unknown_env_vars(&[
+            env("SLUICE_LISTN"),
+            env("SLUICE_LISTEN"),
+            env("SLUICE_TLS_LISTEN"),
+            env("SLUICE_LIMITS_MAX_SESSION"),
+            env("SLUICE_MASTER_KEY"),
+            env("SLUICE_CONTROL_LISTEN"),
+            env("SLUICE_TOKEN_SECRET"),
+            env("SLUICE_ZZZZZZZZZZZZZZZ"),
+            env("PATH"),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                ("SLUICE_LISTN".into(), Some("SLUICE_LISTEN".into())),
+                (
+                    "SLUICE_LIMITS_MAX_SESSION".into(),
+                    Some("SLUICE_LIMITS_MAX_SESSIONS".into())
+                ),
+                ("SLUICE_ZZZZZZZZZZZZZZZ".into(), None),
+            ]
+        );
+    }
+
+    /// Every `SLUICE_…` variable a program of the workspace reads is the
+    /// gateway's or on the list of other programs' variables, so the
+    /// unknown-variable warning never names a real one.
+    #[test]
+    fn every_sluice_variable_is_known() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut vars = std::collections::BTreeSet::new();
+        let mut stack = vec![root.join("src"), root.join("crates"), root.join("loadtest")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    if !p.ends_with("target") && !p.ends_with("node_modules") {
+                        stack.push(p);
+                    }
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for part in text.split("env = \"").skip(1) {
+                        let name: String = part
+                            .chars()
+                            .take_while(|c| {
+                                c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_'
+                            })
+                            .collect();
+                        if name.starts_with("SLUICE_") {
+                            vars.insert(name);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(vars.len() > 10, "found the programs' variables: {vars:?}");
+        let env: Vec<_> = vars.iter().map(|v| (v.clone(), String::new())).collect();
+        assert_eq!(
+            unknown_env_vars(&env),
+            vec![],
+            "add them to OTHER_PROGRAMS_VARS"
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

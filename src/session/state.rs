@@ -104,7 +104,16 @@ pub fn check_dataset(sess: &Session, dataset: &str) -> Option<Flow> {
         return Some(Flow::Close(Refusal::new(
             close::FORBIDDEN,
             ErrorCode::Forbidden,
-            format!("token does not allow dataset {dataset:?}"),
+            format!(
+                "token does not allow dataset {dataset:?}; it allows {}",
+                sess.claims
+                    .datasets
+                    .iter()
+                    .flatten()
+                    .map(|d| format!("{d:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         )));
     }
     let registry = &sess.shard.shared.registry;
@@ -115,11 +124,25 @@ pub fn check_dataset(sess: &Session, dataset: &str) -> Option<Flow> {
             format!("edge {} is offline", sess.edge),
         ))),
         Some(Err(())) => Some(Flow::Close(other_tenant())),
-        Some(Ok(ds)) if !ds.contains(dataset) => Some(Flow::Close(Refusal::new(
-            close::NOT_FOUND,
-            ErrorCode::UnknownDataset,
-            format!("edge {} has no dataset {dataset:?}", sess.edge),
-        ))),
+        Some(Ok(ds)) if !ds.iter().any(|d| d == dataset) => {
+            // Name what may be read instead (never a dataset the token
+            // does not allow: `list` would not show it either).
+            let readable: Vec<String> = ds
+                .iter()
+                .filter(|d| sess.claims.may_read(d))
+                .map(|d| format!("{d:?}"))
+                .collect();
+            let hint = if readable.is_empty() {
+                "it serves none this token may read".to_owned()
+            } else {
+                format!("it serves {}", readable.join(", "))
+            };
+            Some(Flow::Close(Refusal::new(
+                close::NOT_FOUND,
+                ErrorCode::UnknownDataset,
+                format!("edge {} has no dataset {dataset:?}; {hint}", sess.edge),
+            )))
+        }
         Some(Ok(_)) => None,
     }
 }

@@ -75,8 +75,13 @@ struct Cli {
     /// Session id the token was issued for (default: the token's `sid`).
     #[arg(long)]
     session: Option<String>,
-    #[arg(long)]
-    dataset: String,
+    /// The dataset to download.
+    #[arg(long, required_unless_present = "list")]
+    dataset: Option<String>,
+    /// Print the datasets the token may read on its edge, one per line,
+    /// and exit.
+    #[arg(long, conflicts_with_all = ["control", "dataset", "output"])]
+    list: bool,
     /// CA certificate (PEM) to trust for wss:// gateways and an https://
     /// control plane, besides the public web PKI roots.
     #[arg(long, env = "SLUICE_CA_CERT", value_name = "PEM")]
@@ -84,8 +89,8 @@ struct Cli {
     #[arg(long, value_enum, default_value = "stream")]
     mode: Mode,
     /// Output file; its extension picks the format.
-    #[arg(short = 'o', long)]
-    output: PathBuf,
+    #[arg(short = 'o', long, required_unless_present = "list")]
+    output: Option<PathBuf>,
     /// Give up when no message arrives for this long.
     #[arg(long, default_value_t = 60)]
     idle_timeout_s: u64,
@@ -117,10 +122,20 @@ fn feed(decoder: &mut StreamDecoder, bytes: Vec<u8>, out: &mut Output) -> Result
 }
 
 /// The `sid` claim of a JWT, read without verifying (the gateway verifies).
-fn sid_of(token: &str) -> Option<String> {
-    let body = token.split('.').nth(1)?;
-    let v: Value = serde_json::from_slice(&base64_decode(body)?).ok()?;
-    v["sid"].as_str().map(String::from)
+fn sid_of(token: &str) -> Result<String> {
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    let claims = (parts.len() == 3)
+        .then(|| base64_decode(parts[1]))
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .ok_or_else(|| {
+            anyhow!("--token is not a JWT (three base64url parts separated by dots); `sluice token` or the control plane makes one")
+        })?;
+    claims["sid"].as_str().map(String::from).ok_or_else(|| {
+        anyhow!(
+            "the token has no `sid` claim; pass --session with the session id it was issued for"
+        )
+    })
 }
 
 /// base64url without padding (JWT segments), kept dependency-free.
@@ -225,7 +240,12 @@ async fn ask_control(cli: &Cli, base: &str) -> Result<Session> {
         .timeout(Duration::from_secs(30))
         .send()
         .await
-        .with_context(|| format!("asking the control plane at {base} for access"))?;
+        .map_err(|e| {
+            anyhow!(
+                "cannot reach the control plane at {base}: {}",
+                root_cause(&e)
+            )
+        })?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if !status.is_success() {
@@ -264,15 +284,17 @@ async fn release(cli: &Cli, base: &str, sid: &str) {
 
 async fn run(cli: &Cli) -> Result<()> {
     // Refuse a bad output name before asking anyone for anything.
-    let out = Output::new(&cli.output)?;
+    let out = match &cli.output {
+        Some(path) => Some(Output::new(path)?),
+        None => None,
+    };
     let session = match &cli.control {
         Some(base) => ask_control(cli, base).await?,
         None => {
             let token = cli.token.clone().unwrap_or_default();
             let sid = match &cli.session {
                 Some(s) => s.clone(),
-                None => sid_of(&token)
-                    .ok_or_else(|| anyhow!("cannot read `sid` from the token; pass --session"))?,
+                None => sid_of(&token)?,
             };
             let base = cli
                 .gateway
@@ -285,28 +307,94 @@ async fn run(cli: &Cli) -> Result<()> {
             Session {
                 url: format!("{base}/stream/{sid}"),
                 token,
-                dataset: cli.dataset.clone(),
+                dataset: cli.dataset.clone().unwrap_or_default(),
                 release: None,
             }
         }
     };
-    let res = download(cli, &session, out).await;
+    let res = match out {
+        Some(out) => download(cli, &session, out).await,
+        None => list(cli, &session).await,
+    };
     if let Some((base, sid)) = &session.release {
         release(cli, base, sid).await;
     }
     res
 }
 
-async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
+async fn open(cli: &Cli, session: &Session) -> Result<ws::Gateway> {
     let base = session.url.as_str();
     let tls = if base.starts_with("wss://") {
         Some(tls_config(cli)?)
     } else {
         None
     };
-    let mut ws = ws::Gateway::connect(base, &session.token, tls)
+    ws::Gateway::connect(base, &session.token, tls)
         .await
-        .with_context(|| format!("connecting to {base}"))?;
+        .map_err(|e| anyhow!("cannot connect to {base}: {}", chain(&e)))
+}
+
+/// An error and its causes, each said once: layers that restate their
+/// source ("IO error: Connection refused" over "Connection refused") are
+/// not repeated.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.last().is_some_and(|prev| prev.contains(&msg)) {
+            continue;
+        }
+        out.push(msg);
+    }
+    out.join(": ")
+}
+
+/// The innermost error: "Connection refused (os error 111)" rather than
+/// every layer's restatement of it.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// `--list`: the datasets the token may read, one per line.
+async fn list(cli: &Cli, session: &Session) -> Result<()> {
+    let mut ws = open(cli, session).await?;
+    ws.send_text(BrowserAction::List.to_json()).await?;
+    let result = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(cli.idle_timeout_s), ws.next())
+            .await
+            .map_err(|_| anyhow!("nothing from the gateway for {} s", cli.idle_timeout_s))??
+            .ok_or_else(|| anyhow!("the gateway closed the connection without an answer"))?;
+        match msg {
+            Message::Text(t) => match serde_json::from_str::<ServerEvent>(&t) {
+                Ok(ServerEvent::Datasets { datasets, .. }) => break Ok(datasets),
+                Ok(ServerEvent::Error { code, message, .. }) => {
+                    break Err(anyhow!("{message} ({code})"))
+                }
+                _ => continue,
+            },
+            Message::Close(c) => {
+                break Err(anyhow!(
+                    "the gateway closed the session: {}",
+                    c.map(|(code, reason)| format!("{code} {reason}"))
+                        .unwrap_or_default()
+                ))
+            }
+            Message::Binary(_) => continue,
+        }
+    };
+    ws.close().await;
+    for d in result? {
+        println!("{d}");
+    }
+    Ok(())
+}
+
+async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
+    let mut ws = open(cli, session).await?;
     let mode = match cli.mode {
         Mode::Stream => QueryMode::Stream,
         Mode::Buffered => QueryMode::Buffered,
@@ -345,7 +433,7 @@ async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
                         let secs = t0.elapsed().as_secs_f64().max(1e-3);
                         b.set_message(format!(
                             "{}: {rows} rows, {:.1} MB, {:.1} MB/s",
-                            cli.dataset,
+                            session.dataset,
                             bytes as f64 / 1e6,
                             bytes as f64 / 1e6 / secs
                         ));
@@ -417,7 +505,7 @@ async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
             let secs = t0.elapsed().as_secs_f64();
             eprintln!(
                 "sluice-fetch: {}: {rows} rows, {bytes} bytes in {messages} messages, {secs:.2} s ({:.1} MB/s) -> {}",
-                cli.dataset,
+                session.dataset,
                 bytes as f64 / 1e6 / secs.max(1e-6),
                 path.display()
             );

@@ -53,12 +53,14 @@ impl StaticFiles {
     /// gateway runs before the dashboard is built.
     pub fn load(dir: &str, max: usize) -> Result<Self, WebError> {
         if dir.is_empty() {
-            return Ok(Self::none("no dashboard configured (web.dir)"));
+            return Ok(Self::none(
+                "no dashboard on this gateway: build it with `cd web && npm ci && npm run build` and point the gateway at it with web.dir = \"web/dist\" (or SLUICE_WEB_DIR=web/dist)",
+            ));
         }
         let root = Path::new(dir);
         if !root.join("index.html").is_file() {
             return Ok(Self::none(&format!(
-                "dashboard not built: {dir}/index.html is missing (cd web && npm ci && npm run build)"
+                "dashboard not built: {dir}/index.html is missing (build it with `cd web && npm ci && npm run build`; web.dir / SLUICE_WEB_DIR names the folder)"
             )));
         }
         let mut files = HashMap::new();

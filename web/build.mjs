@@ -17,4 +17,5 @@ await build({
 });
 cpSync("src/index.html", "dist/index.html");
 cpSync("src/style.css", "dist/assets/style.css");
+cpSync("src/favicon.svg", "dist/favicon.svg");
 console.log("dashboard built into web/dist");

@@ -728,13 +728,8 @@ pub fn unknown_env_vars(env: &[(String, String)]) -> Vec<(String, Option<String>
         .filter(|k| !OTHER_PROGRAMS_VARS.contains(k))
         .filter(|k| !OTHER_PROGRAMS_PREFIXES.iter().any(|p| k.starts_with(p)))
         .map(|k| {
-            let near = known
-                .iter()
-                .map(|n| (edit_distance(k, n), n))
-                .filter(|(d, _)| *d <= 3)
-                .min()
-                .map(|(_, n)| n.clone());
-            (k.to_owned(), near)
+            let near = sluice_protocol::suggest::closest(k, known.iter().map(String::as_str), 3);
+            (k.to_owned(), near.map(str::to_owned))
         })
         .collect()
 }
@@ -755,22 +750,6 @@ fn env_names(tree: &toml::Value, prefix: &str, out: &mut Vec<String>) {
             _ => out.push(var),
         }
     }
-}
-
-/// Levenshtein distance, for "did you mean".
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 fn apply_env(

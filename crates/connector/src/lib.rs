@@ -30,6 +30,9 @@ pub async fn run(cfg: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()>
         .iter()
         .map(|d| Dataset::new(d.clone(), cfg.batch_rows).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
+    for d in &datasets {
+        d.check_plain_path()?;
+    }
     let sh = Arc::new(Shared { cfg, datasets });
     let (avail_tx, avail_rx) = watch::channel(available(&sh).await);
     for d in &sh.datasets {

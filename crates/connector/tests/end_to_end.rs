@@ -303,3 +303,35 @@ fn datasets_appear_and_vanish_with_their_files() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_misspelled_file_stops_the_connector_and_names_the_file_beside_it() {
+    let dir = data();
+    let cfg = dir.join(format!("typo-{}.toml", free_port()));
+    std::fs::write(
+        &cfg,
+        format!(
+            "gateway = \"ws://127.0.0.1:9\"\ntenant = \"acme\"\nedge = \"edge-a\"\n\n\
+             [[datasets]]\nname = \"sales\"\nsource = \"{}\"\n",
+            dir.join("sles.csv").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-connector"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .env("SLUICE_EDGE_KEY", "edge-a-key-0123456789abcdef")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("dataset sales:")
+            && err.contains("sles.csv: no such file")
+            && err.contains(&format!(
+                "did you mean {}?",
+                dir.join("sales.csv").display()
+            )),
+        "{err}"
+    );
+}

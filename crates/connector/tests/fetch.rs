@@ -91,6 +91,12 @@ fn fetch_streams_into_arrow_parquet_and_csv_and_leaves_nothing_on_failure() {
         err.contains("broken.csv") && err.contains("line 1502"),
         "{err}"
     );
+    // The column by its name, and the guessed type called a guess.
+    assert!(
+        err.contains(r#"for "temp" (column 2) at line 1502"#)
+            && err.contains("was guessed from the first 1000 rows"),
+        "{err}"
+    );
     assert!(
         !out.exists() && !out_dir.join("bad.parquet.part").exists(),
         "no partial file is left"

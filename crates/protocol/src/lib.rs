@@ -13,7 +13,8 @@
 //!   [`Refusal`]: why a session ends;
 //! - [`slots`]: the control plane's stream slots and grants in Redis,
 //!   which gateways update when a session ends;
-//! - [`units`]: sizes and durations as the command lines take them.
+//! - [`units`]: sizes and durations as the command lines take them;
+//! - [`suggest`]: "did you mean" for misspelled names.
 //!
 //! Messages serialize with their tag first and their fields in the order
 //! the protocol has always written them, so the bytes on the wire are
@@ -25,6 +26,7 @@ pub mod connector;
 mod error;
 pub mod relay;
 pub mod slots;
+pub mod suggest;
 pub mod units;
 
 pub use error::{ErrorCode, Refusal};

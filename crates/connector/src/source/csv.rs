@@ -33,8 +33,16 @@ impl Source for Csv {
         let r = reader_builder(ds, schema, ds.cfg.header)
             .build(file)
             .map_err(|e| ds.err_at(Some(f), e))?;
+        let schema = schema.clone();
         Ok(Box::new(r.map(move |b| {
-            b.map_err(|e| me.err_at(Some(&path), csv_line_numbers(&e.to_string())))
+            b.map_err(|e| {
+                let msg = explain(
+                    &csv_line_numbers(&e.to_string()),
+                    &schema,
+                    me.cfg.schema.is_none(),
+                );
+                me.err_at(Some(&path), msg)
+            })
         })))
     }
 
@@ -65,6 +73,42 @@ fn reader_builder(ds: &Dataset, schema: &SchemaRef, header: bool) -> arrow_csv::
         .with_batch_size(ds.batch_rows)
 }
 
+/// arrow-csv names a column by its index ("for column 3"); people know
+/// it by its name. When the types were guessed, a value that does not fit
+/// is most often a guess gone wrong: say so, and how to declare them.
+fn explain(msg: &str, schema: &SchemaRef, inferred: bool) -> String {
+    const AT: &str = "for column ";
+    let mut out = msg.to_string();
+    if let Some(i) = msg.find(AT) {
+        let start = i + AT.len();
+        let digits = msg[start..].bytes().take_while(u8::is_ascii_digit).count();
+        if let Some(f) = msg[start..start + digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| schema.fields().get(n))
+        {
+            out = format!(
+                "{}{:?} (column {}){}",
+                &msg[..start - "column ".len()],
+                f.name(),
+                &msg[start..start + digits]
+                    .parse::<usize>()
+                    .map_or(0, |n| n + 1),
+                &msg[start + digits..]
+            );
+            if inferred {
+                out.push_str(&format!(
+                    "; the type {} of {:?} was guessed from the first {INFER_ROWS} rows: declare the columns with `schema = [{{ name = {:?}, type = \"Utf8\" }}, …]` in the dataset's configuration",
+                    f.data_type(),
+                    f.name(),
+                    f.name()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// arrow-csv counts records from 0 (the header is record 0); people count
 /// lines of the file from 1. Rewrites "at line N" to the file's line.
 fn csv_line_numbers(msg: &str) -> String {
@@ -82,7 +126,32 @@ fn csv_line_numbers(msg: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::csv_line_numbers;
+    use super::{csv_line_numbers, explain};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn errors_name_the_column_and_the_guess() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("price", DataType::Float64, true),
+        ]));
+        let msg = "Parser error: Error while parsing value 'x' as type 'Float64' for column 1 at line 12. Row data: '[1,x]'";
+        let got = explain(msg, &schema, true);
+        assert!(
+            got.contains(r#"for "price" (column 2) at line 12"#),
+            "{got}"
+        );
+        assert!(
+            got.contains("was guessed from the first 1000 rows"),
+            "{got}"
+        );
+        let declared = explain(msg, &schema, false);
+        assert!(
+            declared.contains(r#""price" (column 2)"#) && !declared.contains("guessed"),
+            "{declared}"
+        );
+    }
 
     #[test]
     fn csv_errors_count_lines_from_one() {

@@ -180,6 +180,48 @@ impl Dataset {
         Ok(files)
     }
 
+    /// A plain path (no glob) that names no file: almost always a typo,
+    /// which would otherwise only surface as "has no dataset" at the
+    /// client. The error names the path and the closest file beside it.
+    /// Globs may match files that arrive later, so they are not checked.
+    pub fn check_plain_path(&self) -> Result<(), SourceError> {
+        let src = &self.cfg.source;
+        if !self.source.reads_files() || src.contains(['*', '?', '[']) {
+            return Ok(());
+        }
+        let p = PathBuf::from(src);
+        if p.is_file() {
+            return Ok(());
+        }
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let hint = if !dir.is_dir() {
+            format!("; its folder {} does not exist either", dir.display())
+        } else {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let names: Vec<String> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            sluice_protocol::suggest::closest(&name, names.iter().map(String::as_str), 3)
+                .map(|n| format!("; did you mean {}?", dir.join(n).display()))
+                .unwrap_or_default()
+        };
+        Err(self.err_at(
+            Some(&p),
+            format!(
+                "no such file{hint} (a glob such as /data/*.csv may name files that arrive later)"
+            ),
+        ))
+    }
+
     /// Advertised only while its files exist.
     pub fn available(&self) -> bool {
         self.files().is_ok()

@@ -1,0 +1,48 @@
+//! "Did you mean …?": the nearest of the names a program knows, for a
+//! name it does not (a misspelled variable, file or dataset).
+
+/// The candidate closest to `word` by edit distance, if within `max`
+/// edits (ties: the first in order).
+pub fn closest<'a, I>(word: &str, candidates: I, max: usize) -> Option<&'a str>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= max)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_within_reach() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(closest("LISTN", ["LISTEN", "WORKERS"], 2), Some("LISTEN"));
+        assert_eq!(closest("zzzz", ["LISTEN"], 2), None);
+        assert_eq!(
+            closest("sles.csv", ["sales.csv", "stock.csv"], 3),
+            Some("sales.csv")
+        );
+    }
+}

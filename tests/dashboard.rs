@@ -78,11 +78,15 @@ async fn the_dashboard_streams_charts_follows_a_live_feed_and_reports_revocation
     std::fs::create_dir_all(&work).unwrap();
     let csv = work.join("sensors.csv");
     let rows = 200_000;
-    let mut text = String::from("ts,temperature,pressure,line\n");
+    // A year of readings (one every 157 s), an id column and a constant
+    // one: what the chart must not plot by default.
+    let mut text = String::from("at,order_id,temperature,pressure,version,line\n");
+    let start = 1_735_689_600i64; // 2025-01-01T00:00:00Z
     for i in 0..rows {
         let t = 20.0 + (i as f64 / 500.0).sin() * 5.0;
+        let at = chrono_free_iso(start + i as i64 * 157);
         text.push_str(&format!(
-            "{i},{t:.3},{:.2},L{}\n",
+            "{at},{i},{t:.3},{:.2},3,L{}\n",
             1000.0 + (i % 100) as f64 / 10.0,
             i % 4
         ));
@@ -127,7 +131,7 @@ async fn the_dashboard_streams_charts_follows_a_live_feed_and_reports_revocation
         out.status.success(),
         "browser test failed:\n{stdout}\n{stderr}"
     );
-    for shot in ["query.png", "live.png", "revoked.png"] {
+    for shot in ["query.png", "static-live.png", "live.png", "revoked.png"] {
         let len = std::fs::metadata(work.join(shot))
             .map(|m| m.len())
             .unwrap_or(0);
@@ -138,4 +142,25 @@ async fn the_dashboard_streams_charts_follows_a_live_feed_and_reports_revocation
             std::fs::copy(work.join(shot), Path::new(&keep).join(shot)).unwrap();
         }
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for a Unix time (UTC), without a date crate.
+fn chrono_free_iso(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }

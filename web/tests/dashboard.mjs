@@ -27,6 +27,8 @@ const browser = await chromium.launch({
 const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 const consoleErrors = [];
 page.on("pageerror", (e) => consoleErrors.push(e.message));
+const notFound = [];
+page.on("response", (r) => { if (r.status() === 404) notFound.push(r.url()); });
 
 let loaded = false;
 async function signIn(dataset) {
@@ -79,6 +81,39 @@ for (const id of ["#st-bytes", "#st-rate", "#st-quota"]) {
   const text = await page.textContent(id);
   check(/[0-9]/.test(text), `status bar ${id}: ${text}`);
 }
+check(/rows\/s/.test(await page.textContent("#st-rate")), "the rate says rows/s too");
+// The chart: ids and constant columns off by default, the user's choice
+// otherwise; sampled across the whole answer, and it says so; a year of
+// data labelled with dates.
+const picked = await page.evaluate(() => Object.fromEntries([...document.querySelectorAll("#columns input")].map((b) => [b.value, b.checked])));
+check(picked.temperature === true && picked.pressure === true, `measures are charted: ${JSON.stringify(picked)}`);
+check(picked.order_id === false && picked.version === false, `the id and the constant column are not: ${JSON.stringify(picked)}`);
+const note = await page.textContent("#chart-note");
+check(/every \d+th row/.test(note) && note.includes(Number(env("ROWS")).toLocaleString("en-US")), `the chart says it is sampled: ${note}`);
+const ticks = await page.evaluate(() => window.__sluice.chart().scales.x.ticks.map((t) => t.label));
+check(ticks.length > 2 && ticks.every((t) => /^\d{4}-\d{2}-\d{2}$/.test(t)) && ticks[0].startsWith("2025-01") && ticks[ticks.length - 1] >= "2025-10", `the time axis spans the year with dates: ${ticks.join(", ")}`);
+const cells = await page.evaluate(() => [...document.querySelectorAll("#rows tbody tr")].slice(0, 50).map((tr) => tr.children[2].textContent));
+check(cells.every((c) => /^\d+\.\d{3}$/.test(c)), `temperatures all with three decimals: ${cells.slice(0, 5).join(", ")}`);
+const boxes = page.locator("#columns input[value=order_id]");
+await boxes.check();
+check(await page.evaluate(() => window.__sluice.chart().isDatasetVisible(0)), "ticking a column charts it");
+
+// A refused query: the status bar does not keep the last answer's figures.
+await page.evaluate(() => { const o = document.createElement("option"); o.value = o.textContent = "no_such_dataset"; document.getElementById("datasets").appendChild(o); });
+await page.selectOption("#datasets", "no_such_dataset");
+await page.click("#query");
+await page.waitForFunction(() => !document.getElementById("message").hidden, null, { timeout: 10000 });
+check((await page.textContent("#st-rows")) === "0 rows" && (await page.textContent("#st-bytes")) === "0 B", `after a refusal the status bar reads ${await page.textContent("#st-rows")}, ${await page.textContent("#st-bytes")}`);
+check((await page.textContent("#message")).includes('no_such_dataset'), `the refusal is shown with the gateway's detail: ${await page.textContent("#message")}`);
+
+// Live view of a static dataset: it says why nothing comes.
+await signIn(env("DATASET"));
+check((await page.textContent("#datasets-note")).includes(`only ${env("DATASET")}`), `the page says what the token allows: ${await page.textContent("#datasets-note")}`);
+await page.click("#live");
+await page.waitForFunction(() => !document.getElementById("message").hidden, null, { timeout: 15000 });
+const quiet = await page.textContent("#message");
+check(quiet.includes("not a live feed"), `a live view of a static dataset says so: ${quiet}`);
+writeFileSync(`${env("OUT")}/static-live.png`, await page.screenshot({ fullPage: true }));
 
 // 2. Live feed (a session of its own: a grant names one dataset): the
 //    chart keeps moving.
@@ -102,4 +137,5 @@ check((await page.evaluate(() => document.body.dataset.closeCode)) === "4410", "
 writeFileSync(`${env("OUT")}/revoked.png`, await page.screenshot({ fullPage: true }));
 
 check(consoleErrors.length === 0, `no page errors ${consoleErrors.join("; ")}`);
+check(notFound.length === 0, `no request answered 404 ${notFound.join(", ")}`);
 await browser.close();

@@ -357,7 +357,22 @@ fn sha256(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
 }
 
+/// The fetch client to suggest: the binary the workspace build made beside
+/// this one (a `cargo run -p sluice-fetch` would rebuild ~100 crates in
+/// another profile), or how to build it.
+fn fetch_command() -> String {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("sluice-fetch")))
+        .filter(|p| p.is_file());
+    match beside {
+        Some(p) => p.display().to_string(),
+        None => "cargo run --release -p sluice-fetch --".to_string(),
+    }
+}
+
 fn print_welcome(gw: &str, ctl: &str, user: &str, admin: &str, grant: &Value) {
+    let fetch = fetch_command();
     let token = grant["session_token"].as_str().unwrap_or_default();
     let sid = grant["session_id"].as_str().unwrap_or_default();
     println!(
@@ -379,12 +394,16 @@ or sign in through the control plane for any dataset (pick `metrics` for the liv
 
 Fetch a dataset into a file:
 
-  cargo run --release -p sluice-fetch -- --control {ctl} --tenant {TENANT} --client {CLIENT} \\
+  {fetch} --control {ctl} --tenant {TENANT} --client {CLIENT} \\
       --user-token {user} --dataset sales_parquet -o sales.parquet
 
 Revoke the ready session (the dashboard shows it at once):
 
   curl -X POST -H 'Authorization: Bearer {admin}' {ctl}/control/revoke/{sid}
+
+The ready session's token is for `sales` alone (the control plane grants one
+dataset per session). Other ports, folders: sluice-demo --gateway ADDR
+--control ADDR --data DIR --web DIR (sluice-demo --help).
 "
     );
 }

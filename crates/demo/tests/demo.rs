@@ -76,6 +76,11 @@ fn the_demo_comes_up_serves_and_stops_cleanly() {
         Path::new(&fetch).exists(),
         "{fetch} missing: run `cargo test --workspace`"
     );
+    assert!(
+        printed.contains(&format!("{fetch} --control http://{ctl}")),
+        "the hint names the built binary, not a rebuild: {printed}"
+    );
+    assert!(printed.contains("sluice-demo --gateway ADDR"), "{printed}");
     let file = data.join("fetched.parquet");
     let st = Command::new(&fetch)
         .args([

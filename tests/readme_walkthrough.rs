@@ -1,0 +1,128 @@
+//! README section "Your own data in five commands", run as written: the
+//! block between the `walkthrough` markers is taken from README.md and run
+//! by bash, so the README and what works cannot drift apart. The only
+//! changes: the gateway's address becomes a free port (the block's
+//! `127.0.0.1:8081`, and `SLUICE_LISTEN` for the gateway's default), and
+//! the binaries on PATH are this build's.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::control::sibling_bin;
+use common::*;
+
+fn walkthrough() -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("<!-- walkthrough")
+        .expect("the README marks its walkthrough");
+    let end = readme[start..]
+        .find("<!-- /walkthrough -->")
+        .expect("the walkthrough's end marker")
+        + start;
+    let block = &readme[start..end];
+    let code = block
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a ```sh block in the walkthrough");
+    code.to_owned()
+}
+
+/// Kills the walkthrough's background processes (its process group).
+struct Group(u32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.0)])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn the_five_commands_serve_your_own_file() {
+    let script = walkthrough();
+    assert_eq!(
+        script
+            .lines()
+            .filter(|l| l.starts_with("# ") && l[2..].starts_with(|c: char| c.is_ascii_digit()))
+            .count(),
+        5,
+        "five numbered steps"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let script = script.replace("127.0.0.1:8081", &port.to_string());
+
+    // Your own file: a year of sales, in a folder beside the built dashboard.
+    let dir = std::env::temp_dir().join(format!("sluice-walkthrough-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut csv = String::from("day,region,units,revenue\n");
+    for i in 0..2_000 {
+        csv.push_str(&format!(
+            "2025-{:02}-{:02},{},{},{}.{:02}\n",
+            i % 12 + 1,
+            i % 28 + 1,
+            ["north", "south", "east"][i % 3],
+            i % 17,
+            i * 3,
+            i % 100
+        ));
+    }
+    std::fs::write(dir.join("sales.csv"), csv).unwrap();
+    std::os::unix::fs::symlink(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("web"),
+        dir.join("web"),
+    )
+    .unwrap();
+
+    let bins = sibling_bin("sluice-connector")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Into a file, not a pipe: the background processes keep their stdout
+    // open after bash is done.
+    let printed = dir.join("stdout.txt");
+    let mut child = Command::new("bash")
+        .args(["-e", "-c", &script])
+        .current_dir(&dir)
+        .env("PATH", path)
+        .env("SLUICE_LISTEN", port.to_string())
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::from(std::fs::File::create(&printed).unwrap()))
+        .process_group(0)
+        .spawn()
+        .expect("bash");
+    let _group = Group(child.id());
+    let status = child.wait().unwrap();
+    let stdout = std::fs::read_to_string(&printed).unwrap();
+    assert!(status.success(), "the walkthrough failed: {stdout}");
+
+    // Step 4: the file is the source, row for row.
+    assert_same_rows(&dir.join("sales.parquet"), &dir.join("sales.csv"));
+
+    // Step 5: the link opens the dashboard with a token of its own.
+    let link = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("open "))
+        .unwrap_or_else(|| panic!("no dashboard link in {stdout}"));
+    let token = link.split("#token=").nth(1).expect("a token in the link");
+    assert_eq!(token.split('.').count(), 3, "{link}");
+    let (status, page) = raw_http(port, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<title>Sluice</title>"), "{page}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -293,3 +293,19 @@ fn commands_that_only_print_write_nothing() {
     }
     let _ = std::fs::remove_dir_all(&cwd);
 }
+
+#[test]
+fn a_control_plane_with_a_short_admin_token_does_not_start() {
+    let dir = provision();
+    let out = Command::new(ctl::control_bin())
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("SLUICE_MASTER_KEY", MASTER_KEY)
+        .env("SLUICE_CONTROL_ADMIN_TOKEN", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("at least 16 are required"), "{msg}");
+}

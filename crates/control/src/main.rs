@@ -501,8 +501,14 @@ fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
     }
     let admin_token = std::env::var("SLUICE_CONTROL_ADMIN_TOKEN")
         .ok()
-        .filter(|t| !t.is_empty())
-        .map(|t| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() });
+        .filter(|t| !t.is_empty());
+    if let Some(t) = admin_token.as_deref().filter(|t| t.len() < 16) {
+        bail!(
+            "SLUICE_CONTROL_ADMIN_TOKEN is {} characters; at least 16 are required (the gateway's admin.token has the same rule)",
+            t.len()
+        );
+    }
+    let admin_token = admin_token.map(|t| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() });
     if admin_token.is_none() {
         tracing::warn!(
             "SLUICE_CONTROL_ADMIN_TOKEN not set: validate and revoke endpoints are disabled"

@@ -2,7 +2,6 @@
 //! network is checked once, at the edge, and never again.
 
 use std::fmt;
-use std::sync::Arc;
 
 /// Longest id accepted in a URL path or a register message.
 pub const MAX_ID_LEN: usize = 128;
@@ -17,18 +16,13 @@ fn valid_id(s: &str) -> bool {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        ///
-        /// Shared, not copied: a session's id sits in the shard's
-        /// revocation table, the quota ledger and the session itself, and
-        /// each clone is a reference count, not an allocation per idle
-        /// session.
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        pub struct $name(String);
 
         impl $name {
             /// Accepts 1–128 characters of `[A-Za-z0-9._~:-]`.
             pub fn parse(s: &str) -> Option<Self> {
-                valid_id(s).then(|| Self(Arc::from(s)))
+                valid_id(s).then(|| Self(s.to_owned()))
             }
 
             pub fn as_str(&self) -> &str {

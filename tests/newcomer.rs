@@ -309,3 +309,52 @@ fn a_control_plane_with_a_short_admin_token_does_not_start() {
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains("at least 16 are required"), "{msg}");
 }
+
+#[test]
+fn misspelled_variables_are_named_by_every_program() {
+    let out = Command::new(ctl::control_bin())
+        .arg("master-key")
+        .env("SLUICE_CONTROL_LISTN", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("unknown environment variable SLUICE_CONTROL_LISTN is ignored; did you mean SLUICE_CONTROL_LISTEN?"),
+        "{msg}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .env("SLUICE_LISTN", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("SLUICE_LISTN is ignored; did you mean SLUICE_LISTEN?"),
+        "{msg}"
+    );
+    let out = Command::new(ctl::sibling_bin("sluice-connector"))
+        .args([
+            "--gateway",
+            "ws://127.0.0.1:9",
+            "--tenant",
+            "t",
+            "--edge",
+            "e",
+        ])
+        .env("SLUICE_CONNECTOR_CONFG", "c.toml")
+        .env("SLUICE_EDGE_KEYS", "e=some-key-0123456789abcdef")
+        .env_remove("SLUICE_EDGE_KEY")
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        msg.contains("did you mean SLUICE_CONNECTOR_CONFIG?"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("the connector reads its own key from SLUICE_EDGE_KEY"),
+        "{msg}"
+    );
+}

@@ -280,7 +280,11 @@ impl Config {
         };
         if key.is_empty() && !self.mtls.has_client_cert() {
             return Err(ConfigError::Invalid(
-                "no edge key: set edge_key_file or SLUICE_EDGE_KEY (or a client certificate, mtls.client_cert, for a wss:// gateway)".into(),
+                if std::env::var_os("SLUICE_EDGE_KEYS").is_some() {
+                    "no edge key: set edge_key_file or SLUICE_EDGE_KEY (SLUICE_EDGE_KEYS is the gateway's list of every edge's key; the connector reads its own key from SLUICE_EDGE_KEY)".into()
+                } else {
+                    "no edge key: set edge_key_file or SLUICE_EDGE_KEY (or a client certificate, mtls.client_cert, for a wss:// gateway)".into()
+                },
             ));
         }
         self.edge_key = EdgeKey::new(key);

@@ -67,6 +67,20 @@ fn main() {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // A misspelled `SLUICE_CONNECTOR_…` variable would otherwise be ignored.
+    let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    for (var, near) in sluice_protocol::suggest::unknown_vars(
+        env.iter().map(String::as_str),
+        "SLUICE_CONNECTOR_",
+        &["SLUICE_CONNECTOR_CONFIG"],
+    ) {
+        match near {
+            Some(n) => {
+                tracing::warn!("unknown environment variable {var} is ignored; did you mean {n}?")
+            }
+            None => tracing::warn!("unknown environment variable {var} is ignored"),
+        }
+    }
     if let Some(dir) = &cli.convert {
         let cfg = match build_offline(&cli) {
             Ok(c) => c,

@@ -305,8 +305,43 @@ fn env_secret(var: &str) -> anyhow::Result<String> {
     std::env::var(var).with_context(|| format!("environment variable {var} is not set"))
 }
 
+/// Every `SLUICE_CONTROL_…` variable the command line reads, from clap.
+fn control_vars() -> Vec<String> {
+    fn walk(c: &clap::Command, out: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            if let Some(e) = a.get_env().and_then(|e| e.to_str()) {
+                out.push(e.to_owned());
+            }
+        }
+        for s in c.get_subcommands() {
+            walk(s, out);
+        }
+    }
+    let mut out = vec!["SLUICE_CONTROL_ADMIN_TOKEN".to_owned()];
+    walk(&<Cli as clap::CommandFactory>::command(), &mut out);
+    out
+}
+
+/// A misspelled `SLUICE_CONTROL_…` variable would otherwise be ignored.
+fn warn_unknown_env() {
+    let known = control_vars();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    for (var, near) in sluice_protocol::suggest::unknown_vars(
+        env.iter().map(String::as_str),
+        "SLUICE_CONTROL_",
+        &known,
+    ) {
+        let hint = near
+            .map(|n| format!("; did you mean {n}?"))
+            .unwrap_or_default();
+        eprintln!("sluice-control: warning: unknown environment variable {var} is ignored{hint}");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    warn_unknown_env();
     let dir = DataDir::new(&cli.data_dir);
     // Commands that write nothing run before the audit log is opened, so
     // they create no data directory where they run.

@@ -31,6 +31,23 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Variables in `env` under `prefix` that are not in `known`: typos that
+/// would otherwise be ignored without a word, each with the closest known
+/// name when one is near.
+pub fn unknown_vars<'a>(
+    env: impl IntoIterator<Item = &'a str>,
+    prefix: &str,
+    known: &[&str],
+) -> Vec<(String, Option<String>)> {
+    env.into_iter()
+        .filter(|k| k.starts_with(prefix) && !known.contains(k))
+        .map(|k| {
+            let near = closest(k, known.iter().copied(), 3).map(str::to_owned);
+            (k.to_owned(), near)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,9 +193,9 @@ fn a_gateway_with_a_short_secret_does_not_start() {
     );
 }
 
-fn control(dir: &std::path::Path, args: &[&str], cwd: &std::path::Path) -> std::process::Output {
+/// An admin command that may fail (`ctl::admin` asserts success).
+fn control(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(ctl::control_bin())
-        .current_dir(cwd)
         .arg("--data-dir")
         .arg(dir)
         .args(args)
@@ -207,47 +207,32 @@ fn control(dir: &std::path::Path, args: &[&str], cwd: &std::path::Path) -> std::
 #[tokio::test]
 async fn a_development_user_token_from_the_cli_is_accepted_by_the_control_plane() {
     let dir = provision();
-    let out = control(
+    let token = ctl::admin(
         &dir.0,
         &["user-token", "--tenant", "acme", "--sub", "alice"],
-        &dir.0,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    )
+    .trim()
+    .to_owned();
     let c = Control::start(&dir, &["--gateway", "http://127.0.0.1:9"]);
     // The user is let in: the answer is about the edge, not the token.
     let (st, v) = c.access("acme", &token, "dash", "d").await;
     assert_eq!(st, 503, "{v}");
     assert_eq!(v["error"], "gateway_unreachable", "{v}");
     // A token of `other`'s users is not good for acme.
-    let out = control(
-        &dir.0,
-        &["user-token", "--tenant", "other", "--sub", "bob"],
-        &dir.0,
-    );
-    let bob = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let bob = ctl::admin(&dir.0, &["user-token", "--tenant", "other", "--sub", "bob"])
+        .trim()
+        .to_owned();
     let (st, v) = c.access("acme", &bob, "dash", "d").await;
     assert!(st == 401 || st == 403, "{st} {v}");
 
     // A tenant whose users do not sign in with HS256 gets told how.
-    let out = control(
+    ctl::admin(
         &dir.0,
         &["tenant", "add", "idp-only", "--issuer", "https://idp"],
-        &dir.0,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let out = control(
         &dir.0,
         &["user-token", "--tenant", "idp-only", "--sub", "x"],
-        &dir.0,
     );
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());

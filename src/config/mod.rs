@@ -721,17 +721,15 @@ pub fn unknown_env_vars(env: &[(String, String)]) -> Vec<(String, Option<String>
         env_names(&tree, "SLUICE", &mut known);
     }
     known.extend(GATEWAY_EXTRA_VARS.iter().map(|s| s.to_string()));
-    env.iter()
-        .map(|(k, _)| k.as_str())
-        .filter(|k| k.starts_with("SLUICE_"))
-        .filter(|k| !known.iter().any(|n| n == k))
-        .filter(|k| !OTHER_PROGRAMS_VARS.contains(k))
-        .filter(|k| !OTHER_PROGRAMS_PREFIXES.iter().any(|p| k.starts_with(p)))
-        .map(|k| {
-            let near = sluice_protocol::suggest::closest(k, known.iter().map(String::as_str), 3);
-            (k.to_owned(), near.map(str::to_owned))
-        })
-        .collect()
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let theirs = |k: &str| {
+        OTHER_PROGRAMS_VARS.contains(&k) || OTHER_PROGRAMS_PREFIXES.iter().any(|p| k.starts_with(p))
+    };
+    sluice_protocol::suggest::unknown_vars(
+        env.iter().map(|(k, _)| k.as_str()).filter(|k| !theirs(k)),
+        "SLUICE_",
+        &known,
+    )
 }
 
 /// Every variable the configuration tree answers to.

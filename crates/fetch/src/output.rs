@@ -51,6 +51,9 @@ pub struct Output {
     path: PathBuf,
     part: PathBuf,
     writer: Option<Writer>,
+    /// The schema the file stores, when it differs from the stream's
+    /// (see [`stored_type`]): decided once, at open.
+    stored: Option<SchemaRef>,
 }
 
 impl Output {
@@ -63,12 +66,16 @@ impl Output {
             path: path.to_path_buf(),
             part: PathBuf::from(part),
             writer: None,
+            stored: None,
         })
     }
 
-    fn open(&mut self, schema: &SchemaRef) -> Result<&mut Writer> {
-        let schema = &stored_schema(self.kind, schema);
+    /// Creates the file on the first batch (or at the end of an empty
+    /// stream), with the schema the format stores.
+    fn open(&mut self, source: &SchemaRef) -> Result<()> {
         if self.writer.is_none() {
+            let stored = stored_schema(self.kind, source);
+            let schema = &stored;
             let f = File::create(&self.part)
                 .with_context(|| format!("creating {}", self.part.display()))?;
             self.writer = Some(match self.kind {
@@ -83,21 +90,22 @@ impl Output {
                         .build(BufWriter::new(f)),
                 ),
             });
+            self.stored = (&stored != source).then_some(stored);
         }
-        Ok(self.writer.as_mut().expect("just opened"))
+        Ok(())
     }
 
     pub fn write(&mut self, schema: &SchemaRef, b: &RecordBatch) -> Result<()> {
-        let kind = self.kind;
-        let stored;
-        let b = match stored_schema(kind, schema) {
-            s if &s == schema => b,
-            s => {
-                stored = convert(b, &s)?;
-                &stored
+        self.open(schema)?;
+        let converted;
+        let b = match &self.stored {
+            Some(stored) => {
+                converted = convert(b, stored)?;
+                &converted
             }
+            None => b,
         };
-        match self.open(schema)? {
+        match self.writer.as_mut().expect("opened") {
             Writer::Arrow(w) => w.write(b)?,
             Writer::Parquet(w) => w.write(b)?,
             Writer::Csv(w) => w.write(b)?,

@@ -154,14 +154,20 @@ impl Dataset {
         }
     }
 
+    /// The source as one file path, when it is one (a file source without
+    /// glob characters).
+    fn plain_path(&self) -> Option<PathBuf> {
+        let src = &self.cfg.source;
+        (self.source.reads_files() && !src.contains(['*', '?', '['])).then(|| PathBuf::from(src))
+    }
+
     /// The files behind the dataset now, in name order.
     pub fn files(&self) -> Result<Vec<PathBuf>, SourceError> {
         if !self.source.reads_files() {
             return Ok(Vec::new());
         }
         let src = &self.cfg.source;
-        if !src.contains(['*', '?', '[']) {
-            let p = PathBuf::from(src);
+        if let Some(p) = self.plain_path() {
             return if p.is_file() {
                 Ok(vec![p])
             } else {
@@ -185,14 +191,9 @@ impl Dataset {
     /// client. The error names the path and the closest file beside it.
     /// Globs may match files that arrive later, so they are not checked.
     pub fn check_plain_path(&self) -> Result<(), SourceError> {
-        let src = &self.cfg.source;
-        if !self.source.reads_files() || src.contains(['*', '?', '[']) {
+        let Some(p) = self.plain_path().filter(|p| !p.is_file()) else {
             return Ok(());
-        }
-        let p = PathBuf::from(src);
-        if p.is_file() {
-            return Ok(());
-        }
+        };
         let dir = p
             .parent()
             .filter(|d| !d.as_os_str().is_empty())

@@ -247,6 +247,9 @@ fn main() {
     if let Some(at) = gw.tls_addr() {
         println!("sluice tls listening on {at}");
     }
+    if let Some(at) = gw.flight_addr() {
+        println!("sluice flight listening on {at}");
+    }
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,

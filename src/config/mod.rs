@@ -63,6 +63,7 @@ pub struct Config {
     pub control: Control,
     pub web: Web,
     pub tls: Tls,
+    pub flight: Flight,
     /// Edge id → `sha256:<hex>` of its pre-shared key.
     pub edge_keys: BTreeMap<String, String>,
 }
@@ -320,6 +321,53 @@ pub struct Tls {
     pub buffer_bytes: usize,
 }
 
+/// The Arrow Flight front: analytics clients read datasets with
+/// `FlightClient(…).do_get(ticket)`, authenticated by the session token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Flight {
+    /// Address of the Flight (gRPC) listener; empty = no Flight. TLS with
+    /// `[tls]`'s certificate when `tls.cert_file` is set.
+    pub listen: String,
+    /// Where clients reach it (`grpc+tls://host:port`), announced to the
+    /// control plane; empty = `grpc://` or `grpc+tls://` + the address.
+    pub public_url: String,
+    /// Threads serving Flight; 0 = one per shard.
+    pub threads: usize,
+    /// Flight connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Concurrent calls on one connection (HTTP/2 streams).
+    pub max_streams_per_connection: u32,
+    /// Token sessions held open between calls; past it new tokens get
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_sessions: usize,
+    /// How long a token's session stays open after its last call (so that
+    /// `get_flight_info` then `do_get` is one session). Below
+    /// `timeouts.idle_timeout_ms`.
+    pub idle_ms: u64,
+}
+
+impl Flight {
+    /// Whether the Flight listener speaks TLS: with `[tls]`'s certificate.
+    pub fn tls_from(&self, tls: &Tls) -> bool {
+        !tls.cert_file.is_empty()
+    }
+}
+
+impl Default for Flight {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            public_url: String::new(),
+            threads: 0,
+            max_connections: 4096,
+            max_streams_per_connection: 100,
+            max_sessions: 10_000,
+            idle_ms: 30_000,
+        }
+    }
+}
+
 impl Default for Tls {
     fn default() -> Self {
         Self {
@@ -429,6 +477,7 @@ impl Default for Config {
             control: Control::default(),
             web: Web::default(),
             tls: Tls::default(),
+            flight: Flight::default(),
             edge_keys: BTreeMap::new(),
         }
     }
@@ -525,6 +574,30 @@ impl Config {
         }
         if !matches!(self.uring_taskrun.as_str(), "defer" | "coop" | "plain") {
             return bad("uring_taskrun must be defer, coop or plain");
+        }
+        let f = &self.flight;
+        if !f.listen.is_empty() {
+            if f.listen.parse::<SocketAddr>().is_err() {
+                return bad("flight.listen must be an address such as 127.0.0.1:8815");
+            }
+            if f.tls_from(&self.tls) && (self.tls.key_file.is_empty()) {
+                return bad("flight: tls.cert_file is set without tls.key_file");
+            }
+            if f.max_connections == 0 || f.max_sessions == 0 || f.max_streams_per_connection == 0 {
+                return bad("flight.max_connections, max_sessions and max_streams_per_connection must be at least 1");
+            }
+            if f.idle_ms == 0 || f.idle_ms >= self.timeouts.idle_timeout_ms {
+                return bad("flight.idle_ms must be between 1 and timeouts.idle_timeout_ms");
+            }
+            if !f.public_url.is_empty()
+                && !["grpc://", "grpc+tcp://", "grpc+tls://"]
+                    .iter()
+                    .any(|p| f.public_url.starts_with(p))
+            {
+                return bad(
+                    "flight.public_url must start with grpc://, grpc+tcp:// or grpc+tls://",
+                );
+            }
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");

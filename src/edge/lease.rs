@@ -270,6 +270,7 @@ mod tests {
             public_url: "ws://test".into(),
             web: StaticFiles::load("", 0).unwrap(),
             tls: None,
+            flight: None,
         });
         let shard = Rc::new(Shard::new(0, shared));
         let s = shard.clone();

@@ -12,11 +12,11 @@ use crate::wire::handoff;
 pub async fn run(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
     while let Ok(msg) = mailbox.recv_async().await {
         match msg {
-            ShardMsg::AdoptTls { sock, transport } => match handoff::attach(sock) {
+            ShardMsg::AdoptFronted { sock, transport } => match handoff::attach(sock) {
                 Ok((stream, _)) => {
                     monoio::spawn(route::handle_connection(shard.clone(), stream, transport));
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot adopt TLS connection"),
+                Err(e) => tracing::warn!(error = %e, "cannot adopt a fronted connection"),
             },
             ShardMsg::AdoptBrowser { sock, req, sid } => match handoff::attach(sock) {
                 Ok((stream, buffered)) => {

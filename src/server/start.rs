@@ -17,8 +17,8 @@ use crate::config::Config;
 use crate::config::EdgeKeys;
 use crate::registry::Registry;
 use crate::registry::{EndReports, Feeds, Spends};
-use crate::server::{accept, tls_front};
-use crate::shard::metrics::Metrics;
+use crate::server::{accept, flight, tls_front};
+use crate::shard::metrics::{FlightStats, Metrics};
 use crate::shard::{ShardMsg, Shared};
 
 /// A running gateway. The shard threads live until the process exits.
@@ -26,6 +26,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
+    flight_addr: Option<SocketAddr>,
     driver: &'static str,
 }
 
@@ -123,6 +124,30 @@ impl Gateway {
             Some((_, l)) => Some(l.local_addr()?),
             None => None,
         };
+        let flight = if cfg.flight.listen.is_empty() {
+            None
+        } else {
+            let at: SocketAddr = cfg.flight.listen.parse().context("flight.listen")?;
+            let listener = bind_as(at, sockbuf, false).with_context(|| {
+                format!("cannot listen on {} (flight.listen)", cfg.flight.listen)
+            })?;
+            let material = match &tls {
+                Some((m, _)) => Some(m.clone()),
+                None if cfg.flight.tls_from(&cfg.tls) => {
+                    Some(Arc::new(crate::tls::Material::load(&cfg.tls)?))
+                }
+                None => None,
+            };
+            let bound = listener.local_addr()?;
+            let url = if !cfg.flight.public_url.is_empty() {
+                cfg.flight.public_url.trim_end_matches('/').to_owned()
+            } else if material.is_some() {
+                format!("grpc+tls://{bound}")
+            } else {
+                format!("grpc://{bound}")
+            };
+            Some((listener, material, url, Arc::new(FlightStats::default())))
+        };
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| flume::bounded::<ShardMsg>(cfg.limits.shard_mailbox_messages.max(1)))
             .unzip();
@@ -171,6 +196,9 @@ impl Gateway {
             public_url,
             web,
             tls: tls.as_ref().map(|(m, _)| m.clone()),
+            flight: flight
+                .as_ref()
+                .map(|(_, _, url, s)| (s.clone(), url.clone())),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let cpus = std::thread::available_parallelism()
@@ -225,6 +253,14 @@ impl Gateway {
             tls_front::start(shared.clone(), material, listener)?;
             tracing::info!(addr = %tls_addr.expect("bound"), mutual = shared.cfg.tls.mutual(), "tls listening");
         }
+        let flight_addr = match flight {
+            Some((listener, material, url, stats)) => {
+                let at = flight::start(shared.clone(), material, listener, stats)?;
+                tracing::info!(addr = %at, %url, "flight listening");
+                Some(at)
+            }
+            None => None,
+        };
         revocation_link::start(shared.clone()).context("cannot start the revocation thread")?;
         if let Some((_, rx)) = ends {
             crate::cluster::session_end::start(shared.clone(), rx)
@@ -237,12 +273,18 @@ impl Gateway {
             shared,
             addr,
             tls_addr,
+            flight_addr,
             driver,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The Flight listener's address, when `flight.listen` is set.
+    pub fn flight_addr(&self) -> Option<SocketAddr> {
+        self.flight_addr
     }
 
     /// The TLS listener's address, when `tls.listen` is set.

@@ -159,7 +159,7 @@ async fn serve(
     };
     let n = shared.shard_count();
     let target = next.fetch_add(1, Relaxed) % n;
-    let msg = ShardMsg::AdoptTls {
+    let msg = ShardMsg::AdoptFronted {
         sock: Detached {
             fd: theirs,
             buffered: BytesMut::new(),

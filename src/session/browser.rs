@@ -430,6 +430,7 @@ async fn serve_actions(sess: &Rc<Session>, reader: Box<BrowserReader>) -> Box<Br
         }
         let flow = match req {
             BrowserAction::List => list(sess),
+            BrowserAction::Info { dataset } => Box::pin(query::info(sess, &dataset)).await,
             // Boxed: an idle session does not carry a query's state.
             BrowserAction::Query { dataset, mode } => {
                 Box::pin(query::run(sess, &dataset, mode)).await

@@ -45,38 +45,10 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
             "session is subscribed to a live feed",
         ));
     }
-    if let Some(refused) = check_dataset(sess, dataset) {
-        return refused;
-    }
     let shard = &sess.shard;
-    let mut lease = match edge::acquire(
-        shard,
-        &sess.edge,
-        ConnKind::Worker,
-        Some(dataset),
-        &sess.claims.tenant,
-    )
-    .await
-    {
+    let mut lease = match take_worker(sess, dataset).await {
         Ok(lease) => lease,
-        Err(Unavailable::Offline) => {
-            return Flow::Close(Refusal::new(
-                close::EDGE_OFFLINE,
-                ErrorCode::EdgeOffline,
-                format!("edge {} has no connector serving {dataset:?}", sess.edge),
-            ))
-        }
-        Err(Unavailable::OtherTenant) => return Flow::Close(other_tenant()),
-        Err(Unavailable::Busy) => {
-            return Flow::Close(Refusal::new(
-                close::EDGE_OFFLINE,
-                ErrorCode::EdgeBusy,
-                format!(
-                    "no connector worker of edge {} became free in time",
-                    sess.edge
-                ),
-            ))
-        }
+        Err(flow) => return flow,
     };
     if sess.gone.get() {
         lease.release(Release::Finished).await;
@@ -109,6 +81,115 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
             lease.release(Release::Broken { code, reason }).await;
             flow
         }
+    }
+}
+
+/// Checks the dataset against the token and the edge, then leases one of
+/// the edge's idle workers for it.
+async fn take_worker(sess: &Rc<Session>, dataset: &str) -> Result<edge::Lease, Flow> {
+    if let Some(refused) = check_dataset(sess, dataset) {
+        return Err(refused);
+    }
+    let lease = edge::acquire(
+        &sess.shard,
+        &sess.edge,
+        ConnKind::Worker,
+        Some(dataset),
+        &sess.claims.tenant,
+    )
+    .await;
+    match lease {
+        Ok(lease) => Ok(lease),
+        Err(Unavailable::Offline) => Err(Flow::Close(Refusal::new(
+            close::EDGE_OFFLINE,
+            ErrorCode::EdgeOffline,
+            format!("edge {} has no connector serving {dataset:?}", sess.edge),
+        ))),
+        Err(Unavailable::OtherTenant) => Err(Flow::Close(other_tenant())),
+        Err(Unavailable::Busy) => Err(Flow::Close(Refusal::new(
+            close::EDGE_OFFLINE,
+            ErrorCode::EdgeBusy,
+            format!(
+                "no connector worker of edge {} became free in time",
+                sess.edge
+            ),
+        ))),
+    }
+}
+
+/// `info`: asks a worker for the dataset's `flight_info` and passes it on,
+/// streaming nothing (Arrow Flight's `GetFlightInfo` rests on it).
+pub async fn info(sess: &Rc<Session>, dataset: &str) -> Flow {
+    let mut lease = match take_worker(sess, dataset).await {
+        Ok(lease) => lease,
+        Err(flow) => return flow,
+    };
+    let info_id = sess.request_id("i");
+    let wait = Duration::from_millis(sess.shard.cfg().timeouts.request_ms);
+    let asked = monoio::time::timeout(wait, ask_info(sess, lease.conn(), dataset, &info_id)).await;
+    let reply = match asked {
+        Ok(Ok(Some(reply))) => reply,
+        Ok(Ok(None)) => {
+            lease.release(Release::Finished).await;
+            return Flow::Ended;
+        }
+        Ok(Err(why)) => {
+            let (code, reason) = (close::GOING_AWAY, "info failed");
+            lease.release(Release::Broken { code, reason }).await;
+            return edge_lost(why);
+        }
+        Err(_) => {
+            let (code, reason) = (close::GOING_AWAY, "info timed out");
+            lease.release(Release::Broken { code, reason }).await;
+            return edge_lost("connector did not answer get_flight_info in time");
+        }
+    };
+    lease.release(Release::Finished).await;
+    sess.send(&reply);
+    Flow::Continue
+}
+
+/// Sends `get_flight_info` and reads until its answer: the event for the
+/// browser, `None` when the session left meanwhile.
+async fn ask_info(
+    sess: &Session,
+    w: &mut EdgeConn,
+    dataset: &str,
+    info_id: &str,
+) -> Result<Option<ServerEvent>, &'static str> {
+    w.send_json(&GatewayRequest::GetFlightInfo {
+        request_id: info_id.to_owned(),
+        descriptor: Descriptor::dataset(dataset),
+    })
+    .await
+    .map_err(|_| "connector connection failed")?;
+    let max = sess.shard.cfg().limits.max_text_bytes;
+    let mut peer = Peer::new(&mut w.reader, Direct, max);
+    loop {
+        let text = match peer.next().await {
+            Ok(Incoming::Text(t)) => t,
+            Ok(Incoming::Interrupted) if sess.gone.get() => return Ok(None),
+            Ok(Incoming::Interrupted) | Ok(Incoming::Data(_)) => continue,
+            Ok(Incoming::Close(_)) | Err(_) => {
+                return Err("connector connection failed during info")
+            }
+        };
+        let reply = match serde_json::from_str::<Reply>(&text) {
+            Ok(r) if r.request_id == info_id => r,
+            // A late answer to an earlier, cancelled request.
+            _ => continue,
+        };
+        let dataset = dataset.to_owned();
+        return Ok(Some(if reply.kind == ReplyKind::Error {
+            ServerEvent::Error {
+                code: ErrorCode::QueryFailed,
+                dataset: Some(dataset),
+                message: reply.message.unwrap_or_else(|| "connector error".into()),
+            }
+        } else {
+            let info = reply.data.unwrap_or_else(|| strip(&text));
+            ServerEvent::FlightInfo { dataset, info }
+        }));
     }
 }
 
@@ -222,7 +303,6 @@ async fn stream(
                         _ => {}
                     }
                 }
-                // Anything else belongs to an earlier, cancelled request.
                 // Anything else belongs to an earlier, cancelled request.
                 continue;
             }

@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use crate::auth::token::TokenError;
 
@@ -74,6 +75,21 @@ pub struct Snapshot {
     pub end_reports: [u64; 3],
     /// `None` when there is no TLS listener.
     pub tls: Option<TlsSnapshot>,
+    /// `None` when there is no Flight listener.
+    pub flight: Option<Arc<FlightStats>>,
+}
+
+/// The Flight front's counters (`[flight] listen`).
+#[derive(Debug, Default)]
+pub struct FlightStats {
+    /// Calls received.
+    pub calls: AtomicU64,
+    /// Calls refused or failed (a status other than OK).
+    pub refused: AtomicU64,
+    /// `FlightData` messages sent by `DoGet`.
+    pub messages: AtomicU64,
+    /// Token sessions the front holds open.
+    pub sessions: AtomicU64,
 }
 
 pub struct TlsSnapshot {
@@ -136,6 +152,39 @@ impl Metrics {
             snap.relay_idle as i64,
         );
 
+        if let Some(f) = &snap.flight {
+            let mut line = |name: &str, kind: &str, help: &str, v: u64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            };
+            let get = |a: &AtomicU64| a.load(Relaxed);
+            line(
+                "sluice_flight_calls_total",
+                "counter",
+                "Arrow Flight calls received",
+                get(&f.calls),
+            );
+            line(
+                "sluice_flight_refused_total",
+                "counter",
+                "Arrow Flight calls that ended with a status other than OK",
+                get(&f.refused),
+            );
+            line(
+                "sluice_flight_messages_total",
+                "counter",
+                "FlightData messages sent by DoGet",
+                get(&f.messages),
+            );
+            line(
+                "sluice_flight_sessions",
+                "gauge",
+                "Session tokens with a gateway session held open by the Flight front",
+                get(&f.sessions),
+            );
+        }
         if let Some(t) = &snap.tls {
             let mut line = |name: &str, kind: &str, help: &str, v: i64| {
                 let _ = writeln!(

@@ -24,9 +24,11 @@ pub struct MovedConn {
 }
 
 pub enum ShardMsg {
-    /// A connection the TLS front accepted and decrypts: this end of it
-    /// carries plaintext, and `transport` says what its handshake proved.
-    AdoptTls {
+    /// A connection a front accepted (the TLS front, which decrypts it, or
+    /// the Flight front, which speaks for a Flight client): this end of it
+    /// carries plain HTTP/WebSocket, and `transport` says what the front's
+    /// handshake proved.
+    AdoptFronted {
         sock: Detached,
         transport: Transport,
     },

@@ -10,7 +10,7 @@ use crate::auth::revocations::Revocations;
 use crate::auth::token::Verifier;
 use crate::config::{Config, EdgeKeys};
 use crate::registry::{EndReports, Feeds, Registry, SpendLink, Spends};
-use crate::shard::metrics::{Metrics, Snapshot, TlsSnapshot};
+use crate::shard::metrics::{FlightStats, Metrics, Snapshot, TlsSnapshot};
 use crate::shard::ShardMsg;
 use crate::static_files::StaticFiles;
 use crate::tls::Material;
@@ -48,6 +48,8 @@ pub struct Shared {
     pub web: StaticFiles,
     /// The TLS listener's certificates and counters, when it is on.
     pub tls: Option<Arc<Material>>,
+    /// The Flight front's counters and where clients reach it, when it is on.
+    pub flight: Option<(Arc<FlightStats>, String)>,
 }
 
 /// A place in one of the gateway's bounded counts, given back on drop.
@@ -141,6 +143,7 @@ impl Shared {
                     cert_not_after: s.cert_not_after.load(Ordering::Relaxed),
                 }
             }),
+            flight: self.flight.as_ref().map(|(s, _)| s.clone()),
         }
     }
 }

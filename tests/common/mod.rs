@@ -32,6 +32,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// The TLS listener, when the gateway was started with one.
     pub tls_addr: Option<SocketAddr>,
+    /// The Flight listener, when the gateway was started with one.
+    pub flight_addr: Option<SocketAddr>,
     pub child: Child,
     pub shards: usize,
 }
@@ -99,21 +101,28 @@ impl Gateway {
             .unwrap_or_else(|| panic!("gateway did not start: {line:?}"))
             .parse()
             .unwrap();
-        let mut tls_addr = None;
-        if extra.iter().any(|(k, _)| *k == "SLUICE_TLS_LISTEN") {
-            // "sluice tls listening on ADDR" follows.
-            let mut tls = String::new();
-            if stdout.read_line(&mut tls).is_ok() {
-                tls_addr = tls.strip_prefix("sluice tls listening on ").map(|a| {
-                    a.trim()
-                        .parse()
-                        .unwrap_or_else(|_| panic!("bad tls line {tls:?}"))
-                });
+        // "sluice tls listening on ADDR", then "sluice flight listening
+        // on ADDR", follow for the listeners asked for.
+        let mut next_addr = |var: &str, prefix: &str| {
+            if !extra.iter().any(|(k, _)| *k == var) {
+                return None;
             }
-        }
+            let mut l = String::new();
+            stdout.read_line(&mut l).ok()?;
+            let a = l.strip_prefix(prefix).map(|a| {
+                a.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad listen line {l:?}"))
+            });
+            assert!(a.is_some(), "expected {prefix:?}, got {l:?}");
+            a
+        };
+        let tls_addr = next_addr("SLUICE_TLS_LISTEN", "sluice tls listening on ");
+        let flight_addr = next_addr("SLUICE_FLIGHT_LISTEN", "sluice flight listening on ");
         Gateway {
             addr,
             tls_addr,
+            flight_addr,
             child,
             shards,
         }

@@ -27,6 +27,12 @@ pub enum BrowserAction {
     /// `{"auth":"<token>"}`: the token, when the request carried none.
     Auth(String),
     List,
+    /// `{"action":"info","dataset":…}`: the connector's `flight_info` for
+    /// the dataset (its schema, row and byte counts) without streaming it:
+    /// what Arrow Flight's `GetFlightInfo` answers.
+    Info {
+        dataset: String,
+    },
     Query {
         dataset: String,
         mode: QueryMode,
@@ -69,6 +75,9 @@ impl BrowserAction {
         };
         match w.action.as_deref() {
             Some("list") => Ok(BrowserAction::List),
+            Some("info") => Ok(BrowserAction::Info {
+                dataset: dataset()?,
+            }),
             Some("query") => {
                 let mode = match w.mode.as_deref() {
                     None | Some("stream") => QueryMode::Stream,
@@ -109,6 +118,11 @@ impl BrowserAction {
             },
             BrowserAction::List => Wire {
                 action: Some("list".into()),
+                ..Wire::default()
+            },
+            BrowserAction::Info { dataset } => Wire {
+                action: Some("info".into()),
+                dataset: Some(dataset.clone()),
                 ..Wire::default()
             },
             BrowserAction::Query { dataset, mode } => Wire {
@@ -253,6 +267,11 @@ mod tests {
             BrowserAction::parse(r#"{"action":"query","dataset":"d","mode":"x"}"#).unwrap_err(),
             "unknown query mode \"x\" (stream, buffered or offload)"
         );
+        let i = BrowserAction::Info {
+            dataset: "d".into(),
+        };
+        assert_eq!(i.to_json(), r#"{"action":"info","dataset":"d"}"#);
+        assert_eq!(BrowserAction::parse(&i.to_json()), Ok(i));
         let q = BrowserAction::Query {
             dataset: "d".into(),
             mode: QueryMode::Buffered,

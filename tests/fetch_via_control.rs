@@ -78,3 +78,62 @@ async fn sluice_fetch_asks_the_control_plane_then_downloads_through_the_named_ga
     );
     assert!(!out.exists());
 }
+
+/// README section "Arrow Flight": the grant names the gateway's Flight
+/// endpoint too, and `sluice-fetch --flight` reads through it with the
+/// granted token.
+#[tokio::test]
+async fn the_grant_names_the_flight_endpoint_and_sluice_fetch_reads_through_it() {
+    let dir = provision();
+    let (ctl, gw) = single_node_with(&dir, 2, &[("SLUICE_FLIGHT_LISTEN", "127.0.0.1:0")]);
+    let flight_at = gw.flight_addr.expect("flight listener");
+    let work = dir.0.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let csv = work.join("d.csv");
+    let mut text = String::from("id,name,score\n");
+    for i in 0..20_000 {
+        text.push_str(&format!("{i},row-{i},{}.5\n", i % 89));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let _connector = Killed(
+        Command::new(sibling_bin("sluice-connector"))
+            .args(["--gateway", &format!("ws://{}", gw.addr)])
+            .args(["--tenant", "acme", "--edge", "edge-a"])
+            .arg("--dataset")
+            .arg(format!("d={}", csv.display()))
+            .env("SLUICE_EDGE_KEY", EDGE_A_KEY)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let grant = ctl.access_when_online("bulk", "d").await;
+    assert_eq!(
+        grant["flight_url"],
+        format!("grpc://{flight_at}"),
+        "{grant}"
+    );
+
+    let out = work.join("via-flight.parquet");
+    let o = Command::new(sibling_bin("sluice-fetch"))
+        .args(["--control", &format!("http://{}", ctl.addr)])
+        .args([
+            "--tenant",
+            "acme",
+            "--client",
+            "dash",
+            "--dataset",
+            "d",
+            "--flight",
+        ])
+        .arg("-o")
+        .arg(&out)
+        .env("SLUICE_USER_TOKEN", alice())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("20000 rows"), "{err}");
+    assert_same_rows(&out, &csv);
+    assert!(gw.metric("sluice_flight_calls_total").await >= 1);
+}

@@ -77,12 +77,15 @@ fn life(
                 .into_iter()
                 .filter(|e| !e.tenant.is_empty())
                 .map(|e| {
-                    let v = serde_json::json!({
+                    let mut v = serde_json::json!({
                         "url": shared.public_url,
                         "tenant": e.tenant,
                         "datasets": e.datasets,
                         "workers": e.workers,
                     });
+                    if let Some((_, url)) = &shared.flight {
+                        v["flight_url"] = url.as_str().into();
+                    }
                     (e.edge, v.to_string())
                 })
                 .collect()

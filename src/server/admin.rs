@@ -46,10 +46,13 @@ pub fn handle(shared: &Shared, req: &Request) -> Result<Answer, HttpError> {
         if req.method != "GET" {
             return Err(HttpError::new(405, "use GET"));
         }
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "public_url": shared.public_url,
             "edges": shared.registry.online(),
         });
+        if let Some((_, url)) = &shared.flight {
+            body["flight_url"] = url.as_str().into();
+        }
         return Ok((200, "application/json", body.to_string().into_bytes()));
     }
     if let Some(sid) = path.strip_prefix("/admin/revoke/") {

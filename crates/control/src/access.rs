@@ -15,6 +15,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::edges::Online;
 use crate::error::ApiError;
 use crate::keys::{self, now_s};
 use crate::secret::MasterKey;
@@ -36,6 +37,11 @@ pub struct Granted {
     pub session_id: String,
     pub session_token: String,
     pub data_plane_url: String,
+    /// The same gateway's Arrow Flight endpoint, when it has one: `do_get`
+    /// there with `Ticket(dataset)` and `authorization: Bearer
+    /// <session_token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flight_url: Option<String>,
     /// RFC 3339, as seed 000 shows it.
     pub expires_at: String,
     pub expires_at_unix: u64,
@@ -227,8 +233,9 @@ pub fn new_session_id() -> String {
     format!("s-{}", hex::encode(b))
 }
 
-/// Reserves the slot and signs. `gateway_url` is the holder of the edge.
-pub async fn grant(ctx: &Ctx<'_>, c: &Checked<'_>, gateway_url: &str) -> Result<Granted, ApiError> {
+/// Reserves the slot and signs. `gateway` is the holder of the edge.
+pub async fn grant(ctx: &Ctx<'_>, c: &Checked<'_>, gateway: &Online) -> Result<Granted, ApiError> {
+    let gateway_url = gateway.url.as_str();
     let now = now_s();
     let exp = now + ctx.tenant.settings.session_ttl_s.max(1);
     let sid = new_session_id();
@@ -278,6 +285,7 @@ pub async fn grant(ctx: &Ctx<'_>, c: &Checked<'_>, gateway_url: &str) -> Result<
     let base = gateway_url.trim_end_matches('/');
     Ok(Granted {
         data_plane_url: format!("{base}/stream/{sid}"),
+        flight_url: gateway.flight_url.clone(),
         session_id: sid,
         session_token: token,
         expires_at: chrono::DateTime::from_timestamp(exp as i64, 0)

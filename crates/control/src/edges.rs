@@ -18,6 +18,9 @@ use crate::error::ApiError;
 pub struct Online {
     /// Base WebSocket URL of the gateway holding it (`ws://host:port`).
     pub url: String,
+    /// Its Arrow Flight listener (`grpc+tls://host:port`), when it has one.
+    #[serde(default)]
+    pub flight_url: Option<String>,
     pub tenant: String,
     #[serde(default)]
     pub datasets: Vec<String>,
@@ -26,6 +29,8 @@ pub struct Online {
 #[derive(Deserialize)]
 struct AdminEdges {
     public_url: String,
+    #[serde(default)]
+    flight_url: Option<String>,
     edges: Vec<AdminEdge>,
 }
 
@@ -154,6 +159,7 @@ impl Locator {
                     .find(|e| e.edge == edge && e.tenant == tenant)
                     .map(|e| Online {
                         url: list.public_url.clone(),
+                        flight_url: list.flight_url.clone(),
                         tenant: e.tenant.clone(),
                         datasets: e.datasets.clone(),
                     }))

@@ -348,7 +348,7 @@ async fn decide(
         store: &app.store,
         signers: &app.signers,
     };
-    let g = access::grant(&ctx, &checked, &online.url).await?;
+    let g = access::grant(&ctx, &checked, &online).await?;
     audit["sid"] = g.session_id.clone().into();
     audit["edge_id"] = g.edge_id.clone().into();
     audit["quota_bytes"] = g.quota_bytes.into();

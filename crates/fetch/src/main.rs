@@ -6,11 +6,16 @@
 //!     sluice-fetch --gateway ws://127.0.0.1:8081 --session SID --token TOKEN \
 //!         --dataset sales -o sales.parquet
 //!
+//! or through the gateway's Arrow Flight endpoint (same token, same rules):
+//!
+//!     sluice-fetch --flight grpc://127.0.0.1:8815 --token TOKEN --dataset sales -o sales.csv
+//!
 //! or, asking the control plane for access with the user's own JWT:
 //!
 //!     sluice-fetch --control http://127.0.0.1:7070 --tenant acme --client dash \
 //!         --user-token "$USER_JWT" --dataset sales -o sales.parquet
 
+mod flight;
 mod output;
 mod ws;
 
@@ -49,8 +54,13 @@ enum Mode {
 )]
 struct Cli {
     /// Gateway, ws://HOST:PORT or wss://HOST:PORT (not needed with --control).
-    #[arg(long, env = "SLUICE_GATEWAY", required_unless_present = "control")]
+    #[arg(long, env = "SLUICE_GATEWAY", required_unless_present_any = ["control", "flight"])]
     gateway: Option<String>,
+    /// Read through the gateway's Arrow Flight endpoint instead of
+    /// WebSocket: `--flight grpc+tls://HOST:PORT`, or `--flight` alone with
+    /// `--control` to use the Flight URL of the grant.
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "", conflicts_with = "gateway")]
+    flight: Option<String>,
     /// Session token from the control plane (or one you signed).
     #[arg(
         long,
@@ -173,6 +183,8 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 /// control plane.
 struct Session {
     url: String,
+    /// The Flight endpoint to read through instead (`--flight`).
+    flight: Option<String>,
     token: String,
     /// Dataset name to ask the gateway for.
     dataset: String,
@@ -185,6 +197,8 @@ struct Grant {
     session_id: String,
     session_token: String,
     data_plane_url: String,
+    #[serde(default)]
+    flight_url: Option<String>,
     dataset: String,
 }
 
@@ -258,8 +272,16 @@ async fn ask_control(cli: &Cli, base: &str) -> Result<Session> {
         );
     }
     let g: Grant = serde_json::from_str(&body).context("control plane answer is not a grant")?;
+    let flight = match cli.flight.as_deref() {
+        None => None,
+        Some("") => Some(g.flight_url.ok_or_else(|| {
+            anyhow!("--flight: the gateway holding this dataset has no Flight listener ([flight] listen); fetch without --flight")
+        })?),
+        Some(url) => Some(url.to_owned()),
+    };
     Ok(Session {
         url: g.data_plane_url,
+        flight,
         token: g.session_token,
         dataset: g.dataset,
         release: Some((base.to_owned(), g.session_id)),
@@ -301,20 +323,32 @@ async fn run(cli: &Cli) -> Result<()> {
                 .as_deref()
                 .unwrap_or_default()
                 .trim_end_matches('/');
-            if !base.starts_with("ws://") && !base.starts_with("wss://") {
+            let flight = match cli.flight.as_deref() {
+                Some("") => bail!("--flight needs the Flight URL (grpc://HOST:PORT or grpc+tls://HOST:PORT) unless --control names the gateway"),
+                other => other.map(str::to_owned),
+            };
+            if flight.is_none() && !base.starts_with("ws://") && !base.starts_with("wss://") {
                 bail!("--gateway must be ws://HOST:PORT or wss://HOST:PORT");
             }
             Session {
                 url: format!("{base}/stream/{sid}"),
+                flight,
                 token,
                 dataset: cli.dataset.clone().unwrap_or_default(),
                 release: None,
             }
         }
     };
-    let res = match out {
-        Some(out) => download(cli, &session, out).await,
-        None => list(cli, &session).await,
+    if session.flight.is_some() && cli.mode != Mode::Stream {
+        bail!("--flight reads streamed (DoGet); --mode buffered and offload are WebSocket modes");
+    }
+    let res = match (out, &session.flight) {
+        (Some(out), None) => download(cli, &session, out).await,
+        (None, None) => list(cli, &session).await,
+        (Some(out), Some(url)) => download_flight(cli, &session, url, out).await,
+        (None, Some(url)) => flight::list(url, &session.token, cli.ca_cert.as_deref())
+            .await
+            .map(|names| names.iter().for_each(|d| println!("{d}"))),
     };
     if let Some((base, sid)) = &session.release {
         release(cli, base, sid).await;
@@ -332,6 +366,82 @@ async fn open(cli: &Cli, session: &Session) -> Result<ws::Gateway> {
     ws::Gateway::connect(base, &session.token, tls)
         .await
         .map_err(|e| anyhow!("cannot connect to {base}: {}", chain(&e)))
+}
+
+/// `--flight`: `DoGet` into the output file.
+async fn download_flight(cli: &Cli, session: &Session, url: &str, mut out: Output) -> Result<()> {
+    let bar = spinner();
+    let dataset = &session.dataset;
+    let idle = Duration::from_secs(cli.idle_timeout_s);
+    let t0 = Instant::now();
+    let ca = cli.ca_cert.as_deref();
+    let moved = flight::download(
+        url,
+        &session.token,
+        ca,
+        dataset,
+        idle,
+        &mut out,
+        |rows, bytes, t0| {
+            if let Some(b) = &bar {
+                b.set_message(progress(dataset, rows, bytes, t0));
+            }
+        },
+    )
+    .await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let moved = match moved.and_then(|m| {
+        m.schema
+            .clone()
+            .ok_or_else(|| anyhow!("the stream carried no schema"))
+            .map(|s| (m, s))
+    }) {
+        Ok(m) => m,
+        Err(e) => {
+            out.abandon();
+            return Err(e);
+        }
+    };
+    let (m, schema) = moved;
+    let path = out.finish(&schema)?;
+    summary(dataset, m.rows, m.bytes, m.messages, t0, &path);
+    Ok(())
+}
+
+fn spinner() -> Option<ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new_spinner();
+        b.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"));
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    })
+}
+
+fn progress(dataset: &str, rows: u64, bytes: u64, t0: Instant) -> String {
+    let secs = t0.elapsed().as_secs_f64().max(1e-3);
+    format!(
+        "{dataset}: {rows} rows, {:.1} MB, {:.1} MB/s",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / secs
+    )
+}
+
+fn summary(
+    dataset: &str,
+    rows: u64,
+    bytes: u64,
+    messages: u64,
+    t0: Instant,
+    path: &std::path::Path,
+) {
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "sluice-fetch: {dataset}: {rows} rows, {bytes} bytes in {messages} messages, {secs:.2} s ({:.1} MB/s) -> {}",
+        bytes as f64 / 1e6 / secs.max(1e-6),
+        path.display()
+    );
 }
 
 /// An error and its causes, each said once: layers that restate their
@@ -410,12 +520,7 @@ async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
     let (mut rows, mut bytes, mut messages) = (0u64, 0u64, 0u64);
     let mut offloaded = false;
     let t0 = Instant::now();
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = ProgressBar::new_spinner();
-        b.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("template"));
-        b.enable_steady_tick(Duration::from_millis(120));
-        b
-    });
+    let bar = spinner();
     let result: Result<()> = async {
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(cli.idle_timeout_s), ws.next())
@@ -430,13 +535,7 @@ async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
                     bytes += b.len() as u64;
                     rows += feed(&mut decoder, b, &mut out)?;
                     if let Some(b) = &bar {
-                        let secs = t0.elapsed().as_secs_f64().max(1e-3);
-                        b.set_message(format!(
-                            "{}: {rows} rows, {:.1} MB, {:.1} MB/s",
-                            session.dataset,
-                            bytes as f64 / 1e6,
-                            bytes as f64 / 1e6 / secs
-                        ));
+                        b.set_message(progress(&session.dataset, rows, bytes, t0));
                     }
                 }
                 Message::Text(t) => {
@@ -502,13 +601,7 @@ async fn download(cli: &Cli, session: &Session, mut out: Output) -> Result<()> {
                 .schema()
                 .ok_or_else(|| anyhow!("the stream carried no schema"))?;
             let path = out.finish(&schema)?;
-            let secs = t0.elapsed().as_secs_f64();
-            eprintln!(
-                "sluice-fetch: {}: {rows} rows, {bytes} bytes in {messages} messages, {secs:.2} s ({:.1} MB/s) -> {}",
-                session.dataset,
-                bytes as f64 / 1e6 / secs.max(1e-6),
-                path.display()
-            );
+            summary(&session.dataset, rows, bytes, messages, t0, &path);
             Ok(())
         }
         Err(e) => {

@@ -25,7 +25,9 @@ use crate::wire::frame::{self, MaskRule, Opcode};
 use crate::wire::handoff::Detached;
 use crate::wire::message::{close, ErrorCode, Refusal};
 
-/// What the session says next.
+/// What the session says next. Built and taken apart at once, so the
+/// size of the event variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     Json(ServerEvent),

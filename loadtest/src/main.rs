@@ -49,6 +49,9 @@ enum Scenario {
     /// What TLS costs on each leg (browser, connector, both) against
     /// plaintext, on one gateway: bulk, latency, session opens.
     Tls,
+    /// The same dataset through the WebSocket fast path and through Arrow
+    /// Flight's DoGet, on one gateway with a Flight listener.
+    Flight,
     /// Mixed traffic while faults are injected (connector killed and
     /// stalled, Redis restarted, revocations, gateway SIGTERM + restart);
     /// every stream verified byte for byte or ended with a documented
@@ -217,7 +220,10 @@ fn run() -> Result<()> {
         }
         return report.map(|_| ());
     }
-    let targets: Vec<Target> = if matches!(a.scenario, Scenario::Revoke | Scenario::Tls) {
+    let targets: Vec<Target> = if matches!(
+        a.scenario,
+        Scenario::Revoke | Scenario::Tls | Scenario::Flight
+    ) {
         // Revocation and the TLS legs exist only in the gateway: the
         // baseline is the gateway's own plaintext path.
         vec![Target::Gateway]
@@ -245,6 +251,13 @@ fn run() -> Result<()> {
         gw.env.push(("SLUICE_REVOCATION_REDIS_URL".into(), url));
         gw.env
             .push(("SLUICE_REVOCATION_CHANNEL".into(), a.revoke_channel.clone()));
+    }
+    if a.scenario == Scenario::Flight {
+        if a.gateway.is_some() {
+            bail!("flight starts its own gateway with a Flight listener: drop --gateway");
+        }
+        gw.env
+            .push(("SLUICE_FLIGHT_LISTEN".into(), "127.0.0.1:0".into()));
     }
     let pki = if a.scenario == Scenario::Tls {
         if a.gateway.is_some() {
@@ -336,6 +349,20 @@ fn run() -> Result<()> {
             (
                 json!({"frames": p.frames, "frame_size": p.size, "runs": p.runs}),
                 scenario::bulk::run(&ctx, &p),
+            )
+        }
+        Scenario::Flight => {
+            let p = scenario::flight::Params {
+                frames: a.frames.unwrap_or(8_000),
+                size: a.frame_size.unwrap_or(256 * 1024),
+                runs: a.runs.unwrap_or(3),
+            };
+            let at = gw
+                .flight_addr
+                .context("the gateway printed no Flight address")?;
+            (
+                json!({"frames": p.frames, "frame_size": p.size, "runs": p.runs}),
+                scenario::flight::run(&ctx, at, &p)?,
             )
         }
         Scenario::Latency | Scenario::FanIn => {
@@ -518,6 +545,7 @@ fn gateway_spec(a: &Args, proxy_cpus: &Option<String>) -> Result<GatewaySpec> {
     Ok(GatewaySpec {
         addr: a.gateway,
         tls_addr: None,
+        flight_addr: None,
         pid: a.gateway_pid,
         bin,
         workers: a.workers,

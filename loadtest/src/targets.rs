@@ -112,6 +112,8 @@ pub struct GatewaySpec {
     pub addr: Option<SocketAddr>,
     /// The TLS listener, when the gateway was started with one.
     pub tls_addr: Option<SocketAddr>,
+    /// The Flight listener, likewise.
+    pub flight_addr: Option<SocketAddr>,
     pub pid: Option<u32>,
     pub bin: PathBuf,
     pub workers: usize,
@@ -244,17 +246,22 @@ pub fn start_gateway(spec: &mut GatewaySpec) -> Result<Option<Spawned>> {
     let mut line = String::new();
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     stdout.read_line(&mut line)?;
-    if spec.env.iter().any(|(k, _)| k == "SLUICE_TLS_LISTEN") {
-        // "sluice tls listening on ADDR" follows the listen line.
-        let mut tls = String::new();
-        stdout.read_line(&mut tls)?;
-        spec.tls_addr = Some(
-            tls.trim()
-                .strip_prefix("sluice tls listening on ")
-                .ok_or_else(|| anyhow!("gateway did not print its TLS line (got {tls:?})"))?
-                .parse()?,
-        );
-    }
+    // "sluice tls listening on ADDR", then "sluice flight listening on
+    // ADDR", follow the listen line for the listeners asked for.
+    let mut listener = |var: &str, prefix: &str| -> Result<Option<SocketAddr>> {
+        if !spec.env.iter().any(|(k, _)| k == var) {
+            return Ok(None);
+        }
+        let mut l = String::new();
+        stdout.read_line(&mut l)?;
+        let at = l
+            .trim()
+            .strip_prefix(prefix)
+            .ok_or_else(|| anyhow!("gateway did not print {prefix:?} (got {l:?})"))?;
+        Ok(Some(at.parse()?))
+    };
+    spec.tls_addr = listener("SLUICE_TLS_LISTEN", "sluice tls listening on ")?;
+    spec.flight_addr = listener("SLUICE_FLIGHT_LISTEN", "sluice flight listening on ")?;
     let addr: SocketAddr = line
         .split_whitespace()
         .nth(3)

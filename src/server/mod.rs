@@ -7,6 +7,7 @@ pub mod accept;
 pub mod admin;
 mod flight;
 mod mailbox;
+mod pair;
 mod route;
 pub mod start;
 pub mod tls_front;

@@ -14,7 +14,9 @@
 //! - [`slots`]: the control plane's stream slots and grants in Redis,
 //!   which gateways update when a session ends;
 //! - [`units`]: sizes and durations as the command lines take them;
-//! - [`suggest`]: "did you mean" for misspelled names.
+//! - [`suggest`]: "did you mean" for misspelled names;
+//! - `tunnel` (feature `grpc`): seed 002's gRPC tunnel between a connector
+//!   and the gateway, generated from `proto/tunnel.proto`.
 //!
 //! Messages serialize with their tag first and their fields in the order
 //! the protocol has always written them, so the bytes on the wire are
@@ -28,6 +30,15 @@ pub mod relay;
 pub mod slots;
 pub mod suggest;
 pub mod units;
+
+/// Seed 002's gRPC tunnel (`proto/tunnel.proto`, package
+/// `sluice.tunnel.v1`): messages, the `ConnectorTunnel` server trait and
+/// its client.
+#[cfg(feature = "grpc")]
+#[allow(clippy::all, missing_docs)]
+pub mod tunnel {
+    tonic::include_proto!("sluice.tunnel.v1");
+}
 
 pub use error::{ErrorCode, Refusal};
 

@@ -6,6 +6,7 @@ pub mod bulk;
 pub mod chaos;
 pub mod churn;
 pub mod fan_out;
+pub mod flight;
 pub mod idle;
 pub mod latency;
 pub mod revoke;

@@ -80,7 +80,7 @@ impl Sessions {
         };
         let mut held = slot.link.clone().lock_owned().await;
         *slot.last_used.lock().expect("flight slot lock") = Instant::now();
-        if held.as_ref().is_some_and(|l| !l.open) {
+        if held.as_ref().is_some_and(|l| !l.is_open()) {
             *held = None;
         }
         if held.is_none() {

@@ -250,6 +250,9 @@ fn main() {
     if let Some(at) = gw.flight_addr() {
         println!("sluice flight listening on {at}");
     }
+    if let Some(at) = gw.grpc_addr() {
+        println!("sluice grpc listening on {at}");
+    }
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,

@@ -12,6 +12,8 @@ fn main() {
     std::env::set_var("PROTOC", protoc);
     tonic_prost_build::configure()
         .build_transport(false)
+        // `bytes` fields as `Bytes`: a chunk is the memory HTTP/2 filled.
+        .bytes(".")
         .compile_protos(&["proto/tunnel.proto"], &["proto"])
         .expect("compile proto/tunnel.proto");
 }

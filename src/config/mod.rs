@@ -64,6 +64,7 @@ pub struct Config {
     pub web: Web,
     pub tls: Tls,
     pub flight: Flight,
+    pub grpc: Grpc,
     /// Edge id → `sha256:<hex>` of its pre-shared key.
     pub edge_keys: BTreeMap<String, String>,
 }
@@ -347,6 +348,45 @@ pub struct Flight {
     pub idle_ms: u64,
 }
 
+/// Seed 002's connector tunnel: gRPC (HTTP/2) with TLS from `[tls]`,
+/// mutual when `tls.client_ca_file` is set, under the same
+/// `tls.connector_auth` rules as connectors on the WebSocket listeners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grpc {
+    /// Address of the gRPC listener for connectors; empty = none. TLS with
+    /// `[tls]`'s certificate when `tls.cert_file` is set (plaintext
+    /// otherwise, where an `edge-key` is then required, as on `listen`).
+    pub listen: String,
+    /// Requests one gRPC connector may serve at once: each is a connector
+    /// worker slot at the gateway, the same as one WebSocket worker.
+    pub workers_per_connector: usize,
+    /// Threads serving gRPC; 0 = one per shard.
+    pub threads: usize,
+    /// gRPC connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Bytes of `ArrowChunk`s queued towards a shard per request before
+    /// the `Serve` call stops being read (HTTP/2 flow control then holds
+    /// the connector back).
+    pub queue_chunks: usize,
+    /// Largest `DataMessage` accepted (an `ArrowChunk` of whole IPC
+    /// messages); past it the call fails with `RESOURCE_EXHAUSTED`.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Grpc {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            workers_per_connector: 4,
+            threads: 0,
+            max_connections: 4096,
+            queue_chunks: 8,
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
 impl Flight {
     /// Whether the Flight listener speaks TLS: with `[tls]`'s certificate.
     pub fn tls_from(&self, tls: &Tls) -> bool {
@@ -478,6 +518,7 @@ impl Default for Config {
             web: Web::default(),
             tls: Tls::default(),
             flight: Flight::default(),
+            grpc: Grpc::default(),
             edge_keys: BTreeMap::new(),
         }
     }
@@ -574,6 +615,26 @@ impl Config {
         }
         if !matches!(self.uring_taskrun.as_str(), "defer" | "coop" | "plain") {
             return bad("uring_taskrun must be defer, coop or plain");
+        }
+        let g = &self.grpc;
+        if !g.listen.is_empty() {
+            if g.listen.parse::<SocketAddr>().is_err() {
+                return bad("grpc.listen must be an address such as 0.0.0.0:8444");
+            }
+            if !self.tls.cert_file.is_empty() && self.tls.key_file.is_empty() {
+                return bad("grpc: tls.cert_file is set without tls.key_file");
+            }
+            if g.workers_per_connector == 0 || g.workers_per_connector > 256 {
+                return bad("grpc.workers_per_connector must be between 1 and 256");
+            }
+            if g.max_connections == 0 || g.queue_chunks == 0 {
+                return bad("grpc.max_connections and grpc.queue_chunks must be at least 1");
+            }
+            if g.max_message_bytes < 1024 || g.max_message_bytes > self.limits.max_frame_bytes {
+                return bad(
+                    "grpc.max_message_bytes must be between 1 KiB and limits.max_frame_bytes",
+                );
+            }
         }
         let f = &self.flight;
         if !f.listen.is_empty() {

@@ -271,6 +271,7 @@ mod tests {
             web: StaticFiles::load("", 0).unwrap(),
             tls: None,
             flight: None,
+            grpc: None,
         });
         let shard = Rc::new(Shard::new(0, shared));
         let s = shard.clone();

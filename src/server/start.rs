@@ -17,8 +17,8 @@ use crate::config::Config;
 use crate::config::EdgeKeys;
 use crate::registry::Registry;
 use crate::registry::{EndReports, Feeds, Spends};
-use crate::server::{accept, flight, tls_front};
-use crate::shard::metrics::{FlightStats, Metrics};
+use crate::server::{accept, flight, tls_front, tunnel};
+use crate::shard::metrics::{FlightStats, Metrics, TunnelStats};
 use crate::shard::{ShardMsg, Shared};
 
 /// A running gateway. The shard threads live until the process exits.
@@ -27,6 +27,7 @@ pub struct Gateway {
     addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     flight_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
     driver: &'static str,
 }
 
@@ -111,14 +112,23 @@ impl Gateway {
             listeners
                 .push(bind(addr, sockbuf).with_context(|| format!("cannot listen on {addr}"))?);
         }
-        let tls = if cfg.tls.enabled() {
-            let material = crate::tls::Material::load(&cfg.tls)?;
-            let at: SocketAddr = cfg.tls.listen.parse().context("tls.listen")?;
-            let listener = bind_as(at, sockbuf, false)
-                .with_context(|| format!("cannot listen on {} (tls.listen)", cfg.tls.listen))?;
-            Some((Arc::new(material), listener))
+        // One certificate for every TLS listener (wss/https, Flight, the
+        // gRPC tunnel), reloaded together.
+        let fronts =
+            cfg.tls.enabled() || !cfg.flight.listen.is_empty() || !cfg.grpc.listen.is_empty();
+        let material = if fronts && !cfg.tls.cert_file.is_empty() {
+            Some(Arc::new(crate::tls::Material::load(&cfg.tls)?))
         } else {
             None
+        };
+        let tls = match &material {
+            Some(m) if cfg.tls.enabled() => {
+                let at: SocketAddr = cfg.tls.listen.parse().context("tls.listen")?;
+                let listener = bind_as(at, sockbuf, false)
+                    .with_context(|| format!("cannot listen on {} (tls.listen)", cfg.tls.listen))?;
+                Some((m.clone(), listener))
+            }
+            _ => None,
         };
         let tls_addr = match &tls {
             Some((_, l)) => Some(l.local_addr()?),
@@ -131,13 +141,7 @@ impl Gateway {
             let listener = bind_as(at, sockbuf, false).with_context(|| {
                 format!("cannot listen on {} (flight.listen)", cfg.flight.listen)
             })?;
-            let material = match &tls {
-                Some((m, _)) => Some(m.clone()),
-                None if cfg.flight.tls_from(&cfg.tls) => {
-                    Some(Arc::new(crate::tls::Material::load(&cfg.tls)?))
-                }
-                None => None,
-            };
+            let material = material.clone();
             let bound = listener.local_addr()?;
             let url = if !cfg.flight.public_url.is_empty() {
                 cfg.flight.public_url.trim_end_matches('/').to_owned()
@@ -147,6 +151,14 @@ impl Gateway {
                 format!("grpc://{bound}")
             };
             Some((listener, material, url, Arc::new(FlightStats::default())))
+        };
+        let grpc = if cfg.grpc.listen.is_empty() {
+            None
+        } else {
+            let at: SocketAddr = cfg.grpc.listen.parse().context("grpc.listen")?;
+            let listener = bind_as(at, sockbuf, false)
+                .with_context(|| format!("cannot listen on {} (grpc.listen)", cfg.grpc.listen))?;
+            Some((listener, material.clone(), Arc::new(TunnelStats::default())))
         };
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n)
             .map(|_| flume::bounded::<ShardMsg>(cfg.limits.shard_mailbox_messages.max(1)))
@@ -195,10 +207,11 @@ impl Gateway {
             end_reports: EndReports::new(ends.as_ref().map(|(tx, _)| tx.clone())),
             public_url,
             web,
-            tls: tls.as_ref().map(|(m, _)| m.clone()),
+            tls: material.clone(),
             flight: flight
                 .as_ref()
                 .map(|(_, _, url, s)| (s.clone(), url.clone())),
+            grpc: grpc.as_ref().map(|(_, _, s)| s.clone()),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let cpus = std::thread::available_parallelism()
@@ -249,6 +262,9 @@ impl Gateway {
                 Err(_) => bail!("a shard thread died while starting"),
             }
         }
+        if let Some(m) = &material {
+            tls_front::watch_files(m.clone())?;
+        }
         if let Some((material, listener)) = tls {
             tls_front::start(shared.clone(), material, listener)?;
             tracing::info!(addr = %tls_addr.expect("bound"), mutual = shared.cfg.tls.mutual(), "tls listening");
@@ -257,6 +273,15 @@ impl Gateway {
             Some((listener, material, url, stats)) => {
                 let at = flight::start(shared.clone(), material, listener, stats)?;
                 tracing::info!(addr = %at, %url, "flight listening");
+                Some(at)
+            }
+            None => None,
+        };
+        let grpc_addr = match grpc {
+            Some((listener, material, stats)) => {
+                let tls = material.is_some();
+                let at = tunnel::start(shared.clone(), material, listener, stats)?;
+                tracing::info!(addr = %at, tls, "grpc connector tunnel listening");
                 Some(at)
             }
             None => None,
@@ -274,12 +299,18 @@ impl Gateway {
             addr,
             tls_addr,
             flight_addr,
+            grpc_addr,
             driver,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The gRPC connector listener's address, when `grpc.listen` is set.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// The Flight listener's address, when `flight.listen` is set.

@@ -48,11 +48,16 @@ pub fn start(
         .enable_all()
         .build()
         .context("cannot start the TLS threads")?;
-    let accept_material = material.clone();
     std::thread::Builder::new()
         .name("sluice-tls-accept".into())
-        .spawn(move || rt.block_on(accept_loop(shared, accept_material, listener)))
+        .spawn(move || rt.block_on(accept_loop(shared, material, listener)))
         .context("cannot spawn the TLS accept thread")?;
+    Ok(addr)
+}
+
+/// Rereads the certificate files when they change (`tls.reload_check_ms`),
+/// for every listener that uses them.
+pub fn watch_files(material: Arc<Material>) -> anyhow::Result<()> {
     let check_ms = material.reload_check_ms();
     if check_ms > 0 {
         let every = Duration::from_millis(check_ms);
@@ -64,7 +69,7 @@ pub fn start(
             })
             .context("cannot spawn the TLS reload thread")?;
     }
-    Ok(addr)
+    Ok(())
 }
 
 async fn accept_loop(shared: Arc<Shared>, material: Arc<Material>, std: std::net::TcpListener) {

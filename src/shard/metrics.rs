@@ -77,6 +77,20 @@ pub struct Snapshot {
     pub tls: Option<TlsSnapshot>,
     /// `None` when there is no Flight listener.
     pub flight: Option<Arc<FlightStats>>,
+    /// `None` when there is no gRPC listener.
+    pub grpc: Option<Arc<TunnelStats>>,
+}
+
+/// The gRPC connector tunnel's counters (`[grpc] listen`).
+#[derive(Debug, Default)]
+pub struct TunnelStats {
+    /// gRPC connectors registered now.
+    pub connectors: AtomicU64,
+    /// `Connect` and `Serve` calls refused (bad first message, unknown
+    /// request, the gateway's register refusal).
+    pub refused: AtomicU64,
+    /// `ArrowChunk`s passed to the shards.
+    pub chunks: AtomicU64,
 }
 
 /// The Flight front's counters (`[flight] listen`).
@@ -152,6 +166,33 @@ impl Metrics {
             snap.relay_idle as i64,
         );
 
+        if let Some(g) = &snap.grpc {
+            let mut line = |name: &str, kind: &str, help: &str, v: u64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            };
+            let get = |a: &AtomicU64| a.load(Relaxed);
+            line(
+                "sluice_grpc_connectors",
+                "gauge",
+                "Connectors registered over the gRPC tunnel",
+                get(&g.connectors),
+            );
+            line(
+                "sluice_grpc_refused_total",
+                "counter",
+                "gRPC tunnel calls refused (bad first message, unknown request, register refused)",
+                get(&g.refused),
+            );
+            line(
+                "sluice_grpc_chunks_total",
+                "counter",
+                "ArrowChunks passed from gRPC connectors to the shards",
+                get(&g.chunks),
+            );
+        }
         if let Some(f) = &snap.flight {
             let mut line = |name: &str, kind: &str, help: &str, v: u64| {
                 let _ = writeln!(

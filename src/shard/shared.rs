@@ -10,7 +10,7 @@ use crate::auth::revocations::Revocations;
 use crate::auth::token::Verifier;
 use crate::config::{Config, EdgeKeys};
 use crate::registry::{EndReports, Feeds, Registry, SpendLink, Spends};
-use crate::shard::metrics::{FlightStats, Metrics, Snapshot, TlsSnapshot};
+use crate::shard::metrics::{FlightStats, Metrics, Snapshot, TlsSnapshot, TunnelStats};
 use crate::shard::ShardMsg;
 use crate::static_files::StaticFiles;
 use crate::tls::Material;
@@ -50,6 +50,8 @@ pub struct Shared {
     pub tls: Option<Arc<Material>>,
     /// The Flight front's counters and where clients reach it, when it is on.
     pub flight: Option<(Arc<FlightStats>, String)>,
+    /// The gRPC connector tunnel's counters, when it is on.
+    pub grpc: Option<Arc<TunnelStats>>,
 }
 
 /// A place in one of the gateway's bounded counts, given back on drop.
@@ -144,6 +146,7 @@ impl Shared {
                 }
             }),
             flight: self.flight.as_ref().map(|(s, _)| s.clone()),
+            grpc: self.grpc.clone(),
         }
     }
 }

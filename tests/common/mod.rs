@@ -34,6 +34,8 @@ pub struct Gateway {
     pub tls_addr: Option<SocketAddr>,
     /// The Flight listener, when the gateway was started with one.
     pub flight_addr: Option<SocketAddr>,
+    /// The gRPC connector listener, likewise.
+    pub grpc_addr: Option<SocketAddr>,
     pub child: Child,
     pub shards: usize,
 }
@@ -119,10 +121,12 @@ impl Gateway {
         };
         let tls_addr = next_addr("SLUICE_TLS_LISTEN", "sluice tls listening on ");
         let flight_addr = next_addr("SLUICE_FLIGHT_LISTEN", "sluice flight listening on ");
+        let grpc_addr = next_addr("SLUICE_GRPC_LISTEN", "sluice grpc listening on ");
         Gateway {
             addr,
             tls_addr,
             flight_addr,
+            grpc_addr,
             child,
             shards,
         }

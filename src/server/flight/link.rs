@@ -7,8 +7,6 @@
 //! back are the browser protocol's events and the connector's binary
 //! messages, unchanged.
 
-use std::net::IpAddr;
-
 use bytes::Bytes;
 use sluice_protocol::browser::{BrowserAction, ServerEvent};
 
@@ -68,14 +66,8 @@ impl Link {
         shared: &Shared,
         sid: &SessionId,
         token: &str,
-        peer: Option<IpAddr>,
-        tls: bool,
+        transport: Transport,
     ) -> Result<Link, LinkError> {
-        let transport = if tls {
-            Transport::Tls { client: None, peer }
-        } else {
-            Transport::Plain
-        };
         let target = sid.shard(shared.shard_count());
         let bearer = format!("Bearer {token}");
         let pair = Pair::open(

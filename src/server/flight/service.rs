@@ -27,6 +27,7 @@ use super::ipc::{first_message, Cutter};
 use super::link::Event;
 use super::sessions::{bearer, Held, Sessions};
 use super::status;
+use crate::server::h2_front::FrontInfo;
 use crate::shard::metrics::FlightStats;
 use crate::wire::message::ErrorCode;
 
@@ -41,9 +42,13 @@ impl Front {
     async fn hold<T>(&self, req: &Request<T>) -> Result<Held, Status> {
         self.stats.calls.fetch_add(1, Relaxed);
         let token = bearer(req.metadata()).inspect_err(|_| self.refused())?;
-        let peer = req.remote_addr().map(|a| a.ip());
+        let front = req
+            .extensions()
+            .get::<FrontInfo>()
+            .cloned()
+            .ok_or_else(|| Status::internal("connection without front info"))?;
         self.sessions
-            .hold(token, peer)
+            .hold(token, &front)
             .await
             .inspect_err(|_| self.refused())
     }

@@ -12,7 +12,6 @@
 //! token is never lent to another.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use tonic::Status;
 use super::link::Link;
 use super::status;
 use crate::ids::SessionId;
+use crate::server::h2_front::FrontInfo;
 use crate::shard::metrics::FlightStats;
 use crate::shard::Shared;
 
@@ -37,7 +37,6 @@ struct Slot {
 pub struct Sessions {
     shared: Arc<Shared>,
     stats: Arc<FlightStats>,
-    tls: bool,
     slots: Mutex<HashMap<Key, Arc<Slot>>>,
 }
 
@@ -45,18 +44,17 @@ pub struct Sessions {
 pub type Held = OwnedMutexGuard<Option<Link>>;
 
 impl Sessions {
-    pub fn new(shared: Arc<Shared>, stats: Arc<FlightStats>, tls: bool) -> Arc<Sessions> {
+    pub fn new(shared: Arc<Shared>, stats: Arc<FlightStats>) -> Arc<Sessions> {
         Arc::new(Sessions {
             shared,
             stats,
-            tls,
             slots: Mutex::new(HashMap::new()),
         })
     }
 
     /// The open link for `token`, opened now if there is none; waits while
     /// another call of the same token holds it.
-    pub async fn hold(&self, token: &str, peer: Option<IpAddr>) -> Result<Held, Status> {
+    pub async fn hold(&self, token: &str, front: &FrontInfo) -> Result<Held, Status> {
         let sid = sid_of(token)?;
         let key: Key = Sha256::digest(token.as_bytes()).into();
         let slot = {
@@ -84,7 +82,7 @@ impl Sessions {
             *held = None;
         }
         if held.is_none() {
-            let link = Link::open(&self.shared, &sid, token, peer, self.tls)
+            let link = Link::open(&self.shared, &sid, token, front.transport())
                 .await
                 .map_err(status::of_link)?;
             *held = Some(link);

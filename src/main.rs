@@ -237,21 +237,31 @@ fn main() {
             std::process::exit(1);
         }
     };
-    // One line on stdout that scripts and tests can wait for.
-    println!(
+    // One line on stdout that scripts and tests can wait for, then one per
+    // extra listener. Written without println!: a reader that stopped
+    // listening (closed the pipe) must not take the gateway down.
+    let mut lines = vec![format!(
         "sluice listening on {} ({} shards, {})",
         gw.local_addr(),
         gw.shard_count(),
         gw.driver()
-    );
-    if let Some(at) = gw.tls_addr() {
-        println!("sluice tls listening on {at}");
+    )];
+    for (what, at) in [
+        ("tls", gw.tls_addr()),
+        ("flight", gw.flight_addr()),
+        ("grpc", gw.grpc_addr()),
+    ] {
+        if let Some(at) = at {
+            lines.push(format!("sluice {what} listening on {at}"));
+        }
     }
-    if let Some(at) = gw.flight_addr() {
-        println!("sluice flight listening on {at}");
-    }
-    if let Some(at) = gw.grpc_addr() {
-        println!("sluice grpc listening on {at}");
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for l in lines {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = out.flush();
     }
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {

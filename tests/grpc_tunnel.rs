@@ -370,6 +370,44 @@ async fn wrong_ca_expired_certificate_other_tenant_and_malformed_messages_are_re
     let line = py.said("status INVALID_ARGUMENT");
     assert!(line.contains("start"), "{line}");
     assert!(gw.metric("sluice_grpc_refused_total").await >= 3);
+    // Plaintext gRPC (no certificate): an edge key is required, and a wrong
+    // one is refused like on the WebSocket listener.
+    let plain = Gateway::start(1, &[("SLUICE_GRPC_LISTEN", "127.0.0.1:0")]);
+    let at = plain.grpc_addr.expect("grpc listener").to_string();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/grpc_connector.py"
+    );
+    let run = |key: &str, edge: &str| {
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .args([
+                "--gateway",
+                &at,
+                "--plaintext",
+                "--tenant",
+                "acme",
+                "--edge",
+                edge,
+            ])
+            .args(["--edge-key", key, "--mode", "serve"]);
+        cmd
+    };
+    let out = run("wrong-key-0123456789abcdefgh", EDGE).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("status UNAUTHENTICATED") && said.contains("invalid Edge-Key"),
+        "{said}"
+    );
+    let mut ok = run(EDGE_KEY, EDGE).stdout(Stdio::piped()).spawn().unwrap();
+    assert_eq!(
+        plain
+            .metric_settles("sluice_connector_workers_idle", 4)
+            .await,
+        4
+    );
+    let _ = ok.kill();
+    let _ = ok.wait();
     // Nothing of it reached anyone else: the gateway still serves.
     let (s, _) = gw.get("/healthz").await;
     assert_eq!(s, 200);

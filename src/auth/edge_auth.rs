@@ -24,13 +24,17 @@ pub enum Transport {
         /// The client's address (the shard sees a local socket pair).
         peer: Option<std::net::IpAddr>,
     },
+    /// A plaintext front (Flight, the gRPC tunnel) speaking for a client
+    /// over a socket pair, which has no address of its own: `peer` is the
+    /// client's.
+    Fronted { peer: Option<std::net::IpAddr> },
 }
 
 impl Transport {
     pub fn cert_tenant(&self) -> Option<&CertTenant> {
         match self {
             Transport::Tls { client, .. } => client.as_ref(),
-            Transport::Plain => None,
+            Transport::Plain | Transport::Fronted { .. } => None,
         }
     }
 }

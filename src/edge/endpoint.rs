@@ -51,7 +51,7 @@ fn authenticate(
 ) -> Result<Grant, HttpError> {
     let s = &shard.shared;
     let source = match transport {
-        Transport::Tls { peer, .. } => *peer,
+        Transport::Tls { peer, .. } | Transport::Fronted { peer } => *peer,
         Transport::Plain => stream.peer_addr().ok().map(|a| a.ip()),
     };
     if let Some(LockedOut(wait)) = source.and_then(|ip| s.edge_lockout.check(ip).err()) {

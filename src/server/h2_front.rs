@@ -37,7 +37,9 @@ impl FrontInfo {
                 peer: self.peer.map(|p| p.ip()),
             }
         } else {
-            Transport::Plain
+            Transport::Fronted {
+                peer: self.peer.map(|p| p.ip()),
+            }
         }
     }
 }

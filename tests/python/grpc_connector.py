@@ -75,9 +75,11 @@ def say(*a):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--gateway", required=True)
-    p.add_argument("--ca", required=True)
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
+    p.add_argument("--ca")
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--plaintext", action="store_true", help="no TLS: authenticate with --edge-key")
+    p.add_argument("--edge-key", default="")
     p.add_argument("--tenant", required=True)
     p.add_argument("--edge", default="")
     p.add_argument("--rows", type=int, default=50_000)
@@ -86,14 +88,18 @@ def main():
     a = p.parse_args()
 
     pb, rpc = stubs()
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=open(a.ca, "rb").read(),
-        private_key=open(a.key, "rb").read(),
-        certificate_chain=open(a.cert, "rb").read(),
-    )
-    # The gateway's certificate names localhost.
-    channel = grpc.secure_channel(a.gateway, creds)
+    if a.plaintext:
+        channel = grpc.insecure_channel(a.gateway)
+    else:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=open(a.ca, "rb").read(),
+            private_key=open(a.key, "rb").read(),
+            certificate_chain=open(a.cert, "rb").read(),
+        )
+        # The gateway's certificate names localhost.
+        channel = grpc.secure_channel(a.gateway, creds)
     stub = rpc.ConnectorTunnelStub(channel)
+    meta = [("edge-key", a.edge_key)] if a.edge_key else None
     t = table(a.rows)
     schema_msg, batches = ipc_messages(t, 2_000)
 
@@ -138,13 +144,13 @@ def main():
             yield pb.DataMessage(end=pb.StreamEnd(total_bytes=total))
 
         try:
-            summary = stub.Serve(data())
+            summary = stub.Serve(data(), metadata=meta)
             say("serve cancelled" if summary.cancelled else "serve done", summary.bytes_forwarded)
         except grpc.RpcError as e:
             say("status", e.code().name, e.details())
 
     try:
-        for m in stub.Connect(requests()):
+        for m in stub.Connect(requests(), metadata=meta):
             kind = m.WhichOneof("kind")
             if kind == "registered":
                 say("registered", m.registered.session_id)

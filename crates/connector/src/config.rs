@@ -195,8 +195,12 @@ impl DatasetConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// `ws://host:port` (the `/ws/connect` path is added when missing).
+    /// `ws://host:port` or `wss://host:port` (the `/ws/connect` path is
+    /// added when missing); with `transport = "grpc"`, `https://host:port`
+    /// (TLS, seed 002's mutual TLS with `[mtls]`) or `http://host:port`.
     pub gateway: String,
+    /// `websocket` (seed 001) or `grpc` (seed 002's tunnel).
+    pub transport: Transport,
     pub tenant: String,
     /// Default: the tenant id.
     pub edge: String,
@@ -232,6 +236,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             gateway: String::new(),
+            transport: Transport::Websocket,
             tenant: String::new(),
             edge: String::new(),
             edge_key_file: None,
@@ -249,6 +254,16 @@ impl Default for Config {
             tls: None,
         }
     }
+}
+
+/// How the connector reaches the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Seed 001: worker WebSocket connections (`/ws/connect`).
+    Websocket,
+    /// Seed 002: one gRPC `Connect` call, one `Serve` call per request.
+    Grpc,
 }
 
 pub const MIN_CHUNK: usize = 64 * 1024;
@@ -291,7 +306,22 @@ impl Config {
         if self.edge.is_empty() {
             self.edge = self.tenant.clone();
         }
-        if self.gateway.starts_with("wss://") {
+        if self.transport == Transport::Grpc {
+            if self.gateway.starts_with("https://") || self.gateway.starts_with("grpcs://") {
+                self.tls = Some(self.mtls.client_config()?);
+            } else if !(self.gateway.starts_with("http://") || self.gateway.starts_with("grpc://"))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "with transport = \"grpc\" the gateway is https://HOST:PORT (TLS) or http://HOST:PORT, its grpc.listen; got {:?}",
+                    self.gateway
+                )));
+            } else if self.mtls.has_client_cert() || self.mtls.ca_cert.is_some() {
+                return Err(ConfigError::Invalid(
+                    "mtls settings need an https:// gateway (they would be ignored on http://)"
+                        .into(),
+                ));
+            }
+        } else if self.gateway.starts_with("wss://") {
             self.tls = Some(self.mtls.client_config()?);
         } else if !self.gateway.starts_with("ws://") {
             return Err(ConfigError::Invalid(format!(

@@ -1,9 +1,11 @@
 //! The Sluice connector (edge agent): dials out to the gateway — no inbound
-//! port — and serves local datasets (CSV, NDJSON, Parquet files) as Arrow
-//! IPC streams over the seed-001 protocol, on the gateway's fast path when
-//! it offers one.
+//! port — and serves local datasets (CSV, NDJSON, Parquet files, PostgreSQL
+//! queries, live feeds) as Arrow IPC streams over the seed-001 WebSocket
+//! protocol, on the gateway's fast path when it offers one, or over seed
+//! 002's gRPC tunnel ([`grpc`]).
 
 pub mod config;
+pub mod grpc;
 pub mod ipc;
 pub mod link;
 pub mod live;
@@ -60,6 +62,11 @@ pub async fn run(cfg: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()>
             }
         })
     };
+    if sh.cfg.transport == config::Transport::Grpc {
+        grpc::run(sh.clone(), stop, avail_rx).await;
+        rescan.abort();
+        return Ok(());
+    }
     let workers: Vec<_> = (0..sh.cfg.workers)
         .map(|i| tokio::spawn(worker::run(i, sh.clone(), stop.clone(), avail_rx.clone())))
         .collect();

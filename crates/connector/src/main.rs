@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use sluice_connector::config::{Compression, Config, DatasetConfig};
+use sluice_connector::config::{Compression, Config, DatasetConfig, Transport};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -18,9 +18,14 @@ struct Cli {
     /// TOML config file (flags below override its values).
     #[arg(long, env = "SLUICE_CONNECTOR_CONFIG")]
     config: Option<PathBuf>,
-    /// Gateway, ws://HOST:PORT or wss://HOST:PORT.
+    /// Gateway, ws://HOST:PORT or wss://HOST:PORT; with --transport grpc,
+    /// https://HOST:PORT (or http://) of its grpc.listen.
     #[arg(long)]
     gateway: Option<String>,
+    /// websocket (seed 001, the default) or grpc (seed 002's tunnel over
+    /// HTTP/2 with mutual TLS).
+    #[arg(long, value_name = "websocket|grpc")]
+    transport: Option<String>,
     /// CA certificate that signed the gateway's (wss://; default: public roots).
     #[arg(long, value_name = "PEM")]
     ca_cert: Option<PathBuf>,
@@ -156,6 +161,7 @@ fn build_offline(cli: &Cli) -> anyhow::Result<Config> {
     c.edge_key_file = None;
     c.mtls = Default::default();
     c.gateway = "ws://offline".into();
+    c.transport = Transport::Websocket;
     if c.tenant.is_empty() {
         c.tenant = "offline".into();
     }
@@ -173,6 +179,13 @@ fn apply(cli: &Cli) -> anyhow::Result<Config> {
     };
     if let Some(g) = &cli.gateway {
         cfg.gateway = g.clone();
+    }
+    if let Some(t) = &cli.transport {
+        cfg.transport = match t.as_str() {
+            "websocket" | "ws" => Transport::Websocket,
+            "grpc" => Transport::Grpc,
+            other => anyhow::bail!("--transport must be websocket or grpc, not {other:?}"),
+        };
     }
     if let Some(t) = &cli.tenant {
         cfg.tenant = t.clone();

@@ -29,8 +29,37 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn find(&self, name: &str) -> Option<Arc<Dataset>> {
+    pub(crate) fn find(&self, name: &str) -> Option<Arc<Dataset>> {
         self.datasets.iter().find(|d| d.name() == name).cloned()
+    }
+
+    /// What `get_flight_info` answers for `name` (seed 001's `data`
+    /// object, the schema base64 inside), or the error to report.
+    pub(crate) async fn info(&self, name: &str) -> Result<Value, String> {
+        let Some(ds) = self.find(name) else {
+            return Err(format!("unknown dataset {name:?}"));
+        };
+        let i = tokio::task::spawn_blocking(move || ds.info())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.0)?;
+        let schema = schema_message(&i.schema)
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+            .unwrap_or_default();
+        Ok(json!({
+            "dataset": name, "schema": schema, "rows": i.rows, "bytes": i.bytes, "files": i.files,
+            "fields": i.schema.fields().iter().map(|f| json!({"name": f.name(), "type": f.data_type().to_string()})).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// The `register` message for the datasets available now.
+    pub(crate) fn register(&self, datasets: &[String]) -> Register {
+        Register {
+            tenant_id: self.cfg.tenant.clone(),
+            edge_id: Some(self.cfg.edge.clone()),
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            datasets: datasets.to_vec(),
+        }
     }
 }
 
@@ -107,12 +136,7 @@ async fn session(
 }
 
 fn register_msg(sh: &Shared, datasets: &[String]) -> String {
-    let register = ConnectorAction::Register(Register {
-        tenant_id: sh.cfg.tenant.clone(),
-        edge_id: Some(sh.cfg.edge.clone()),
-        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-        datasets: datasets.to_vec(),
-    });
+    let register = ConnectorAction::Register(sh.register(datasets));
     serde_json::to_string(&register).expect("register always serializes")
 }
 
@@ -220,22 +244,9 @@ async fn handle(
             descriptor,
         } => {
             let name = descriptor.path.first().cloned().unwrap_or_default();
-            let Some(ds) = sh.find(&name) else {
-                return send(Out::Text(error(&rid, &format!("unknown dataset {name:?}")))).await;
-            };
-            let info = tokio::task::spawn_blocking(move || ds.info()).await?;
-            let msg = match info {
-                Ok(i) => {
-                    let schema = schema_message(&i.schema)
-                        .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
-                        .unwrap_or_default();
-                    let data = json!({
-                        "dataset": name, "schema": schema, "rows": i.rows, "bytes": i.bytes, "files": i.files,
-                        "fields": i.schema.fields().iter().map(|f| json!({"name": f.name(), "type": f.data_type().to_string()})).collect::<Vec<_>>(),
-                    });
-                    Reply::flight_info(&rid, data).to_json()
-                }
-                Err(e) => error(&rid, &e.0),
+            let msg = match sh.info(&name).await {
+                Ok(data) => Reply::flight_info(&rid, data).to_json(),
+                Err(e) => error(&rid, &e),
             };
             send(Out::Text(msg)).await
         }

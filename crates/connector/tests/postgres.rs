@@ -141,7 +141,9 @@ fn a_query_streams_row_for_row_and_failures_name_the_dataset() {
     .unwrap();
     let dir = std::env::temp_dir().join(format!("sluice-pg-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (_gw, addr) = gateway(free_port());
+    let grpc_port = free_port();
+    let grpc_listen = format!("127.0.0.1:{grpc_port}");
+    let (_gw, addr) = gateway_with(free_port(), &[("SLUICE_GRPC_LISTEN", &grpc_listen)]);
     let cfg = dir.join("pg.toml");
     std::fs::write(
         &cfg,
@@ -174,7 +176,7 @@ connection = "postgres://postgres:secret-pw@127.0.0.1:1/postgres"
     )
     .unwrap();
     let url = pg.url();
-    let _c = connector_env(
+    let c = connector_env(
         &["--config", cfg.to_str().unwrap()],
         &[("TEST_PG_URL", &url)],
     );
@@ -222,4 +224,32 @@ connection = "postgres://postgres:secret-pw@127.0.0.1:1/postgres"
             "the password never leaves the connector: {msg}"
         );
     }
+    // The same query from a connector on the gRPC tunnel (plaintext, edge
+    // key in the call metadata): the browser cannot tell.
+    drop(c);
+    let grpc_gw = format!("http://{grpc_listen}");
+    let _g = connector_env(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--transport",
+            "grpc",
+            "--gateway",
+            &grpc_gw,
+        ],
+        &[("TEST_PG_URL", &url)],
+    );
+    wait_workers(addr, 4);
+    let (ok, v) = browse_with(addr, "s-pg-grpc", "sales_db", Some(&csv), &["--as-text"]);
+    assert!(ok, "over gRPC: {v}");
+    assert_eq!(v["rows"], 30001, "{v}");
+    let (ok, v) = browse(addr, "s-bad_query-grpc", "bad_query", None);
+    assert!(ok, "{v}");
+    assert!(
+        v["last"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no_such_column"),
+        "{v}"
+    );
 }

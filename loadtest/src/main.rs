@@ -52,6 +52,9 @@ enum Scenario {
     /// The same dataset through the WebSocket fast path and through Arrow
     /// Flight's DoGet, on one gateway with a Flight listener.
     Flight,
+    /// Bulk from a connector on the gRPC tunnel (seed 002) against the
+    /// WebSocket fast path, on one gateway with a gRPC listener.
+    Grpc,
     /// Mixed traffic while faults are injected (connector killed and
     /// stalled, Redis restarted, revocations, gateway SIGTERM + restart);
     /// every stream verified byte for byte or ended with a documented
@@ -222,7 +225,7 @@ fn run() -> Result<()> {
     }
     let targets: Vec<Target> = if matches!(
         a.scenario,
-        Scenario::Revoke | Scenario::Tls | Scenario::Flight
+        Scenario::Revoke | Scenario::Tls | Scenario::Flight | Scenario::Grpc
     ) {
         // Revocation and the TLS legs exist only in the gateway: the
         // baseline is the gateway's own plaintext path.
@@ -258,6 +261,15 @@ fn run() -> Result<()> {
         }
         gw.env
             .push(("SLUICE_FLIGHT_LISTEN".into(), "127.0.0.1:0".into()));
+    }
+    if a.scenario == Scenario::Grpc {
+        if a.gateway.is_some() {
+            bail!("grpc starts its own gateway with a gRPC listener: drop --gateway");
+        }
+        gw.env
+            .push(("SLUICE_GRPC_LISTEN".into(), "127.0.0.1:0".into()));
+        gw.env
+            .push(("SLUICE_GRPC_WORKERS_PER_CONNECTOR".into(), "1".into()));
     }
     let pki = if a.scenario == Scenario::Tls {
         if a.gateway.is_some() {
@@ -363,6 +375,20 @@ fn run() -> Result<()> {
             (
                 json!({"frames": p.frames, "frame_size": p.size, "runs": p.runs}),
                 scenario::flight::run(&ctx, at, &p)?,
+            )
+        }
+        Scenario::Grpc => {
+            let p = scenario::grpc::Params {
+                frames: a.frames.unwrap_or(8_000),
+                size: a.frame_size.unwrap_or(256 * 1024),
+                runs: a.runs.unwrap_or(3),
+            };
+            let at = gw
+                .grpc_addr
+                .context("the gateway printed no gRPC address")?;
+            (
+                json!({"frames": p.frames, "frame_size": p.size, "runs": p.runs}),
+                scenario::grpc::run(&ctx, at, &p)?,
             )
         }
         Scenario::Latency | Scenario::FanIn => {
@@ -546,6 +572,7 @@ fn gateway_spec(a: &Args, proxy_cpus: &Option<String>) -> Result<GatewaySpec> {
         addr: a.gateway,
         tls_addr: None,
         flight_addr: None,
+        grpc_addr: None,
         pid: a.gateway_pid,
         bin,
         workers: a.workers,

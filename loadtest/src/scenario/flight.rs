@@ -33,7 +33,7 @@ pub struct Params {
 
 /// The IPC schema message and one record-batch message of about `size`
 /// bytes: what a connector's binary messages carry.
-fn ipc_messages(size: usize) -> Result<(Vec<u8>, Vec<u8>)> {
+pub(super) fn ipc_messages(size: usize) -> Result<(Vec<u8>, Vec<u8>)> {
     let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
     let rows = (size / 8).max(1) as i64;
     let batch = RecordBatch::try_new(
@@ -72,11 +72,17 @@ pub fn run(ctx: &Ctx, flight: SocketAddr, p: &Params) -> Result<Vec<Outcome>> {
             meter.stop(o);
         }
     }
-    let gib = (p.frames as f64 * batch.len() as f64) / (1u64 << 30) as f64;
+    summarize(&mut out, p.frames, batch.len(), p.runs);
+    Ok(out)
+}
+
+/// Medians over the runs, per-run averages, and CPU per GiB.
+pub(super) fn summarize(out: &mut [Outcome], frames: u64, size: usize, runs: usize) {
+    let gib = (frames as f64 * size as f64) / (1u64 << 30) as f64;
     for o in out.iter_mut() {
         o.mb_per_s = super::bulk::median(&o.runs_mb_per_s);
-        o.messages = p.frames * o.runs_mb_per_s.len() as u64;
-        let runs = p.runs.max(1) as f64;
+        o.messages = frames * o.runs_mb_per_s.len() as u64;
+        let runs = runs.max(1) as f64;
         for v in [&mut o.proxy_cpu_s, &mut o.loader_cpu_s, &mut o.wall_s] {
             *v = v.map(|x| x / runs);
         }
@@ -84,10 +90,9 @@ pub fn run(ctx: &Ctx, flight: SocketAddr, p: &Params) -> Result<Vec<Outcome>> {
             o.note = Some(format!("{:.2} gateway CPU-s per GiB", c / gib));
         }
     }
-    Ok(out)
 }
 
-fn websocket(
+pub(super) fn websocket(
     ctx: &Ctx,
     d: &Driven,
     schema: &[u8],

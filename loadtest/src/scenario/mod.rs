@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod churn;
 pub mod fan_out;
 pub mod flight;
+pub mod grpc;
 pub mod idle;
 pub mod latency;
 pub mod revoke;

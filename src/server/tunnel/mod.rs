@@ -97,8 +97,11 @@ async fn serve(
         // pings, and its workers leave the shards.
         .http2_keepalive_interval(Some(ping))
         .http2_keepalive_timeout(Some(ping))
+        // Connectors send MBs per request: large windows and frames mean
+        // fewer reads and window updates per MB.
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
+        .max_frame_size(Some(1 << 20))
         .add_service(
             ConnectorTunnelServer::new(tunnel)
                 .max_decoding_message_size(max)

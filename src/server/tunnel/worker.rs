@@ -166,7 +166,22 @@ impl Worker {
         let mut cancelled: HashSet<Arc<str>> = HashSet::new();
         loop {
             tokio::select! {
-                _ = self.stop.changed() => return true,
+                _ = self.stop.changed() => {
+                    // The connector left: what it handed over before (a
+                    // Serve call it saw complete) still reaches the shard.
+                    while let Ok(o) = self.out.try_recv() {
+                        let sent = match o {
+                            Out::Text { tag, .. } | Out::Binary { tag, .. } if cancelled.contains(&tag) => Ok(()),
+                            Out::Text { json, .. } => pair.send(Opcode::Text, json.as_bytes()).await,
+                            Out::Binary { data, .. } => pair.send(Opcode::Binary, &data).await,
+                            Out::Register(_) | Out::Break { .. } => Ok(()),
+                        };
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
+                    return true;
+                }
                 m = pair.next() => match m {
                     Ok(Message::Text(t)) => {
                         if self.on_request(pair, &t, &mut cancelled).await.is_err() {

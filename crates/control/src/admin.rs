@@ -1,7 +1,10 @@
-//! Admin changes to the data directory (what the `sluice-control` CLI
-//! subcommands do). Each change runs under the tenant's lock, is validated
-//! before anything is written, and is recorded in the audit log without
-//! its secrets.
+//! Admin changes to the tenants (what the `sluice-control` CLI subcommands
+//! do), in the data directory or in etcd ([`Catalog`]). Each change is
+//! atomic for its tenant (the folder's lock, or an etcd transaction that a
+//! concurrent write makes reapply), is validated before anything is
+//! written, and is recorded in the audit log without its secrets. A change
+//! may be applied more than once (after a lost race), so each closure only
+//! reads what it is given.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
@@ -12,12 +15,11 @@ use sha2::{Digest, Sha256};
 use crate::audit::Audit;
 use crate::keys;
 use crate::secret::MasterKey;
-use crate::tenants::{
-    valid_id, Client, DataDir, Dataset, Edge, Plan, TenantError, TenantSlug, UserAuth,
-};
+use crate::catalog::Catalog;
+use crate::tenants::{valid_id, Client, Dataset, Edge, Plan, TenantError, TenantSlug, UserAuth};
 
 pub struct Admin<'a> {
-    pub dir: &'a DataDir,
+    pub store: &'a Catalog,
     pub audit: &'a Audit,
 }
 
@@ -71,10 +73,10 @@ impl Admin<'_> {
         spec: TenantSpec,
         master: Option<&MasterKey>,
     ) -> Result<(), TenantError> {
-        self.dir.update(slug, true, |t| {
+        self.store.update(slug, true, |t| {
             let s = &mut t.settings;
-            if let Some(n) = spec.name {
-                s.name = n;
+            if let Some(n) = &spec.name {
+                s.name = n.clone();
             }
             if let Some(ttl) = spec.session_ttl_s {
                 if ttl == 0 || ttl > 24 * 3600 {
@@ -83,7 +85,7 @@ impl Admin<'_> {
                 s.session_ttl_s = ttl;
             }
             let ua: &mut UserAuth = &mut s.user_auth;
-            if let Some(secret) = spec.user_hs256_secret {
+            if let Some(secret) = &spec.user_hs256_secret {
                 if secret.len() < 32 {
                     return Err(invalid("user HS256 secret must be at least 32 bytes"));
                 }
@@ -91,17 +93,17 @@ impl Admin<'_> {
                     master.ok_or_else(|| invalid("sealing a secret needs SLUICE_MASTER_KEY"))?;
                 ua.hs256_secret = m.seal(secret.as_bytes());
             }
-            if let Some(u) = spec.user_jwks_url {
-                ua.jwks_url = u;
+            if let Some(u) = &spec.user_jwks_url {
+                ua.jwks_url = u.clone();
             }
-            if let Some(f) = spec.user_jwks_file {
-                ua.jwks_file = f;
+            if let Some(f) = &spec.user_jwks_file {
+                ua.jwks_file = f.clone();
             }
-            if let Some(i) = spec.issuer {
-                ua.issuer = i;
+            if let Some(i) = &spec.issuer {
+                ua.issuer = i.clone();
             }
-            if let Some(a) = spec.audience {
-                ua.audience = a;
+            if let Some(a) = &spec.audience {
+                ua.audience = a.clone();
             }
             Ok(())
         })?;
@@ -112,9 +114,9 @@ impl Admin<'_> {
     pub fn plan_add(&self, slug: &TenantSlug, plan: Plan) -> Result<(), TenantError> {
         check_id("plan", &plan.id)?;
         let id = plan.id.clone();
-        self.dir.update(slug, false, |t| {
+        self.store.update(slug, false, |t| {
             t.plans.retain(|p| p.id != plan.id);
-            t.plans.push(plan);
+            t.plans.push(plan.clone());
             Ok(())
         })?;
         self.log("plan.set", slug, &id);
@@ -124,7 +126,7 @@ impl Admin<'_> {
     pub fn client_add(&self, slug: &TenantSlug, client: Client) -> Result<(), TenantError> {
         check_id("client", &client.id)?;
         let id = client.id.clone();
-        self.dir.update(slug, false, |t| {
+        self.store.update(slug, false, |t| {
             if t.plan(&client.plan).is_none() {
                 return Err(invalid(format!(
                     "plan {:?} is not defined in tenant {slug} (add it first)",
@@ -139,7 +141,7 @@ impl Admin<'_> {
                 }
             }
             t.clients.retain(|c| c.id != client.id);
-            t.clients.push(client);
+            t.clients.push(client.clone());
             Ok(())
         })?;
         self.log("client.set", slug, &id);
@@ -150,7 +152,7 @@ impl Admin<'_> {
         check_id("dataset", &ds.id)?;
         check_id("edge", &ds.edge)?;
         let id = ds.id.clone();
-        self.dir.update(slug, false, |t| {
+        self.store.update(slug, false, |t| {
             if t.edge(&ds.edge).is_none() {
                 return Err(invalid(format!(
                     "edge {:?} is not defined in tenant {slug} (add it first)",
@@ -158,7 +160,7 @@ impl Admin<'_> {
                 )));
             }
             t.datasets.retain(|d| d.id != ds.id);
-            t.datasets.push(ds);
+            t.datasets.push(ds.clone());
             Ok(())
         })?;
         self.log("dataset.set", slug, &id);
@@ -175,9 +177,10 @@ impl Admin<'_> {
         master: &MasterKey,
     ) -> Result<String, TenantError> {
         check_id("edge", id)?;
-        // Gateways know edges by id alone: one id, one tenant.
-        for other in self.dir.tenants().iter().filter(|o| *o != slug) {
-            if let Ok(t) = self.dir.load(other) {
+        // Gateways know edges by id alone: one id, one tenant. (In etcd the
+        // write itself claims the id, so a concurrent claim loses too.)
+        for other in self.store.tenants()?.iter().filter(|o| *o != slug) {
+            if let Ok(t) = self.store.load(other) {
                 if t.edge(id).is_some() {
                     return Err(invalid(format!(
                         "edge id {id:?} already belongs to tenant {other}"
@@ -197,7 +200,7 @@ impl Admin<'_> {
                 "edge key must be at least 22 characters (128 bits)",
             ));
         }
-        self.dir.update(slug, false, |t| {
+        self.store.update(slug, false, |t| {
             t.edges.retain(|e| e.id != id);
             t.edges.push(Edge {
                 id: id.to_owned(),
@@ -216,7 +219,7 @@ impl Admin<'_> {
         id: &str,
         master: &MasterKey,
     ) -> Result<String, TenantError> {
-        let t = self.dir.load(slug)?;
+        let t = self.store.load(slug)?;
         let e = t
             .edge(id)
             .ok_or_else(|| invalid(format!("no edge {id:?} in tenant {slug}")))?;
@@ -225,7 +228,7 @@ impl Admin<'_> {
     }
 
     pub fn remove(&self, slug: &TenantSlug, kind: &str, id: &str) -> Result<(), TenantError> {
-        self.dir.update(slug, false, |t| {
+        self.store.update(slug, false, |t| {
             let before = t.plans.len() + t.clients.len() + t.datasets.len() + t.edges.len();
             match kind {
                 "plan" => {
@@ -260,7 +263,7 @@ impl Admin<'_> {
         master: &MasterKey,
     ) -> Result<String, TenantError> {
         let kid = self
-            .dir
+            .store
             .update(slug, false, |t| Ok(keys::rotate(t, master)))?;
         self.log("keys.rotate", slug, &kid);
         Ok(kid)
@@ -269,8 +272,8 @@ impl Admin<'_> {
     /// `[edge_keys]` lines for the gateway's config, every tenant's edges.
     pub fn gateway_edge_keys(&self) -> Result<String, TenantError> {
         let mut out = String::from("[edge_keys]\n");
-        for slug in self.dir.tenants() {
-            let t = self.dir.load(&slug)?;
+        for slug in self.store.tenants()? {
+            let t = self.store.load(&slug)?;
             for e in &t.edges {
                 out.push_str(&format!(
                     "{:?} = {:?}  # tenant {}\n",

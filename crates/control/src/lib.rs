@@ -6,8 +6,10 @@
 pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod catalog;
 pub mod edges;
 pub mod error;
+pub mod etcd;
 pub mod keys;
 pub mod link;
 pub mod secret;

@@ -15,7 +15,9 @@ use sluice_control::link::Link;
 use sluice_control::secret::MasterKey;
 use sluice_control::server::{self, App};
 use sluice_control::store::{Keys, Store};
-use sluice_control::tenants::{Client, DataDir, Dataset, Plan, TenantCache, TenantSlug};
+use sluice_control::catalog::Catalog;
+use sluice_control::etcd::{EtcdOptions, EtcdTenants};
+use sluice_control::tenants::{Client, DataDir, Dataset, Plan, TenantSlug};
 use sluice_control::userauth::UserAuth;
 
 #[derive(Parser)]
@@ -36,6 +38,28 @@ struct Cli {
     /// Audit log (JSON lines); `-` = standard output. Default DATA_DIR/audit.jsonl.
     #[arg(long, global = true, env = "SLUICE_CONTROL_AUDIT")]
     audit: Option<PathBuf>,
+    /// Keep tenants, keys and settings in etcd instead of DATA_DIR, for
+    /// several control-plane nodes: its client URLs, comma separated.
+    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_PREFIX", default_value = "/sluice/")]
+    etcd_prefix: String,
+    /// etcd user (its password in SLUICE_CONTROL_ETCD_PASSWORD).
+    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificates.
+    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's mutual TLS.
+    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// Deadline of each etcd request, milliseconds.
+    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_TIMEOUT_MS", default_value_t = 2000)]
+    etcd_timeout_ms: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -82,6 +106,15 @@ enum Cmd {
     /// Session-token signing keys (Ed25519): rotate and list.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Copy every tenant from a data directory into etcd (`--from-dir DIR
+    /// --etcd URL`), or from etcd into a data directory (`--etcd URL
+    /// --to-dir DIR`). Secrets stay sealed as they are.
+    Migrate {
+        #[arg(long, conflicts_with = "to_dir", required_unless_present = "to_dir")]
+        from_dir: Option<PathBuf>,
+        #[arg(long)]
+        to_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -339,10 +372,33 @@ fn warn_unknown_env() {
     }
 }
 
+/// Where the tenants are: etcd with `--etcd`, else the data directory.
+fn catalog(cli: &Cli) -> anyhow::Result<Catalog> {
+    if cli.etcd.is_empty() {
+        return Ok(Catalog::dir(DataDir::new(&cli.data_dir)));
+    }
+    let password = std::env::var("SLUICE_CONTROL_ETCD_PASSWORD").unwrap_or_default();
+    let opts = EtcdOptions {
+        endpoints: cli.etcd.clone(),
+        prefix: cli.etcd_prefix.clone(),
+        user: cli.etcd_user.clone().map(|u| (u, password)),
+        ca: cli.etcd_ca.clone(),
+        cert: cli.etcd_cert.clone(),
+        key: cli.etcd_key.clone(),
+        timeout: std::time::Duration::from_millis(cli.etcd_timeout_ms.max(100)),
+    };
+    let e = EtcdTenants::connect(&opts)
+        .with_context(|| format!("cannot reach etcd at {}", cli.etcd.join(",")))?;
+    Ok(Catalog::Etcd(Arc::new(e)))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     warn_unknown_env();
-    let dir = DataDir::new(&cli.data_dir);
+    if let Cmd::Migrate { from_dir, to_dir } = &cli.cmd {
+        return migrate(&cli, from_dir.as_deref(), to_dir.as_deref());
+    }
+    let dir = catalog(&cli)?;
     // Commands that write nothing run before the audit log is opened, so
     // they create no data directory where they run.
     match &cli.cmd {
@@ -375,16 +431,16 @@ fn main() -> anyhow::Result<()> {
     let audit = Audit::open(&audit_path)
         .with_context(|| format!("cannot open audit log {}", audit_path.display()))?;
     let admin = Admin {
-        dir: &dir,
+        store: &dir,
         audit: &audit,
     };
     match cli.cmd {
         Cmd::Serve(args) => serve(args, dir, audit),
-        Cmd::MasterKey | Cmd::UserToken { .. } => {
+        Cmd::MasterKey | Cmd::UserToken { .. } | Cmd::Migrate { .. } => {
             unreachable!("handled before the audit log opens")
         }
         Cmd::Tenant(TenantCmd::List) => {
-            for t in dir.tenants() {
+            for t in dir.tenants()? {
                 println!("{t}");
             }
             Ok(())
@@ -518,7 +574,43 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
+/// Copies every tenant between the data directory and etcd, then reads
+/// both back and compares them.
+fn migrate(cli: &Cli, from_dir: Option<&std::path::Path>, to_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if cli.etcd.is_empty() {
+        bail!("migrate needs --etcd URL (or SLUICE_CONTROL_ETCD)");
+    }
+    let etcd = catalog(cli)?;
+    let (src, dst) = match (from_dir, to_dir) {
+        (Some(d), None) => {
+            if !d.join("tenants").is_dir() {
+                bail!("{} has no tenants/ folder", d.display());
+            }
+            (Catalog::dir(DataDir::new(d)), etcd)
+        }
+        (None, Some(d)) => (etcd, Catalog::dir(DataDir::new(d))),
+        _ => bail!("give --from-dir DIR or --to-dir DIR"),
+    };
+    let mut n = 0;
+    for slug in src.tenants()? {
+        let t = src.load(&slug)?;
+        let whole = t.clone();
+        dst.update(&slug, true, |cur| {
+            *cur = whole.clone();
+            Ok(())
+        })?;
+        let back = dst.load(&slug)?;
+        if format!("{back:?}") != format!("{t:?}") {
+            bail!("tenant {slug} reads back differently after the copy");
+        }
+        n += 1;
+        println!("{slug}: {} plans, {} clients, {} datasets, {} edges, {} keys", t.plans.len(), t.clients.len(), t.datasets.len(), t.edges.len(), t.keys.len());
+    }
+    println!("migrated {n} tenant(s)");
+    Ok(())
+}
+
+fn serve(args: ServeArgs, dir: Catalog, audit: Audit) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let sub = tracing_subscriber::fmt().with_env_filter(filter);
@@ -528,11 +620,14 @@ fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
         sub.init();
     }
     let master = MasterKey::from_env()?;
-    if !dir.root().join("tenants").is_dir() {
-        bail!(
+    match &dir {
+        Catalog::Dir(c) if !c.dir().root().join("tenants").is_dir() => bail!(
             "{} has no tenants/ folder: create a tenant first (sluice-control tenant add …)",
-            dir.root().display()
-        );
+            c.dir().root().display()
+        ),
+        // Decisions come from the copy the watch keeps; it starts now.
+        Catalog::Etcd(e) => e.watch(),
+        Catalog::Dir(_) => {}
     }
     let admin_token = std::env::var("SLUICE_CONTROL_ADMIN_TOKEN")
         .ok()
@@ -597,7 +692,7 @@ fn serve(args: ServeArgs, dir: DataDir, audit: Audit) -> anyhow::Result<()> {
             ),
         };
         let app = Arc::new(App {
-            tenants: TenantCache::new(dir),
+            tenants: dir,
             master,
             users: UserAuth::new(http),
             store,

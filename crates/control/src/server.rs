@@ -28,11 +28,12 @@ use crate::keys::{self, now_s};
 use crate::link::Link;
 use crate::secret::MasterKey;
 use crate::store::Store;
-use crate::tenants::{Tenant, TenantCache, TenantError, TenantSlug};
+use crate::catalog::Catalog;
+use crate::tenants::{Tenant, TenantError, TenantSlug};
 use crate::userauth::UserAuth;
 
 pub struct App {
-    pub tenants: TenantCache,
+    pub tenants: Catalog,
     pub master: MasterKey,
     pub users: UserAuth,
     pub store: Store,
@@ -506,8 +507,17 @@ async fn jwks_handler(
 
 async fn ready_handler(State(app): State<Arc<App>>) -> Response {
     let mut problems = Vec::new();
-    if !app.tenants.dir().root().join("tenants").is_dir() {
-        problems.push("data directory has no tenants/ folder");
+    let mut degraded = None;
+    match &app.tenants {
+        Catalog::Dir(c) if !c.dir().root().join("tenants").is_dir() => {
+            problems.push("data directory has no tenants/ folder");
+        }
+        Catalog::Etcd(_) if app.tenants.etcd_up() == Some(false) => {
+            // Still ready: decisions go on from the in-memory copy, so a
+            // load balancer should keep sending requests here.
+            degraded = Some("etcd unreachable: deciding from the in-memory copy; admin writes fail until it returns");
+        }
+        _ => {}
     }
     if let Some(l) = &app.link {
         if !l.is_up() {
@@ -523,7 +533,10 @@ async fn ready_handler(State(app): State<Arc<App>>) -> Response {
         }
     }
     if problems.is_empty() {
-        (StatusCode::OK, "ready\n").into_response()
+        match degraded {
+            Some(why) => (StatusCode::OK, format!("ready; {why}\n")).into_response(),
+            None => (StatusCode::OK, "ready\n").into_response(),
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -265,6 +265,9 @@ pub enum TenantError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// The shared store (etcd) failed or could not be reached.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// The data directory.
@@ -355,7 +358,7 @@ impl DataDir {
         &self,
         slug: &TenantSlug,
         create: bool,
-        f: impl FnOnce(&mut Tenant) -> Result<T, TenantError>,
+        mut f: impl FnMut(&mut Tenant) -> Result<T, TenantError>,
     ) -> Result<T, TenantError> {
         let dir = self.tenant_dir(slug);
         if create {

@@ -27,7 +27,8 @@ use sluice_control::edges::{GatewayAdmin, Locator};
 use sluice_control::secret::MasterKey;
 use sluice_control::server::{self, App};
 use sluice_control::store::Store;
-use sluice_control::tenants::{Client, DataDir, Dataset, Plan, TenantCache, TenantSlug};
+use sluice_control::catalog::Catalog;
+use sluice_control::tenants::{Client, DataDir, Dataset, Plan, TenantSlug};
 use sluice_control::userauth::UserAuth;
 
 #[derive(Parser)]
@@ -111,7 +112,7 @@ fn main() -> Result<()> {
     rt.block_on(async {
         let http = reqwest::Client::new();
         let app = Arc::new(App {
-            tenants: TenantCache::new(DataDir::new(&control_dir)),
+            tenants: Catalog::dir(DataDir::new(&control_dir)),
             master,
             users: UserAuth::new(http.clone()),
             store: Store::memory(),
@@ -248,10 +249,10 @@ fn write_samples(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 fn provision(dir: &Path, master: &MasterKey, user_secret: &str, edge_key: &str) -> Result<()> {
-    let data = DataDir::new(dir);
+    let data = Catalog::dir(DataDir::new(dir));
     let audit = Audit::open(&dir.join("audit.jsonl"))?;
     let admin = Admin {
-        dir: &data,
+        store: &data,
         audit: &audit,
     };
     let t = TenantSlug::parse(TENANT).expect("valid slug");

@@ -1,0 +1,436 @@
+//! Tenants, plans, clients, datasets, edges and signing keys in etcd
+//! (`--etcd`), for several control-plane nodes: the store seed 004 asks
+//! for, built on the engine made for it (Raft, transactions, watches)
+//! rather than on a consensus of our own.
+//!
+//! Layout under the prefix (default `/sluice/`):
+//!
+//! - `tenants/{slug}`: the tenant as one JSON document (settings, plans,
+//!   clients, datasets, edges, keys; secrets and private keys sealed under
+//!   `SLUICE_MASTER_KEY` exactly as in the data directory);
+//! - `edges/{edge}`: the tenant that owns the edge id, written in the same
+//!   transaction as the tenant, so two admins cannot give one edge to two
+//!   tenants.
+//!
+//! Every write is one transaction that compares the tenant's revision (and
+//! each newly claimed edge's absence) before it puts: a concurrent change
+//! makes it read again and reapply, never overwrite. Nodes serve from an
+//! in-memory copy fed by a watch ([`EtcdTenants::watch`]); the request path
+//! never reads etcd. When etcd is unreachable the copy keeps serving and
+//! writes fail with a clear error; when it returns, the watch resumes from
+//! the last revision seen, or reloads everything if that was compacted.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::tenants::{
+    Client as TenantClient, Dataset, Edge, KeyFile, Plan, Settings, Tenant, TenantError,
+    TenantSlug,
+};
+
+/// How to reach etcd.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub user: Option<(String, String)>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Per-request deadline.
+    pub timeout: Duration,
+}
+
+/// A tenant as stored: everything but its slug, which is the key.
+#[derive(Serialize, Deserialize)]
+struct Doc {
+    settings: Settings,
+    #[serde(default)]
+    plans: Vec<Plan>,
+    #[serde(default)]
+    clients: Vec<TenantClient>,
+    #[serde(default)]
+    datasets: Vec<Dataset>,
+    #[serde(default)]
+    edges: Vec<Edge>,
+    #[serde(default)]
+    keys: Vec<KeyFile>,
+}
+
+impl Doc {
+    fn of(t: &Tenant) -> Doc {
+        Doc {
+            settings: t.settings.clone(),
+            plans: t.plans.clone(),
+            clients: t.clients.clone(),
+            datasets: t.datasets.clone(),
+            edges: t.edges.clone(),
+            keys: t.keys.clone(),
+        }
+    }
+
+    fn into_tenant(self, slug: TenantSlug) -> Tenant {
+        Tenant {
+            slug,
+            settings: self.settings,
+            plans: self.plans,
+            clients: self.clients,
+            datasets: self.datasets,
+            edges: self.edges,
+            keys: self.keys,
+        }
+    }
+}
+
+/// Whether the watch is live, and the last revision it applied.
+#[derive(Debug, Default)]
+pub struct WatchState {
+    pub up: AtomicBool,
+    pub revision: AtomicI64,
+    /// Full reloads (start, compaction, a watch that could not resume).
+    pub reloads: AtomicI64,
+}
+
+pub struct EtcdTenants {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+    copy: Arc<RwLock<HashMap<TenantSlug, Arc<Tenant>>>>,
+    pub state: Arc<WatchState>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> TenantError {
+    TenantError::Store(format!("etcd: {e}"))
+}
+
+impl EtcdTenants {
+    /// Connects (lazily: an unreachable etcd is an error at the first
+    /// request, not here, so a node can start while etcd is down).
+    pub fn connect(opts: &EtcdOptions) -> Result<EtcdTenants, TenantError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-etcd")
+            .enable_all()
+            .build()
+            .map_err(store_err)?;
+        let mut o = ConnectOptions::new()
+            .with_connect_timeout(opts.timeout)
+            .with_timeout(opts.timeout)
+            .with_keep_alive(Duration::from_secs(5), opts.timeout)
+            .with_keep_alive_while_idle(true);
+        if let Some((u, p)) = &opts.user {
+            o = o.with_user(u, p);
+        }
+        if opts.ca.is_some() || opts.cert.is_some() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &opts.ca {
+                let pem = std::fs::read(ca).map_err(|e| TenantError::Io {
+                    path: ca.display().to_string(),
+                    source: e,
+                })?;
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+            }
+            if let (Some(c), Some(k)) = (&opts.cert, &opts.key) {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).map_err(|e| TenantError::Io {
+                        path: p.display().to_string(),
+                        source: e,
+                    })
+                };
+                tls = tls.identity(Identity::from_pem(read(c)?, read(k)?));
+            }
+            o = o.with_tls(tls);
+        }
+        let endpoints = opts.endpoints.clone();
+        let client = rt
+            .block_on(async { Client::connect(endpoints, Some(o)).await })
+            .map_err(store_err)?;
+        Ok(EtcdTenants {
+            rt,
+            client,
+            prefix: opts.prefix.clone(),
+            timeout: opts.timeout,
+            copy: Arc::default(),
+            state: Arc::default(),
+        })
+    }
+
+    fn tenant_key(&self, slug: &TenantSlug) -> String {
+        format!("{}tenants/{slug}", self.prefix)
+    }
+
+    fn edge_key(&self, edge: &str) -> String {
+        format!("{}edges/{edge}", self.prefix)
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Every tenant's slug, read from etcd.
+    pub fn tenants(&self) -> Result<Vec<TenantSlug>, TenantError> {
+        let prefix = format!("{}tenants/", self.prefix);
+        let mut c = self.client.kv_client();
+        let resp = self
+            .block(c.get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ))
+            .map_err(store_err)?;
+        let mut out: Vec<TenantSlug> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&prefix).and_then(TenantSlug::parse))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn read(&self, slug: &TenantSlug) -> Result<Option<(Tenant, i64)>, TenantError> {
+        let mut c = self.client.kv_client();
+        let resp = c.get(self.tenant_key(slug), None).await.map_err(store_err)?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let doc: Doc = serde_json::from_slice(kv.value()).map_err(|e| TenantError::Corrupt {
+            path: self.tenant_key(slug),
+            msg: e.to_string(),
+        })?;
+        Ok(Some((doc.into_tenant(slug.clone()), kv.mod_revision())))
+    }
+
+    pub fn load(&self, slug: &TenantSlug) -> Result<Tenant, TenantError> {
+        match self.block(self.read(slug))? {
+            Some((t, _)) => Ok(t),
+            None => Err(TenantError::Unknown(slug.to_string())),
+        }
+    }
+
+    /// Changes a tenant in one transaction: read it with its revision,
+    /// apply `f`, write it back only if nobody wrote it meanwhile (else read
+    /// again and reapply). A newly claimed edge id must be free.
+    pub fn update<T>(
+        &self,
+        slug: &TenantSlug,
+        create: bool,
+        mut f: impl FnMut(&mut Tenant) -> Result<T, TenantError>,
+    ) -> Result<T, TenantError> {
+        let deadline = Instant::now() + self.timeout * 4;
+        loop {
+            let (mut t, rev) = match self.block(self.read(slug))? {
+                Some((t, rev)) => (t, rev),
+                None if create => (Tenant::new(slug.clone()), 0),
+                None => return Err(TenantError::Unknown(slug.to_string())),
+            };
+            let before: Vec<String> = t.edges.iter().map(|e| e.id.clone()).collect();
+            let out = f(&mut t)?;
+            let key = self.tenant_key(slug);
+            let doc = serde_json::to_vec(&Doc::of(&t)).map_err(store_err)?;
+            let mut when = vec![if rev == 0 {
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, rev)
+            }];
+            let mut then = vec![TxnOp::put(key, doc, None)];
+            for e in t.edges.iter().filter(|e| !before.contains(&e.id)) {
+                let k = self.edge_key(&e.id);
+                when.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
+                then.push(TxnOp::put(k, slug.as_str(), None));
+            }
+            for gone in before.iter().filter(|b| !t.edges.iter().any(|e| &e.id == *b)) {
+                then.push(TxnOp::delete(self.edge_key(gone), None));
+            }
+            let txn = Txn::new().when(when).and_then(then);
+            let mut c = self.client.kv_client();
+            let resp = self.block(c.txn(txn)).map_err(store_err)?;
+            if resp.succeeded() {
+                return Ok(out);
+            }
+            // Lost a race: the tenant changed, or an edge was claimed.
+            let taken = t
+                .edges
+                .iter()
+                .filter(|e| !before.contains(&e.id))
+                .find_map(|e| {
+                    let owner = self
+                        .block(c.get(self.edge_key(&e.id), None))
+                        .ok()?
+                        .kvs()
+                        .first()
+                        .and_then(|kv| kv.value_str().ok().map(str::to_owned))?;
+                    (owner != slug.as_str()).then(|| (e.id.clone(), owner))
+                });
+            if let Some((edge, owner)) = taken {
+                return Err(TenantError::Invalid(format!(
+                    "edge {edge} belongs to tenant {owner}"
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(TenantError::Store(
+                    "etcd: the tenant kept changing under this write; try again".into(),
+                ));
+            }
+        }
+    }
+
+    /// Writes a tenant as it is (migration): same transaction rules.
+    pub fn put(&self, t: &Tenant) -> Result<(), TenantError> {
+        let whole = t.clone();
+        self.update(&t.slug, true, |cur| {
+            *cur = whole.clone();
+            Ok(())
+        })
+    }
+
+    /// The in-memory copy the server serves from.
+    pub fn get(&self, slug: &TenantSlug) -> Result<Arc<Tenant>, TenantError> {
+        let copy = self.copy.read().unwrap_or_else(|p| p.into_inner());
+        match copy.get(slug) {
+            Some(t) => Ok(t.clone()),
+            None if self.state.up.load(Ordering::Relaxed) || !copy.is_empty() => {
+                Err(TenantError::Unknown(slug.to_string()))
+            }
+            None => Err(TenantError::Store(
+                "etcd unreachable and no copy of the tenants yet".into(),
+            )),
+        }
+    }
+
+    /// Keeps the in-memory copy current: a full read, then a watch from
+    /// the revision after it; resumes where it stopped, reloads when etcd
+    /// compacted what it missed.
+    pub fn watch(self: &Arc<Self>) {
+        let me = self.clone();
+        self.rt.spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            let mut need_reload = true;
+            loop {
+                if need_reload {
+                    match me.reload().await {
+                        Ok(()) => need_reload = false,
+                        Err(e) => {
+                            me.state.up.store(false, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "etcd unreachable: serving from the in-memory copy");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            continue;
+                        }
+                    }
+                }
+                match me.follow().await {
+                    Ok(Follow::Compacted) => need_reload = true,
+                    Ok(Follow::Ended) | Err(_) => {
+                        me.state.up.store(false, Ordering::Relaxed);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+                backoff = Duration::from_millis(100);
+            }
+        });
+    }
+
+    async fn reload(&self) -> Result<(), TenantError> {
+        let prefix = format!("{}tenants/", self.prefix);
+        let mut c = self.client.kv_client();
+        let resp = c
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(store_err)?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let mut all = HashMap::new();
+        for kv in resp.kvs() {
+            let Some(slug) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&prefix))
+                .and_then(TenantSlug::parse)
+            else {
+                continue;
+            };
+            match serde_json::from_slice::<Doc>(kv.value()) {
+                Ok(d) => {
+                    all.insert(slug.clone(), Arc::new(d.into_tenant(slug)));
+                }
+                Err(e) => tracing::error!(tenant = %slug, error = %e, "tenant in etcd is not readable; skipped"),
+            }
+        }
+        *self.copy.write().unwrap_or_else(|p| p.into_inner()) = all;
+        self.state.revision.store(rev, Ordering::Relaxed);
+        self.state.reloads.fetch_add(1, Ordering::Relaxed);
+        self.state.up.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn follow(&self) -> Result<Follow, etcd_client::Error> {
+        let prefix = format!("{}tenants/", self.prefix);
+        let from = self.state.revision.load(Ordering::Relaxed) + 1;
+        let mut w = self.client.watch_client();
+        let mut stream = w
+            .watch(
+                prefix.clone(),
+                Some(WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify()),
+            )
+            .await?;
+        self.state.up.store(true, Ordering::Relaxed);
+        while let Some(resp) = stream.message().await? {
+            if resp.compact_revision() > 0 {
+                tracing::warn!(compacted = resp.compact_revision(), "etcd compacted past the watch: reloading every tenant");
+                return Ok(Follow::Compacted);
+            }
+            if resp.canceled() {
+                return Ok(Follow::Ended);
+            }
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let Some(slug) = kv
+                    .key_str()
+                    .ok()
+                    .and_then(|k| k.strip_prefix(&prefix))
+                    .and_then(TenantSlug::parse)
+                else {
+                    continue;
+                };
+                let mut copy = self.copy.write().unwrap_or_else(|p| p.into_inner());
+                match ev.event_type() {
+                    EventType::Put => match serde_json::from_slice::<Doc>(kv.value()) {
+                        Ok(d) => {
+                            copy.insert(slug.clone(), Arc::new(d.into_tenant(slug)));
+                        }
+                        Err(e) => tracing::error!(tenant = %slug, error = %e, "tenant in etcd is not readable; kept the previous copy"),
+                    },
+                    EventType::Delete => {
+                        copy.remove(&slug);
+                    }
+                }
+                self.state
+                    .revision
+                    .fetch_max(kv.mod_revision(), Ordering::Relaxed);
+            }
+            // A progress notification (no events): everything up to its
+            // revision has been delivered.
+            if resp.events().is_empty() {
+                if let Some(h) = resp.header() {
+                    self.state.revision.fetch_max(h.revision(), Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(Follow::Ended)
+    }
+}
+
+enum Follow {
+    Compacted,
+    Ended,
+}

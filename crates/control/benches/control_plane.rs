@@ -34,6 +34,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use sluice_control::admin::{Admin, TenantSpec};
 use sluice_control::audit::Audit;
+use sluice_control::catalog::Catalog;
 use sluice_control::secret::MasterKey;
 use sluice_control::tenants::{Client, DataDir, Dataset, Plan, TenantSlug};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -105,10 +106,10 @@ fn wait_listening(addr: SocketAddr, what: &str) -> Result<()> {
 
 fn provision(dir: &Path) -> Result<()> {
     let master = MasterKey::from_base64(MASTER)?;
-    let data = DataDir::new(dir);
+    let data = Catalog::dir(DataDir::new(dir));
     let audit = Audit::open(&dir.join("audit.jsonl"))?;
     let admin = Admin {
-        dir: &data,
+        store: &data,
         audit: &audit,
     };
     let t = TenantSlug::parse("bench").expect("valid slug");

@@ -13,9 +13,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::audit::Audit;
+use crate::catalog::Catalog;
 use crate::keys;
 use crate::secret::MasterKey;
-use crate::catalog::Catalog;
 use crate::tenants::{valid_id, Client, Dataset, Edge, Plan, TenantError, TenantSlug, UserAuth};
 
 pub struct Admin<'a> {

@@ -27,14 +27,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, SortOrder,
+    SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::tenants::{
-    Client as TenantClient, Dataset, Edge, KeyFile, Plan, Settings, Tenant, TenantError,
-    TenantSlug,
+    Client as TenantClient, Dataset, Edge, KeyFile, Plan, Settings, Tenant, TenantError, TenantSlug,
 };
 
 /// How to reach etcd.
@@ -102,11 +101,34 @@ pub struct WatchState {
 
 pub struct EtcdTenants {
     rt: tokio::runtime::Runtime,
-    client: Client,
+    /// Tells the watch to start again (etcd came back: a watch opened on a
+    /// dead connection may never say so itself).
+    restart: Arc<tokio::sync::Notify>,
+    /// One client per member, used in turn: the library's own balancer
+    /// keeps sending to a member that is down.
+    clients: Vec<Client>,
+    current: std::sync::atomic::AtomicUsize,
     prefix: String,
     timeout: Duration,
     copy: Arc<RwLock<HashMap<TenantSlug, Arc<Tenant>>>>,
     pub state: Arc<WatchState>,
+}
+
+/// The request failed in the transport (a member down, its connection
+/// not made in time) or during an election: worth another try. Writes are
+/// compare-and-swap, so a repeat can never overwrite a concurrent change.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    let s = e.to_string();
+    [
+        "connect error",
+        "Connection refused",
+        "Transport",
+        "leader changed",
+        "no leader",
+        "request timed out",
+    ]
+    .iter()
+    .any(|m| s.contains(m))
 }
 
 fn store_err(e: impl std::fmt::Display) -> TenantError {
@@ -123,6 +145,39 @@ impl EtcdTenants {
             .enable_all()
             .build()
             .map_err(store_err)?;
+        let mut clients = Vec::with_capacity(opts.endpoints.len());
+        for e in &opts.endpoints {
+            clients.push(rt.block_on(dial(opts, e))?);
+        }
+        if clients.is_empty() {
+            return Err(TenantError::Store("etcd: no endpoint given".into()));
+        }
+        Ok(EtcdTenants {
+            rt,
+            clients,
+            current: Default::default(),
+            prefix: opts.prefix.clone(),
+            timeout: opts.timeout,
+            copy: Arc::default(),
+            state: Arc::default(),
+            restart: Arc::default(),
+        })
+    }
+
+    /// The member in use now.
+    fn client(&self) -> Client {
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        self.clients[i].clone()
+    }
+
+    /// The member in use failed: the next one takes over.
+    fn next_member(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn dial(opts: &EtcdOptions, endpoint: &str) -> Result<Client, TenantError> {
+    {
         let mut o = ConnectOptions::new()
             .with_connect_timeout(opts.timeout)
             .with_timeout(opts.timeout)
@@ -151,20 +206,13 @@ impl EtcdTenants {
             }
             o = o.with_tls(tls);
         }
-        let endpoints = opts.endpoints.clone();
-        let client = rt
-            .block_on(async { Client::connect(endpoints, Some(o)).await })
-            .map_err(store_err)?;
-        Ok(EtcdTenants {
-            rt,
-            client,
-            prefix: opts.prefix.clone(),
-            timeout: opts.timeout,
-            copy: Arc::default(),
-            state: Arc::default(),
-        })
+        Client::connect([endpoint], Some(o))
+            .await
+            .map_err(store_err)
     }
+}
 
+impl EtcdTenants {
     fn tenant_key(&self, slug: &TenantSlug) -> String {
         format!("{}tenants/{slug}", self.prefix)
     }
@@ -177,28 +225,62 @@ impl EtcdTenants {
         self.rt.block_on(f)
     }
 
+    /// Runs one etcd request, again while the transport failed (a member
+    /// down: the client's balancer may still pick it), for up to three
+    /// request deadlines.
+    async fn once<T, Fut>(&self, mut f: impl FnMut() -> Fut) -> Result<T, etcd_client::Error>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.timeout * 3;
+        loop {
+            match f().await {
+                Err(e) if not_sent(&e) && Instant::now() < deadline => {
+                    self.next_member();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Every tenant's slug, read from etcd.
     pub fn tenants(&self) -> Result<Vec<TenantSlug>, TenantError> {
         let prefix = format!("{}tenants/", self.prefix);
-        let mut c = self.client.kv_client();
         let resp = self
-            .block(c.get(
-                prefix.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ))
+            .block(self.once(|| {
+                let mut c = self.client().kv_client();
+                let p = prefix.clone();
+                async move {
+                    c.get(p, Some(GetOptions::new().with_prefix().with_keys_only()))
+                        .await
+                }
+            }))
             .map_err(store_err)?;
         let mut out: Vec<TenantSlug> = resp
             .kvs()
             .iter()
-            .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&prefix).and_then(TenantSlug::parse))
+            .filter_map(|kv| {
+                kv.key_str()
+                    .ok()?
+                    .strip_prefix(&prefix)
+                    .and_then(TenantSlug::parse)
+            })
             .collect();
         out.sort();
         Ok(out)
     }
 
     async fn read(&self, slug: &TenantSlug) -> Result<Option<(Tenant, i64)>, TenantError> {
-        let mut c = self.client.kv_client();
-        let resp = c.get(self.tenant_key(slug), None).await.map_err(store_err)?;
+        let key = self.tenant_key(slug);
+        let resp = self
+            .once(|| {
+                let mut c = self.client().kv_client();
+                let k = key.clone();
+                async move { c.get(k, None).await }
+            })
+            .await
+            .map_err(store_err)?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(None);
         };
@@ -247,12 +329,21 @@ impl EtcdTenants {
                 when.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0));
                 then.push(TxnOp::put(k, slug.as_str(), None));
             }
-            for gone in before.iter().filter(|b| !t.edges.iter().any(|e| &e.id == *b)) {
+            for gone in before
+                .iter()
+                .filter(|b| !t.edges.iter().any(|e| &e.id == *b))
+            {
                 then.push(TxnOp::delete(self.edge_key(gone), None));
             }
             let txn = Txn::new().when(when).and_then(then);
-            let mut c = self.client.kv_client();
-            let resp = self.block(c.txn(txn)).map_err(store_err)?;
+            let resp = self
+                .block(self.once(|| {
+                    let mut c = self.client().kv_client();
+                    let t = txn.clone();
+                    async move { c.txn(t).await }
+                }))
+                .map_err(store_err)?;
+            let mut c = self.client().kv_client();
             if resp.succeeded() {
                 return Ok(out);
             }
@@ -310,6 +401,54 @@ impl EtcdTenants {
     /// the revision after it; resumes where it stopped, reloads when etcd
     /// compacted what it missed.
     pub fn watch(self: &Arc<Self>) {
+        // Whether etcd answers, probed every second: what /readyz reports.
+        let probe = self.clone();
+        self.rt.spawn(async move {
+            let prefix = format!("{}tenants/", probe.prefix);
+            let mut lagging = false;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Reachable when any member answers (that one is used
+                // next). The answer is the newest tenant's revision: a copy
+                // that stays behind it (a watch stuck on a member that lost
+                // its cluster) is resumed from where it stopped.
+                let mut newest = None;
+                for _ in 0..probe.clients.len() {
+                    let mut c = probe.client().kv_client();
+                    let opts = GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_sort(SortTarget::Mod, SortOrder::Descend)
+                        .with_limit(1);
+                    let ask = c.get(prefix.clone(), Some(opts));
+                    if let Ok(Ok(r)) = tokio::time::timeout(probe.timeout, ask).await {
+                        newest = Some(r.kvs().first().map_or(0, |kv| kv.mod_revision()));
+                        break;
+                    }
+                    probe.next_member();
+                }
+                let ok = newest.is_some();
+                let behind =
+                    newest.is_some_and(|n| n > probe.state.revision.load(Ordering::Relaxed));
+                // Two probes in a row behind the same or a newer revision.
+                if behind && lagging {
+                    tracing::info!("the in-memory copy is behind etcd: resuming the watch");
+                    probe.restart.notify_waiters();
+                    lagging = false;
+                } else {
+                    lagging = behind;
+                }
+                let was = probe.state.up.swap(ok, Ordering::Relaxed);
+                if ok && !was {
+                    tracing::info!("etcd reachable again: resuming the watch");
+                    probe.restart.notify_waiters();
+                } else if !ok && was {
+                    tracing::warn!(
+                        "etcd unreachable: serving from the in-memory copy; admin writes fail"
+                    );
+                }
+            }
+        });
         let me = self.clone();
         self.rt.spawn(async move {
             let mut backoff = Duration::from_millis(100);
@@ -329,8 +468,14 @@ impl EtcdTenants {
                 }
                 match me.follow().await {
                     Ok(Follow::Compacted) => need_reload = true,
-                    Ok(Follow::Ended) | Err(_) => {
-                        me.state.up.store(false, Ordering::Relaxed);
+                    Ok(Follow::Ended) => {
+                        tracing::debug!("etcd watch ended; opening it again");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "etcd watch failed; resuming on the next member");
+                        me.next_member();
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                         continue;
@@ -343,7 +488,7 @@ impl EtcdTenants {
 
     async fn reload(&self) -> Result<(), TenantError> {
         let prefix = format!("{}tenants/", self.prefix);
-        let mut c = self.client.kv_client();
+        let mut c = self.client().kv_client();
         let resp = c
             .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
             .await
@@ -363,7 +508,9 @@ impl EtcdTenants {
                 Ok(d) => {
                     all.insert(slug.clone(), Arc::new(d.into_tenant(slug)));
                 }
-                Err(e) => tracing::error!(tenant = %slug, error = %e, "tenant in etcd is not readable; skipped"),
+                Err(e) => {
+                    tracing::error!(tenant = %slug, error = %e, "tenant in etcd is not readable; skipped")
+                }
             }
         }
         *self.copy.write().unwrap_or_else(|p| p.into_inner()) = all;
@@ -376,22 +523,38 @@ impl EtcdTenants {
     async fn follow(&self) -> Result<Follow, etcd_client::Error> {
         let prefix = format!("{}tenants/", self.prefix);
         let from = self.state.revision.load(Ordering::Relaxed) + 1;
-        let mut w = self.client.watch_client();
-        let mut stream = w
-            .watch(
-                prefix.clone(),
-                Some(WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify()),
-            )
-            .await?;
-        self.state.up.store(true, Ordering::Relaxed);
-        while let Some(resp) = stream.message().await? {
+        let mut w = self.client().watch_client();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        // Opening a watch on a dead connection may never return.
+        let Ok(opened) =
+            tokio::time::timeout(self.timeout, w.watch(prefix.clone(), Some(opts))).await
+        else {
+            return Ok(Follow::Ended);
+        };
+        let mut stream = opened?;
+        tracing::debug!(from, "etcd watch open");
+        loop {
+            let resp = tokio::select! {
+                r = stream.message() => match r? {
+                    Some(resp) => resp,
+                    None => break,
+                },
+                _ = self.restart.notified() => return Ok(Follow::Ended),
+            };
             if resp.compact_revision() > 0 {
-                tracing::warn!(compacted = resp.compact_revision(), "etcd compacted past the watch: reloading every tenant");
+                tracing::warn!(
+                    compacted = resp.compact_revision(),
+                    "etcd compacted past the watch: reloading every tenant"
+                );
                 return Ok(Follow::Compacted);
             }
             if resp.canceled() {
                 return Ok(Follow::Ended);
             }
+            tracing::debug!(events = resp.events().len(), "etcd watch response");
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 let Some(slug) = kv
@@ -408,7 +571,9 @@ impl EtcdTenants {
                         Ok(d) => {
                             copy.insert(slug.clone(), Arc::new(d.into_tenant(slug)));
                         }
-                        Err(e) => tracing::error!(tenant = %slug, error = %e, "tenant in etcd is not readable; kept the previous copy"),
+                        Err(e) => {
+                            tracing::error!(tenant = %slug, error = %e, "tenant in etcd is not readable; kept the previous copy")
+                        }
                     },
                     EventType::Delete => {
                         copy.remove(&slug);
@@ -420,9 +585,11 @@ impl EtcdTenants {
             }
             // A progress notification (no events): everything up to its
             // revision has been delivered.
-            if resp.events().is_empty() {
+            if resp.events().is_empty() && !resp.created() {
                 if let Some(h) = resp.header() {
-                    self.state.revision.fetch_max(h.revision(), Ordering::Relaxed);
+                    self.state
+                        .revision
+                        .fetch_max(h.revision(), Ordering::Relaxed);
                 }
             }
         }

@@ -10,14 +10,14 @@ use sha2::{Digest, Sha256};
 use sluice_control::access::Signers;
 use sluice_control::admin::{parse_bytes, Admin, TenantSpec};
 use sluice_control::audit::Audit;
+use sluice_control::catalog::Catalog;
 use sluice_control::edges::{GatewayAdmin, Locator};
+use sluice_control::etcd::{EtcdOptions, EtcdTenants};
 use sluice_control::link::Link;
 use sluice_control::secret::MasterKey;
 use sluice_control::server::{self, App};
 use sluice_control::store::{Keys, Store};
-use sluice_control::catalog::Catalog;
-use sluice_control::etcd::{EtcdOptions, EtcdTenants};
-use sluice_control::tenants::{Client, DataDir, Dataset, Plan, TenantSlug};
+use sluice_control::tenants::{Client, DataDir, Dataset, Plan, TenantError, TenantSlug};
 use sluice_control::userauth::UserAuth;
 
 #[derive(Parser)]
@@ -40,10 +40,20 @@ struct Cli {
     audit: Option<PathBuf>,
     /// Keep tenants, keys and settings in etcd instead of DATA_DIR, for
     /// several control-plane nodes: its client URLs, comma separated.
-    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CONTROL_ETCD",
+        value_delimiter = ','
+    )]
     etcd: Vec<String>,
     /// Key prefix in etcd.
-    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_PREFIX", default_value = "/sluice/")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CONTROL_ETCD_PREFIX",
+        default_value = "/sluice/"
+    )]
     etcd_prefix: String,
     /// etcd user (its password in SLUICE_CONTROL_ETCD_PASSWORD).
     #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_USER")]
@@ -52,13 +62,28 @@ struct Cli {
     #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_CA")]
     etcd_ca: Option<PathBuf>,
     /// Client certificate (PEM) for etcd's mutual TLS.
-    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_CERT", requires = "etcd_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CONTROL_ETCD_CERT",
+        requires = "etcd_key"
+    )]
     etcd_cert: Option<PathBuf>,
     /// Its private key (PEM).
-    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_KEY", requires = "etcd_cert")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CONTROL_ETCD_KEY",
+        requires = "etcd_cert"
+    )]
     etcd_key: Option<PathBuf>,
     /// Deadline of each etcd request, milliseconds.
-    #[arg(long, global = true, env = "SLUICE_CONTROL_ETCD_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CONTROL_ETCD_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
     etcd_timeout_ms: u64,
     #[command(subcommand)]
     cmd: Cmd,
@@ -576,7 +601,11 @@ fn main() -> anyhow::Result<()> {
 
 /// Copies every tenant between the data directory and etcd, then reads
 /// both back and compares them.
-fn migrate(cli: &Cli, from_dir: Option<&std::path::Path>, to_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+fn migrate(
+    cli: &Cli,
+    from_dir: Option<&std::path::Path>,
+    to_dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     if cli.etcd.is_empty() {
         bail!("migrate needs --etcd URL (or SLUICE_CONTROL_ETCD)");
     }
@@ -593,7 +622,14 @@ fn migrate(cli: &Cli, from_dir: Option<&std::path::Path>, to_dir: Option<&std::p
     };
     let mut n = 0;
     for slug in src.tenants()? {
-        let t = src.load(&slug)?;
+        let t = match src.load(&slug) {
+            Ok(t) => t,
+            Err(TenantError::NotConfigured(_)) => {
+                println!("{slug}: skipped (a folder without tenant.toml)");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let whole = t.clone();
         dst.update(&slug, true, |cur| {
             *cur = whole.clone();
@@ -604,7 +640,14 @@ fn migrate(cli: &Cli, from_dir: Option<&std::path::Path>, to_dir: Option<&std::p
             bail!("tenant {slug} reads back differently after the copy");
         }
         n += 1;
-        println!("{slug}: {} plans, {} clients, {} datasets, {} edges, {} keys", t.plans.len(), t.clients.len(), t.datasets.len(), t.edges.len(), t.keys.len());
+        println!(
+            "{slug}: {} plans, {} clients, {} datasets, {} edges, {} keys",
+            t.plans.len(),
+            t.clients.len(),
+            t.datasets.len(),
+            t.edges.len(),
+            t.keys.len()
+        );
     }
     println!("migrated {n} tenant(s)");
     Ok(())

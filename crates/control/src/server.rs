@@ -22,13 +22,13 @@ use subtle::ConstantTimeEq;
 
 use crate::access::{self, AccessRequest, Ctx, Signers};
 use crate::audit::Audit;
+use crate::catalog::Catalog;
 use crate::edges::Locator;
 use crate::error::ApiError;
 use crate::keys::{self, now_s};
 use crate::link::Link;
 use crate::secret::MasterKey;
 use crate::store::Store;
-use crate::catalog::Catalog;
 use crate::tenants::{Tenant, TenantError, TenantSlug};
 use crate::userauth::UserAuth;
 
@@ -537,6 +537,12 @@ async fn ready_handler(State(app): State<Arc<App>>) -> Response {
             Some(why) => (StatusCode::OK, format!("ready; {why}\n")).into_response(),
             None => (StatusCode::OK, "ready\n").into_response(),
         }
+    } else if let Some(why) = degraded {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}; {why}\n", problems.join("; ")),
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -23,11 +23,11 @@ use sluice::Gateway;
 use sluice_control::access::Signers;
 use sluice_control::admin::{Admin, TenantSpec};
 use sluice_control::audit::Audit;
+use sluice_control::catalog::Catalog;
 use sluice_control::edges::{GatewayAdmin, Locator};
 use sluice_control::secret::MasterKey;
 use sluice_control::server::{self, App};
 use sluice_control::store::Store;
-use sluice_control::catalog::Catalog;
 use sluice_control::tenants::{Client, DataDir, Dataset, Plan, TenantSlug};
 use sluice_control::userauth::UserAuth;
 

@@ -1,0 +1,445 @@
+//! README section "Several control-plane nodes: etcd": a three-member etcd
+//! cluster (Debian's etcd-server, on loopback ports) holds the tenants; two
+//! control-plane nodes and the admin CLI use it. A change through the CLI
+//! is live on both nodes within a second; concurrent writers lose nothing;
+//! one member down changes nothing; etcd down leaves decisions running from
+//! each node's copy and writes failing clearly, and the nodes catch up when
+//! it returns; migration to etcd and back gives the same tenants.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::control::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Three etcd members on loopback, each in its own folder.
+struct Etcd {
+    dir: tempfile::TempDir,
+    members: Vec<(String, u16, u16)>,
+    procs: Vec<Option<Child>>,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut().flatten() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let probe = Command::new("etcd").arg("--version").output();
+        assert!(
+            probe.is_ok_and(|o| o.status.success()),
+            "this test needs etcd (apt-get install etcd-server; .ci/run installs it)"
+        );
+        let members: Vec<_> = (0..3)
+            .map(|i| (format!("m{i}"), free_port(), free_port()))
+            .collect();
+        let mut e = Etcd {
+            dir: tempfile::tempdir().unwrap(),
+            members,
+            procs: vec![],
+        };
+        for i in 0..3 {
+            let p = e.spawn(i, "new");
+            e.procs.push(Some(p));
+        }
+        e.wait_healthy();
+        e
+    }
+
+    fn spawn(&self, i: usize, state: &str) -> Child {
+        let (name, client, peer) = &self.members[i];
+        let cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}"))
+            .collect();
+        Command::new("etcd")
+            .args(["--name", name])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(name))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-state", state])
+            .args(["--initial-cluster-token", "sluice-test"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd")
+    }
+
+    fn urls(&self) -> String {
+        self.members
+            .iter()
+            .map(|(_, c, _)| format!("http://127.0.0.1:{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn wait_healthy(&self) {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.urls(), "endpoint", "health"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < until, "etcd cluster never became healthy");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.procs[i].take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let p = self.spawn(i, "existing");
+        self.procs[i] = Some(p);
+    }
+}
+
+/// An admin command against etcd; `Err(stderr)` when it fails.
+fn etcd_admin(etcd: &Etcd, audit: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(control_bin())
+        .args(["--etcd", &etcd.urls(), "--etcd-timeout-ms", "1000"])
+        .arg("--audit")
+        .arg(audit)
+        .args(args)
+        .env("SLUICE_MASTER_KEY", MASTER_KEY)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run sluice-control");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A control-plane node on etcd (the data directory holds only its audit
+/// log); the gateway it names is never started: access answers are read up
+/// to the point where the edge is looked up.
+fn node(etcd: &Etcd, dir: &DataDir) -> Control {
+    let gw = format!("http://127.0.0.1:{}", free_port());
+    Control::start(dir, &["--gateway", &gw, "--etcd", &etcd.urls()])
+}
+
+async fn kids(ctl: &Control) -> Vec<String> {
+    let (s, v) = ctl
+        .request(
+            "GET",
+            "/.well-known/jwks.json",
+            &[("X-Tenant-Slug", "acme")],
+            "",
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Polls `f` until it holds; returns how long that took.
+async fn within(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if f().await {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < limit, "{what} not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn read_tree(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = vec![];
+    let mut stack = vec![root.join("tenants")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".toml") {
+                out.push((
+                    p.strip_prefix(root).unwrap().to_owned(),
+                    std::fs::read_to_string(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_tenants_through_a_three_member_etcd_cluster() {
+    let mut etcd = Etcd::start();
+    // A one-node setup moves to etcd, and back to an equal directory.
+    let dir = provision();
+    let out = Command::new(control_bin())
+        .args(["--etcd", &etcd.urls(), "migrate", "--from-dir"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("migrated 3 tenant(s)") && said.contains("bare: skipped"),
+        "{said}"
+    );
+    let back = tempfile::tempdir().unwrap();
+    let out = Command::new(control_bin())
+        .args(["--etcd", &etcd.urls(), "migrate", "--to-dir"])
+        .arg(back.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (read_tree(&dir.0), read_tree(back.path()));
+    assert!(!a.is_empty());
+    assert_eq!(
+        a, b,
+        "the tenants read back from etcd equal the directory's"
+    );
+
+    let d1 = DataDir(tempfile::tempdir().unwrap().keep());
+    let d2 = DataDir(tempfile::tempdir().unwrap().keep());
+    let (n1, n2) = (node(&etcd, &d1), node(&etcd, &d2));
+    let audit = d1.0.join("cli-audit.jsonl");
+    let before = kids(&n1).await;
+    assert_eq!(before, kids(&n2).await);
+
+    // Key rotation through the CLI: every node's JWKS shows it within 1 s.
+    let kid = etcd_admin(&etcd, &audit, &["keys", "rotate", "--tenant", "acme"]).unwrap();
+    let kid = kid.trim().to_owned();
+    for n in [&n1, &n2] {
+        let took = within(
+            Duration::from_secs(1),
+            "the new key on a node",
+            async || kids(n).await.contains(&kid),
+        )
+        .await;
+        eprintln!("new key live on a node after {took:?}");
+    }
+    // Same audit lines as with a directory.
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        lines.contains("keys.rotate") && lines.contains(&kid),
+        "{lines}"
+    );
+
+    // A client added through the CLI is known to both nodes at once (its
+    // access goes on to find the edge: the gateway named is not running).
+    let (s, v) = n2.access("acme", &alice(), "newcl", "d").await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (404, Some("unknown_client")),
+        "{v}"
+    );
+    etcd_admin(
+        &etcd,
+        &audit,
+        &[
+            "client",
+            "add",
+            "--tenant",
+            "acme",
+            "newcl",
+            "--plan",
+            "pro",
+            "--dataset",
+            "d",
+        ],
+    )
+    .unwrap();
+    for n in [&n1, &n2] {
+        within(
+            Duration::from_secs(1),
+            "the new client on a node",
+            async || n.access("acme", &alice(), "newcl", "d").await.1["error"] != "unknown_client",
+        )
+        .await;
+    }
+
+    // Concurrent writers: twelve plans from twelve processes at once, all kept.
+    let urls = etcd.urls();
+    let writers: Vec<_> = (0..12)
+        .map(|i| {
+            Command::new(control_bin())
+                .args(["--etcd", &urls])
+                .arg("--audit")
+                .arg(&audit)
+                .args([
+                    "plan",
+                    "add",
+                    "--tenant",
+                    "acme",
+                    &format!("p{i}"),
+                    "--max-streams",
+                    "1",
+                ])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in writers {
+        let o = w.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let t = tempfile::tempdir().unwrap();
+    let out = Command::new(control_bin())
+        .args(["--etcd", &etcd.urls(), "migrate", "--to-dir"])
+        .arg(t.path())
+        .output()
+        .unwrap();
+    let plans = std::fs::read_to_string(t.path().join("tenants/acme/plans.toml")).unwrap();
+    for i in 0..12 {
+        assert!(
+            plans.contains(&format!("id = \"p{i}\"")),
+            "plan p{i} lost: {plans} {out:?}"
+        );
+    }
+    // Two tenants claiming one new edge id at once: exactly one gets it.
+    let claims: Vec<_> = ["acme", "other"]
+        .iter()
+        .map(|t| {
+            Command::new(control_bin())
+                .args(["--etcd", &urls])
+                .arg("--audit")
+                .arg(&audit)
+                .args(["edge", "add", "--tenant", t, "edge-shared"])
+                .env("SLUICE_MASTER_KEY", MASTER_KEY)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let won = claims
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .filter(|o| o.status.success())
+        .count();
+    assert_eq!(won, 1, "one edge id, one tenant");
+    // Consistency rules hold in etcd too: an unknown plan is refused.
+    let e = etcd_admin(
+        &etcd,
+        &audit,
+        &["client", "add", "--tenant", "acme", "x", "--plan", "nope"],
+    )
+    .unwrap_err();
+    assert!(e.contains("plan \"nope\" is not defined"), "{e}");
+
+    // One member of three down: writes and decisions go on.
+    etcd.kill(2);
+    etcd_admin(
+        &etcd,
+        &audit,
+        &["plan", "add", "--tenant", "acme", "while-m2-down"],
+    )
+    .unwrap();
+    let kid2 = etcd_admin(&etcd, &audit, &["keys", "rotate", "--tenant", "acme"]).unwrap();
+    within(
+        Duration::from_secs(2),
+        "a write with a member down",
+        async || kids(&n2).await.contains(&kid2.trim().to_owned()),
+    )
+    .await;
+    etcd.restart(2);
+    etcd.wait_healthy();
+
+    // etcd down: decisions go on from each node's copy, writes fail with
+    // a clear error, /readyz says so, and the nodes catch up afterwards.
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    // (503 here only because the gateway these nodes name is not running.)
+    within(
+        Duration::from_secs(15),
+        "readyz to say etcd is unreachable",
+        async || {
+            let (_, v) = n1.request("GET", "/readyz", &[], "").await;
+            v.as_str().unwrap_or("").contains("etcd unreachable")
+        },
+    )
+    .await;
+    for _ in 0..20 {
+        assert!(kids(&n1).await.contains(&kid2.trim().to_owned()));
+        let (_, v) = n2.access("acme", &alice(), "newcl", "d").await;
+        assert_ne!(v["error"], "unknown_client", "{v}");
+    }
+    let e = etcd_admin(
+        &etcd,
+        &audit,
+        &["plan", "add", "--tenant", "acme", "while-down"],
+    )
+    .unwrap_err();
+    assert!(e.contains("etcd"), "a clear error: {e}");
+    for i in 0..3 {
+        etcd.restart(i);
+    }
+    etcd.wait_healthy();
+    let kid3 = etcd_admin(&etcd, &audit, &["keys", "rotate", "--tenant", "acme"]).unwrap();
+    for n in [&n1, &n2] {
+        within(
+            Duration::from_secs(10),
+            "a node catching up after etcd returned",
+            async || kids(n).await.contains(&kid3.trim().to_owned()),
+        )
+        .await;
+        within(
+            Duration::from_secs(5),
+            "readyz to stop mentioning etcd",
+            async || {
+                let (_, v) = n.request("GET", "/readyz", &[], "").await;
+                !v.as_str().unwrap_or("").contains("etcd")
+            },
+        )
+        .await;
+    }
+}

@@ -11,7 +11,9 @@
 //!
 //! 2. **Access decisions per second** on one core (`--threads 1`, pinned):
 //!    concurrent clients loop on `POST /control/access`; with Redis (the
-//!    multi-node store) and without it (single node, memory store).
+//!    multi-node store) and without it (single node, memory store), the
+//!    tenants in the data directory and in etcd; then the time from a key
+//!    rotation written through etcd to the node serving it.
 //!
 //! Run:
 //!
@@ -161,6 +163,27 @@ fn user_token() -> String {
         &jsonwebtoken::EncodingKey::from_secret(USERS.as_bytes()),
     )
     .expect("HS256 signing")
+}
+
+/// One etcd member (Debian's etcd-server) in `dir/etcd`; its client URL.
+fn start_etcd(dir: &Path) -> Result<(Killed, String)> {
+    let (client, peer) = (free_addr(), free_addr());
+    let child = Command::new("etcd")
+        .args(["--name", "bench"])
+        .arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &format!("http://{client}")])
+        .args(["--advertise-client-urls", &format!("http://{client}")])
+        .args(["--listen-peer-urls", &format!("http://{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://{peer}")])
+        .args(["--initial-cluster", &format!("bench=http://{peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("etcd (apt-get install etcd-server)")?;
+    let k = Killed(child);
+    wait_listening(client, "etcd")?;
+    Ok((k, format!("http://{client}")))
 }
 
 fn start_control(dir: &Path, store: &[&str]) -> Result<(Killed, SocketAddr)> {
@@ -331,12 +354,68 @@ fn main() -> Result<()> {
             r.0, r.1, r.2, r.3, r.4
         );
         drop(ctl_proc);
-        let (mem_proc, mem) = start_control(&tmp, &["--gateway", &format!("http://{gw_addr}")])?;
+        let gw_url = format!("http://{gw_addr}");
+        let (mem_proc, mem) = start_control(&tmp, &["--gateway", &gw_url])?;
         wait_access(&http, mem).await?;
         let r = access_rate(&http, mem, mem_proc.0.id(), &a).await?;
         println!(
-            "| memory (single node) | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} |",
+            "| memory (single node), tenants in the data directory | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} |",
             r.0, r.1, r.2, r.3, r.4
+        );
+        drop(mem_proc);
+        // The same node with its tenants in etcd: decisions come from the
+        // watch-fed copy, so they should cost what the directory's do.
+        let etcd = start_etcd(&tmp)?;
+        let migrated = Command::new(release_bin("sluice-control")?)
+            .args(["--etcd", &etcd.1, "migrate", "--from-dir"])
+            .arg(&tmp)
+            .stdout(Stdio::null())
+            .status()?;
+        if !migrated.success() {
+            bail!("migrate into etcd failed");
+        }
+        let (etcd_proc, on_etcd) =
+            start_control(&tmp, &["--gateway", &gw_url, "--etcd", &etcd.1])?;
+        wait_access(&http, on_etcd).await?;
+        let r = access_rate(&http, on_etcd, etcd_proc.0.id(), &a).await?;
+        println!(
+            "| memory (single node), tenants in etcd | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} |",
+            r.0, r.1, r.2, r.3, r.4
+        );
+        // From a write (a key rotation by the CLI, after it exits) to the
+        // node serving it.
+        let mut took = vec![];
+        for _ in 0..5 {
+            let out = Command::new(release_bin("sluice-control")?)
+                .args(["--etcd", &etcd.1, "--audit"])
+                .arg(tmp.join("cli-audit.jsonl"))
+                .args(["keys", "rotate", "--tenant", "bench"])
+                .env("SLUICE_MASTER_KEY", MASTER)
+                .output()?;
+            let kid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let t0 = Instant::now();
+            loop {
+                let body = http
+                    .get(format!("http://{on_etcd}/.well-known/jwks.json"))
+                    .header("X-Tenant-Slug", "bench")
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                if body.contains(&kid) {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(5) {
+                    bail!("key {kid} not served after 5 s");
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            took.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        took.sort_by(f64::total_cmp);
+        println!(
+            "\nwrite → served (key rotation through etcd to the node's JWKS), 5 rotations: median {:.2} ms, max {:.2} ms",
+            took[2], took[4]
         );
         Ok::<_, anyhow::Error>(())
     });

@@ -363,32 +363,26 @@ fn run() -> Result<()> {
                 scenario::bulk::run(&ctx, &p),
             )
         }
-        Scenario::Flight => {
-            let p = scenario::flight::Params {
+        Scenario::Flight | Scenario::Grpc => {
+            let p = scenario::bulk::Params {
                 frames: a.frames.unwrap_or(8_000),
                 size: a.frame_size.unwrap_or(256 * 1024),
                 runs: a.runs.unwrap_or(3),
             };
-            let at = gw
-                .flight_addr
-                .context("the gateway printed no Flight address")?;
-            (
-                json!({"frames": p.frames, "frame_size": p.size, "runs": p.runs}),
-                scenario::flight::run(&ctx, at, &p)?,
-            )
-        }
-        Scenario::Grpc => {
-            let p = scenario::grpc::Params {
-                frames: a.frames.unwrap_or(8_000),
-                size: a.frame_size.unwrap_or(256 * 1024),
-                runs: a.runs.unwrap_or(3),
+            let outcomes = if a.scenario == Scenario::Flight {
+                let at = gw
+                    .flight_addr
+                    .context("the gateway printed no Flight address")?;
+                scenario::flight::run(&ctx, at, &p)?
+            } else {
+                let at = gw
+                    .grpc_addr
+                    .context("the gateway printed no gRPC address")?;
+                scenario::grpc::run(&ctx, at, &p)?
             };
-            let at = gw
-                .grpc_addr
-                .context("the gateway printed no gRPC address")?;
             (
                 json!({"frames": p.frames, "frame_size": p.size, "runs": p.runs}),
-                scenario::grpc::run(&ctx, at, &p)?,
+                outcomes,
             )
         }
         Scenario::Latency | Scenario::FanIn => {

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 
 use crate::auth::edge_auth::{CertTenant, Transport};
+use crate::server::tls_front::{client_tenant, handshake_failed};
 use crate::tls::Material;
 
 /// What a connection's handshake proved, for the calls on it.
@@ -107,32 +108,11 @@ async fn accept(
             let acceptor = TlsAcceptor::from(Arc::new(config));
             let s = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    m.stats.handshake_failures.fetch_add(1, Relaxed);
-                    let cert = e
-                        .get_ref()
-                        .and_then(|i| i.downcast_ref::<rustls::Error>())
-                        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-                    if cert {
-                        tracing::warn!(%peer, error = %e, "{what}: client certificate refused");
-                    } else {
-                        tracing::debug!(%peer, error = %e, "{what}: TLS handshake failed");
-                    }
-                    return;
-                }
-                Err(_) => {
-                    m.stats.handshake_failures.fetch_add(1, Relaxed);
-                    return;
-                }
+                Ok(Err(e)) => return handshake_failed(&m, peer, Some(&e), what),
+                Err(_) => return handshake_failed(&m, peer, None, what),
             };
             m.stats.handshakes.fetch_add(1, Relaxed);
-            let tenant = s
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| crate::tls::material::tenant_of(leaf))
-                .map(CertTenant::from_verified_cn);
+            let tenant = client_tenant(s.get_ref().1, peer);
             let info = FrontInfo {
                 peer: Some(peer),
                 tls: true,

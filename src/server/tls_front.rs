@@ -119,42 +119,11 @@ async fn serve(
     let wait = Duration::from_millis(shared.cfg.timeouts.handshake_ms);
     let tls = match tokio::time::timeout(wait, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            stats.handshake_failures.fetch_add(1, Relaxed);
-            // A refused client certificate (wrong CA, expired) is worth an
-            // operator's attention; scanners and aborted handshakes are not.
-            let cert = e
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-                .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-            if cert {
-                tracing::warn!(%peer, error = %e, "tls client certificate refused");
-            } else {
-                tracing::debug!(%peer, error = %e, "tls handshake failed");
-            }
-            return;
-        }
-        Err(_) => {
-            stats.handshake_failures.fetch_add(1, Relaxed);
-            tracing::debug!(%peer, "tls handshake not completed in time");
-            return;
-        }
+        Ok(Err(e)) => return handshake_failed(material, peer, Some(&e), "tls"),
+        Err(_) => return handshake_failed(material, peer, None, "tls"),
     };
     stats.handshakes.fetch_add(1, Relaxed);
-    let client = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| crate::tls::material::tenant_of(leaf));
-    let client = match client {
-        Some(Some(cn)) => Some(CertTenant::from_verified_cn(cn)),
-        Some(None) => {
-            tracing::warn!(%peer, "client certificate verified but names no CN: treated as no certificate");
-            None
-        }
-        None => None,
-    };
+    let client = client_tenant(tls.get_ref().1, peer);
     let (ours, theirs) = match pair() {
         Ok(p) => p,
         Err(e) => {
@@ -182,6 +151,47 @@ async fn serve(
     let linger = Duration::from_millis(shared.cfg.timeouts.shutdown_ms);
     pump(tls, ours, shared.cfg.tls.buffer_bytes, linger).await;
     stats.active.fetch_sub(1, Relaxed);
+}
+
+/// Counts a failed handshake (`None`: not completed in time) and logs it:
+/// a refused client certificate (wrong CA, expired) is worth an operator's
+/// attention; scanners and aborted handshakes are not. `what` names the
+/// listener.
+pub(crate) fn handshake_failed(
+    material: &Material,
+    peer: SocketAddr,
+    e: Option<&std::io::Error>,
+    what: &str,
+) {
+    material.stats.handshake_failures.fetch_add(1, Relaxed);
+    let Some(e) = e else {
+        tracing::debug!(%peer, "{what}: TLS handshake not completed in time");
+        return;
+    };
+    let cert = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+    if cert {
+        tracing::warn!(%peer, error = %e, "{what}: client certificate refused");
+    } else {
+        tracing::debug!(%peer, error = %e, "{what}: TLS handshake failed");
+    }
+}
+
+/// The tenant a verified client certificate names (its CN), if any.
+pub(crate) fn client_tenant(
+    conn: &rustls::ServerConnection,
+    peer: SocketAddr,
+) -> Option<CertTenant> {
+    let leaf = conn.peer_certificates()?.first()?;
+    match crate::tls::material::tenant_of(leaf) {
+        Some(cn) => Some(CertTenant::from_verified_cn(cn)),
+        None => {
+            tracing::warn!(%peer, "client certificate verified but names no CN: treated as no certificate");
+            None
+        }
+    }
 }
 
 fn pair() -> std::io::Result<(UnixStream, OwnedFd)> {

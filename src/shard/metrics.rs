@@ -116,6 +116,14 @@ pub struct TlsSnapshot {
     pub cert_not_after: i64,
 }
 
+/// One unlabelled series: its help, its type and its value.
+fn series(out: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+    );
+}
+
 impl Metrics {
     pub fn new(shards: usize) -> Self {
         Self {
@@ -167,26 +175,23 @@ impl Metrics {
         );
 
         if let Some(g) = &snap.grpc {
-            let mut line = |name: &str, kind: &str, help: &str, v: u64| {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-                );
-            };
             let get = |a: &AtomicU64| a.load(Relaxed);
-            line(
+            series(
+                &mut out,
                 "sluice_grpc_connectors",
                 "gauge",
                 "Connectors registered over the gRPC tunnel",
                 get(&g.connectors),
             );
-            line(
+            series(
+                &mut out,
                 "sluice_grpc_refused_total",
                 "counter",
                 "gRPC tunnel calls refused (bad first message, unknown request, register refused)",
                 get(&g.refused),
             );
-            line(
+            series(
+                &mut out,
                 "sluice_grpc_chunks_total",
                 "counter",
                 "ArrowChunks passed from gRPC connectors to the shards",
@@ -194,32 +199,30 @@ impl Metrics {
             );
         }
         if let Some(f) = &snap.flight {
-            let mut line = |name: &str, kind: &str, help: &str, v: u64| {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-                );
-            };
             let get = |a: &AtomicU64| a.load(Relaxed);
-            line(
+            series(
+                &mut out,
                 "sluice_flight_calls_total",
                 "counter",
                 "Arrow Flight calls received",
                 get(&f.calls),
             );
-            line(
+            series(
+                &mut out,
                 "sluice_flight_refused_total",
                 "counter",
                 "Arrow Flight calls that ended with a status other than OK",
                 get(&f.refused),
             );
-            line(
+            series(
+                &mut out,
                 "sluice_flight_messages_total",
                 "counter",
                 "FlightData messages sent by DoGet",
                 get(&f.messages),
             );
-            line(
+            series(
+                &mut out,
                 "sluice_flight_sessions",
                 "gauge",
                 "Session tokens with a gateway session held open by the Flight front",
@@ -227,44 +230,45 @@ impl Metrics {
             );
         }
         if let Some(t) = &snap.tls {
-            let mut line = |name: &str, kind: &str, help: &str, v: i64| {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-                );
-            };
-            line(
+            series(
+                &mut out,
                 "sluice_tls_connections_active",
                 "gauge",
                 "TLS connections past the handshake",
                 t.active,
             );
-            line(
+            series(
+                &mut out,
                 "sluice_tls_handshakes_total",
                 "counter",
                 "TLS handshakes completed",
                 t.handshakes as i64,
             );
-            line("sluice_tls_handshake_failures_total", "counter", "TLS handshakes failed or timed out (bad client certificate, wrong CA, expired, not TLS)", t.handshake_failures as i64);
-            line(
+            series(
+                &mut out,"sluice_tls_handshake_failures_total", "counter", "TLS handshakes failed or timed out (bad client certificate, wrong CA, expired, not TLS)", t.handshake_failures as i64);
+            series(
+                &mut out,
                 "sluice_tls_refused_total",
                 "counter",
                 "TLS connections closed at accept: tls.max_connections reached",
                 t.refused_over_limit as i64,
             );
-            line(
+            series(
+                &mut out,
                 "sluice_tls_reloads_total",
                 "counter",
                 "Certificate reloads that took effect",
                 t.reloads as i64,
             );
-            line(
+            series(
+                &mut out,
                 "sluice_tls_reload_failures_total",
                 "counter",
                 "Certificate reloads refused (the previous certificate stays)",
                 t.reload_failures as i64,
             );
-            line(
+            series(
+                &mut out,
                 "sluice_tls_certificate_not_after_seconds",
                 "gauge",
                 "Unix time the serving certificate expires",

@@ -26,6 +26,7 @@ use sluice_protocol::tunnel::{
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::redial::Backoff;
 use crate::stream::{Outcome, Piece};
 use crate::worker::Shared;
 
@@ -39,8 +40,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     mut avail: watch::Receiver<Vec<String>>,
 ) {
-    let (base, max) = sh.cfg.reconnect();
-    let mut delay = base;
+    let mut backoff = Backoff::new(&sh.cfg);
     loop {
         if *stop.borrow() {
             return;
@@ -48,21 +48,9 @@ pub async fn run(
         let registered = AtomicBool::new(false);
         match session(&sh, &mut stop, &mut avail, &registered).await {
             Ok(()) => return,
-            Err(e) if registered.load(Ordering::Relaxed) => {
-                delay = base;
-                tracing::warn!(error = %format!("{e:#}"), "gRPC tunnel to the gateway lost; reconnecting");
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_ms = delay.as_millis() as u64, "cannot register with the gateway over gRPC");
-            }
+            Err(e) => backoff.failed("gRPC tunnel", registered.load(Ordering::Relaxed), &e),
         }
-        // ±50 % jitter, so a fleet does not reconnect in lockstep.
-        let jittered = delay.mul_f64(0.5 + rand::random::<f64>());
-        tokio::select! {
-            _ = tokio::time::sleep(jittered) => {}
-            _ = stop.changed() => {}
-        }
-        delay = (delay * 2).min(max);
+        backoff.wait(&mut stop).await;
     }
 }
 

@@ -10,6 +10,7 @@ pub mod ipc;
 pub mod link;
 pub mod live;
 pub mod offload;
+pub mod redial;
 pub mod source;
 pub mod stream;
 pub mod tls;

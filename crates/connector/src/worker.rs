@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::ipc::schema_message;
 use crate::link::{self, Link};
+use crate::redial::Backoff;
 use crate::source::Dataset;
 use crate::stream::{self, Outcome, Piece};
 
@@ -84,8 +85,8 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     mut avail: watch::Receiver<Vec<String>>,
 ) {
-    let (base, max) = sh.cfg.reconnect();
-    let mut delay = base;
+    let mut backoff = Backoff::new(&sh.cfg);
+    let link = format!("worker {id}");
     loop {
         if *stop.borrow() {
             return;
@@ -93,23 +94,9 @@ pub async fn run(
         let registered = Arc::new(AtomicBool::new(false));
         match session(id, &sh, &mut stop, &mut avail, &registered).await {
             Ok(End::Stop) => return,
-            Err(e) => {
-                if registered.load(Ordering::Relaxed) {
-                    delay = base;
-                    tracing::warn!(worker = id, error = %format!("{e:#}"), "link to the gateway lost; reconnecting");
-                } else {
-                    tracing::warn!(worker = id, error = %format!("{e:#}"), retry_ms = delay.as_millis() as u64, "cannot register with the gateway");
-                }
-            }
+            Err(e) => backoff.failed(&link, registered.load(Ordering::Relaxed), &e),
         }
-        // Exponential backoff with ±50 % jitter, so a fleet of connectors
-        // does not reconnect in lockstep after a gateway restart.
-        let jittered = delay.mul_f64(0.5 + rand::random::<f64>());
-        tokio::select! {
-            _ = tokio::time::sleep(jittered) => {}
-            _ = stop.changed() => {}
-        }
-        delay = (delay * 2).min(max);
+        backoff.wait(&mut stop).await;
     }
 }
 

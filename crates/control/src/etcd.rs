@@ -260,12 +260,7 @@ impl EtcdTenants {
         let mut out: Vec<TenantSlug> = resp
             .kvs()
             .iter()
-            .filter_map(|kv| {
-                kv.key_str()
-                    .ok()?
-                    .strip_prefix(&prefix)
-                    .and_then(TenantSlug::parse)
-            })
+            .filter_map(|kv| slug_of(kv, &prefix))
             .collect();
         out.sort();
         Ok(out)
@@ -372,15 +367,6 @@ impl EtcdTenants {
                 ));
             }
         }
-    }
-
-    /// Writes a tenant as it is (migration): same transaction rules.
-    pub fn put(&self, t: &Tenant) -> Result<(), TenantError> {
-        let whole = t.clone();
-        self.update(&t.slug, true, |cur| {
-            *cur = whole.clone();
-            Ok(())
-        })
     }
 
     /// The in-memory copy the server serves from.
@@ -496,12 +482,7 @@ impl EtcdTenants {
         let rev = resp.header().map_or(0, |h| h.revision());
         let mut all = HashMap::new();
         for kv in resp.kvs() {
-            let Some(slug) = kv
-                .key_str()
-                .ok()
-                .and_then(|k| k.strip_prefix(&prefix))
-                .and_then(TenantSlug::parse)
-            else {
+            let Some(slug) = slug_of(kv, &prefix) else {
                 continue;
             };
             match serde_json::from_slice::<Doc>(kv.value()) {
@@ -557,12 +538,7 @@ impl EtcdTenants {
             tracing::debug!(events = resp.events().len(), "etcd watch response");
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
-                let Some(slug) = kv
-                    .key_str()
-                    .ok()
-                    .and_then(|k| k.strip_prefix(&prefix))
-                    .and_then(TenantSlug::parse)
-                else {
+                let Some(slug) = slug_of(kv, &prefix) else {
                     continue;
                 };
                 let mut copy = self.copy.write().unwrap_or_else(|p| p.into_inner());
@@ -595,6 +571,11 @@ impl EtcdTenants {
         }
         Ok(Follow::Ended)
     }
+}
+
+/// The tenant a `{prefix}tenants/{slug}` key names.
+fn slug_of(kv: &etcd_client::KeyValue, prefix: &str) -> Option<TenantSlug> {
+    TenantSlug::parse(kv.key_str().ok()?.strip_prefix(prefix)?)
 }
 
 enum Follow {

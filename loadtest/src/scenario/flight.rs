@@ -20,16 +20,11 @@ use sluice::auth::token::Mode;
 use sluice::wire::frame::Opcode;
 use sluice_protocol::connector::Reply;
 
+use super::bulk::Params;
 use super::{pin_current, sinks, Ctx, Driven, Meter};
 use crate::report::Outcome;
 use crate::sink::Event;
 use crate::wire;
-
-pub struct Params {
-    pub frames: u64,
-    pub size: usize,
-    pub runs: usize,
-}
 
 /// The IPC schema message and one record-batch message of about `size`
 /// bytes: what a connector's binary messages carry.
@@ -48,19 +43,33 @@ pub(super) fn ipc_messages(size: usize) -> Result<(Vec<u8>, Vec<u8>)> {
 }
 
 pub fn run(ctx: &Ctx, flight: SocketAddr, p: &Params) -> Result<Vec<Outcome>> {
+    against_websocket(ctx, "gateway-flight", p, |ctx, d, schema, batch, round| {
+        via_flight(ctx, d, flight, schema, batch, p.frames, round)
+    })
+}
+
+/// Interleaved rounds of the same IPC dataset through the WebSocket fast
+/// path and through `other` (reported as `name`), on the gateway the
+/// scenario started: MB/s, and the gateway's CPU per GiB.
+pub(super) fn against_websocket(
+    ctx: &Ctx,
+    name: &str,
+    p: &Params,
+    other: impl Fn(&Ctx, &Driven, &[u8], &[u8], usize) -> Result<f64>,
+) -> Result<Vec<Outcome>> {
     let d = ctx
         .targets
         .first()
-        .context("flight runs on the gateway it starts")?;
+        .context("this scenario runs on the gateway it starts")?;
     let (schema, batch) = ipc_messages(p.size)?;
-    let mut out = vec![Outcome::new("gateway"), Outcome::new("gateway-flight")];
+    let mut out = vec![Outcome::new("gateway"), Outcome::new(name)];
     for round in 0..p.runs {
         for (i, o) in out.iter_mut().enumerate() {
             let meter = Meter::start(d.proc);
             let r = if i == 0 {
                 websocket(ctx, d, &schema, &batch, p.frames, round)
             } else {
-                via_flight(ctx, d, flight, &schema, &batch, p.frames, round)
+                other(ctx, d, &schema, &batch, round)
             };
             match r {
                 Ok(mb) => {
@@ -77,7 +86,7 @@ pub fn run(ctx: &Ctx, flight: SocketAddr, p: &Params) -> Result<Vec<Outcome>> {
 }
 
 /// Medians over the runs, per-run averages, and CPU per GiB.
-pub(super) fn summarize(out: &mut [Outcome], frames: u64, size: usize, runs: usize) {
+fn summarize(out: &mut [Outcome], frames: u64, size: usize, runs: usize) {
     let gib = (frames as f64 * size as f64) / (1u64 << 30) as f64;
     for o in out.iter_mut() {
         o.mb_per_s = super::bulk::median(&o.runs_mb_per_s);
@@ -92,7 +101,7 @@ pub(super) fn summarize(out: &mut [Outcome], frames: u64, size: usize, runs: usi
     }
 }
 
-pub(super) fn websocket(
+fn websocket(
     ctx: &Ctx,
     d: &Driven,
     schema: &[u8],

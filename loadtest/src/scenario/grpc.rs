@@ -18,49 +18,19 @@ use sluice_protocol::tunnel::{
     RegisterRequest, StreamEnd, StreamStart,
 };
 
-use super::flight::{ipc_messages, websocket};
-use super::{pin_current, sinks, Ctx, Meter};
+use super::bulk::Params;
+use super::flight::against_websocket;
+use super::{pin_current, sinks, Ctx};
 use crate::report::Outcome;
 use crate::sink::Event;
 use crate::wire::Encoding;
 
-pub struct Params {
-    pub frames: u64,
-    pub size: usize,
-    pub runs: usize,
-}
-
 pub fn run(ctx: &Ctx, grpc: SocketAddr, p: &Params) -> Result<Vec<Outcome>> {
-    let d = ctx
-        .targets
-        .first()
-        .context("grpc runs on the gateway it starts")?;
-    let (schema, batch) = ipc_messages(p.size)?;
-    let mut out = vec![Outcome::new("gateway"), Outcome::new("gateway-grpc")];
-    for round in 0..p.runs {
-        for (i, o) in out.iter_mut().enumerate() {
-            let meter = Meter::start(d.proc);
-            let r = if i == 0 {
-                websocket(ctx, d, &schema, &batch, p.frames, round)
-            } else {
-                via_grpc(ctx, d, grpc, &schema, &batch, p.frames, round)
-            };
-            match r {
-                Ok(mb) => {
-                    o.runs_mb_per_s.push(mb);
-                    o.cost.payload_bytes += p.frames * batch.len() as u64;
-                }
-                Err(e) => o.error(format!("round {round}: {e:#}")),
-            }
-            meter.stop(o);
-        }
-    }
-    super::flight::summarize(&mut out, p.frames, batch.len(), p.runs);
-    Ok(out)
+    against_websocket(ctx, "gateway-grpc", p, |ctx, d, schema, batch, round| {
+        via_grpc(ctx, d, grpc, schema, batch, p.frames, round)
+    })
 }
 
-/// The gRPC connector: registers, signals `ready`, serves the first
-/// do_get on a Serve call.
 /// Who the loader's gRPC connector is and what it serves.
 struct Serving {
     grpc: SocketAddr,
@@ -166,11 +136,15 @@ fn via_grpc(
     round: usize,
 ) -> Result<f64> {
     let gw = d.route.gw;
-    let (tenant, edge, key) = (gw.tenant.clone(), gw.edge.clone(), gw.edge_key.clone());
-    let (schema, batch) = (
-        Bytes::copy_from_slice(schema),
-        Bytes::copy_from_slice(batch),
-    );
+    let serving = Serving {
+        grpc,
+        tenant: gw.tenant.clone(),
+        edge: gw.edge.clone(),
+        key: gw.edge_key.clone(),
+        schema: Bytes::copy_from_slice(schema),
+        batch: Bytes::copy_from_slice(batch),
+        n,
+    };
     let batch_len = batch.len() as u64;
     let cpu = ctx.layout.source_cpu(d.route.target, false);
     let (ready_tx, ready) = mpsc::channel();
@@ -179,18 +153,7 @@ fn via_grpc(
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(connector(
-            Serving {
-                grpc,
-                tenant,
-                edge,
-                key,
-                schema,
-                batch,
-                n,
-            },
-            ready_tx,
-        ))
+        rt.block_on(connector(serving, ready_tx))
     });
     ready
         .recv_timeout(Duration::from_secs(10))

@@ -27,20 +27,17 @@ pub enum Event {
     Binary(Bytes),
 }
 
-/// Why a link cannot go on. `Refused` carries what the gateway said (its
-/// error event, else its close frame); the rest are the link's own faults.
+/// Why a link cannot go on: what the gateway said (its error event, else
+/// its close frame), or the socket pair's own fault.
 #[derive(Debug)]
 pub enum LinkError {
     Refused(Refusal),
-    /// The shard refused the upgrade with an HTTP status.
-    Http(u16, String),
-    Io(std::io::Error),
-    Protocol(String),
+    Pair(PairError),
 }
 
-impl From<std::io::Error> for LinkError {
-    fn from(e: std::io::Error) -> Self {
-        LinkError::Io(e)
+impl From<PairError> for LinkError {
+    fn from(e: PairError) -> Self {
+        LinkError::Pair(e)
     }
 }
 
@@ -48,16 +45,6 @@ pub struct Link {
     pair: Pair,
     /// The error event that came before the close frame, if any.
     said: Option<Refusal>,
-}
-
-impl From<PairError> for LinkError {
-    fn from(e: PairError) -> Self {
-        match e {
-            PairError::Http(s, body) => LinkError::Http(s, body),
-            PairError::Io(e) => LinkError::Io(e),
-            PairError::Protocol(why) => LinkError::Protocol(why),
-        }
-    }
 }
 
 impl Link {
@@ -101,7 +88,9 @@ impl Link {
             Message::Text(t) => {
                 let ev: ServerEvent = serde_json::from_slice(&t).map_err(|e| {
                     self.pair.open = false;
-                    LinkError::Protocol(format!("unreadable event from the session: {e}"))
+                    LinkError::Pair(PairError::Protocol(format!(
+                        "unreadable event from the session: {e}"
+                    )))
                 })?;
                 if let ServerEvent::Error { code, message, .. } = &ev {
                     if *code != ErrorCode::QueryFailed {

@@ -5,6 +5,7 @@
 use tonic::{Code, Status};
 
 use super::link::LinkError;
+use crate::server::pair::PairError;
 use crate::wire::message::ErrorCode;
 
 pub fn of_code(code: ErrorCode) -> Code {
@@ -48,11 +49,13 @@ fn of_http(status: u16) -> Code {
 pub fn of_link(e: LinkError) -> Status {
     match e {
         LinkError::Refused(r) => Status::new(of_code(r.code), format!("{}: {}", r.code, r.message)),
-        LinkError::Http(s, body) => {
+        LinkError::Pair(PairError::Http(s, body)) => {
             Status::new(of_http(s), format!("gateway answered {s}: {body}"))
         }
-        LinkError::Io(e) => Status::unavailable(format!("gateway session failed: {e}")),
-        LinkError::Protocol(why) => Status::internal(why),
+        LinkError::Pair(PairError::Io(e)) => {
+            Status::unavailable(format!("gateway session failed: {e}"))
+        }
+        LinkError::Pair(PairError::Protocol(why)) => Status::internal(why),
     }
 }
 
@@ -95,7 +98,7 @@ mod tests {
         let s = of_link(LinkError::Refused(Refusal::forbidden("no")));
         assert_eq!(s.message(), "forbidden: no");
         assert_eq!(
-            of_link(LinkError::Http(503, "busy".into())).code(),
+            of_link(LinkError::Pair(PairError::Http(503, "busy".into()))).code(),
             Code::Unavailable
         );
     }

@@ -12,6 +12,7 @@
 //! the shard on, the stream is a WebSocket connector's: the browser cannot
 //! tell. The cost is the one local hop; `sluice-loadtest grpc` measures it.
 
+mod out;
 mod routes;
 mod worker;
 
@@ -36,8 +37,9 @@ use crate::server::h2_front::{self, FrontInfo};
 use crate::shard::metrics::TunnelStats;
 use crate::shard::Shared;
 use crate::tls::Material;
+use out::Out;
 use routes::{Owner, Routes};
-use worker::{Identity, Out, Worker};
+use worker::{Identity, Worker};
 
 /// Starts the gRPC threads on a bound listener.
 pub fn start(
@@ -375,6 +377,22 @@ struct Answers {
 }
 
 impl Answers {
+    /// Passes the connector's answer to request `tag` to the worker that
+    /// asked; a late answer (the request was cancelled) is dropped.
+    async fn answer(&self, tag: String, reply: impl FnOnce(&str) -> Reply) {
+        let Some(r) = self.routes.take_for(&tag, &self.owner) else {
+            return;
+        };
+        let json = reply(&r.rid).to_json();
+        let _ = r
+            .out
+            .send(Out::Text {
+                tag: tag.into(),
+                json,
+            })
+            .await;
+    }
+
     async fn pump(&self, inbound: &mut Streaming<ConnectorMessage>) {
         loop {
             let m = match inbound.message().await {
@@ -384,43 +402,26 @@ impl Answers {
             let tag = m.request_id;
             match m.kind {
                 Some(connector_message::Kind::FlightInfo(fi)) => {
-                    let Some(r) = self.routes.take_for(&tag, &self.owner) else {
-                        continue; // late: the request was cancelled
-                    };
-                    let mut data = serde_json::from_str::<serde_json::Value>(&fi.json)
-                        .ok()
-                        .filter(|v| v.is_object())
-                        .unwrap_or_else(|| serde_json::json!({}));
-                    data["schema"] = base64::engine::general_purpose::STANDARD
-                        .encode(&fi.schema)
-                        .into();
-                    if fi.total_records >= 0 {
-                        data["rows"] = fi.total_records.into();
-                    }
-                    if fi.total_bytes >= 0 {
-                        data["bytes"] = fi.total_bytes.into();
-                    }
-                    let json = Reply::flight_info(&r.rid, data).to_json();
-                    let _ = r
-                        .out
-                        .send(Out::Text {
-                            tag: tag.into(),
-                            json,
-                        })
-                        .await;
+                    self.answer(tag, |rid| {
+                        let mut data = serde_json::from_str::<serde_json::Value>(&fi.json)
+                            .ok()
+                            .filter(|v| v.is_object())
+                            .unwrap_or_else(|| serde_json::json!({}));
+                        data["schema"] = base64::engine::general_purpose::STANDARD
+                            .encode(&fi.schema)
+                            .into();
+                        if fi.total_records >= 0 {
+                            data["rows"] = fi.total_records.into();
+                        }
+                        if fi.total_bytes >= 0 {
+                            data["bytes"] = fi.total_bytes.into();
+                        }
+                        Reply::flight_info(rid, data)
+                    })
+                    .await;
                 }
                 Some(connector_message::Kind::Error(f)) => {
-                    let Some(r) = self.routes.take_for(&tag, &self.owner) else {
-                        continue;
-                    };
-                    let json = Reply::error(&r.rid, &f.message).to_json();
-                    let _ = r
-                        .out
-                        .send(Out::Text {
-                            tag: tag.into(),
-                            json,
-                        })
-                        .await;
+                    self.answer(tag, |rid| Reply::error(rid, &f.message)).await;
                 }
                 Some(connector_message::Kind::Register(r)) => {
                     // The datasets changed: every worker registers again.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
 
-use super::worker::Out;
+use super::out::Out;
 use crate::auth::edge_auth::CertTenant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use sluice_protocol::connector::{
     ConnectorAction, FromGateway, GatewayRequest, Register, RegisterAnswer, Reply,
 };
@@ -28,26 +27,12 @@ use sluice_protocol::FAST_PATH_PROTOCOL;
 use tokio::sync::{mpsc, watch, Notify};
 use tonic::Status;
 
+use super::out::Out;
 use super::routes::{Kind, Owner, Route, Routes};
 use crate::server::h2_front::FrontInfo;
 use crate::server::pair::{Message, Pair, PairError, Role};
 use crate::shard::Shared;
 use crate::wire::frame::Opcode;
-
-/// What the front writes to a worker's shard connection.
-#[derive(Debug)]
-pub enum Out {
-    /// A JSON reply for request `tag` (the front's id for it).
-    Text { tag: Arc<str>, json: String },
-    /// A binary message of request `tag`: whole Arrow IPC messages.
-    Binary { tag: Arc<str>, data: Bytes },
-    /// `register` again (the connector's datasets changed).
-    Register(String),
-    /// Request `tag`'s `Serve` call broke off: the connection breaks, as
-    /// a WebSocket connector's would, so the shard ends the stream with
-    /// `edge_disconnected` (4503) instead of a faked end.
-    Break { tag: Arc<str> },
-}
 
 /// Everything a worker needs to (re)open its shard connection.
 #[derive(Clone)]
@@ -169,14 +154,10 @@ impl Worker {
                 _ = self.stop.changed() => {
                     // The connector left: what it handed over before (a
                     // Serve call it saw complete) still reaches the shard.
+                    // (The connection closes after this, so a broken-off
+                    // request's end needs no break of its own.)
                     while let Ok(o) = self.out.try_recv() {
-                        let sent = match o {
-                            Out::Text { tag, .. } | Out::Binary { tag, .. } if cancelled.contains(&tag) => Ok(()),
-                            Out::Text { json, .. } => pair.send(Opcode::Text, json.as_bytes()).await,
-                            Out::Binary { data, .. } => pair.send(Opcode::Binary, &data).await,
-                            Out::Register(_) | Out::Break { .. } => Ok(()),
-                        };
-                        if sent.is_err() {
+                        if write(pair, o, &mut cancelled).await.is_err() {
                             break;
                         }
                     }
@@ -193,14 +174,7 @@ impl Worker {
                 },
                 o = self.out.recv() => {
                     let Some(o) = o else { return true };
-                    let sent = match o {
-                        Out::Text { tag, .. } | Out::Binary { tag, .. } if cancelled.contains(&tag) => Ok(()),
-                        Out::Text { json, .. } | Out::Register(json) => pair.send(Opcode::Text, json.as_bytes()).await,
-                        Out::Binary { data, .. } => pair.send(Opcode::Binary, &data).await,
-                        Out::Break { tag } if cancelled.remove(&tag) => Ok(()),
-                        Out::Break { .. } => return false,
-                    };
-                    if sent.is_err() {
+                    if !matches!(write(pair, o, &mut cancelled).await, Ok(true)) {
                         return false;
                     }
                 }
@@ -273,5 +247,24 @@ impl Worker {
                 taken: false,
             },
         );
+    }
+}
+
+/// Writes one `Out` to the shard, dropping what belongs to a cancelled
+/// request. `Ok(false)`: a live request's `Serve` call broke off, and the
+/// connection must break with it.
+async fn write(
+    pair: &mut Pair,
+    o: Out,
+    cancelled: &mut HashSet<Arc<str>>,
+) -> Result<bool, PairError> {
+    match o {
+        Out::Text { tag, .. } | Out::Binary { tag, .. } if cancelled.contains(&tag) => Ok(true),
+        Out::Text { json, .. } | Out::Register(json) => pair
+            .send(Opcode::Text, json.as_bytes())
+            .await
+            .map(|()| true),
+        Out::Binary { data, .. } => pair.send(Opcode::Binary, &data).await.map(|()| true),
+        Out::Break { tag } => Ok(cancelled.remove(&tag)),
     }
 }

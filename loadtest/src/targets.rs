@@ -342,8 +342,9 @@ pub fn start_nginx(
     let dir = TempDir::new("nginx")?;
     let port = free_port()?;
     let d = dir.0.display();
-    let conns = fd_budget();
-    let nofile = conns * 2 + 32;
+    // A proxied session is two connections (and descriptors) in nginx.
+    let conns = fd_budget() * 2;
+    let nofile = conns + 32;
     let conf = format!(
         "worker_processes 1;\nmaster_process off;\ndaemon off;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
          worker_rlimit_nofile {nofile};\nevents {{ worker_connections {conns}; }}\n\

@@ -32,6 +32,22 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
                     return o;
                 }
             };
+            // Fail now, not after thousands of stalled handshakes, when the
+            // sessions cannot all be held: through a proxy each takes two
+            // descriptors here (the client and the origin's end).
+            let per_session = if r.target.is_gateway() { 1 } else { 2 };
+            let need = (p.sessions + 100) as u64 * per_session + 256;
+            let limit = rlimit::Resource::NOFILE
+                .get()
+                .map_or(1024, |(soft, _)| soft);
+            if need > limit {
+                o.error(format!(
+                    "{} sessions need about {need} open files in the loader; its limit is \
+                     {limit} (raise `ulimit -n`, or run as root so the loader raises it)",
+                    p.sessions
+                ));
+                return o;
+            }
             // Warm the allocator and the proxy's tables before the baseline.
             let warm: Vec<_> = (0..100)
                 .filter_map(|n| open(ctx, t, r, 900_000 + n).ok())

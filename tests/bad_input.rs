@@ -392,6 +392,12 @@ async fn client_chosen_names_cannot_forge_log_lines() {
         lines.iter().all(|l| !l.starts_with("FORGED")),
         "a forged line: {lines:?}"
     );
+    // A log that goes to a file or a collector, not a terminal, carries
+    // no colour codes.
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "colour codes in a piped log: {lines:?}"
+    );
 }
 
 /// Issue 13, defect 7: a refused session whose client already sent more

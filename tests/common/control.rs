@@ -367,7 +367,7 @@ impl Control {
             .env("SLUICE_CONTROL_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("SLUICE_GATEWAY_ADMIN_TOKEN", GW_ADMIN_TOKEN)
             .env(
-                "RUST_LOG",
+                "SLUICE_LOG",
                 std::env::var("SLUICE_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::null())

@@ -654,9 +654,16 @@ fn migrate(
 }
 
 fn serve(args: ServeArgs, dir: Catalog, audit: Audit) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    // Like the gateway and the connector: level from `SLUICE_LOG` (or
+    // `RUST_LOG`), logs on stderr, colour only at a terminal. Standard
+    // output stays for what a command prints.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let sub = tracing_subscriber::fmt().with_env_filter(filter);
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     if args.log_format == "json" {
         sub.json().init();
     } else {

@@ -829,6 +829,51 @@ async fn a_session_end_frees_its_slot_and_spends_its_token() {
     assert_eq!(ended, 1);
 }
 
+/// Sessions still open when the gateway is stopped (SIGTERM) are closed
+/// by its drain, and their ends reach the control plane before the gateway
+/// exits, even when the control plane is slow to answer: their slots and
+/// unused grants are not left taken until the tokens expire. (Before, the
+/// gateway exited 100 ms after closing them, and reports still queued or
+/// in flight were lost.)
+#[tokio::test]
+async fn a_stopping_gateway_reports_the_ends_of_the_sessions_it_closes() {
+    const SESSIONS: usize = 20;
+    let dir = provision();
+    let (ctl, mut gw) = single_node_with(&dir, 2, &[("SLUICE_TIMEOUTS_DRAIN_GRACE_MS", "0")]);
+    let _conn = connector(&gw, "edge-a", EDGE_A_KEY, &["d"]).await;
+    let mut browsers = Vec::new();
+    for _ in 0..SESSIONS {
+        let grant = ctl.access_when_online("bulk", "d").await;
+        let mut b = open(&grant).await;
+        send_json(&mut b, json!({"action": "list"})).await;
+        assert_eq!(next_json(&mut b).await["type"], "datasets");
+        browsers.push(b);
+    }
+    let signal = |sig: &str, pid: u32| {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    // The control plane stops answering for a moment (SIGSTOP: its socket
+    // still takes connections, nothing is answered) while the gateway stops.
+    signal("-STOP", ctl.pid());
+    signal("-TERM", gw.child.id());
+    // Longer than the drain takes (about 1 s: the browsers here do not
+    // answer the close), shorter than a report's timeout (2 s).
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    signal("-CONT", ctl.pid());
+    let exit = gw.child.wait().unwrap();
+    assert!(exit.success(), "the gateway exited with {exit}");
+    let ended = ctl
+        .audit_lines()
+        .iter()
+        .filter(|l| l["event"] == "ended")
+        .count();
+    assert_eq!(ended, SESSIONS, "session ends reported before the exit");
+}
+
 /// Issue 13, defect 10: a plan with an hourly quota and no per-session
 /// quota grants each session a fair share of what is left of the hour
 /// (before, the first grant took it all and the next got `429

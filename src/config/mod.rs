@@ -155,7 +155,8 @@ pub struct Timeouts {
     pub session_end_ms: u64,
     /// SIGTERM: running streams get this long before sessions close with 1001.
     pub drain_grace_ms: u64,
-    /// SIGTERM: the process exits at the latest this long after the grace.
+    /// SIGTERM: the process exits at the latest this long after the grace,
+    /// once the sessions are closed and their ends reported.
     pub shutdown_ms: u64,
 }
 

@@ -98,6 +98,8 @@ pub struct Ended {
 /// Where ended sessions go: a bounded queue to the reporting thread.
 pub struct EndReports {
     tx: Option<flume::Sender<Ended>>,
+    /// Taken into the queue; each ends as `sent` or `failed`.
+    queued: AtomicU64,
     pub sent: AtomicU64,
     pub failed: AtomicU64,
     pub dropped: AtomicU64,
@@ -108,6 +110,7 @@ impl EndReports {
     pub fn new(tx: Option<flume::Sender<Ended>>) -> Self {
         Self {
             tx,
+            queued: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -118,10 +121,21 @@ impl EndReports {
     /// control plane. A full queue drops the report (counted).
     pub fn report(&self, end: Ended) {
         if let Some(tx) = &self.tx {
+            // Counted before the send, so that `pending` never sees a
+            // report finished that it did not see queued.
+            self.queued.fetch_add(1, Ordering::SeqCst);
             if tx.try_send(end).is_err() {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Reports queued and not yet sent or given up on: a stopping gateway
+    /// waits for them (the sessions its drain closed are among them).
+    pub fn pending(&self) -> u64 {
+        let done = self.sent.load(Ordering::SeqCst) + self.failed.load(Ordering::SeqCst);
+        self.queued.load(Ordering::SeqCst).saturating_sub(done)
     }
 }
 
@@ -345,6 +359,39 @@ mod tests {
 
     fn sid(s: &str) -> SessionId {
         SessionId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn end_reports_are_pending_until_sent_or_failed_and_a_full_queue_drops() {
+        let ended = |n: &str| Ended {
+            sid: sid(n),
+            tenant: "acme".into(),
+            client: None,
+            exp: 0,
+            bytes: 0,
+        };
+        let (tx, rx) = flume::bounded(2);
+        let r = EndReports::new(Some(tx));
+        for n in ["a", "b", "c"] {
+            r.report(ended(n));
+        }
+        assert_eq!(
+            r.dropped.load(Ordering::Relaxed),
+            1,
+            "the third found the queue full"
+        );
+        assert_eq!(r.pending(), 2);
+        // The reporter takes one: still pending while it is in flight.
+        let _ = rx.recv().unwrap();
+        assert_eq!(r.pending(), 2);
+        r.sent.fetch_add(1, Ordering::Relaxed);
+        let _ = rx.recv().unwrap();
+        r.failed.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(r.pending(), 0);
+        // Nobody to report to: nothing is ever pending.
+        let none = EndReports::new(None);
+        none.report(ended("d"));
+        assert_eq!(none.pending(), 0);
     }
 
     #[test]

@@ -365,6 +365,27 @@ impl Gateway {
         // Let the close frames reach the wire.
         std::thread::sleep(Duration::from_millis(100));
         tracing::info!(sessions_left = active(), "drained");
+        // Within the same bound: the process exits `shutdown_ms` after the
+        // grace at the latest, as documented.
+        self.flush_session_ends(end);
+    }
+
+    /// Waits until the ends of the sessions the drain closed have reached
+    /// Redis or the control plane, or `until`: a report lost at exit
+    /// would keep a stream slot and the unused part of a quota grant taken
+    /// until the token expires.
+    fn flush_session_ends(&self, until: Instant) {
+        let reports = &self.shared.end_reports;
+        while reports.pending() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match reports.pending() {
+            0 => {}
+            left => tracing::warn!(
+                left,
+                "session-end reports not delivered before exit; their slots free when their tokens expire"
+            ),
+        }
     }
 }
 

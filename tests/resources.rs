@@ -117,6 +117,7 @@ async fn ten_thousand_sessions_leave_nothing_behind() {
     );
     assert!(fds1 <= fds0, "descriptors: {fds0} before, {fds1} after");
     let growth = rss1.saturating_sub(rss0);
+    println!("RSS {rss0} -> {rss1} KiB over 10,000 sessions");
     assert!(
         growth < 4 * 1024,
         "RSS grew by {growth} KiB over 10,000 sessions ({rss0} -> {rss1} KiB)"

@@ -503,3 +503,213 @@ async fn two_nodes_share_tenants_through_a_three_member_etcd_cluster() {
         "every decision through the outage was the same: {answers:?}"
     );
 }
+
+/// One etcd member that takes clients over TLS only and asks each for a
+/// certificate from the development CA (`sluice certs`).
+struct TlsEtcd {
+    dir: tempfile::TempDir,
+    client: u16,
+    proc: Child,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+impl TlsEtcd {
+    fn start() -> TlsEtcd {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let made = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("certs")
+            .arg("--out")
+            .arg(&certs)
+            .args(["--tenant", "control"])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let (client, peer) = (free_port(), free_port());
+        let proc = Command::new("etcd")
+            .args(["--name", "tls"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &format!("https://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("https://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &format!("tls=http://127.0.0.1:{peer}")])
+            .arg("--cert-file")
+            .arg(certs.join("server.crt"))
+            .arg("--key-file")
+            .arg(certs.join("server.key"))
+            .arg("--trusted-ca-file")
+            .arg(certs.join("ca.crt"))
+            .arg("--client-cert-auth")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let e = TlsEtcd { dir, client, proc };
+        let until = Instant::now() + Duration::from_secs(30);
+        while !e.etcdctl(&["endpoint", "health"]).status.success() {
+            assert!(Instant::now() < until, "etcd over TLS never became healthy");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.client)
+    }
+
+    fn cert(&self, name: &str) -> PathBuf {
+        let certs = self.dir.path().join("certs");
+        match name {
+            "ca" => certs.join("ca.crt"),
+            "cert" => certs.join("clients/control/client.crt"),
+            _ => certs.join("clients/control/client.key"),
+        }
+    }
+
+    /// etcdctl as the `root` user where auth is on, else by certificate.
+    fn etcdctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.url()])
+            .arg(format!("--cacert={}", self.cert("ca").display()))
+            .arg(format!("--cert={}", self.cert("cert").display()))
+            .arg(format!("--key={}", self.cert("key").display()))
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    }
+
+    /// An admin command over TLS; `tls` adds the client certificate, and
+    /// `password` logs in as `root`.
+    fn admin(
+        &self,
+        client_cert: bool,
+        password: Option<&str>,
+        args: &[&str],
+    ) -> Result<String, String> {
+        let mut cmd = Command::new(control_bin());
+        cmd.args(["--etcd", &self.url(), "--etcd-timeout-ms", "2000"])
+            .arg("--etcd-ca")
+            .arg(self.cert("ca"));
+        if client_cert {
+            cmd.arg("--etcd-cert")
+                .arg(self.cert("cert"))
+                .arg("--etcd-key")
+                .arg(self.cert("key"));
+        }
+        if let Some(p) = password {
+            cmd.args(["--etcd-user", "root"])
+                .env("SLUICE_CONTROL_ETCD_PASSWORD", p);
+        }
+        let out = cmd
+            .arg("--audit")
+            .arg(self.dir.path().join("audit.jsonl"))
+            .args(args)
+            .env("SLUICE_MASTER_KEY", MASTER_KEY)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("run sluice-control");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// README, "Several control-plane nodes: etcd": an etcd that takes clients
+/// only over mutual TLS, then also only with a user and password. The CLI
+/// and a serving node work with the CA, the client certificate and the
+/// password; without the certificate, or with a wrong password, a command
+/// fails and says etcd refused it.
+#[tokio::test]
+async fn etcd_over_mutual_tls_and_with_a_user_and_password() {
+    let etcd = TlsEtcd::start();
+    etcd.admin(true, None, &["tenant", "add", "acme"]).unwrap();
+    etcd.admin(true, None, &["keys", "rotate", "--tenant", "acme"])
+        .unwrap();
+    assert!(etcd
+        .admin(true, None, &["tenant", "list"])
+        .unwrap()
+        .contains("acme"));
+    let refused = etcd.admin(false, None, &["tenant", "list"]).unwrap_err();
+    assert!(refused.contains("etcd"), "{refused}");
+
+    // A serving node over TLS: it loads the tenant and its key from etcd.
+    let dir = provision();
+    let gw = format!("http://127.0.0.1:{}", free_port());
+    let (ca, cert, key) = (etcd.cert("ca"), etcd.cert("cert"), etcd.cert("key"));
+    let url = etcd.url();
+    let tls_args = [
+        "--gateway",
+        gw.as_str(),
+        "--etcd",
+        url.as_str(),
+        "--etcd-ca",
+        ca.to_str().unwrap(),
+        "--etcd-cert",
+        cert.to_str().unwrap(),
+        "--etcd-key",
+        key.to_str().unwrap(),
+    ];
+    let ctl = Control::start(&dir, &tls_args);
+    within(
+        Duration::from_secs(10),
+        "the node serves acme's key",
+        async || {
+            ctl.request(
+                "GET",
+                "/.well-known/jwks.json",
+                &[("X-Tenant-Slug", "acme")],
+                "",
+            )
+            .await
+            .0 == 200
+        },
+    )
+    .await;
+    assert_eq!(kids(&ctl).await.len(), 1);
+    drop(ctl);
+
+    // Users and passwords on top of the certificates.
+    for step in [
+        &[
+            "user",
+            "add",
+            "root",
+            "--new-user-password",
+            "root-secret-1",
+        ][..],
+        &["auth", "enable"][..],
+    ] {
+        let out = etcd.etcdctl(step);
+        assert!(out.status.success(), "etcdctl {step:?}: {out:?}");
+    }
+    let listed = etcd
+        .admin(true, Some("root-secret-1"), &["tenant", "list"])
+        .unwrap();
+    assert!(listed.contains("acme"), "{listed}");
+    etcd.admin(true, Some("root-secret-1"), &["tenant", "add", "beta"])
+        .unwrap();
+    let wrong = etcd
+        .admin(true, Some("not-the-password"), &["tenant", "list"])
+        .unwrap_err();
+    assert!(wrong.contains("etcd"), "{wrong}");
+}

@@ -200,7 +200,7 @@ fn load_tenant(app: &App, slug: &TenantSlug) -> Result<Arc<Tenant>, ApiError> {
             format!("tenant {slug:?} has no settings"),
         ),
         other => {
-            tracing::error!(tenant = %slug, error = %other, "tenant files unreadable");
+            tracing::error!(tenant = %slug, error = %other, "tenant cannot be loaded (its files, or etcd)");
             ApiError::new(
                 503,
                 "tenant_unreadable",

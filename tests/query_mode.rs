@@ -820,6 +820,35 @@ async fn the_quota_is_the_sessions_across_reconnects_and_concurrent_connections(
     }
 }
 
+/// A page reload: the browser's new connection can reach the gateway
+/// before its old one's end has been read. Under the default limit of one
+/// connection per session it waits up to `timeouts.reconnect_grace_ms` for
+/// the old one to finish closing, and is admitted when it does; a second
+/// connection while the first stays open is still refused (4429). Before,
+/// the new connection was refused at once (`sluice-loadtest chaos` saw one
+/// to three such reconnects refused per 40 s run).
+#[tokio::test]
+async fn a_reconnect_waits_for_the_old_connection_to_finish_closing() {
+    let gw = Gateway::start(1, &[("SLUICE_TIMEOUTS_RECONNECT_GRACE_MS", "3000")]);
+    let _conn = connector(&gw, EDGE, EDGE_KEY, &["d"]).await;
+    let c = claims("reload");
+    let mut old = browser(&gw, &c).await;
+    send_json(&mut old, json!({"action": "list"})).await;
+    assert_eq!(next_json(&mut old).await["type"], "datasets");
+    // The new connection arrives while the old one is still open...
+    let mut new = browser(&gw, &c).await;
+    send_json(&mut new, json!({"action": "list"})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...and the old one closes within the grace.
+    close_with(&mut old, 1000, "page reload").await;
+    drop(old);
+    let answer = next_json(&mut new).await;
+    assert_eq!(answer["type"], "datasets", "{answer}");
+    // While `new` stays open, a second connection is refused.
+    let mut twin = browser(&gw, &c).await;
+    expect_error_close(&mut twin, "too_many_connections", 4429).await;
+}
+
 /// Issue 13, limits: tokens naming made-up tenants cannot make the gateway
 /// hammer the control plane's JWKS endpoint (before, 20,000 tokens caused
 /// 16,850 fetches) nor grow its key cache: fetches are bounded for all

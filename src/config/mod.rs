@@ -153,6 +153,11 @@ pub struct Timeouts {
     /// (a reconnect within it continues the session, quota included); the
     /// end is then reported and the token cannot open new streams.
     pub session_end_ms: u64,
+    /// A new connection to a session that already holds
+    /// `limits.max_connections_per_session` waits this long for one of them
+    /// to finish closing (a browser that dropped its socket and reconnected
+    /// at once) before it is refused with 4429.
+    pub reconnect_grace_ms: u64,
     /// SIGTERM: running streams get this long before sessions close with 1001.
     pub drain_grace_ms: u64,
     /// SIGTERM: the process exits at the latest this long after the grace,
@@ -564,6 +569,7 @@ impl Default for Timeouts {
             cancel_drain_ms: 5_000,
             close_linger_ms: 1_000,
             session_end_ms: 500,
+            reconnect_grace_ms: 250,
             drain_grace_ms: 10_000,
             shutdown_ms: 5_000,
         }

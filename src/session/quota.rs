@@ -20,6 +20,9 @@ use crate::registry::{Ended, OpenError, RemoteJoin, Spend};
 use crate::shard::Shard;
 use crate::wire::message::{close, ErrorCode, Refusal};
 
+/// How often a join waiting for a closing connection tries again.
+const RETRY_FULL: Duration = Duration::from_millis(10);
+
 pub struct Quota {
     spend: Arc<Spend>,
     shard: Rc<Shard>,
@@ -33,15 +36,51 @@ pub struct Quota {
     refused: bool,
 }
 
+/// Why a join did not happen.
+enum NotJoined {
+    /// The session holds all the connections it may: worth waiting for one
+    /// that is closing.
+    Full {
+        max: u32,
+    },
+    Refused(Refusal),
+}
+
 impl Quota {
     /// Joins the session `sid` for this connection, or says why not. With
     /// Redis the connection is also counted across gateways, and the
     /// session's first connection here reserves what is left of its quota.
+    ///
+    /// A browser that drops its connection and reconnects at once (a page
+    /// reload) can get here before its old connection's end has been read
+    /// and counted: a session at its connection limit is retried for up to
+    /// `timeouts.reconnect_grace_ms` before the new connection is refused
+    /// (4429). `sluice-loadtest chaos` saw a few such reconnects refused in
+    /// every run before.
     pub async fn join(
         shard: &Rc<Shard>,
         sid: &SessionId,
         claims: &Claims,
     ) -> Result<Quota, Refusal> {
+        let grace = Duration::from_millis(shard.cfg().timeouts.reconnect_grace_ms);
+        let until = std::time::Instant::now() + grace;
+        loop {
+            match Self::try_join(shard, sid, claims).await {
+                Ok(quota) => return Ok(quota),
+                Err(NotJoined::Full { max }) if std::time::Instant::now() >= until => {
+                    return Err(too_many(max))
+                }
+                Err(NotJoined::Full { .. }) => monoio::time::sleep(RETRY_FULL).await,
+                Err(NotJoined::Refused(r)) => return Err(r),
+            }
+        }
+    }
+
+    async fn try_join(
+        shard: &Rc<Shard>,
+        sid: &SessionId,
+        claims: &Claims,
+    ) -> Result<Quota, NotJoined> {
         let cfg = shard.cfg();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -79,7 +118,7 @@ impl Quota {
                         // (the remote one was never taken), and nothing
                         // ends: the session lives on another gateway.
                         quota.refused = true;
-                        Err(too_many(max))
+                        Err(NotJoined::Full { max })
                     }
                     Ok(RemoteJoin::Reserved(left)) => {
                         quota.counted_remotely = true;
@@ -101,12 +140,12 @@ impl Quota {
                     }
                 }
             }
-            Err(OpenError::Ended) => Err(Refusal::new(
+            Err(OpenError::Ended) => Err(NotJoined::Refused(Refusal::new(
                 close::REVOKED,
                 ErrorCode::SessionEnded,
                 "session ended: its token cannot open new streams (ask the control plane for a new session)",
-            )),
-            Err(OpenError::TooManyConnections { max }) => Err(too_many(max)),
+            ))),
+            Err(OpenError::TooManyConnections { max }) => Err(NotJoined::Full { max }),
         }
     }
 

@@ -419,7 +419,7 @@ fn query_actor(w: Arc<World>, id: usize) {
             if reconnect && !w.stopping() {
                 if let Ok(mut c) = w.browser_once(&sid, Mode::Query) {
                     verdicts.push((
-                        "reconnected query".into(),
+                        format!("reconnected query {sid}"),
                         query(&w, &mut c, 0, false, false),
                     ));
                 }

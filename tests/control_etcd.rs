@@ -142,6 +142,11 @@ fn etcd_admin(etcd: &Etcd, audit: &Path, args: &[&str]) -> Result<String, String
         .env_remove("RUST_BACKTRACE")
         .output()
         .expect("run sluice-control");
+    outcome(out)
+}
+
+/// A command's standard output when it succeeded, else its stderr.
+fn outcome(out: std::process::Output) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -523,14 +528,7 @@ impl TlsEtcd {
     fn start() -> TlsEtcd {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
-        let made = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("certs")
-            .arg("--out")
-            .arg(&certs)
-            .args(["--tenant", "control"])
-            .output()
-            .unwrap();
-        assert!(made.status.success(), "{made:?}");
+        common::sluice_certs(&certs, &["control"], &[]);
         let (client, peer) = (free_port(), free_port());
         let proc = Command::new("etcd")
             .args(["--name", "tls"])
@@ -596,7 +594,7 @@ impl TlsEtcd {
             .expect("run etcdctl")
     }
 
-    /// An admin command over TLS; `tls` adds the client certificate, and
+    /// An admin command over TLS; `client_cert` adds the client certificate, and
     /// `password` logs in as `root`.
     fn admin(
         &self,
@@ -626,11 +624,7 @@ impl TlsEtcd {
             .env_remove("RUST_BACKTRACE")
             .output()
             .expect("run sluice-control");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        outcome(out)
     }
 }
 

@@ -129,17 +129,7 @@ async fn flight_speaks_tls_with_the_gateway_s_certificate() {
     make_source(dir.path());
     let source = dir.path().join("big.parquet");
     let pki = dir.path().join("pki");
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("certs")
-        .arg("--out")
-        .arg(&pki)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sluice_certs(&pki, &[], &[]);
     let file = |n: &str| pki.join(n).display().to_string();
     let (cert, key) = (file("server.crt"), file("server.key"));
     let gw = Gateway::start(

@@ -20,17 +20,7 @@ struct Pki(tempfile::TempDir);
 impl Pki {
     fn new(tenants: &[&str]) -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        cmd.arg("certs").arg("--out").arg(dir.path());
-        for t in tenants {
-            cmd.args(["--tenant", t]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        sluice_certs(dir.path(), tenants, &[]);
         Pki(dir)
     }
 

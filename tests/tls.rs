@@ -40,20 +40,8 @@ impl Pki {
 
     /// Runs `sluice certs` in this folder again.
     fn certs(&self, tenants: &[&str], force: bool) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        cmd.arg("certs").arg("--out").arg(self.dir.path());
-        for t in tenants {
-            cmd.args(["--tenant", t]);
-        }
-        if force {
-            cmd.arg("--force");
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "sluice certs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let extra: &[&str] = if force { &["--force"] } else { &[] };
+        sluice_certs(self.dir.path(), tenants, extra);
     }
 
     fn path(&self, rel: &str) -> PathBuf {

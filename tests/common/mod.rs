@@ -666,3 +666,20 @@ pub fn assert_same_rows(out: &std::path::Path, csv: &std::path::Path) {
         String::from_utf8_lossy(&cmp.stdout)
     );
 }
+
+/// Runs the real `sluice certs --out DIR` (a development CA, a server
+/// certificate, and a client certificate per tenant), with `extra`
+/// arguments; panics with its stderr when it fails.
+pub fn sluice_certs(dir: &std::path::Path, tenants: &[&str], extra: &[&str]) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("certs").arg("--out").arg(dir);
+    for t in tenants {
+        cmd.args(["--tenant", t]);
+    }
+    let out = cmd.args(extra).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sluice certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -19,20 +19,7 @@ fn every_format_arrives_row_for_row_on_the_fast_path_and_the_plain_protocol() {
         let cfg = config_file(&dir, addr, fast);
         let c = connector(&["--config", cfg.to_str().unwrap()]);
         wait_workers(addr, 2);
-        for (ds, src) in [
-            ("sales_csv", dir.join("sales.csv")),
-            ("sales_ndjson", dir.join("sales.ndjson")),
-            ("sales_parquet", dir.join("sales.parquet")),
-            ("parts", dir.join("parts/*.parquet")),
-        ] {
-            let (ok, v) = browse(addr, &format!("s-{ds}-{fast}"), ds, Some(&src));
-            assert!(ok, "{ds} (fast path {fast}): {v}");
-            assert_eq!(v["rows"], 50000, "{v}");
-            assert!(
-                v["messages"].as_u64().unwrap() > 1,
-                "streamed in several messages: {v}"
-            );
-        }
+        every_format_arrives(addr, &dir, &format!("fast-path-{fast}"));
         drop(c);
         let until = Instant::now() + Duration::from_secs(10);
         while metric(addr, "sluice_edges_online") != 0 {

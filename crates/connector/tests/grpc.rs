@@ -111,20 +111,7 @@ fn every_source_kind_arrives_through_the_grpc_tunnel() {
         &["--tail", "--dataset", &format!("feed={}", feed.display())],
     );
     wait_workers(addr, 4);
-    for (ds, src) in [
-        ("sales_csv", dir.join("sales.csv")),
-        ("sales_ndjson", dir.join("sales.ndjson")),
-        ("sales_parquet", dir.join("sales.parquet")),
-        ("parts", dir.join("parts/*.parquet")),
-    ] {
-        let (ok, v) = browse(addr, &format!("s-grpc-{ds}"), ds, Some(&src));
-        assert!(ok, "{ds} over gRPC: {v}");
-        assert_eq!(v["rows"], 50000, "{v}");
-        assert!(
-            v["messages"].as_u64().unwrap() > 1,
-            "streamed in several messages: {v}"
-        );
-    }
+    every_format_arrives(addr, &dir, "grpc");
     // A live feed over gRPC: one Serve call for as long as it is watched.
     let v = subscribe(addr, "s-grpc-live", "machines", 24, None);
     assert!(v["rows"].as_u64().unwrap() >= 24, "{v}");

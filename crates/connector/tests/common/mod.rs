@@ -296,3 +296,23 @@ pub fn subscribe(
         )
     })
 }
+
+/// Every file format of `data()` read whole through the gateway at
+/// `addr`: 50,000 rows each, streamed in several messages. `how` names the
+/// path in failures and tags the session ids.
+pub fn every_format_arrives(addr: SocketAddr, dir: &Path, how: &str) {
+    for (ds, src) in [
+        ("sales_csv", dir.join("sales.csv")),
+        ("sales_ndjson", dir.join("sales.ndjson")),
+        ("sales_parquet", dir.join("sales.parquet")),
+        ("parts", dir.join("parts/*.parquet")),
+    ] {
+        let (ok, v) = browse(addr, &format!("s-{how}-{ds}"), ds, Some(&src));
+        assert!(ok, "{ds} ({how}): {v}");
+        assert_eq!(v["rows"], 50000, "{v}");
+        assert!(
+            v["messages"].as_u64().unwrap() > 1,
+            "streamed in several messages: {v}"
+        );
+    }
+}

@@ -45,8 +45,14 @@ pub struct EtcdOptions {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
-    /// Per-request deadline.
+    /// Per-request deadline: how soon a member that does not answer is
+    /// given up for the next one.
     pub timeout: Duration,
+    /// How long one operation keeps trying while no member can take it (a
+    /// member down, a leader being elected after the leader died): longer
+    /// than the cluster's election (etcd's default election timeout is 1 s,
+    /// and an election can take two, more on slow disks).
+    pub retry: Duration,
 }
 
 /// A tenant as stored: everything but its slug, which is the key.
@@ -110,6 +116,7 @@ pub struct EtcdTenants {
     current: std::sync::atomic::AtomicUsize,
     prefix: String,
     timeout: Duration,
+    retry: Duration,
     copy: Arc<RwLock<HashMap<TenantSlug, Arc<Tenant>>>>,
     pub state: Arc<WatchState>,
 }
@@ -158,6 +165,7 @@ impl EtcdTenants {
             current: Default::default(),
             prefix: opts.prefix.clone(),
             timeout: opts.timeout,
+            retry: opts.retry,
             copy: Arc::default(),
             state: Arc::default(),
             restart: Arc::default(),
@@ -225,21 +233,30 @@ impl EtcdTenants {
         self.rt.block_on(f)
     }
 
-    /// Runs one etcd request, again while the transport failed (a member
-    /// down: the client's balancer may still pick it), for up to three
-    /// request deadlines.
-    async fn once<T, Fut>(&self, mut f: impl FnMut() -> Fut) -> Result<T, etcd_client::Error>
+    /// Runs one etcd request, again on the next member while none could
+    /// take it (a member down: the client's balancer may still pick it; no
+    /// leader yet), for up to the retry window; then says so, with the last
+    /// error.
+    async fn once<T, Fut>(&self, mut f: impl FnMut() -> Fut) -> Result<T, TenantError>
     where
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = Instant::now() + self.timeout * 3;
+        let deadline = Instant::now() + self.retry;
         loop {
             match f().await {
+                Ok(r) => return Ok(r),
                 Err(e) if not_sent(&e) && Instant::now() < deadline => {
                     self.next_member();
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                r => return r,
+                Err(e) if not_sent(&e) => {
+                    return Err(TenantError::Store(format!(
+                        "etcd: no member took the request within {} ms (members down, or a \
+                         leader election longer than --etcd-retry-ms); last error: {e}",
+                        self.retry.as_millis()
+                    )));
+                }
+                Err(e) => return Err(store_err(e)),
             }
         }
     }
@@ -247,16 +264,14 @@ impl EtcdTenants {
     /// Every tenant's slug, read from etcd.
     pub fn tenants(&self) -> Result<Vec<TenantSlug>, TenantError> {
         let prefix = format!("{}tenants/", self.prefix);
-        let resp = self
-            .block(self.once(|| {
-                let mut c = self.client().kv_client();
-                let p = prefix.clone();
-                async move {
-                    c.get(p, Some(GetOptions::new().with_prefix().with_keys_only()))
-                        .await
-                }
-            }))
-            .map_err(store_err)?;
+        let resp = self.block(self.once(|| {
+            let mut c = self.client().kv_client();
+            let p = prefix.clone();
+            async move {
+                c.get(p, Some(GetOptions::new().with_prefix().with_keys_only()))
+                    .await
+            }
+        }))?;
         let mut out: Vec<TenantSlug> = resp
             .kvs()
             .iter()
@@ -274,8 +289,7 @@ impl EtcdTenants {
                 let k = key.clone();
                 async move { c.get(k, None).await }
             })
-            .await
-            .map_err(store_err)?;
+            .await?;
         let Some(kv) = resp.kvs().first() else {
             return Ok(None);
         };
@@ -302,7 +316,7 @@ impl EtcdTenants {
         create: bool,
         mut f: impl FnMut(&mut Tenant) -> Result<T, TenantError>,
     ) -> Result<T, TenantError> {
-        let deadline = Instant::now() + self.timeout * 4;
+        let deadline = Instant::now() + self.retry;
         loop {
             let (mut t, rev) = match self.block(self.read(slug))? {
                 Some((t, rev)) => (t, rev),
@@ -331,13 +345,11 @@ impl EtcdTenants {
                 then.push(TxnOp::delete(self.edge_key(gone), None));
             }
             let txn = Txn::new().when(when).and_then(then);
-            let resp = self
-                .block(self.once(|| {
-                    let mut c = self.client().kv_client();
-                    let t = txn.clone();
-                    async move { c.txn(t).await }
-                }))
-                .map_err(store_err)?;
+            let resp = self.block(self.once(|| {
+                let mut c = self.client().kv_client();
+                let t = txn.clone();
+                async move { c.txn(t).await }
+            }))?;
             let mut c = self.client().kv_client();
             if resp.succeeded() {
                 return Ok(out);

@@ -85,6 +85,16 @@ struct Cli {
         default_value_t = 2000
     )]
     etcd_timeout_ms: u64,
+    /// How long one etcd operation keeps trying the members while none
+    /// can take it (one down, a leader being elected), milliseconds; then
+    /// it fails naming the last error.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CONTROL_ETCD_RETRY_MS",
+        default_value_t = 6000
+    )]
+    etcd_retry_ms: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -411,6 +421,7 @@ fn catalog(cli: &Cli) -> anyhow::Result<Catalog> {
         cert: cli.etcd_cert.clone(),
         key: cli.etcd_key.clone(),
         timeout: std::time::Duration::from_millis(cli.etcd_timeout_ms.max(100)),
+        retry: std::time::Duration::from_millis(cli.etcd_retry_ms),
     };
     let e = EtcdTenants::connect(&opts)
         .with_context(|| format!("cannot reach etcd at {}", cli.etcd.join(",")))?;

@@ -34,7 +34,7 @@ fn sessions(c: &mut Criterion) {
     c.bench_function("shard/route_session_id", |b| {
         b.iter(|| black_box(&sid).shard(16))
     });
-    let spends = Spends::default();
+    let spends = Spends::new(1000);
     let q = spends
         .open(&sid, Some(u64::MAX), 1, std::time::Duration::from_secs(60))
         .unwrap()

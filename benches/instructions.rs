@@ -130,7 +130,7 @@ fn run(case: &str) {
         "shard_route" => measured_shard_route(&SessionId::parse("s-bench-0123456789").unwrap()),
         "quota_admit" => {
             // The session-wide count every connection of a session shares.
-            let spends = Spends::default();
+            let spends = Spends::new(1000);
             let sid = sluice::SessionId::parse("bench").unwrap();
             let spend = spends
                 .open(&sid, Some(u64::MAX), 1, std::time::Duration::from_secs(60))

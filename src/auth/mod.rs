@@ -1,10 +1,12 @@
 //! Who may do what: session tokens verified offline (HS256 or EdDSA, keys
 //! from config or a JWKS), edge credentials (`Edge-Key` or a client
-//! certificate), and the sessions revoked since their token was issued.
+//! certificate), the sessions revoked since their token was issued, and
+//! the compact set that remembers spent session ids.
 
 pub mod dev_token;
 pub mod edge_auth;
 pub mod jwks;
 pub mod lockout;
 pub mod revocations;
+pub mod spent;
 pub mod token;

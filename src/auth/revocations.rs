@@ -3,19 +3,19 @@
 //! and read once per authentication. Filled by the Redis link
 //! (`cluster::revocation_link`) and the admin endpoint.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
+use crate::auth::spent::SpentSessions;
 use crate::ids::SessionId;
 
 /// Revoked sessions this gateway knows of, and the state of its link.
 pub struct Revocations {
     enabled: bool,
-    revoked: Mutex<HashMap<SessionId, Instant>>,
+    revoked: Mutex<SpentSessions>,
     linked: AtomicBool,
     /// Revocations received (channel or resync), for metrics.
     pub received: AtomicU64,
@@ -24,10 +24,11 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    pub fn new(enabled: bool) -> Self {
+    /// `cap`: most revoked ids remembered (`limits.max_spent_sessions`).
+    pub fn new(enabled: bool, cap: usize) -> Self {
         Self {
             enabled,
-            revoked: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(SpentSessions::new(cap)),
             linked: AtomicBool::new(false),
             received: AtomicU64::new(0),
             links: AtomicU64::new(0),
@@ -43,28 +44,21 @@ impl Revocations {
         !self.enabled || self.linked.load(Ordering::Relaxed)
     }
 
+    fn revoked(&self) -> std::sync::MutexGuard<'_, SpentSessions> {
+        self.revoked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Revoked through Redis or the admin endpoint, and not yet expired.
     pub fn is_revoked(&self, sid: &SessionId) -> bool {
-        let map = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(sid).is_some_and(|until| *until > Instant::now())
+        self.revoked().contains(sid, Instant::now())
     }
 
     pub fn insert(&self, sid: SessionId, ttl: Duration) {
-        let mut map = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if map.len() >= 1024 && map.len().is_power_of_two() {
-            // Bounded without a sweeper when nothing else purges (no Redis).
-            map.retain(|_, until| *until > now);
-        }
-        let until = now + ttl;
-        let e = map.entry(sid).or_insert(until);
-        *e = (*e).max(until);
+        self.revoked().insert(&sid, Instant::now() + ttl);
     }
 
     pub fn purge(&self) {
-        let now = Instant::now();
-        let mut map = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, until| *until > now);
+        self.revoked().purge(Instant::now());
     }
 
     /// Marks the link up or down; returns whether it was up.
@@ -73,7 +67,12 @@ impl Revocations {
     }
 
     pub fn len(&self) -> usize {
-        self.revoked.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.revoked().len()
+    }
+
+    /// Revoked ids forgotten before expiry because the set was full.
+    pub fn forgotten(&self) -> u64 {
+        self.revoked().forgotten()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -140,7 +139,7 @@ mod tests {
 
     #[test]
     fn entries_expire_and_work_without_redis() {
-        let r = Revocations::new(true);
+        let r = Revocations::new(true, 1000);
         let sid = SessionId::parse("s-1").unwrap();
         r.insert(sid.clone(), Duration::from_secs(60));
         assert!(r.is_revoked(&sid));
@@ -149,7 +148,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         // Without Redis, the admin endpoint still revokes; the link is
         // not a readiness condition.
-        let off = Revocations::new(false);
+        let off = Revocations::new(false, 1000);
         off.insert(sid.clone(), Duration::from_secs(60));
         assert!(off.is_revoked(&sid));
         assert!(off.healthy());

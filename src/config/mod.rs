@@ -122,6 +122,11 @@ pub struct Limits {
     /// Session-end reports waiting for the control plane or Redis; past it
     /// reports are dropped (counted), and those slots free at token expiry.
     pub max_pending_session_reports: usize,
+    /// Revoked or ended session ids remembered (each until its token
+    /// expires) so their tokens cannot open streams again; 24 bytes each.
+    /// Past it the soonest to expire are forgotten, counted in
+    /// `sluice_spent_sessions_forgotten_total`.
+    pub max_spent_sessions: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -552,6 +557,7 @@ impl Default for Limits {
             shard_mailbox_messages: 65_536,
             max_connections_per_session: 1,
             max_pending_session_reports: 4096,
+            max_spent_sessions: 1_000_000,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::auth::spent::SpentSessions;
 use crate::ids::SessionId;
 
 /// One session's spend, shared by its connections.
@@ -147,13 +148,20 @@ pub struct Joined {
     pub first: bool,
 }
 
-#[derive(Default)]
 pub struct Spends {
     live: Mutex<HashMap<SessionId, Held>>,
-    ended: Mutex<HashMap<SessionId, Instant>>,
+    ended: Mutex<SpentSessions>,
 }
 
 impl Spends {
+    /// `cap`: most ended sessions remembered (`limits.max_spent_sessions`).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            live: Mutex::default(),
+            ended: Mutex::new(SpentSessions::new(cap)),
+        }
+    }
+
     /// Joins (or starts) the session `sid` for one more connection.
     /// `limit` is the token's quota (`None`: unlimited); `ttl` how long the
     /// token stays valid.
@@ -233,17 +241,16 @@ impl Spends {
 
     /// Remembers that `sid`'s token is spent until `until`.
     pub fn mark_ended(&self, sid: SessionId, until: Instant) {
-        let mut ended = lock(&self.ended);
-        let now = Instant::now();
-        // Bounded without a sweeper: expired entries go when the map doubles.
-        if ended.len() >= 1024 && ended.len().is_power_of_two() {
-            ended.retain(|_, u| *u > now);
-        }
-        ended.insert(sid, until);
+        lock(&self.ended).insert(&sid, until);
     }
 
     pub fn is_ended(&self, sid: &SessionId, now: Instant) -> bool {
-        lock(&self.ended).get(sid).is_some_and(|u| *u > now)
+        lock(&self.ended).contains(sid, now)
+    }
+
+    /// Ended sessions forgotten before expiry because the set was full.
+    pub fn forgotten(&self) -> u64 {
+        lock(&self.ended).forgotten()
     }
 
     /// Sessions with at least one connection, and ended ones remembered.
@@ -396,7 +403,7 @@ mod tests {
 
     #[test]
     fn connections_of_one_session_share_its_quota_exactly() {
-        let s = Spends::default();
+        let s = Spends::new(1000);
         let ttl = Duration::from_secs(60);
         let a = s.open(&sid("s1"), Some(100), 2, ttl).unwrap();
         let b = s.open(&sid("s1"), Some(999), 2, ttl).unwrap();

@@ -188,6 +188,7 @@ impl Gateway {
             cfg.auth.edge_failures_per_minute,
             cfg.auth.edge_failure_sources,
         );
+        let spent_cap = cfg.limits.max_spent_sessions;
         let shared = Arc::new(Shared {
             cfg,
             verifier,
@@ -200,9 +201,9 @@ impl Gateway {
             sessions: AtomicUsize::new(0),
             pending_handshakes: AtomicUsize::new(0),
             unauthenticated: AtomicUsize::new(0),
-            revocations: Revocations::new(revocation_on),
+            revocations: Revocations::new(revocation_on, spent_cap),
             edge_lockout,
-            spends: Spends::default(),
+            spends: Spends::new(spent_cap),
             spend_link,
             end_reports: EndReports::new(ends.as_ref().map(|(tx, _)| tx.clone())),
             public_url,

@@ -71,6 +71,8 @@ pub struct Snapshot {
     /// Sessions with a connection open; ended sessions remembered.
     pub sessions_live: usize,
     pub sessions_ended: usize,
+    /// Revoked and ended ids forgotten before expiry (the set was full).
+    pub spent_forgotten: [u64; 2],
     /// Session-end reports: sent, failed, dropped (queue full).
     pub end_reports: [u64; 3],
     /// `None` when there is no TLS listener.
@@ -285,6 +287,16 @@ impl Metrics {
             "# HELP sluice_session_ids_live Sessions (token sids) with a connection open or ending\n# TYPE sluice_session_ids_live gauge\nsluice_session_ids_live {}\n# HELP sluice_session_ids_ended Ended sessions remembered until their tokens expire\n# TYPE sluice_session_ids_ended gauge\nsluice_session_ids_ended {}",
             snap.sessions_live, snap.sessions_ended
         );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_spent_sessions_forgotten_total Revoked or ended session ids forgotten before their tokens expired, because limits.max_spent_sessions were remembered\n# TYPE sluice_spent_sessions_forgotten_total counter"
+        );
+        for (set, n) in ["revoked", "ended"].iter().zip(snap.spent_forgotten) {
+            let _ = writeln!(
+                out,
+                "sluice_spent_sessions_forgotten_total{{set=\"{set}\"}} {n}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP sluice_session_end_reports_total Session ends reported to the control plane or Redis\n# TYPE sluice_session_end_reports_total counter"

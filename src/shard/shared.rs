@@ -128,6 +128,7 @@ impl Shared {
             unauthenticated: self.unauthenticated.load(Ordering::Relaxed),
             sessions_live: self.spends.counts().0,
             sessions_ended: self.spends.counts().1,
+            spent_forgotten: [self.revocations.forgotten(), self.spends.forgotten()],
             end_reports: [
                 self.end_reports.sent.load(Ordering::Relaxed),
                 self.end_reports.failed.load(Ordering::Relaxed),

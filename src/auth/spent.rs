@@ -64,6 +64,9 @@ pub struct SpentSessions {
     keys: [RandomState; 2],
     base: Instant,
     cap: usize,
+    /// The next purge runs at this many ids: twice what the last one
+    /// left, so purging stays a constant cost per insert.
+    purge_at: usize,
     forgotten: u64,
 }
 
@@ -75,6 +78,7 @@ impl SpentSessions {
             keys: [RandomState::new(), RandomState::new()],
             base: Instant::now(),
             cap: cap.max(1),
+            purge_at: 1024,
             forgotten: 0,
         }
     }
@@ -97,9 +101,8 @@ impl SpentSessions {
             *d = (*d).max(until);
             return;
         }
-        let len = self.ids.len();
         // Expired ids go without a sweeper: whenever the set doubles.
-        if len >= self.cap || (len >= 1024 && len.is_power_of_two()) {
+        if self.ids.len() >= self.cap.min(self.purge_at) {
             self.purge(Instant::now());
         }
         if self.ids.len() >= self.cap {
@@ -118,6 +121,7 @@ impl SpentSessions {
     pub fn purge(&mut self, now: Instant) {
         let now = self.ms(now);
         self.ids.retain(|_, d| *d > now);
+        self.purge_at = (self.ids.len() * 2).max(1024);
     }
 
     /// Full of live ids: forgets the eighth (at least one) that expire
@@ -201,6 +205,18 @@ mod tests {
         for i in 40..97 {
             assert!(s.contains(&sid(i), later), "s-{i} is kept");
         }
+    }
+
+    #[test]
+    fn expired_ids_go_without_a_sweeper_as_the_set_grows() {
+        let mut s = SpentSessions::new(1_000_000);
+        let now = Instant::now();
+        for i in 0..1024 {
+            s.insert(&sid(i), now);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        s.insert(&sid(5000), now + Duration::from_secs(60));
+        assert_eq!((s.len(), s.forgotten()), (1, 0));
     }
 
     #[test]

@@ -117,6 +117,10 @@ pub struct EtcdTenants {
     prefix: String,
     timeout: Duration,
     retry: Duration,
+    /// Said with a request no member took: over TLS without a client
+    /// certificate, etcd that requires one just closes the connection
+    /// (a bare "broken pipe").
+    no_cert_hint: &'static str,
     copy: Arc<RwLock<HashMap<TenantSlug, Arc<Tenant>>>>,
     pub state: Arc<WatchState>,
 }
@@ -166,6 +170,12 @@ impl EtcdTenants {
             prefix: opts.prefix.clone(),
             timeout: opts.timeout,
             retry: opts.retry,
+            no_cert_hint: if opts.ca.is_some() && opts.cert.is_none() {
+                "; this client presents no certificate: if etcd requires one \
+                 (--client-cert-auth), give --etcd-cert and --etcd-key"
+            } else {
+                ""
+            },
             copy: Arc::default(),
             state: Arc::default(),
             restart: Arc::default(),
@@ -251,9 +261,11 @@ impl EtcdTenants {
                 }
                 Err(e) if not_sent(&e) => {
                     return Err(TenantError::Store(format!(
-                        "etcd: no member took the request within {} ms (members down, or a \
-                         leader election longer than --etcd-retry-ms); last error: {e}",
-                        self.retry.as_millis()
+                        "etcd: no member took the request within {} ms (members down or \
+                         refusing the connection, or a leader election longer than \
+                         --etcd-retry-ms); last error: {e}{}",
+                        self.retry.as_millis(),
+                        self.no_cert_hint
                     )));
                 }
                 Err(e) => return Err(store_err(e)),

@@ -132,7 +132,15 @@ impl SpentSessions {
         let (_, &mut cut, _) = deadlines.select_nth_unstable(n - 1);
         let before = self.ids.len();
         self.ids.retain(|_, d| *d > cut);
-        self.forgotten += (before - self.ids.len()) as u64;
+        let gone = before - self.ids.len();
+        self.forgotten += gone as u64;
+        // At most once per cap/8 inserts: no flood.
+        tracing::warn!(
+            limit = self.cap,
+            forgotten = gone,
+            "spent-session ids at limits.max_spent_sessions: forgot those closest to expiry; \
+             their tokens can open streams again until they expire"
+        );
     }
 
     pub fn len(&self) -> usize {

@@ -599,6 +599,67 @@ async fn failed_edge_keys_lock_their_address_out_and_short_keys_are_refused() {
     assert!(err.contains("shorter than 22 characters"), "{err}");
 }
 
+/// Guessing the gateway's admin token (16 characters may be a phrase) is
+/// limited like edge keys: after `auth.admin_failures_per_minute` misses
+/// the address gets 429, even with the right token, the misses are counted
+/// in `sluice_admin_auth_failures_total` and logged counted, and sessions
+/// keep being served.
+#[tokio::test]
+async fn failed_admin_tokens_lock_their_address_out() {
+    let token = "the-admin-token-0123456789";
+    let mut gw = Gateway::start_logged(
+        1,
+        &[
+            ("SLUICE_ADMIN_TOKEN", token),
+            ("SLUICE_AUTH_ADMIN_FAILURES_PER_MINUTE", "3"),
+            ("SLUICE_LOG", "info"),
+        ],
+    );
+    let lines = gw.log_lines();
+    let mut healthy = Healthy::new(&gw).await;
+    let edges = |t: &str| {
+        format!("GET /admin/edges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n")
+    };
+    assert_eq!(raw_http(gw.addr, &edges(token)).await.0, 200);
+    assert_eq!(gw.get("/admin/edges").await.0, 401, "no token");
+    for i in 0..2 {
+        let (status, body) = raw_http(gw.addr, &edges(&format!("guess-{i:012}"))).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    for _ in 0..50 {
+        let (status, body) = raw_http(gw.addr, &edges("guess")).await;
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            body.contains("too many failed admin authentications"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        raw_http(gw.addr, &edges(token)).await.0,
+        429,
+        "the address is locked out, whatever the token"
+    );
+    healthy.check().await;
+    assert_eq!(gw.metric("sluice_admin_auth_failures_total").await, 54);
+    drop(healthy);
+    drop(gw);
+    let log = lines.join().unwrap();
+    let about = log
+        .iter()
+        .filter(|l| l.contains("failed admin authentication"))
+        .count();
+    assert!((1..=3).contains(&about), "{about} log lines: {log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("too many failed admin authentications")),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains(token)),
+        "the token was logged"
+    );
+}
+
 /// Issue 13, limits: out of descriptors (EMFILE) the gateway closes the
 /// connections it cannot serve at once instead of leaving them in the
 /// accept queue, keeps serving its established sessions, and recovers as

@@ -487,6 +487,71 @@ async fn every_denial_has_its_status_and_reason() {
     }
 }
 
+/// Guessing the control plane's admin token (or the gateway token its
+/// session-end reports carry) is limited per address: after
+/// `--admin-failures-per-minute` misses the address gets 429, the right
+/// token included, until a try refills.
+#[tokio::test]
+async fn guessing_the_control_planes_admin_token_locks_the_address_out() {
+    let dir = provision();
+    let ctl = Control::start(
+        &dir,
+        &[
+            "--gateway",
+            "http://127.0.0.1:9",
+            "--admin-failures-per-minute",
+            "3",
+        ],
+    );
+    assert_eq!(
+        ctl.admin_call("GET", "/control/validate/nobody").await.0,
+        404
+    );
+    let ctl = &ctl;
+    let guess = |t: &'static str| async move {
+        let bearer = format!("Bearer {t}");
+        ctl.request(
+            "POST",
+            "/control/revoke/x",
+            &[("Authorization", &bearer)],
+            "",
+        )
+        .await
+    };
+    let (st, v) = ctl.request("POST", "/control/revoke/x", &[], "").await;
+    assert_eq!((st, v["error"].as_str()), (401, Some("missing_token")));
+    for _ in 0..2 {
+        let (st, v) = guess("not-the-admin-token-000").await;
+        assert_eq!((st, v["error"].as_str()), (401, Some("invalid_token")));
+    }
+    for _ in 0..20 {
+        let (st, v) = guess("not-the-admin-token-000").await;
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (429, Some("too_many_failures")),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        ctl.admin_call("GET", "/control/validate/nobody").await.0,
+        429,
+        "the address waits, whatever the token"
+    );
+    // The gateway's reports share the table.
+    let (st, _) = ctl
+        .request(
+            "POST",
+            "/control/ended/x",
+            &[("Authorization", &format!("Bearer {GW_ADMIN_TOKEN}"))],
+            r#"{"bytes":0}"#,
+        )
+        .await;
+    assert_eq!(st, 429);
+    // Users are not limited by it: their tokens are checked on their own.
+    let (st, v) = ctl.access("acme", &alice(), "dash", "d").await;
+    assert_ne!(st, 429, "{v}");
+}
+
 #[tokio::test]
 async fn single_node_revocation_goes_through_the_gateway_admin_endpoint() {
     let dir = provision();

@@ -37,6 +37,18 @@ impl Transport {
             Transport::Plain | Transport::Fronted { .. } => None,
         }
     }
+
+    /// The client's address, for per-address limits: the front's word for
+    /// it, or the socket's peer on the plaintext listener.
+    pub fn source(
+        &self,
+        socket_peer: impl FnOnce() -> Option<std::net::IpAddr>,
+    ) -> Option<std::net::IpAddr> {
+        match self {
+            Transport::Tls { peer, .. } | Transport::Fronted { peer } => *peer,
+            Transport::Plain => socket_peer(),
+        }
+    }
 }
 
 /// A tenant id read from a verified client certificate's CN. Only the TLS

@@ -6,7 +6,7 @@
 pub mod dev_token;
 pub mod edge_auth;
 pub mod jwks;
-pub mod lockout;
+pub use sluice_protocol::lockout;
 pub mod revocations;
 pub mod spent;
 pub mod token;

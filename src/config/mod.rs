@@ -206,6 +206,13 @@ pub struct Auth {
     pub edge_failures_per_minute: u32,
     /// Source addresses tracked for that limit (bounded memory).
     pub edge_failure_sources: usize,
+    /// Failed admin-token checks (`/admin/…`) one source address may make
+    /// per minute before it is refused (429) until a try refills; 0 = no
+    /// limit. An admin token may be a 16-character phrase: guessing it
+    /// must cost time.
+    pub admin_failures_per_minute: u32,
+    /// Source addresses tracked for that limit (bounded memory).
+    pub admin_failure_sources: usize,
     /// Cut a running stream when its token expires (otherwise expiry is
     /// checked when a session connects or reconnects).
     pub enforce_expiry_mid_stream: bool,
@@ -248,6 +255,8 @@ impl Default for Auth {
             leeway_s: 0,
             edge_failures_per_minute: 30,
             edge_failure_sources: 65_536,
+            admin_failures_per_minute: 10,
+            admin_failure_sources: 4096,
             enforce_expiry_mid_stream: false,
         }
     }

@@ -50,10 +50,7 @@ fn authenticate(
     stream: &TcpStream,
 ) -> Result<Grant, HttpError> {
     let s = &shard.shared;
-    let source = match transport {
-        Transport::Tls { peer, .. } | Transport::Fronted { peer } => *peer,
-        Transport::Plain => stream.peer_addr().ok().map(|a| a.ip()),
-    };
+    let source = transport.source(|| stream.peer_addr().ok().map(|a| a.ip()));
     if let Some(LockedOut(wait)) = source.and_then(|ip| s.edge_lockout.check(ip).err()) {
         shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
         tracing::debug!(

@@ -2,45 +2,73 @@
 //! gateway): `GET /admin/edges` lists the edges online here, and
 //! `POST /admin/revoke/{sid}?exp=<unix s>` revokes a session exactly as a
 //! Redis publish would. Both need `Authorization: Bearer <admin.token>`;
-//! with no token configured they do not exist (404).
+//! with no token configured they do not exist (404). A source address that
+//! fails the token `auth.admin_failures_per_minute` times is refused with
+//! 429 before its token is looked at, until a try refills.
 
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::auth::lockout::LockedOut;
 use crate::auth::revocations::ttl_until;
 use crate::cluster::revocation_link;
 use crate::ids::SessionId;
-use crate::shard::Shared;
+use crate::shard::{Shard, Shared};
 use crate::wire::http::{HttpError, Request};
 
 /// What an admin request gets: status, content type, body.
 pub type Answer = (u16, &'static str, Vec<u8>);
 
-fn authorised(shared: &Shared, req: &Request) -> Result<(), HttpError> {
+fn authorised(shard: &Shard, source: Option<IpAddr>, req: &Request) -> Result<(), HttpError> {
+    let shared = &shard.shared;
     let want = &shared.cfg.admin.token;
     if want.is_empty() {
         return Err(HttpError::new(404, "no such endpoint"));
+    }
+    let failed = || shard.metrics().admin_auth_failures.fetch_add(1, Relaxed);
+    if let Some(LockedOut(wait)) = source.and_then(|ip| shared.admin_lockout.check(ip).err()) {
+        failed();
+        tracing::debug!(
+            ?source,
+            retry_s = wait.as_secs() + 1,
+            "admin request refused: address locked out"
+        );
+        return Err(HttpError::new(
+            429,
+            "too many failed admin authentications from this address; retry later",
+        ));
     }
     let given = req
         .header("authorization")
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim())
-        .ok_or(HttpError::new(401, "admin bearer token required"))?;
+        .map(|(_, t)| t.trim());
     // Digests have equal length: compared in constant time.
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(want.as_bytes());
-    if bool::from(a.ct_eq(&b)) {
-        Ok(())
-    } else {
-        Err(HttpError::new(401, "admin token is not valid"))
+    let ok = given.is_some_and(|given| {
+        let a = Sha256::digest(given.as_bytes());
+        let b = Sha256::digest(want.as_bytes());
+        bool::from(a.ct_eq(&b))
+    });
+    if ok {
+        return Ok(());
     }
+    failed();
+    if let Some(ip) = source {
+        shared.admin_lockout.failed(ip);
+    }
+    Err(match given {
+        None => HttpError::new(401, "admin bearer token required"),
+        Some(_) => HttpError::new(401, "admin token is not valid"),
+    })
 }
 
-pub fn handle(shared: &Shared, req: &Request) -> Result<Answer, HttpError> {
-    authorised(shared, req)?;
+pub fn handle(shard: &Shard, source: Option<IpAddr>, req: &Request) -> Result<Answer, HttpError> {
+    authorised(shard, source, req)?;
+    let shared: &Shared = &shard.shared;
     let path = req.path.as_str();
     if path == "/admin/edges" {
         if req.method != "GET" {

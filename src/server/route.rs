@@ -85,10 +85,13 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
             let body = body.as_bytes().to_vec();
             answer(stream, &req.method, status, "text/plain", body).await
         }
-        p if p.starts_with("/admin/") => match admin::handle(&shard.shared, &req) {
-            Ok((status, ctype, body)) => respond(stream, status, ctype, body).await,
-            Err(e) => reject(&shard, stream, &e).await,
-        },
+        p if p.starts_with("/admin/") => {
+            let source = transport.source(|| stream.peer_addr().ok().map(|a| a.ip()));
+            match admin::handle(&shard, source, &req) {
+                Ok((status, ctype, body)) => respond(stream, status, ctype, body).await,
+                Err(e) => reject(&shard, stream, &e).await,
+            }
+        }
         "/metrics" => {
             let body = shard.shared.metrics.render(&shard.shared.snapshot());
             let ctype = "text/plain; version=0.0.4";

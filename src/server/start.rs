@@ -185,8 +185,14 @@ impl Gateway {
         let spend_link = crate::cluster::spend_link::start(&cfg)
             .context("cannot start the session-spend thread")?;
         let edge_lockout = Lockout::new(
+            "edge",
             cfg.auth.edge_failures_per_minute,
             cfg.auth.edge_failure_sources,
+        );
+        let admin_lockout = Lockout::new(
+            "admin",
+            cfg.auth.admin_failures_per_minute,
+            cfg.auth.admin_failure_sources,
         );
         let spent_cap = cfg.limits.max_spent_sessions;
         let shared = Arc::new(Shared {
@@ -203,6 +209,7 @@ impl Gateway {
             unauthenticated: AtomicUsize::new(0),
             revocations: Revocations::new(revocation_on, spent_cap),
             edge_lockout,
+            admin_lockout,
             spends: Spends::new(spent_cap),
             spend_link,
             end_reports: EndReports::new(ends.as_ref().map(|(tx, _)| tx.clone())),

@@ -35,6 +35,8 @@ pub struct ShardMetrics {
     pub handshakes_evicted: AtomicU64,
     pub auth_failures: [AtomicU64; TokenError::ALL.len()],
     pub edge_auth_failures: AtomicU64,
+    /// Admin requests refused for a missing or wrong token, or locked out.
+    pub admin_auth_failures: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -321,7 +323,7 @@ impl Metrics {
             );
         }
         type Get = fn(&ShardMetrics) -> i64;
-        let per_shard: [(&str, &str, &str, Get); 18] = [
+        let per_shard: [(&str, &str, &str, Get); 19] = [
             (
                 "sluice_sessions_active",
                 "gauge",
@@ -429,6 +431,12 @@ impl Metrics {
                 "counter",
                 "Connector or edge connections refused for a bad Edge-Key",
                 |s| s.edge_auth_failures.load(Relaxed) as i64,
+            ),
+            (
+                "sluice_admin_auth_failures_total",
+                "counter",
+                "Admin requests refused for a missing or wrong admin token, or from an address locked out (auth.admin_failures_per_minute)",
+                |s| s.admin_auth_failures.load(Relaxed) as i64,
             ),
         ];
         for (name, kind, help, get) in per_shard {

@@ -36,6 +36,8 @@ pub struct Shared {
     pub revocations: Revocations,
     /// Source addresses that failed edge authentication too often.
     pub edge_lockout: Lockout,
+    /// Failed admin-token checks per source address.
+    pub admin_lockout: Lockout,
     /// Per-session spend and connections, across shards.
     pub spends: Spends,
     /// The same count across gateways, with Redis.

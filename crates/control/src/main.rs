@@ -200,6 +200,21 @@ struct ServeArgs {
         default_value_t = 10_000
     )]
     read_timeout_ms: u64,
+    /// Failed admin or gateway tokens one source address may present per
+    /// minute before it is refused (429) until a try refills; 0 = no limit.
+    #[arg(
+        long,
+        env = "SLUICE_CONTROL_ADMIN_FAILURES_PER_MINUTE",
+        default_value_t = 10
+    )]
+    admin_failures_per_minute: u32,
+    /// Source addresses tracked for that limit (bounded memory).
+    #[arg(
+        long,
+        env = "SLUICE_CONTROL_ADMIN_FAILURE_SOURCES",
+        default_value_t = 4096
+    )]
+    admin_failure_sources: usize,
     /// Runtime threads (0 = one per core).
     #[arg(long, env = "SLUICE_CONTROL_THREADS", default_value_t = 0)]
     threads: usize,
@@ -765,6 +780,11 @@ fn serve(args: ServeArgs, dir: Catalog, audit: Audit) -> anyhow::Result<()> {
             signers: Signers::default(),
             cors: server::cors(&args.cors_origins).context("--cors-origin")?,
             read_timeout: std::time::Duration::from_millis(args.read_timeout_ms.max(1)),
+            token_lockout: sluice_protocol::lockout::Lockout::new(
+                "admin",
+                args.admin_failures_per_minute,
+                args.admin_failure_sources,
+            ),
         });
         // Read before binding: a bad file is a clear error, not a port
         // that accepts and then fails every handshake.

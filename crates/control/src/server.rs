@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -51,6 +51,8 @@ pub struct App {
     /// The request head must arrive within this, and each part of the
     /// body within this of the last (`--read-timeout-ms`).
     pub read_timeout: Duration,
+    /// Failed admin and gateway tokens per source address.
+    pub token_lockout: sluice_protocol::lockout::Lockout,
 }
 
 /// Browsers on these origins (the dashboard) may call the API; `None` =
@@ -108,14 +110,20 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long SIGTERM waits for requests in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The client's address, put on every request of its connection: what
+/// the token lockout counts failures by.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::IpAddr);
+
 /// Serves one accepted connection (plain, or TLS once the handshake is
 /// done) with the read timeouts above.
-pub async fn serve_connection<I>(io: I, routes: Router, read_timeout: Duration)
+pub async fn serve_connection<I>(io: I, peer: SocketAddr, routes: Router, read_timeout: Duration)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use tower_service::Service;
-    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(Peer(peer.ip()));
         routes.clone().call(req)
     });
     let _ = hyper::server::conn::http1::Builder::new()
@@ -135,9 +143,9 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
+                Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -150,7 +158,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
         let (routes, open) = (routes.clone(), open.clone());
         open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            serve_connection(tcp, routes, read_timeout).await;
+            serve_connection(tcp, peer, routes, read_timeout).await;
             open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
     }
@@ -216,7 +224,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+fn require_admin(app: &App, peer: Option<Peer>, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(want) = &app.admin_token else {
         return Err(ApiError::new(
             403,
@@ -224,12 +232,12 @@ fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
             "admin endpoints are disabled (SLUICE_CONTROL_ADMIN_TOKEN not set)",
         ));
     };
-    require_bearer(headers, want)
+    require_bearer(app, peer, headers, want)
 }
 
 /// The gateway's reports carry the gateway's own admin token, which this
 /// control plane holds anyway to call the gateway: no new secret.
-fn require_gateway(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+fn require_gateway(app: &App, peer: Option<Peer>, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(want) = &app.gateway_token else {
         return Err(ApiError::new(
             403,
@@ -237,22 +245,48 @@ fn require_gateway(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
             "session-end reports are disabled (SLUICE_GATEWAY_ADMIN_TOKEN not set)",
         ));
     };
-    require_bearer(headers, want)
+    require_bearer(app, peer, headers, want)
 }
 
-fn require_bearer(headers: &HeaderMap, want: &[u8; 32]) -> Result<(), ApiError> {
-    let given = bearer(headers)
-        .ok_or_else(|| ApiError::new(401, "missing_token", "admin bearer token required"))?;
+/// Checks a bearer token against `want`'s digest, unless the client's
+/// address is locked out for failing too often (`--admin-failures-per-minute`).
+fn require_bearer(
+    app: &App,
+    peer: Option<Peer>,
+    headers: &HeaderMap,
+    want: &[u8; 32],
+) -> Result<(), ApiError> {
+    let ip = peer.map(|p| p.0);
+    if ip.is_some_and(|ip| app.token_lockout.check(ip).is_err()) {
+        return Err(ApiError::new(
+            429,
+            "too_many_failures",
+            "too many failed authentications from this address; retry later",
+        ));
+    }
+    let fail = |e: ApiError| {
+        if let Some(ip) = ip {
+            app.token_lockout.failed(ip);
+        }
+        e
+    };
+    let given = bearer(headers).ok_or_else(|| {
+        fail(ApiError::new(
+            401,
+            "missing_token",
+            "admin bearer token required",
+        ))
+    })?;
     // Digests of equal length, compared in constant time.
     let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
     if bool::from(d.ct_eq(want)) {
         Ok(())
     } else {
-        Err(ApiError::new(
+        Err(fail(ApiError::new(
             401,
             "invalid_token",
             "admin token is not valid",
-        ))
+        )))
     }
 }
 
@@ -358,10 +392,11 @@ async fn decide(
 
 async fn validate_handler(
     State(app): State<Arc<App>>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     Path(sid): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_admin(&app, &headers)?;
+    require_admin(&app, peer.map(|p| p.0), &headers)?;
     let now = now_s();
     let Some((rec, revoked)) = app.store.lookup(&sid, now).await? else {
         return Err(ApiError::new(404, "unknown_session", "no such session"));
@@ -387,10 +422,11 @@ async fn validate_handler(
 
 async fn revoke_handler(
     State(app): State<Arc<App>>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     Path(sid): Path<String>,
 ) -> Result<Response, ApiError> {
-    let res = revoke(&app, &headers, &sid).await;
+    let res = revoke(&app, peer.map(|p| p.0), &headers, &sid).await;
     app.audit.record(
         "revoke",
         json!({
@@ -402,8 +438,13 @@ async fn revoke_handler(
     res.map(|exp| Json(json!({"session_id": sid, "revoked": true, "exp": exp})).into_response())
 }
 
-async fn revoke(app: &App, headers: &HeaderMap, sid: &str) -> Result<u64, ApiError> {
-    require_admin(app, headers)?;
+async fn revoke(
+    app: &App,
+    peer: Option<Peer>,
+    headers: &HeaderMap,
+    sid: &str,
+) -> Result<u64, ApiError> {
+    require_admin(app, peer, headers)?;
     let now = now_s();
     let Some((rec, _)) = app.store.lookup(sid, now).await? else {
         return Err(ApiError::new(404, "unknown_session", "no such session"));
@@ -464,11 +505,12 @@ struct EndedReport {
 /// hourly grant returns to the plan.
 async fn ended_handler(
     State(app): State<Arc<App>>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     Path(sid): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    require_gateway(&app, &headers)?;
+    require_gateway(&app, peer.map(|p| p.0), &headers)?;
     let report: EndedReport = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             400,

@@ -109,7 +109,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, files: File
                     Err(_) => return tracing::debug!(%peer, "tls handshake timed out"),
                 };
             open.fetch_add(1, Ordering::Relaxed);
-            serve_connection(tls, routes, read_timeout).await;
+            serve_connection(tls, peer, routes, read_timeout).await;
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }

@@ -129,6 +129,7 @@ fn main() -> Result<()> {
             signers: Signers::default(),
             cors: server::cors(std::slice::from_ref(&gw_url))?,
             read_timeout: server::DEFAULT_READ_TIMEOUT,
+            token_lockout: sluice::protocol::lockout::Lockout::new("admin", 10, 4096),
         });
         let listener = tokio::net::TcpListener::bind(args.control)
             .await

@@ -15,6 +15,8 @@
 //!   which gateways update when a session ends;
 //! - [`units`]: sizes and durations as the command lines take them;
 //! - [`suggest`]: "did you mean" for misspelled names;
+//! - [`lockout`]: failed authentications limited per source address (the
+//!   gateway's edge keys and admin token, the control plane's tokens);
 //! - `tunnel` (feature `grpc`): seed 002's gRPC tunnel between a connector
 //!   and the gateway, generated from `proto/tunnel.proto`.
 //!
@@ -26,6 +28,7 @@ pub mod browser;
 pub mod close;
 pub mod connector;
 mod error;
+pub mod lockout;
 pub mod relay;
 pub mod slots;
 pub mod suggest;

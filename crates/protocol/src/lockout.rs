@@ -1,14 +1,18 @@
-//! Failed edge authentications, rate-limited per source address: a bad
-//! `Edge-Key` (or certificate) costs the address one of
-//! `auth.edge_failures_per_minute` tries, refilled continuously; with none
-//! left the address is refused with 429 before its key is even looked at,
-//! until a try refills. Failures are logged counted — the first of a
-//! lockout at warn, with the tally — never one line per attempt, so a
-//! guessing client cannot flood the log either.
+//! Failed authentications, rate-limited per source address, one table per
+//! secret: the gateway's edge keys (`auth.edge_failures_per_minute`) and
+//! admin token (`auth.admin_failures_per_minute`), the control plane's
+//! admin and gateway tokens (`--admin-failures-per-minute`). Each failure
+//! costs the address one of its tries per minute, refilled continuously;
+//! with none left the address is refused (429) before its secret is even
+//! looked at, until a try refills. Failures are logged counted — the
+//! first, then one warning per lockout with the tally — never one line per
+//! attempt, so a guessing client cannot flood the log either.
 //!
-//! The table is bounded (`auth.edge_failure_sources`): when full, entries
-//! whose tries have all refilled go first; if none has, the new address is
-//! not tracked (it is still refused on each bad key, only not locked out).
+//! Each table is bounded (`auth.edge_failure_sources`,
+//! `auth.admin_failure_sources`, `--admin-failure-sources`): when full,
+//! entries whose tries have all refilled go first; if none has, the new
+//! address is not tracked (it is still refused on each bad secret, only not
+//! locked out).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,6 +20,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct Lockout {
+    /// What fails here, for the log: "edge", "admin".
+    what: &'static str,
     per_minute: u32,
     max_sources: usize,
     sources: Mutex<HashMap<IpAddr, Tries>>,
@@ -35,8 +41,9 @@ struct Tries {
 pub struct LockedOut(pub Duration);
 
 impl Lockout {
-    pub fn new(per_minute: u32, max_sources: usize) -> Self {
+    pub fn new(what: &'static str, per_minute: u32, max_sources: usize) -> Self {
         Self {
+            what,
             per_minute,
             max_sources,
             sources: Mutex::new(HashMap::new()),
@@ -94,11 +101,11 @@ impl Lockout {
         t.left = (t.left - 1.0).max(0.0);
         t.failures += 1;
         if t.failures == 1 {
-            tracing::info!(%ip, "failed edge authentication");
+            tracing::info!(%ip, "failed {} authentication", self.what);
         }
         if t.left < 1.0 && !t.locked {
             t.locked = true;
-            tracing::warn!(%ip, failures = t.failures, per_minute = self.per_minute, "too many failed edge authentications: address locked out");
+            tracing::warn!(%ip, failures = t.failures, per_minute = self.per_minute, "too many failed {} authentications: address locked out", self.what);
             t.failures = 0;
         }
     }
@@ -114,7 +121,7 @@ mod tests {
 
     #[test]
     fn an_address_is_locked_out_after_its_tries_and_others_are_not() {
-        let l = Lockout::new(3, 2);
+        let l = Lockout::new("edge", 3, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..3 {
@@ -132,7 +139,7 @@ mod tests {
         l.failed("10.0.0.3".parse().unwrap());
         assert_eq!(l.tracked(), 2);
         // Off.
-        let off = Lockout::new(0, 2);
+        let off = Lockout::new("edge", 0, 2);
         off.failed(a);
         assert!(off.check(a).is_ok());
     }

@@ -1,6 +1,7 @@
 //! Sluice's wire protocol, shared by the gateway, the connector, the fetch
 //! client, the load generator and the demo, so that every side agrees on
-//! one definition of each message.
+//! one definition of each message; and the few small pieces every program
+//! needs alike (units, suggestions, the lockout).
 //!
 //! - [`connector`]: seed 001 between a connector and the gateway
 //!   (`register`, `get_flight_info`, `do_get`, `cancel`, and the

@@ -634,11 +634,19 @@ async fn failed_admin_tokens_lock_their_address_out() {
             "{body}"
         );
     }
-    assert_eq!(
-        raw_http(gw.addr, &edges(token)).await.0,
-        429,
-        "the address is locked out, whatever the token"
+    let answer = raw_exchange(gw.addr, &edges(token)).await.1;
+    assert!(
+        answer.starts_with("HTTP/1.1 429"),
+        "the address is locked out, whatever the token: {answer}"
     );
+    let wait: u64 = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("Retry-After: "))
+        .expect("Retry-After")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=21).contains(&wait), "one try refills in 20 s: {wait}");
     healthy.check().await;
     assert_eq!(gw.metric("sluice_admin_auth_failures_total").await, 54);
     drop(healthy);

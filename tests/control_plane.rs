@@ -532,11 +532,30 @@ async fn guessing_the_control_planes_admin_token_locks_the_address_out() {
             "{v}"
         );
     }
-    assert_eq!(
-        ctl.admin_call("GET", "/control/validate/nobody").await.0,
-        429,
-        "the address waits, whatever the token"
+    let answer = raw_exchange(
+        ctl.addr,
+        &format!(
+            "GET /control/validate/nobody HTTP/1.1\r\nHost: c\r\nConnection: close\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+        ),
+    )
+    .await
+    .1;
+    assert!(
+        answer.starts_with("HTTP/1.1 429"),
+        "the address waits, whatever the token: {answer}"
     );
+    let wait: u64 = answer
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_owned)
+        })
+        .expect("Retry-After")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=21).contains(&wait), "one try refills in 20 s: {wait}");
     // The gateway's reports share the table.
     let (st, _) = ctl
         .request(

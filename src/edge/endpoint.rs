@@ -61,7 +61,8 @@ fn authenticate(
         return Err(HttpError::new(
             429,
             "too many failed authentications from this address; retry later",
-        ));
+        )
+        .retry_after(wait.as_secs() + 1));
     }
     edge_auth::authenticate(&s.cfg, &s.edge_keys, transport, req).inspect_err(|_| {
         shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);

@@ -40,7 +40,8 @@ fn authorised(shard: &Shard, source: Option<IpAddr>, req: &Request) -> Result<()
         return Err(HttpError::new(
             429,
             "too many failed admin authentications from this address; retry later",
-        ));
+        )
+        .retry_after(wait.as_secs() + 1));
     }
     let given = req
         .header("authorization")

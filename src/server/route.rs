@@ -41,7 +41,8 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
             let e = HttpError::new(
                 503,
                 "too many connections are waiting to send a request; retry",
-            );
+            )
+            .retry_after(1);
             return reject(&shard, stream, &e).await;
         }
     };
@@ -125,7 +126,7 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
                 if target == shard.id {
                     monoio::spawn(Box::pin(browser::run(shard, stream, req, buffered, sid)));
                 } else if shard.shared.mailboxes[target].is_full() {
-                    let e = HttpError::new(503, "gateway busy; retry");
+                    let e = HttpError::new(503, "gateway busy; retry").retry_after(1);
                     reject(&shard, stream, &e).await
                 } else {
                     let msg = ShardMsg::AdoptBrowser {

@@ -143,7 +143,7 @@ async fn open(
         }
     };
     if shard.shared.sessions.load(Relaxed) >= cfg.limits.max_sessions {
-        let e = HttpError::new(503, "session limit reached");
+        let e = HttpError::new(503, "session limit reached").retry_after(1);
         reject(shard, stream, &e).await;
         return None;
     }
@@ -151,7 +151,7 @@ async fn open(
     // only a small message (an `auth`) until it has authenticated.
     let max = cfg.limits.max_unauthenticated;
     let Some(unauthenticated) = shard.shared.admit(|s| &s.unauthenticated, max) else {
-        let e = HttpError::new(503, "too many sessions are authenticating; retry");
+        let e = HttpError::new(503, "too many sessions are authenticating; retry").retry_after(1);
         reject(shard, stream, &e).await;
         return None;
     };

@@ -22,11 +22,22 @@ pub const FAST_PATH_PROTOCOL: &str = "sluice.frames.v1";
 pub struct HttpError {
     pub status: u16,
     pub reason: &'static str,
+    /// Sent as `Retry-After` (seconds): when a 429 or 503 will clear.
+    pub retry_after_s: Option<u64>,
 }
 
 impl HttpError {
     pub const fn new(status: u16, reason: &'static str) -> Self {
-        Self { status, reason }
+        Self {
+            status,
+            reason,
+            retry_after_s: None,
+        }
+    }
+
+    pub const fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_s = Some(secs);
+        self
     }
 }
 
@@ -250,6 +261,11 @@ pub fn static_response(content_type: &str, body: &[u8]) -> Vec<u8> {
 
 /// A complete response that closes the connection.
 pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    response_with(status, content_type, body, "")
+}
+
+/// [`response`] with `extra` header lines (each ending in CRLF).
+fn response_with(status: u16, content_type: &str, body: &[u8], extra: &str) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n",
         reason_phrase(status),
@@ -258,16 +274,22 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     if status == 426 {
         out.push_str("Sec-WebSocket-Version: 13\r\n");
     }
+    out.push_str(extra);
     out.push_str("\r\n");
     let mut out = out.into_bytes();
     out.extend_from_slice(body);
     out
 }
 
-/// A JSON error response: `{"error": "...", "status": N}`.
+/// A JSON error response: `{"error": "...", "status": N}`, with
+/// `Retry-After` when the error says when to come back.
 pub fn error_response(err: &HttpError) -> Vec<u8> {
     let body = serde_json::json!({"error": err.reason, "status": err.status}).to_string();
-    response(err.status, "application/json", body.as_bytes())
+    let extra = err
+        .retry_after_s
+        .map(|s| format!("Retry-After: {s}\r\n"))
+        .unwrap_or_default();
+    response_with(err.status, "application/json", body.as_bytes(), &extra)
 }
 
 #[cfg(test)]
@@ -285,6 +307,18 @@ mod tests {
         let up = validate_upgrade(&req).unwrap();
         // RFC 6455 §1.3 worked example.
         assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn an_error_that_knows_when_it_clears_says_retry_after() {
+        let plain = String::from_utf8(error_response(&HttpError::new(503, "busy"))).unwrap();
+        assert!(!plain.contains("Retry-After"), "{plain}");
+        let e = HttpError::new(429, "locked out").retry_after(7);
+        let text = String::from_utf8(error_response(&e)).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 429 "), "{head}");
+        assert!(head.ends_with("\r\nRetry-After: 7"), "{head}");
+        assert_eq!(body, r#"{"error":"locked out","status":429}"#);
     }
 
     #[test]

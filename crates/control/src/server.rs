@@ -18,6 +18,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use sluice_protocol::lockout::{LockedOut, Lockout};
 use subtle::ConstantTimeEq;
 
 use crate::access::{self, AccessRequest, Ctx, Signers};
@@ -52,7 +53,7 @@ pub struct App {
     /// body within this of the last (`--read-timeout-ms`).
     pub read_timeout: Duration,
     /// Failed admin and gateway tokens per source address.
-    pub token_lockout: sluice_protocol::lockout::Lockout,
+    pub token_lockout: Lockout,
 }
 
 /// Browsers on these origins (the dashboard) may call the API; `None` =
@@ -257,12 +258,13 @@ fn require_bearer(
     want: &[u8; 32],
 ) -> Result<(), ApiError> {
     let ip = peer.map(|p| p.0);
-    if ip.is_some_and(|ip| app.token_lockout.check(ip).is_err()) {
+    if let Some(LockedOut(wait)) = ip.and_then(|ip| app.token_lockout.check(ip).err()) {
         return Err(ApiError::new(
             429,
             "too_many_failures",
             "too many failed authentications from this address; retry later",
-        ));
+        )
+        .retry_after(wait.as_secs() + 1));
     }
     let fail = |e: ApiError| {
         if let Some(ip) = ip {

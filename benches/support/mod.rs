@@ -10,7 +10,7 @@ const SECRET: &[u8] = b"bench-secret-0123456789abcdef-0123456789";
 /// count of verifying it) must not change from day to day.
 pub fn hs256_token() -> (Verifier, String) {
     let v = Verifier::from_config(&sluice::config::Auth {
-        hs256_secret: String::from_utf8(SECRET.to_vec()).expect("ascii"),
+        hs256_secret: String::from_utf8(SECRET.to_vec()).expect("ascii").into(),
         ..Default::default()
     })
     .expect("valid auth config");

@@ -56,7 +56,7 @@ fn life(
     announced: &mut BTreeMap<String, String>,
 ) -> redis::RedisResult<()> {
     let reg = &shared.cfg.registry;
-    let client = redis::Client::open(shared.cfg.revocation.redis_url.as_str())?;
+    let client = redis::Client::open(shared.cfg.revocation.redis_url.expose())?;
     let timeout = Duration::from_millis(shared.cfg.revocation.health_check_ms.max(100));
     let mut conn = client.get_connection_with_timeout(timeout)?;
     conn.set_read_timeout(Some(timeout))?;

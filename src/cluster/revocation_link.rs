@@ -59,7 +59,7 @@ fn run(shared: &Shared) {
 /// One life of the link: subscribe, resynchronise, then apply messages
 /// until the link fails (the error) or the gateway drains (`Ok`).
 fn link(shared: &Shared, s: &Settings) -> redis::RedisResult<()> {
-    let client = redis::Client::open(s.redis_url.as_str())?;
+    let client = redis::Client::open(s.redis_url.expose())?;
     let timeout = Duration::from_millis(s.health_check_ms.max(100));
     let mut sub = client.get_connection_with_timeout(timeout)?;
     let mut cmd = client.get_connection_with_timeout(timeout)?;

@@ -78,7 +78,7 @@ fn to_control_plane(
     );
     let res = http
         .post(&url)
-        .bearer_auth(&shared.cfg.admin.token)
+        .bearer_auth(shared.cfg.admin.token.expose())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(serde_json::json!({"bytes": end.bytes}).to_string())
         .send()
@@ -100,7 +100,7 @@ fn to_redis(
     let cfg = &shared.cfg;
     if conn.is_none() {
         let client =
-            redis::Client::open(cfg.revocation.redis_url.as_str()).map_err(|e| e.to_string())?;
+            redis::Client::open(cfg.revocation.redis_url.expose()).map_err(|e| e.to_string())?;
         let c = client
             .get_connection_with_timeout(timeout)
             .map_err(|e| e.to_string())?;

@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod edge_keys;
+mod secret;
 
 pub use edge_keys::{EdgeKeys, KeyHash, MIN_EDGE_KEY_CHARS};
+pub use secret::Secret;
 
 /// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least
 /// as long as the hash (256 bits); a shorter one is guessable offline from
@@ -174,7 +176,7 @@ pub struct Timeouts {
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     /// HS256 shared secret (empty = HS256 tokens refused).
-    pub hs256_secret: String,
+    pub hs256_secret: Secret,
     /// Ed25519 public keys: kid → base64url of the 32 raw bytes.
     pub ed25519_keys: BTreeMap<String, String>,
     /// A JWKS file (OKP/Ed25519 keys) read at start.
@@ -226,7 +228,7 @@ pub struct Auth {
 #[serde(deny_unknown_fields, default)]
 pub struct Revocation {
     /// `redis://host:port/db`; empty = no revocation (tokens live until `exp`).
-    pub redis_url: String,
+    pub redis_url: Secret,
     /// Pub/sub channel carrying `{"sid": …, "exp": unix seconds}` (or a bare sid).
     pub channel: String,
     /// Keys `key_prefix + sid` hold revocations published while we were away.
@@ -242,7 +244,7 @@ pub struct Revocation {
 impl Default for Auth {
     fn default() -> Self {
         Self {
-            hs256_secret: String::new(),
+            hs256_secret: Secret::default(),
             ed25519_keys: BTreeMap::new(),
             jwks_file: String::new(),
             jwks_url: String::new(),
@@ -476,7 +478,7 @@ impl Tls {
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     /// Empty = admin endpoints answer 404.
-    pub token: String,
+    pub token: Secret,
 }
 
 /// The control plane, told when sessions end so their stream slots free at
@@ -509,7 +511,7 @@ impl Default for Control {
 impl Default for Revocation {
     fn default() -> Self {
         Self {
-            redis_url: String::new(),
+            redis_url: Secret::default(),
             channel: "sluice:revocations".into(),
             key_prefix: "sluice:revoked:".into(),
             default_ttl_s: 24 * 3600,
@@ -1059,6 +1061,11 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.workers, 3);
         assert_eq!(cfg.auth.hs256_secret, "s3cret-s3cret-s3cret-s3cret-0123");
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("s3cret"),
+            "a config's Debug shows no secret"
+        );
         assert_eq!(cfg.edge_keys.len(), 2);
         assert!(cfg.edge_keys["edge-a"].starts_with("sha256:"));
         assert!(!cfg.edge_keys["edge-a"].contains("key1"));

@@ -36,8 +36,8 @@ use crate::tenants::{
     Client as TenantClient, Dataset, Edge, KeyFile, Plan, Settings, Tenant, TenantError, TenantSlug,
 };
 
-/// How to reach etcd.
-#[derive(Debug, Clone, Default)]
+/// How to reach etcd. Its `Debug` leaves the password out.
+#[derive(Clone, Default)]
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     pub prefix: String,
@@ -53,6 +53,21 @@ pub struct EtcdOptions {
     /// than the cluster's election (etcd's default election timeout is 1 s,
     /// and an election can take two, more on slow disks).
     pub retry: Duration,
+}
+
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 /// A tenant as stored: everything but its slug, which is the key.
@@ -605,4 +620,22 @@ fn slug_of(kv: &etcd_client::KeyValue, prefix: &str) -> Option<TenantSlug> {
 enum Follow {
     Compacted,
     Ended,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_debug_leaves_the_password_out() {
+        let o = EtcdOptions {
+            user: Some(("root".into(), "s3cret-pass".into())),
+            ..Default::default()
+        };
+        let shown = format!("{o:?}");
+        assert!(
+            shown.contains("root") && !shown.contains("s3cret-pass"),
+            "{shown}"
+        );
+    }
 }

@@ -96,7 +96,7 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     cfg.web.dir = args.web.to_string_lossy().into_owned();
-    cfg.admin.token = admin_token.clone();
+    cfg.admin.token = admin_token.clone().into();
     cfg.auth.jwks_url = format!("{ctl_url}/.well-known/jwks.json");
     // Session ends go back to the control plane, which frees their slots.
     cfg.control.url = ctl_url.clone();

@@ -45,6 +45,24 @@ impl fmt::Debug for EdgeKey {
     }
 }
 
+/// A PostgreSQL connection string, which may hold a password: its `Debug`
+/// says `<redacted>`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectionString(String);
+
+impl ConnectionString {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnectionString(<redacted>)")
+    }
+}
+
 /// File formats a dataset can be read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -141,7 +159,7 @@ pub struct DatasetConfig {
     /// PostgreSQL: connection string (`postgres://user:pass@host:port/db`);
     /// better kept out of the file with `connection_env`.
     #[serde(default)]
-    pub connection: Option<String>,
+    pub connection: Option<ConnectionString>,
     /// PostgreSQL: environment variable holding the connection string
     /// (default `SLUICE_POSTGRES_URL`).
     #[serde(default)]
@@ -472,6 +490,19 @@ mod tests {
     fn key_is_never_shown() {
         let k = EdgeKey::new("s3cret");
         assert!(!format!("{k:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_connection_string_is_never_shown() {
+        let d: DatasetConfig = toml::from_str(
+            "name = \"orders\"\nsource = \"postgres\"\nquery = \"select 1\"\nconnection = \"postgres://u:pw-s3cret@db/x\"",
+        )
+        .unwrap();
+        assert_eq!(
+            d.connection.as_ref().map(|c| c.expose()),
+            Some("postgres://u:pw-s3cret@db/x")
+        );
+        assert!(!format!("{d:?}").contains("s3cret"));
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Source for Postgres {
 impl Dataset {
     fn pg_url(&self) -> Result<String, SourceError> {
         if let Some(u) = &self.cfg.connection {
-            return Ok(u.clone());
+            return Ok(u.expose().to_owned());
         }
         let var = self
             .cfg

@@ -8,11 +8,16 @@
 //! first, then one warning per lockout with the tally — never one line per
 //! attempt, so a guessing client cannot flood the log either.
 //!
+//! An IPv6 client is counted by its /64, the block one host or one site is
+//! given: counting single addresses would hand each attacker 2⁶⁴ fresh
+//! tries. IPv4-mapped IPv6 addresses count as the IPv4 address.
+//!
 //! Each table is bounded (`auth.edge_failure_sources`,
 //! `auth.admin_failure_sources`, `--admin-failure-sources`): when full,
-//! entries whose tries have all refilled go first; if none has, the new
-//! address is not tracked (it is still refused on each bad secret, only not
-//! locked out).
+//! entries whose tries have all refilled go first (looked for at most once
+//! a second, so a full table costs a guesser's failures nothing extra); if
+//! none has, the new address is not tracked (it is still refused on each
+//! bad secret, only not locked out).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,7 +29,28 @@ pub struct Lockout {
     what: &'static str,
     per_minute: u32,
     max_sources: usize,
-    sources: Mutex<HashMap<IpAddr, Tries>>,
+    sources: Mutex<Sources>,
+}
+
+#[derive(Default)]
+struct Sources {
+    tries: HashMap<IpAddr, Tries>,
+    /// When a full table was last swept for refilled entries.
+    swept: Option<Instant>,
+}
+
+/// What an address is counted as: itself (IPv4), its /64 (IPv6).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 struct Tries {
@@ -46,7 +72,7 @@ impl Lockout {
             what,
             per_minute,
             max_sources,
-            sources: Mutex::new(HashMap::new()),
+            sources: Mutex::new(Sources::default()),
         }
     }
 
@@ -64,7 +90,7 @@ impl Lockout {
         }
         let now = Instant::now();
         let mut map = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(t) = map.get_mut(&ip) else {
+        let Some(t) = map.tries.get_mut(&source_key(ip)) else {
             return Ok(());
         };
         self.refill(t, now);
@@ -83,15 +109,24 @@ impl Lockout {
         }
         let now = Instant::now();
         let cap = f64::from(self.per_minute);
-        let mut map = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(&ip) && map.len() >= self.max_sources {
-            let per_s = cap / 60.0;
-            map.retain(|_, t| t.left + now.duration_since(t.at).as_secs_f64() * per_s < cap);
-            if map.len() >= self.max_sources {
+        let key = source_key(ip);
+        let mut guard = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let map = &mut *guard;
+        if !map.tries.contains_key(&key) && map.tries.len() >= self.max_sources {
+            let due = map
+                .swept
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+            if due {
+                map.swept = Some(now);
+                let per_s = cap / 60.0;
+                map.tries
+                    .retain(|_, t| t.left + now.duration_since(t.at).as_secs_f64() * per_s < cap);
+            }
+            if map.tries.len() >= self.max_sources {
                 return;
             }
         }
-        let t = map.entry(ip).or_insert(Tries {
+        let t = map.tries.entry(key).or_insert(Tries {
             left: cap,
             at: now,
             failures: 0,
@@ -101,17 +136,21 @@ impl Lockout {
         t.left = (t.left - 1.0).max(0.0);
         t.failures += 1;
         if t.failures == 1 {
-            tracing::info!(%ip, "failed {} authentication", self.what);
+            tracing::info!(ip = %key, "failed {} authentication", self.what);
         }
         if t.left < 1.0 && !t.locked {
             t.locked = true;
-            tracing::warn!(%ip, failures = t.failures, per_minute = self.per_minute, "too many failed {} authentications: address locked out", self.what);
+            tracing::warn!(ip = %key, failures = t.failures, per_minute = self.per_minute, "too many failed {} authentications: address locked out", self.what);
             t.failures = 0;
         }
     }
 
     pub fn tracked(&self) -> usize {
-        self.sources.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tries
+            .len()
     }
 }
 
@@ -142,5 +181,20 @@ mod tests {
         let off = Lockout::new("edge", 0, 2);
         off.failed(a);
         assert!(off.check(a).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_and_a_mapped_ipv4_as_itself() {
+        let l = Lockout::new("admin", 2, 16);
+        for a in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9"] {
+            l.failed(a.parse().unwrap());
+        }
+        let other_host_same_64: IpAddr = "2001:db8:1:2:abcd::77".parse().unwrap();
+        assert!(l.check(other_host_same_64).is_err(), "one /64, one count");
+        assert!(l.check("2001:db8:1:3::1".parse().unwrap()).is_ok());
+        l.failed("10.1.1.1".parse().unwrap());
+        l.failed("::ffff:10.1.1.1".parse().unwrap());
+        assert!(l.check("10.1.1.1".parse().unwrap()).is_err());
+        assert_eq!(l.tracked(), 2);
     }
 }

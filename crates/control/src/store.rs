@@ -105,6 +105,9 @@ pub struct Memory {
     /// (tenant, client) → its grants of the last hour, oldest first.
     grants: HashMap<(String, String), VecDeque<Grant>>,
     revoked: HashMap<String, u64>,
+    /// The next purge of expired sessions runs at this many: twice what
+    /// the last one left (at least 1,024).
+    purge_at: usize,
 }
 
 /// One session's hourly grant: (granted at, sid, bytes).
@@ -352,11 +355,14 @@ impl Store {
 impl Memory {
     fn reserve(&mut self, rec: &SessionRecord, limits: Limits, now: u64) -> Result<u64, Refused> {
         let key = (rec.tenant.clone(), rec.client_id.clone());
-        // Expired entries go when a map doubles, so memory stays bounded by
-        // the sessions alive in one token lifetime, at O(1) amortised cost.
-        if self.sessions.len() >= 1024 && self.sessions.len().is_power_of_two() {
+        // Expired entries go when the map has doubled since the last purge,
+        // so memory stays bounded by the sessions alive in one token
+        // lifetime, at O(1) amortised cost (also when the count hovers at
+        // one size).
+        if self.sessions.len() >= self.purge_at.max(1024) {
             self.sessions.retain(|_, r| r.exp + 60 > now);
             self.revoked.retain(|_, exp| *exp + 60 > now);
+            self.purge_at = self.sessions.len() * 2;
         }
         let slots = self.slots.entry(key.clone()).or_default();
         let full = |s: &Vec<(String, u64)>| {
@@ -482,5 +488,33 @@ mod tests {
             s.reserve(&rec("e", later + 900), lim, later).await.unwrap(),
             Ok(100)
         );
+    }
+
+    #[test]
+    fn expired_sessions_go_once_the_map_has_doubled_not_at_every_insert() {
+        let mut m = Memory::default();
+        let lim = Limits {
+            max_streams: 0,
+            session_quota: 0,
+            hourly_quota: 0,
+        };
+        let now = 1_000_000;
+        for i in 0..1023 {
+            m.reserve(&rec(&format!("live{i}"), now + 900), lim, now)
+                .unwrap();
+        }
+        // At 1,024 a purge drops the expired one.
+        for i in 0..2 {
+            m.reserve(&rec(&format!("old{i}"), now - 120), lim, now)
+                .unwrap();
+        }
+        assert_eq!(m.sessions.len(), 1024);
+        // Hovering at 1,024 does not purge again (before, every insert at
+        // 1,024 made a full pass): the next waits for 2,046.
+        for i in 2..12 {
+            m.reserve(&rec(&format!("old{i}"), now - 120), lim, now)
+                .unwrap();
+        }
+        assert_eq!(m.sessions.len(), 1034);
     }
 }

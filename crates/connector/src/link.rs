@@ -24,8 +24,16 @@ pub enum LinkError {
     Connect { addr: String, source: io::Error },
     #[error("gateway refused the edge key (HTTP 401): check the key and the edge id")]
     Unauthorized,
-    #[error("gateway answered HTTP {0} to the upgrade")]
-    Refused(u16),
+    /// Any other refusal, with the gateway's reason and, for a 429 or 503
+    /// that knows when it clears, its `Retry-After`.
+    #[error("gateway answered HTTP {status} to the upgrade{}{}",
+        reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default(),
+        retry_after.map(|d| format!(" (retry after {} s)", d.as_secs())).unwrap_or_default())]
+    Refused {
+        status: u16,
+        reason: Option<String>,
+        retry_after: Option<Duration>,
+    },
     #[error("bad handshake answer from the gateway: {0}")]
     Handshake(String),
     #[error("connection to the gateway failed: {0}")]
@@ -163,18 +171,32 @@ where
     let mut resp = httparse::Response::new(&mut headers);
     resp.parse(&buf[..end])
         .map_err(|e| LinkError::Handshake(e.to_string()))?;
-    match resp.code {
-        Some(101) => {}
-        Some(401) => return Err(LinkError::Unauthorized),
-        Some(c) => return Err(LinkError::Refused(c)),
-        None => return Err(LinkError::Handshake("no status".into())),
-    }
     let header = |name: &str| {
         resp.headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
     };
+    match resp.code {
+        Some(101) => {}
+        Some(401) => return Err(LinkError::Unauthorized),
+        Some(status) => {
+            // The gateway's error body `{"error": "…"}`, when it came with
+            // the head (it is written in one piece).
+            let reason = serde_json::from_slice::<serde_json::Value>(&buf[end..])
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned));
+            let retry_after = header("retry-after")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(LinkError::Refused {
+                status,
+                reason,
+                retry_after,
+            });
+        }
+        None => return Err(LinkError::Handshake("no status".into())),
+    }
     let mut sha = Sha1::new();
     sha.update(key.as_bytes());
     sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
@@ -204,4 +226,51 @@ where
     read.set_max_message_size(1 << 20);
     write.set_writev(true);
     Ok(Link { fast, read, write })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gateway that refuses with 429, its reason and `Retry-After`: the
+    /// error says all three, and the backoff waits at least that long.
+    #[tokio::test]
+    async fn a_refusal_carries_the_gateways_reason_and_retry_after() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 2048];
+            let _ = s.read(&mut head).await;
+            let body = r#"{"error":"too many failed authentications from this address; retry later","status":429}"#;
+            let answer = format!(
+                "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 17\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let cfg = Config {
+            gateway: format!("ws://{addr}"),
+            tenant: "t".into(),
+            ..Default::default()
+        };
+        let Err(e) = connect(&cfg).await else {
+            panic!("the upgrade was refused")
+        };
+        assert!(
+            matches!(e, LinkError::Refused { status: 429, retry_after: Some(d), .. } if d == Duration::from_secs(17)),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "gateway answered HTTP 429 to the upgrade: too many failed authentications from this address; retry later (retry after 17 s)"
+        );
+        let mut b = crate::redial::Backoff::new(&cfg);
+        b.failed("worker", false, &anyhow::Error::new(e));
+        assert!(b.next_delay() >= Duration::from_secs(17));
+        assert!(
+            b.next_delay() < Duration::from_secs(17),
+            "only the next wait"
+        );
+    }
 }

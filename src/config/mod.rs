@@ -44,7 +44,9 @@ pub struct Config {
     pub listen: String,
     /// Shards (one monoio runtime per thread); 0 = one per available core.
     pub workers: usize,
-    /// `auto` (io_uring, else epoll), `io_uring`, or `epoll`.
+    /// `epoll` (the default: it cost less CPU than io_uring in every
+    /// scenario measured on 2026-11-26 but one, docs/benchmarks.md),
+    /// `io_uring`, or `auto` (io_uring where the kernel has it, else epoll).
     pub driver: String,
     /// How an io_uring shard runs completion work: `defer` (only when the
     /// shard asks for events: no interruptions, no inter-processor
@@ -526,7 +528,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8081".into(),
             workers: 0,
-            driver: "auto".into(),
+            driver: "epoll".into(),
             uring_taskrun: "defer".into(),
             pin_cores: false,
             log_format: "text".into(),

@@ -38,6 +38,8 @@ pub struct Gateway {
     pub grpc_addr: Option<SocketAddr>,
     pub child: Child,
     pub shards: usize,
+    /// The I/O driver the gateway says it runs: "io_uring" or "epoll".
+    pub driver: String,
 }
 
 impl Drop for Gateway {
@@ -103,6 +105,13 @@ impl Gateway {
             .unwrap_or_else(|| panic!("gateway did not start: {line:?}"))
             .parse()
             .unwrap();
+        let driver = line
+            .trim_end()
+            .trim_end_matches(')')
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         // "sluice tls listening on ADDR", then "sluice flight listening
         // on ADDR", follow for the listeners asked for.
         let mut next_addr = |var: &str, prefix: &str| {
@@ -129,6 +138,7 @@ impl Gateway {
             grpc_addr,
             child,
             shards,
+            driver,
         }
     }
 

@@ -18,49 +18,18 @@
 //!   token could open a stream again until it expires.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::time::Instant;
 
 use crate::ids::SessionId;
 
 /// A session id's 128-bit keyed hash.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Key([u64; 2]);
-
-impl Hash for Key {
-    /// The key is already a random hash: its first half is the map's hash.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0[0]);
-    }
-}
-
-/// Passes a [`Key`]'s first half through as the map's hash (hashing it
-/// again would only cost time).
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-
-    /// Not reached ([`Key`] writes one `u64`); folds bytes in, should a
-    /// future key type write them.
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100000001b3);
-        }
-    }
-}
+type Key = [u64; 2];
 
 /// Spent session ids with their deadlines; see the module docs.
 pub struct SpentSessions {
     /// Deadline of each id, milliseconds after `base`.
-    ids: HashMap<Key, u64, BuildHasherDefault<Prehashed>>,
+    ids: HashMap<Key, u64>,
     keys: [RandomState; 2],
     base: Instant,
     cap: usize,
@@ -85,7 +54,7 @@ impl SpentSessions {
 
     fn key(&self, sid: &SessionId) -> Key {
         let s = sid.as_str();
-        Key([self.keys[0].hash_one(s), self.keys[1].hash_one(s)])
+        [self.keys[0].hash_one(s), self.keys[1].hash_one(s)]
     }
 
     fn ms(&self, at: Instant) -> u64 {

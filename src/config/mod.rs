@@ -14,10 +14,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod edge_keys;
-mod secret;
 
 pub use edge_keys::{EdgeKeys, KeyHash, MIN_EDGE_KEY_CHARS};
-pub use secret::Secret;
+pub use sluice_protocol::secret::Secret;
 
 /// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least
 /// as long as the hash (256 bits); a shorter one is guessable offline from

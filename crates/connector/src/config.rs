@@ -2,11 +2,11 @@
 //! equivalents), or the quick-start flags; the edge key comes from a file or
 //! `SLUICE_EDGE_KEY` and is never printed.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use sluice_protocol::secret::Secret;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -23,44 +23,6 @@ pub enum ConfigError {
     },
     #[error("invalid config: {0}")]
     Invalid(String),
-}
-
-/// The pre-shared edge key. Debug and Display never show it.
-#[derive(Clone, Default)]
-pub struct EdgeKey(String);
-
-impl EdgeKey {
-    pub fn new(k: impl Into<String>) -> Self {
-        Self(k.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for EdgeKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EdgeKey(<redacted>)")
-    }
-}
-
-/// A PostgreSQL connection string, which may hold a password: its `Debug`
-/// says `<redacted>`.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct ConnectionString(String);
-
-impl ConnectionString {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ConnectionString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ConnectionString(<redacted>)")
-    }
 }
 
 /// File formats a dataset can be read from.
@@ -157,9 +119,10 @@ pub struct DatasetConfig {
     #[serde(default)]
     pub query: Option<String>,
     /// PostgreSQL: connection string (`postgres://user:pass@host:port/db`);
-    /// better kept out of the file with `connection_env`.
+    /// better kept out of the file with `connection_env` (never shown by
+    /// `Debug`).
     #[serde(default)]
-    pub connection: Option<ConnectionString>,
+    pub connection: Option<Secret>,
     /// PostgreSQL: environment variable holding the connection string
     /// (default `SLUICE_POSTGRES_URL`).
     #[serde(default)]
@@ -244,7 +207,8 @@ pub struct Config {
     /// TLS client settings for a `wss://` gateway (seed 002's names).
     pub mtls: Mtls,
     #[serde(skip)]
-    pub edge_key: EdgeKey,
+    /// The pre-shared edge key (never shown by `Debug`).
+    pub edge_key: Secret,
     /// Built from `mtls` by `finish` when the gateway is `wss://`.
     #[serde(skip)]
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
@@ -268,7 +232,7 @@ impl Default for Config {
             datasets: Vec::new(),
             offload: OffloadConfig::default(),
             mtls: Mtls::default(),
-            edge_key: EdgeKey::default(),
+            edge_key: Secret::default(),
             tls: None,
         }
     }
@@ -320,7 +284,7 @@ impl Config {
                 },
             ));
         }
-        self.edge_key = EdgeKey::new(key);
+        self.edge_key = Secret::from(key);
         if self.edge.is_empty() {
             self.edge = self.tenant.clone();
         }
@@ -488,7 +452,7 @@ mod tests {
 
     #[test]
     fn key_is_never_shown() {
-        let k = EdgeKey::new("s3cret");
+        let k = Secret::from("s3cret");
         assert!(!format!("{k:?}").contains("s3cret"));
     }
 

@@ -1,7 +1,7 @@
 //! Sluice's wire protocol, shared by the gateway, the connector, the fetch
 //! client, the load generator and the demo, so that every side agrees on
 //! one definition of each message; and the few small pieces every program
-//! needs alike (units, suggestions, the lockout).
+//! needs alike (units, suggestions, the lockout, secrets).
 //!
 //! - [`connector`]: seed 001 between a connector and the gateway
 //!   (`register`, `get_flight_info`, `do_get`, `cancel`, and the
@@ -18,6 +18,7 @@
 //! - [`suggest`]: "did you mean" for misspelled names;
 //! - [`lockout`]: failed authentications limited per source address (the
 //!   gateway's edge keys and admin token, the control plane's tokens);
+//! - [`secret`]: a configured secret that `Debug` never shows;
 //! - `tunnel` (feature `grpc`): seed 002's gRPC tunnel between a connector
 //!   and the gateway, generated from `proto/tunnel.proto`.
 //!
@@ -31,6 +32,7 @@ pub mod connector;
 mod error;
 pub mod lockout;
 pub mod relay;
+pub mod secret;
 pub mod slots;
 pub mod suggest;
 pub mod units;

@@ -1,7 +1,8 @@
-//! A configured secret (the HS256 token secret, the admin token, a Redis
-//! URL that may carry a password): its `Debug` says `<redacted>`, so no
-//! `{:?}` of a config, in a log line or a panic, can print it. The value is
-//! read with [`Secret::expose`] (or as a `&str`) where it is used.
+//! A configured secret (the gateway's HS256 token secret, admin token and
+//! Redis URL; a connector's edge key and PostgreSQL connection string): its
+//! `Debug` says `<redacted>`, so no `{:?}` of a config, in a log line or a
+//! panic, can print it. The value is read with [`Secret::expose`] (or as a
+//! `&str`) where it is used.
 
 use std::fmt;
 use std::ops::Deref;

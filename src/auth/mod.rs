@@ -5,6 +5,7 @@
 
 pub mod dev_token;
 pub mod edge_auth;
+pub mod guard;
 pub mod jwks;
 pub use sluice_protocol::lockout;
 pub mod revocations;

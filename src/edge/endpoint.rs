@@ -11,7 +11,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::auth::edge_auth::{self, Grant, Transport};
-use crate::auth::lockout::LockedOut;
+use crate::auth::guard::guarded;
 use crate::edge::conn::EdgeConn;
 use crate::edge::idle::{idle, mind};
 use crate::ids::EdgeId;
@@ -51,25 +51,13 @@ fn authenticate(
 ) -> Result<Grant, HttpError> {
     let s = &shard.shared;
     let source = transport.source(|| stream.peer_addr().ok().map(|a| a.ip()));
-    if let Some(LockedOut(wait)) = source.and_then(|ip| s.edge_lockout.check(ip).err()) {
-        shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
-        tracing::debug!(
-            ?source,
-            retry_s = wait.as_secs() + 1,
-            "edge authentication refused: address locked out"
-        );
-        return Err(HttpError::new(
-            429,
-            "too many failed authentications from this address; retry later",
-        )
-        .retry_after(wait.as_secs() + 1));
-    }
-    edge_auth::authenticate(&s.cfg, &s.edge_keys, transport, req).inspect_err(|_| {
-        shard.metrics().edge_auth_failures.fetch_add(1, Relaxed);
-        if let Some(ip) = source {
-            s.edge_lockout.failed(ip);
-        }
-    })
+    guarded(
+        &s.edge_lockout,
+        source,
+        &shard.metrics().edge_auth_failures,
+        "too many failed authentications from this address; retry later",
+        || edge_auth::authenticate(&s.cfg, &s.edge_keys, transport, req),
+    )
 }
 
 /// `GET /ws/connect`: authenticate by `Edge-Key` or client certificate,

@@ -7,13 +7,12 @@
 //! 429 before its token is looked at, until a try refills.
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::auth::lockout::LockedOut;
+use crate::auth::guard::guarded;
 use crate::auth::revocations::ttl_until;
 use crate::cluster::revocation_link;
 use crate::ids::SessionId;
@@ -29,42 +28,29 @@ fn authorised(shard: &Shard, source: Option<IpAddr>, req: &Request) -> Result<()
     if want.is_empty() {
         return Err(HttpError::new(404, "no such endpoint"));
     }
-    let failed = || shard.metrics().admin_auth_failures.fetch_add(1, Relaxed);
-    if let Some(LockedOut(wait)) = source.and_then(|ip| shared.admin_lockout.check(ip).err()) {
-        failed();
-        tracing::debug!(
-            ?source,
-            retry_s = wait.as_secs() + 1,
-            "admin request refused: address locked out"
-        );
-        return Err(HttpError::new(
-            429,
-            "too many failed admin authentications from this address; retry later",
-        )
-        .retry_after(wait.as_secs() + 1));
-    }
-    let given = req
-        .header("authorization")
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    // Digests have equal length: compared in constant time.
-    let ok = given.is_some_and(|given| {
+    let check = || {
+        let given = req
+            .header("authorization")
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or(HttpError::new(401, "admin bearer token required"))?;
+        // Digests have equal length: compared in constant time.
         let a = Sha256::digest(given.as_bytes());
         let b = Sha256::digest(want.as_bytes());
-        bool::from(a.ct_eq(&b))
-    });
-    if ok {
-        return Ok(());
-    }
-    failed();
-    if let Some(ip) = source {
-        shared.admin_lockout.failed(ip);
-    }
-    Err(match given {
-        None => HttpError::new(401, "admin bearer token required"),
-        Some(_) => HttpError::new(401, "admin token is not valid"),
-    })
+        if bool::from(a.ct_eq(&b)) {
+            Ok(())
+        } else {
+            Err(HttpError::new(401, "admin token is not valid"))
+        }
+    };
+    guarded(
+        &shared.admin_lockout,
+        source,
+        &shard.metrics().admin_auth_failures,
+        "too many failed admin authentications from this address; retry later",
+        check,
+    )
 }
 
 pub fn handle(shard: &Shard, source: Option<IpAddr>, req: &Request) -> Result<Answer, HttpError> {

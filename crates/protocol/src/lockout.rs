@@ -83,6 +83,11 @@ impl Lockout {
         t.at = now;
     }
 
+    /// What fails here ("edge", "admin"), for log lines.
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
     /// Whether `ip` may try now; `Err` while it is locked out.
     pub fn check(&self, ip: IpAddr) -> Result<(), LockedOut> {
         if self.per_minute == 0 {

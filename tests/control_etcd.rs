@@ -160,8 +160,15 @@ impl Etcd {
 
 /// An admin command against etcd; `Err(stderr)` when it fails.
 fn etcd_admin(etcd: &Etcd, audit: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(control_bin())
-        .args(["--etcd", &etcd.urls(), "--etcd-timeout-ms", "1000"])
+    let mut cmd = Command::new(control_bin());
+    cmd.args(["--etcd", &etcd.urls(), "--etcd-timeout-ms", "1000"]);
+    run_admin(cmd, audit, args)
+}
+
+/// Runs `sluice-control` set up as `cmd` (its etcd flags) with `args`,
+/// auditing to `audit`: standard output when it succeeded, else stderr.
+fn run_admin(mut cmd: Command, audit: &Path, args: &[&str]) -> Result<String, String> {
+    let out = cmd
         .arg("--audit")
         .arg(audit)
         .args(args)
@@ -169,11 +176,6 @@ fn etcd_admin(etcd: &Etcd, audit: &Path, args: &[&str]) -> Result<String, String
         .env_remove("RUST_BACKTRACE")
         .output()
         .expect("run sluice-control");
-    outcome(out)
-}
-
-/// A command's standard output when it succeeded, else its stderr.
-fn outcome(out: std::process::Output) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -657,15 +659,7 @@ impl TlsEtcd {
             cmd.args(["--etcd-user", "root"])
                 .env("SLUICE_CONTROL_ETCD_PASSWORD", p);
         }
-        let out = cmd
-            .arg("--audit")
-            .arg(self.dir.path().join("audit.jsonl"))
-            .args(args)
-            .env("SLUICE_MASTER_KEY", MASTER_KEY)
-            .env_remove("RUST_BACKTRACE")
-            .output()
-            .expect("run sluice-control");
-        outcome(out)
+        run_admin(cmd, &self.dir.path().join("audit.jsonl"), args)
     }
 }
 

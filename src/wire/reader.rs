@@ -483,6 +483,86 @@ mod buffer_tests {
     }
 }
 
+/// The gateway's monoio clears a socket's read readiness after a short read
+/// on the epoll driver (crates/monoio/SLUICE.md), so the next read waits for
+/// an event instead of trying first. These check that no wake-up is lost by
+/// it. The test runtime is the epoll driver.
+#[cfg(test)]
+mod short_read_tests {
+    use super::*;
+    use crate::wire::frame::encode_client_frame;
+    use crate::wire::test_io::{runtime, socket_pair};
+    use monoio::io::AsyncWriteRentExt;
+    use monoio::time::{sleep, timeout};
+    use std::time::Duration;
+
+    /// Far beyond any wait here: reaching it means a read never woke.
+    const HUNG: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn bytes_arriving_after_a_short_read_still_wake_the_reader() {
+        runtime().block_on(async {
+            let (gw, mut far) = socket_pair().await;
+            let mut reader = FrameReader::new(gw, BytesMut::new(), MaskRule::Required, 1 << 20);
+            let writer = monoio::spawn(async move {
+                for i in 0..50u8 {
+                    // Each frame in two writes, so the first read of it is
+                    // short and the rest comes after its readiness cleared.
+                    let mut frame =
+                        encode_client_frame(Opcode::Binary, true, &[i; 200], [1, 2, 3, 4]);
+                    let rest = frame.split_off(60);
+                    far.write_all(frame).await.0.unwrap();
+                    sleep(Duration::from_millis(2)).await;
+                    far.write_all(rest).await.0.unwrap();
+                }
+                far
+            });
+            for i in 0..50u8 {
+                let f = timeout(HUNG, reader.next())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("frame {i}: the rest arrived but the reader never woke")
+                    })
+                    .unwrap();
+                assert_eq!(f.payload(), &[i; 200][..], "frame {i}");
+            }
+            drop(writer.await);
+        });
+    }
+
+    #[test]
+    fn a_close_that_comes_with_the_last_bytes_still_ends_the_next_read() {
+        runtime().block_on(async {
+            let (gw, mut far) = socket_pair().await;
+            let mut reader = FrameReader::new(gw, BytesMut::new(), MaskRule::Required, 1 << 20);
+            far.write_all(encode_client_frame(
+                Opcode::Binary,
+                true,
+                b"last",
+                [1, 2, 3, 4],
+            ))
+            .await
+            .0
+            .unwrap();
+            drop(far);
+            // Both land before the first read: one event carries the bytes
+            // and the close, and the short read that takes the bytes must
+            // leave the close for the next read.
+            sleep(Duration::from_millis(50)).await;
+            let f = timeout(HUNG, reader.next())
+                .await
+                .expect("first read")
+                .unwrap();
+            assert_eq!(f.payload(), b"last");
+            drop(f);
+            let end = timeout(HUNG, reader.next()).await.expect(
+                "the close came with the bytes, yet the next read waited for another event",
+            );
+            assert!(matches!(end, Err(ReadError::Eof)), "{end:?}");
+        });
+    }
+}
+
 #[cfg(test)]
 mod chunk_tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! relay connection) as the shard that holds it sees it, and how it is
 //! rebuilt on the shard it was moved to.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
@@ -28,6 +29,13 @@ impl EdgeConn {
     pub async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
         let (r, _) = self.reader.io_mut().write_all(frame).await;
         r.map(|_| ())
+    }
+
+    /// The connector is about to stream towards the gateway: acknowledge
+    /// its frames in pairs, not one by one (see `wire::acks`).
+    pub fn expect_stream(&mut self) {
+        let fd = self.reader.io().as_raw_fd();
+        self.reader.pace_acks(fd);
     }
 
     pub async fn send_json<T: serde::Serialize>(&mut self, msg: &T) -> std::io::Result<()> {

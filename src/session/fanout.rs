@@ -433,6 +433,7 @@ async fn feed(
     if w.send_json(&get).await.is_err() {
         return FeedEnd::Broken(close::GOING_AWAY, "connector connection failed".into());
     }
+    w.expect_stream();
     let live = keepalive::watch(
         Duration::from_millis(cfg.timeouts.ping_interval_ms),
         Duration::from_millis(cfg.timeouts.idle_timeout_ms),

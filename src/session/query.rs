@@ -221,6 +221,7 @@ async fn stream(
     if ask.await.is_err() {
         return End::Broken(close::GOING_AWAY, edge_lost("connector connection failed"));
     }
+    w.expect_stream();
     let live = keepalive::watch(
         Duration::from_millis(cfg.timeouts.ping_interval_ms),
         Duration::from_millis(cfg.timeouts.request_ms.max(cfg.timeouts.ping_interval_ms)),

@@ -3,6 +3,7 @@
 //! unchanged, frame for frame, until either side closes; the close code is
 //! passed on to the other side.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -70,13 +71,17 @@ pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) -> Option<Brows
     let meta = edge.meta.clone();
     let rule = edge.reader.rule();
     let (stream, buffered) = edge.reader.into_parts();
+    let fd = stream.as_raw_fd();
     let (erd, ewr) = stream.into_split();
     let edge_out = Outbox::new(cfg.limits.session_buffer_bytes);
     let stall = Duration::from_millis(cfg.timeouts.write_stall_ms);
     edge_out.attach(ewr, stall);
-    let edge_reader: FrameReader<OwnedReadHalf<TcpStream>> =
+    let mut edge_reader: FrameReader<OwnedReadHalf<TcpStream>> =
         FrameReader::new(erd, buffered, rule, cfg.limits.max_frame_bytes)
             .with_chunk(cfg.limits.read_chunk_bytes);
+    // The edge streams towards the browser: its frames are acknowledged in
+    // pairs (`wire::acks`); `fd` stays open while the reader owns `erd`.
+    edge_reader.pace_acks(fd);
     let _ = edge_out.push(message::text(&RelayEvent::Paired {
         session_id: sess.sid.as_str().to_owned(),
         sub: sess.claims.sub.clone(),

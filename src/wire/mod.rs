@@ -2,6 +2,7 @@
 //! owned buffers and written through bounded outboxes; no knowledge of
 //! sessions or edges.
 
+pub mod acks;
 pub mod closing;
 pub mod frame;
 pub mod handoff;

@@ -16,6 +16,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
@@ -23,6 +24,7 @@ use monoio::buf::{IoBufMut, SliceMut};
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 use thiserror::Error;
 
+use crate::wire::acks::AckPacer;
 use crate::wire::frame::{
     encode_server_header, parse_header, server_header_len, Fragmentation, FrameError, FrameHeader,
     MaskRule, Opcode,
@@ -135,6 +137,8 @@ pub struct FrameReader<R> {
     /// A binary frame whose header and first bytes are in `.1`, waiting for
     /// the rest of its payload in `buf`.
     split: Option<(FrameHeader, Opcode, BytesMut)>,
+    /// Keeps a streaming peer's socket in delayed-ACK mode.
+    acks: Option<AckPacer>,
 }
 
 impl<R: CancelableAsyncReadRent> FrameReader<R> {
@@ -152,6 +156,7 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
                 canceller: Rc::new(RefCell::new(Some(Canceller::new()))),
             },
             split: None,
+            acks: None,
         }
     }
 
@@ -197,6 +202,16 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
     pub fn into_parts(self) -> (R, BytesMut) {
         debug_assert!(self.split.is_none());
         (self.io, self.buf)
+    }
+
+    pub fn io(&self) -> &R {
+        &self.io
+    }
+
+    /// The peer streams towards the gateway from now on: acknowledge its
+    /// frames in pairs (see `wire::acks`). `fd` is the socket `io` reads.
+    pub fn pace_acks(&mut self, fd: RawFd) {
+        self.acks = Some(AckPacer::new(fd));
     }
 
     pub fn io_mut(&mut self) -> &mut R {
@@ -262,6 +277,9 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
             Ok(0) => Err(ReadError::Eof),
             Ok(n) => {
                 self.chunk.after_read(n, offered);
+                if let Some(acks) = &mut self.acks {
+                    acks.after_read();
+                }
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {

@@ -50,7 +50,13 @@ impl AckPacer {
 /// Puts the socket in delayed-ACK mode. A failure (not a TCP socket) is
 /// ignored: it only costs the packets this saves.
 pub fn delay_acks(fd: RawFd) {
-    let off: libc::c_int = 0;
+    set_quickack(fd, false);
+}
+
+/// `TCP_QUICKACK`: on leaves delayed mode (what the kernel's delayed-ACK
+/// timer does), off enters it.
+fn set_quickack(fd: RawFd, on: bool) {
+    let value = libc::c_int::from(on);
     // SAFETY: setsockopt reads `optlen` bytes from `optval`, which points
     // at a live local c_int of exactly that size; it writes nothing. A
     // stale or foreign descriptor makes it fail (EBADF, ENOTSOCK,
@@ -60,7 +66,7 @@ pub fn delay_acks(fd: RawFd) {
             fd,
             libc::IPPROTO_TCP,
             libc::TCP_QUICKACK,
-            (&off as *const libc::c_int).cast(),
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
@@ -114,17 +120,7 @@ mod tests {
             assert!(!quick_acks(fd), "the first read enters delayed mode");
             for read in 1..3 * EVERY {
                 // What the kernel's delayed-ACK timer does after a pause.
-                let on: libc::c_int = 1;
-                // SAFETY: as in `delay_acks`, with the value 1.
-                unsafe {
-                    libc::setsockopt(
-                        fd,
-                        libc::IPPROTO_TCP,
-                        libc::TCP_QUICKACK,
-                        (&on as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                    );
-                }
+                set_quickack(fd, true);
                 pacer.after_read();
                 let reset = read % EVERY == 0;
                 assert_eq!(!quick_acks(fd), reset, "read {read}");

@@ -502,7 +502,7 @@ mod buffer_tests {
 }
 
 /// The gateway's monoio clears a socket's read readiness after a short read
-/// on the epoll driver (crates/monoio/SLUICE.md), so the next read waits for
+/// on the epoll driver (crates/vendor/monoio/SLUICE.md), so the next read waits for
 /// an event instead of trying first. These check that no wake-up is lost by
 /// it. The test runtime is the epoll driver.
 #[cfg(test)]

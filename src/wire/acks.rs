@@ -27,49 +27,57 @@ pub const EVERY: u32 = 16;
 
 /// Keeps one socket in delayed-ACK mode while it is read.
 pub struct AckPacer {
-    fd: RawFd,
+    /// None once the socket refused the option (a Unix socket from the TLS
+    /// front): there is nothing to pace.
+    fd: Option<RawFd>,
     reads: u32,
 }
 
 impl AckPacer {
     /// `fd` is the socket the owner reads; the owner keeps it open.
     pub fn new(fd: RawFd) -> Self {
-        Self { fd, reads: 0 }
+        Self {
+            fd: Some(fd),
+            reads: 0,
+        }
     }
 
     /// Called after each read that returned data: the first read and every
     /// [`EVERY`]th one re-enter delayed mode.
     pub fn after_read(&mut self) {
-        if self.reads.is_multiple_of(EVERY) {
-            delay_acks(self.fd);
+        if let Some(fd) = self.fd {
+            if self.reads.is_multiple_of(EVERY) && !delay_acks(fd) {
+                self.fd = None;
+            }
+            self.reads = self.reads.wrapping_add(1);
         }
-        self.reads = self.reads.wrapping_add(1);
     }
 }
 
-/// Puts the socket in delayed-ACK mode. A failure (not a TCP socket) is
-/// ignored: it only costs the packets this saves.
-pub fn delay_acks(fd: RawFd) {
-    set_quickack(fd, false);
+/// Puts the socket in delayed-ACK mode; false if it is not a TCP socket
+/// (or not open), which only costs the packets this would save.
+pub fn delay_acks(fd: RawFd) -> bool {
+    set_quickack(fd, false)
 }
 
 /// `TCP_QUICKACK`: on leaves delayed mode (what the kernel's delayed-ACK
-/// timer does), off enters it.
-fn set_quickack(fd: RawFd, on: bool) {
+/// timer does), off enters it. False if the socket refused it.
+fn set_quickack(fd: RawFd, on: bool) -> bool {
     let value = libc::c_int::from(on);
     // SAFETY: setsockopt reads `optlen` bytes from `optval`, which points
     // at a live local c_int of exactly that size; it writes nothing. A
     // stale or foreign descriptor makes it fail (EBADF, ENOTSOCK,
     // EOPNOTSUPP), never touch memory.
-    unsafe {
+    let r = unsafe {
         libc::setsockopt(
             fd,
             libc::IPPROTO_TCP,
             libc::TCP_QUICKACK,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+        )
+    };
+    r == 0
 }
 
 /// Whether the kernel acknowledges at once (quick mode) rather than
@@ -105,7 +113,7 @@ mod tests {
             let (gw, _far) = socket_pair().await;
             let fd = gw.as_raw_fd();
             assert!(quick_acks(fd), "a new connection acknowledges at once");
-            delay_acks(fd);
+            assert!(delay_acks(fd));
             assert!(!quick_acks(fd), "delay_acks left quick-ACK mode on");
         });
     }
@@ -129,16 +137,17 @@ mod tests {
     }
 
     #[test]
-    fn a_descriptor_that_is_not_a_tcp_socket_is_left_alone() {
-        // A pipe: setsockopt fails with ENOTSOCK, and nothing else happens.
-        let mut fds = [0; 2];
-        // SAFETY: pipe writes two descriptors into the two-element array.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        delay_acks(fds[0]);
-        for fd in fds {
-            // SAFETY: both descriptors were just created here and are
-            // closed once.
-            unsafe { libc::close(fd) };
+    fn a_socket_that_refuses_the_option_is_no_longer_paced() {
+        // A Unix socket, as a TLS connector's plaintext reaches its shard.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        assert!(!delay_acks(fd), "a Unix socket has no TCP_QUICKACK");
+        let mut pacer = AckPacer::new(fd);
+        pacer.after_read();
+        assert_eq!(pacer.fd, None, "the pacer gave up after the refusal");
+        for _ in 0..2 * EVERY {
+            pacer.after_read();
         }
+        assert_eq!(pacer.reads, 1, "no more attempts were counted or made");
     }
 }

@@ -49,28 +49,11 @@ pub(crate) struct Recv<T> {
 
     /// Reference to the in-flight buffer.
     pub(crate) buf: T,
-
-    /// A stream socket: a read shorter than the buffer emptied it.
-    stream: bool,
 }
 
 impl<T: IoBufMut> Op<Recv<T>> {
     pub(crate) fn recv(fd: SharedFd, buf: T) -> io::Result<Self> {
-        Op::submit_with(Recv {
-            fd,
-            buf,
-            stream: false,
-        })
-    }
-
-    /// A receive on a stream socket (TCP, Unix stream), whose short reads
-    /// prove the socket drained.
-    pub(crate) fn recv_stream(fd: SharedFd, buf: T) -> io::Result<Self> {
-        Op::submit_with(Recv {
-            fd,
-            buf,
-            stream: true,
-        })
+        Op::submit_with(Recv { fd, buf })
     }
 
     #[allow(unused)]
@@ -78,7 +61,6 @@ impl<T: IoBufMut> Op<Recv<T>> {
         Recv {
             fd: fd.clone(),
             buf,
-            stream: false,
         }
     }
 
@@ -114,12 +96,6 @@ impl<T: IoBufMut> OpAble for Recv<T> {
         self.fd.registered_index().map(|idx| (Direction::Read, idx))
     }
 
-    #[cfg(any(feature = "legacy", feature = "poll-io"))]
-    #[inline]
-    fn legacy_drained(&mut self, n: u32) -> bool {
-        self.stream && n > 0 && (n as usize) < self.buf.bytes_total()
-    }
-
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), unix))]
     fn legacy_call(&mut self) -> io::Result<u32> {
         let fd = self.fd.as_raw_fd();
@@ -144,6 +120,58 @@ impl<T: IoBufMut> OpAble for Recv<T> {
             PartialOrd::lt,
             0
         )
+    }
+}
+
+/// A receive on a stream socket (TCP, Unix stream), whose short reads prove
+/// the socket drained (`OpAble::legacy_drained`). A type of its own rather
+/// than a flag in `Recv`, so that `Recv`, and every future holding one,
+/// keeps its size.
+pub(crate) struct RecvStream<T>(Recv<T>);
+
+impl<T: IoBufMut> Op<RecvStream<T>> {
+    pub(crate) fn recv_stream(fd: SharedFd, buf: T) -> io::Result<Self> {
+        Op::submit_with(RecvStream(Recv { fd, buf }))
+    }
+
+    pub(crate) async fn read(self) -> BufResult<usize, T> {
+        let complete = self.await;
+        let res = complete.meta.result.map(|v| v as _);
+        let mut buf = complete.data.0.buf;
+
+        if let Ok(n) = res {
+            // Safety: the kernel wrote `n` bytes to the buffer.
+            unsafe {
+                buf.set_init(n);
+            }
+        }
+        (res, buf)
+    }
+}
+
+impl<T: IoBufMut> OpAble for RecvStream<T> {
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    #[inline]
+    fn uring_op(&mut self) -> io_uring::squeue::Entry {
+        self.0.uring_op()
+    }
+
+    #[cfg(any(feature = "legacy", feature = "poll-io"))]
+    #[inline]
+    fn legacy_interest(&self) -> Option<(Direction, usize)> {
+        self.0.legacy_interest()
+    }
+
+    #[cfg(any(feature = "legacy", feature = "poll-io"))]
+    #[inline]
+    fn legacy_call(&mut self) -> io::Result<u32> {
+        self.0.legacy_call()
+    }
+
+    #[cfg(any(feature = "legacy", feature = "poll-io"))]
+    #[inline]
+    fn legacy_drained(&mut self, n: u32) -> bool {
+        n > 0 && (n as usize) < self.0.buf.bytes_total()
     }
 }
 

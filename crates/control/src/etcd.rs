@@ -31,17 +31,19 @@ use etcd_client::{
     SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
+use sluice_protocol::secret::Secret;
 
 use crate::tenants::{
     Client as TenantClient, Dataset, Edge, KeyFile, Plan, Settings, Tenant, TenantError, TenantSlug,
 };
 
-/// How to reach etcd. Its `Debug` leaves the password out.
-#[derive(Clone, Default)]
+/// How to reach etcd.
+#[derive(Clone, Debug, Default)]
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     pub prefix: String,
-    pub user: Option<(String, String)>,
+    /// User and password (a `Secret`: `Debug` leaves it out).
+    pub user: Option<(String, Secret)>,
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -53,21 +55,6 @@ pub struct EtcdOptions {
     /// than the cluster's election (etcd's default election timeout is 1 s,
     /// and an election can take two, more on slow disks).
     pub retry: Duration,
-}
-
-impl std::fmt::Debug for EtcdOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdOptions")
-            .field("endpoints", &self.endpoints)
-            .field("prefix", &self.prefix)
-            .field("user", &self.user.as_ref().map(|(u, _)| u))
-            .field("ca", &self.ca)
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
-            .finish()
-    }
 }
 
 /// A tenant as stored: everything but its slug, which is the key.
@@ -217,7 +204,7 @@ async fn dial(opts: &EtcdOptions, endpoint: &str) -> Result<Client, TenantError>
             .with_keep_alive(Duration::from_secs(5), opts.timeout)
             .with_keep_alive_while_idle(true);
         if let Some((u, p)) = &opts.user {
-            o = o.with_user(u, p);
+            o = o.with_user(u, p.expose());
         }
         if opts.ca.is_some() || opts.cert.is_some() {
             let mut tls = TlsOptions::new();

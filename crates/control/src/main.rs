@@ -431,7 +431,7 @@ fn catalog(cli: &Cli) -> anyhow::Result<Catalog> {
     let opts = EtcdOptions {
         endpoints: cli.etcd.clone(),
         prefix: cli.etcd_prefix.clone(),
-        user: cli.etcd_user.clone().map(|u| (u, password)),
+        user: cli.etcd_user.clone().map(|u| (u, password.into())),
         ca: cli.etcd_ca.clone(),
         cert: cli.etcd_cert.clone(),
         key: cli.etcd_key.clone(),

@@ -176,11 +176,6 @@ impl From<VecBuf> for Vec<Vec<u8>> {
 //     }
 // }
 
-// impl<T> SliceVec<T> where T: Shared {
-//     pub fn write_all(&mut self, data: &[u8]) -> Result<(), std::io::Error> {
-//         unimplemented!()
-//     }
-// }
 
 /// A mutable `io_uring` compatible iovec buffer.
 ///

@@ -29,7 +29,7 @@ impl FilePermissions {
 
     #[cfg(not(target_os = "linux"))]
     fn mode(&self) -> u32 {
-        unimplemented!()
+        u32::from(self.mode)
     }
 }
 

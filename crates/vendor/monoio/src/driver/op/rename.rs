@@ -50,6 +50,6 @@ impl OpAble for Rename {
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), windows))]
     fn legacy_call(&mut self) -> io::Result<u32> {
-        unimplemented!()
+        Err(std::io::ErrorKind::Unsupported.into())
     }
 }

@@ -99,7 +99,7 @@ impl OpAble for FdStatx {
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), windows))]
     fn legacy_call(&mut self) -> std::io::Result<u32> {
-        unimplemented!()
+        Err(std::io::ErrorKind::Unsupported.into())
     }
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), target_os = "macos"))]
@@ -190,7 +190,7 @@ impl OpAble for PathStatx {
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), windows))]
     fn legacy_call(&mut self) -> std::io::Result<u32> {
-        unimplemented!()
+        Err(std::io::ErrorKind::Unsupported.into())
     }
 
     #[cfg(all(any(feature = "legacy", feature = "poll-io"), target_os = "macos"))]

@@ -440,6 +440,13 @@ impl UringInner {
         // If the submission queue is full, flush it to the kernel
         if inner.uring.submission().is_full() {
             inner.submit()?;
+            // A flush the kernel took only in part leaves no room: say so
+            // rather than fail the push below.
+            if inner.uring.submission().is_full() {
+                return Err(io::Error::other(
+                    "io_uring submission queue still full after a flush",
+                ));
+            }
         }
 
         // Create the operation
@@ -454,7 +461,7 @@ impl UringInner {
 
             // Push the new operation
             if unsafe { sq.push(&sqe).is_err() } {
-                unimplemented!("when is this hit?");
+                unreachable!("the submission queue had room: checked above, on this thread");
             }
         }
 

@@ -13,5 +13,7 @@ pub mod outbox;
 pub mod peer;
 pub mod reader;
 #[cfg(test)]
+mod runtime_tests;
+#[cfg(test)]
 pub mod test_io;
 pub mod utf8;

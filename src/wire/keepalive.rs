@@ -20,7 +20,12 @@ use crate::wire::outbox::Outbox;
 use crate::wire::reader::Interrupter;
 
 pub struct Liveness {
+    /// When the sweeper last found the peer had sent something.
     last_rx: Cell<Instant>,
+    /// Whether the peer sent something since the sweeper's last look. A
+    /// flag, not a clock read per frame: the sweeper turns it into a time
+    /// at its next look, and it looks at tick granularity anyway.
+    fresh: Cell<bool>,
     pinged_at: Cell<Option<Instant>>,
     ping_due: Cell<bool>,
     timed_out: Cell<bool>,
@@ -34,7 +39,7 @@ pub struct Liveness {
 impl Liveness {
     /// The peer sent something.
     pub fn seen(&self) {
-        self.last_rx.set(Instant::now());
+        self.fresh.set(true);
     }
 
     /// Whether the reader was woken to send a ping (and clears it).
@@ -55,6 +60,9 @@ impl Liveness {
     fn check(&self, now: Instant) -> bool {
         if self.stopped.get() {
             return false;
+        }
+        if self.fresh.replace(false) {
+            self.last_rx.set(now);
         }
         let last = self.last_rx.get();
         let quiet = now.saturating_duration_since(last);
@@ -103,6 +111,7 @@ pub fn watch(
 ) -> Rc<Liveness> {
     let live = Rc::new(Liveness {
         last_rx: Cell::new(Instant::now()),
+        fresh: Cell::new(false),
         pinged_at: Cell::new(None),
         ping_due: Cell::new(false),
         timed_out: Cell::new(false),
@@ -151,5 +160,55 @@ async fn sweeper() {
         if idle {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(start: Instant) -> Liveness {
+        Liveness {
+            last_rx: Cell::new(start),
+            fresh: Cell::new(false),
+            pinged_at: Cell::new(None),
+            ping_due: Cell::new(false),
+            timed_out: Cell::new(false),
+            stopped: Cell::new(false),
+            ping_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            interrupter: Interrupter::detached(),
+            outbox: None,
+        }
+    }
+
+    #[test]
+    fn a_quiet_peer_is_pinged_then_timed_out() {
+        let t0 = Instant::now();
+        let l = live(t0);
+        assert!(l.check(t0 + Duration::from_secs(5)));
+        assert!(!l.take_ping_due());
+        assert!(l.check(t0 + Duration::from_secs(11)));
+        assert!(l.take_ping_due(), "quiet past the ping interval");
+        assert!(!l.check(t0 + Duration::from_secs(31)));
+        assert!(l.timed_out());
+    }
+
+    #[test]
+    fn traffic_between_looks_counts_from_the_next_look() {
+        let t0 = Instant::now();
+        let l = live(t0);
+        assert!(l.check(t0 + Duration::from_secs(25)));
+        assert!(l.take_ping_due());
+        // The peer answers; the sweeper's next look dates it.
+        l.seen();
+        assert!(l.check(t0 + Duration::from_secs(29)));
+        assert!(!l.take_ping_due(), "seen at the last look, not quiet");
+        // 30 s after the start, but 20 s after that look: still alive.
+        assert!(l.check(t0 + Duration::from_secs(49)));
+        assert!(!l.timed_out());
+        assert!(l.take_ping_due(), "quiet 20 s: pinged again");
+        assert!(!l.check(t0 + Duration::from_secs(59)));
+        assert!(l.timed_out(), "quiet 30 s since the last look that saw it");
     }
 }

@@ -1,7 +1,7 @@
-//! The patched runtime's timer and cancellation changes
-//! (`crates/vendor/monoio/SLUICE.md`, sections 4 and 5), driven the way the
-//! gateway drives them: timers armed after wake-ups that were for I/O only,
-//! and reads interrupted after many that completed.
+//! The patched runtime's timer change (`crates/vendor/monoio/SLUICE.md`,
+//! section 4), driven the way the gateway drives it: timers armed after
+//! wake-ups that were for I/O only; and reads interrupted after many that
+//! completed, which every revocation and keepalive timeout relies on.
 
 use std::io::Write;
 use std::sync::mpsc;

@@ -1,4 +1,4 @@
-use std::{cell::RefCell, rc::Rc};
+use std::{cell::RefCell, collections::HashSet, rc::Rc};
 
 use crate::driver::op::OpCanceller;
 
@@ -21,17 +21,10 @@ pub(crate) struct AssociateGuard {
     shared: Rc<RefCell<Shared>>,
 }
 
-// Sluice: the associated operations are a `Vec`, not a `HashSet`. A handle
-// has one or two operations in flight (a read, sometimes a write), so a
-// linear search beats hashing with SipHash on every read, and an empty
-// `Vec` is 24 bytes where the set with its `RandomState` was 48, in every
-// connection's reader. An operation appears once per association, so a
-// guard removes exactly its own entry (the set merged two associations of
-// the same epoll token into one, and the first guard to drop removed both).
 #[derive(Default)]
 struct Shared {
     canceled: bool,
-    slot_ref: Vec<OpCanceller>,
+    slot_ref: HashSet<OpCanceller>,
 }
 
 impl Canceller {
@@ -43,7 +36,7 @@ impl Canceller {
 
     /// Cancel all related operations.
     pub fn cancel(self) -> Self {
-        let mut slot = Vec::new();
+        let mut slot = HashSet::new();
         {
             let mut shared = self.shared.borrow_mut();
             shared.canceled = true;
@@ -79,7 +72,7 @@ impl CancelHandle {
     pub(crate) fn associate_op(self, op_canceller: OpCanceller) -> AssociateGuard {
         {
             let mut shared = self.shared.borrow_mut();
-            shared.slot_ref.push(op_canceller.clone());
+            shared.slot_ref.insert(op_canceller.clone());
         }
         AssociateGuard {
             op_canceller,
@@ -91,13 +84,7 @@ impl CancelHandle {
 impl Drop for AssociateGuard {
     fn drop(&mut self) {
         let mut shared = self.shared.borrow_mut();
-        if let Some(at) = shared
-            .slot_ref
-            .iter()
-            .position(|op| *op == self.op_canceller)
-        {
-            shared.slot_ref.swap_remove(at);
-        }
+        shared.slot_ref.remove(&self.op_canceller);
     }
 }
 

@@ -72,7 +72,9 @@ struct Args {
 
     /// Paths to drive, comma separated: direct, gateway (fast path),
     /// gateway-query (seed-001 masked), gateway-relay, nginx, haproxy,
-    /// haproxy-tcp (mode tcp with splicing: the ceiling for any proxy).
+    /// haproxy-tcp (mode tcp with splicing: the ceiling for any proxy),
+    /// tcp-floor (`sluice-floor-relay`: read once, write at once, nothing
+    /// else; the kernel's per-frame floor).
     /// Default: direct, gateway, and nginx/haproxy when installed.
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
@@ -338,12 +340,19 @@ fn run() -> Result<()> {
         _haproxy_tcp = Some(s);
         haproxy_tcp_at = Some((addr, p));
     }
+    let (mut _floor, mut floor_at) = (None, None);
+    if targets.contains(&Target::TcpFloor) {
+        let (s, addr, p) = targets::start_floor(origin.addr, &proxy_cpus)?;
+        _floor = Some(s);
+        floor_at = Some((addr, p));
+    }
     for t in &targets {
         let (addr, proc) = match t {
             Target::Direct => (origin.addr, None),
             Target::Nginx => (nginx_at.unwrap().0, Some(nginx_at.unwrap().1)),
             Target::Haproxy => (haproxy_at.unwrap().0, Some(haproxy_at.unwrap().1)),
             Target::HaproxyTcp => (haproxy_tcp_at.unwrap().0, Some(haproxy_tcp_at.unwrap().1)),
+            Target::TcpFloor => (floor_at.unwrap().0, Some(floor_at.unwrap().1)),
             _ => (gw.addr.expect("gateway address"), gw.pid.map(Proc)),
         };
         procs.push((*t, addr, proc));

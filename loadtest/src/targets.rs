@@ -38,6 +38,10 @@ pub enum Target {
     /// haproxy in `mode tcp` with kernel splicing: it parses nothing of
     /// WebSocket, so it is the ceiling any proxy can reach on this host.
     HaproxyTcp,
+    /// `sluice-floor-relay`: one epoll loop that reads each socket once per
+    /// event and writes it on at once, nothing else. Its CPU per frame is
+    /// the kernel's floor for a proxy that forwards frames as they arrive.
+    TcpFloor,
 }
 
 impl Target {
@@ -50,7 +54,8 @@ impl Target {
             "nginx" => Target::Nginx,
             "haproxy" => Target::Haproxy,
             "haproxy-tcp" => Target::HaproxyTcp,
-            _ => bail!("unknown target {s:?} (direct, gateway, gateway-query, gateway-relay, nginx, haproxy, haproxy-tcp)"),
+            "tcp-floor" => Target::TcpFloor,
+            _ => bail!("unknown target {s:?} (direct, gateway, gateway-query, gateway-relay, nginx, haproxy, haproxy-tcp, tcp-floor)"),
         })
     }
 
@@ -63,6 +68,7 @@ impl Target {
             Target::Nginx => "nginx",
             Target::Haproxy => "haproxy",
             Target::HaproxyTcp => "haproxy-tcp",
+            Target::TcpFloor => "tcp-floor",
         }
     }
 
@@ -400,6 +406,24 @@ pub fn start_haproxy(
     spawn_proxy("haproxy", &args, cpus, port, dir)
 }
 
+/// `sluice-floor-relay` (built beside this binary) to `origin`.
+pub fn start_floor(
+    origin: SocketAddr,
+    cpus: &Option<String>,
+) -> Result<(Spawned, SocketAddr, Proc)> {
+    let bin = std::env::current_exe()?.with_file_name("sluice-floor-relay");
+    if !bin.is_file() {
+        bail!(
+            "target tcp-floor needs {} (cargo build --release -p sluice-loadtest)",
+            bin.display()
+        );
+    }
+    let dir = TempDir::new("tcp-floor")?;
+    let port = free_port()?;
+    let args = [port.to_string(), origin.to_string()];
+    spawn_proxy(&bin.display().to_string(), &args, cpus, port, dir)
+}
+
 /// The far end for the direct and proxied paths: a WebSocket server that
 /// hands each `/hold/{n}` connection to the scenario (it becomes the source)
 /// and greets each `/greet/{n}` connection with one text message.
@@ -595,7 +619,11 @@ impl Route<'_> {
     /// One stream, ready for data: the source writes, the sink reads.
     pub fn open_stream(&self, n: usize) -> Result<(Source, SinkParts)> {
         match self.target {
-            Target::Direct | Target::Nginx | Target::Haproxy | Target::HaproxyTcp => {
+            Target::Direct
+            | Target::Nginx
+            | Target::Haproxy
+            | Target::HaproxyTcp
+            | Target::TcpFloor => {
                 let key = format!("{}-{n}", self.target.name());
                 let rx = self.origin.expect(&key);
                 let sink = wire::connect(self.addr, &format!("/hold/{key}"), &[])?;

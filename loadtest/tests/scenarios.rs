@@ -8,7 +8,13 @@ use std::process::Command;
 
 use serde_json::Value;
 
+const ALL_TARGETS: &str = "direct,gateway,gateway-query,gateway-relay,nginx,haproxy,haproxy-tcp";
+
 fn loader(scenario: &str, args: &[&str]) -> Value {
+    loader_on(ALL_TARGETS, scenario, args)
+}
+
+fn loader_on(targets: &str, scenario: &str, args: &[&str]) -> Value {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
     let gateway = bin.with_file_name("sluice");
     assert!(
@@ -21,10 +27,7 @@ fn loader(scenario: &str, args: &[&str]) -> Value {
     let _ = std::fs::remove_dir_all(&out);
     let run = Command::new(&bin)
         .arg(scenario)
-        .args([
-            "--targets",
-            "direct,gateway,gateway-query,gateway-relay,nginx,haproxy,haproxy-tcp",
-        ])
+        .args(["--targets", targets])
         .args(["--no-pin", "--out"])
         .arg(&out)
         .args(args)
@@ -38,7 +41,11 @@ fn loader(scenario: &str, args: &[&str]) -> Value {
     );
     let report: Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-    let paths = if scenario == "revoke" { 1 } else { 7 };
+    let paths = if scenario == "revoke" {
+        1
+    } else {
+        targets.split(',').count()
+    };
     assert_eq!(
         report["outcomes"].as_array().unwrap().len(),
         paths,
@@ -47,7 +54,7 @@ fn loader(scenario: &str, args: &[&str]) -> Value {
     for o in report["outcomes"].as_array().unwrap() {
         assert_eq!(o["errors"], 0, "{}: {o}", o["target"]);
     }
-    if report["outcomes"][0].get("latency").is_some() {
+    if report["outcomes"][0].get("latency").is_some() && targets == ALL_TARGETS {
         let plotted: &[&str] = if scenario == "revoke" {
             &["gateway"]
         } else {
@@ -119,6 +126,30 @@ fn latency_and_fan_in_record_every_stamped_frame() {
             }
         }
     });
+}
+
+/// The floor relay (`sluice-floor-relay`, the `tcp-floor` target) carries
+/// the same traffic as the proxies, whole, and its CPU is read like theirs.
+#[test]
+fn the_floor_relay_carries_every_frame() {
+    let r = loader_on(
+        "direct,tcp-floor",
+        "bulk",
+        &["--frames", "300", "--frame-size", "65536", "--runs", "1"],
+    );
+    each(&r, |o| {
+        assert_eq!(o["messages"], 300, "{o}");
+        assert_eq!(o["cost"]["payload_bytes"], 300 * 65536, "{o}");
+    });
+    let floor = &r["outcomes"][1];
+    assert_eq!(floor["target"], "tcp-floor");
+    assert!(floor["proxy_cpu_s"].as_f64().is_some(), "{floor}");
+    let r = loader_on(
+        "tcp-floor",
+        "fan-in",
+        &["--sessions", "20", "--rate", "20", "--duration", "1"],
+    );
+    each(&r, |o| assert_eq!(o["messages"], 400, "{o}"));
 }
 
 /// Whether perf can count syscall tracepoints here (the loader reports

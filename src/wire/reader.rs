@@ -527,25 +527,34 @@ mod buffer_tests {
         f.payload().as_ptr() as usize
     }
 
+    /// A streaming reader (a connector's), and the far end of its socket.
+    async fn streaming() -> (FrameReader<monoio::net::TcpStream>, monoio::net::TcpStream) {
+        let (gw, far) = socket_pair().await;
+        let reader = FrameReader::new(gw, BytesMut::new(), MaskRule::Required, 1 << 20)
+            .with_chunk(64 * 1024);
+        (reader, far)
+    }
+
+    /// Frame `i` of a slow stream: sent whole, then read.
+    async fn frame(
+        reader: &mut FrameReader<monoio::net::TcpStream>,
+        far: &mut monoio::net::TcpStream,
+        i: u8,
+    ) -> InFrame {
+        let bytes = encode_client_frame(Opcode::Binary, true, &[i; 3000], [7; 4]);
+        far.write_all(bytes).await.0.unwrap();
+        let f = reader.next().await.unwrap();
+        assert_eq!(f.payload(), &[i; 3000][..]);
+        f
+    }
+
     #[test]
     fn a_slow_stream_reads_every_frame_into_the_same_place() {
         runtime().block_on(async {
-            let (gw, mut far) = socket_pair().await;
-            let mut reader = FrameReader::new(gw, BytesMut::new(), MaskRule::Required, 1 << 20)
-                .with_chunk(64 * 1024);
+            let (mut reader, mut far) = streaming().await;
             let mut first = None;
             for i in 0..40u8 {
-                far.write_all(encode_client_frame(
-                    Opcode::Binary,
-                    true,
-                    &[i; 3000],
-                    [7; 4],
-                ))
-                .await
-                .0
-                .unwrap();
-                let f = reader.next().await.unwrap();
-                assert_eq!(f.payload(), &[i; 3000][..]);
+                let f = frame(&mut reader, &mut far, i).await;
                 // Released (sent) before the next frame arrives.
                 let here = at(&f);
                 drop(f);
@@ -557,22 +566,11 @@ mod buffer_tests {
     #[test]
     fn a_frame_still_held_is_never_overwritten_by_the_next_read() {
         runtime().block_on(async {
-            let (gw, mut far) = socket_pair().await;
-            let mut reader = FrameReader::new(gw, BytesMut::new(), MaskRule::Required, 1 << 20)
-                .with_chunk(64 * 1024);
+            let (mut reader, mut far) = streaming().await;
             // Held frames, as an outbox behind a slow browser holds them.
             let (mut held, mut ids) = (Vec::new(), Vec::new());
             for i in 0..40u8 {
-                far.write_all(encode_client_frame(
-                    Opcode::Binary,
-                    true,
-                    &[i; 3000],
-                    [7; 4],
-                ))
-                .await
-                .0
-                .unwrap();
-                let f = reader.next().await.unwrap();
+                let f = frame(&mut reader, &mut far, i).await;
                 held.push(freeze(f));
                 ids.push(i);
                 if i % 10 == 9 {

@@ -177,7 +177,7 @@ mod tests {
             stopped: Cell::new(false),
             ping_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
-            interrupter: Interrupter::detached(),
+            interrupter: Interrupter::new(),
             outbox: None,
         }
     }

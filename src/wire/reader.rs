@@ -117,9 +117,8 @@ pub struct Interrupter {
 }
 
 impl Interrupter {
-    /// One that belongs to no reader, for unit tests of its users.
-    #[cfg(test)]
-    pub fn detached() -> Self {
+    /// A fresh one: no interrupt requested, a canceller ready.
+    pub(crate) fn new() -> Self {
         Interrupter {
             requested: Rc::new(Cell::new(false)),
             canceller: Rc::new(RefCell::new(Some(Canceller::new()))),
@@ -160,10 +159,7 @@ impl<R: CancelableAsyncReadRent> FrameReader<R> {
             max_payload: max_payload as u64,
             frag: Fragmentation::default(),
             chunk: Chunk::fixed(64 * 1024),
-            interrupter: Interrupter {
-                requested: Rc::new(Cell::new(false)),
-                canceller: Rc::new(RefCell::new(Some(Canceller::new()))),
-            },
+            interrupter: Interrupter::new(),
             split: None,
             acks: None,
         }

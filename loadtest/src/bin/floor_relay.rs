@@ -4,10 +4,9 @@
 //! One thread, one epoll set, no protocol: each accepted connection gets one
 //! upstream connection, and whatever one side sends is read once and written
 //! to the other at once. No timers, no tasks, no frame parsing, no buffer
-//! held while a socket is idle; the streaming side's acknowledgements are
-//! paced like the gateway's (`TCP_QUICKACK` off every 16th read, see
-//! `src/wire/acks.rs`). What it costs per frame is the kernel's price for a
-//! wake-up, a receive and a send — the floor under the gateway, haproxy
+//! held while a socket is idle; acknowledgements are paced by the
+//! gateway's own `AckPacer` (`src/wire/acks.rs`). What it costs per frame
+//! is the kernel's price for a wake-up, a receive and a send — the floor under the gateway, haproxy
 //! and nginx alike — so a goal below it is out of reach for a proxy that
 //! forwards each frame as it arrives.
 //!
@@ -22,13 +21,12 @@ use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 
+use sluice::wire::acks::AckPacer;
+
 /// The listener's epoll token; connection sides use their slot index.
 const LISTENER: u64 = u64::MAX;
 /// Bytes one read takes: a whole 64 KiB bulk frame, and any fan-in frame.
 const READ_CHUNK: usize = 64 * 1024;
-/// Reads between two `TCP_QUICKACK` refusals of quick acknowledgement
-/// (Linux turns quick mode back on by itself; the gateway re-arms as often).
-const ACK_EVERY: u32 = 16;
 
 /// One end of a relayed pair.
 struct Side {
@@ -39,7 +37,9 @@ struct Side {
     /// under backpressure; while it is non-empty the peer is not read, so
     /// it holds at most one read's worth.
     pending: Vec<u8>,
-    reads: u32,
+    /// Keeps the socket in delayed-ACK mode while it is read, as the
+    /// gateway does for a streaming connector.
+    acks: AckPacer,
 }
 
 struct Relay {
@@ -147,13 +147,13 @@ impl Relay {
                 sock: client,
                 peer: b,
                 pending: Vec::new(),
-                reads: 0,
+                acks: AckPacer::new(fa),
             });
             self.sides[b] = Some(Side {
                 sock: upstream,
                 peer: a,
                 pending: Vec::new(),
-                reads: 0,
+                acks: AckPacer::new(fb),
             });
             self.ctl(libc::EPOLL_CTL_ADD, fa, libc::EPOLLIN, a as u64)?;
             self.ctl(libc::EPOLL_CTL_ADD, fb, libc::EPOLLIN, b as u64)?;
@@ -208,20 +208,7 @@ impl Relay {
             self.close(at);
             return;
         }
-        side.reads += 1;
-        if side.reads % ACK_EVERY == 1 {
-            let off: libc::c_int = 0;
-            // SAFETY: `off` outlives the call and its size is passed.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_QUICKACK,
-                    (&off as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
+        side.acks.after_read();
         let n = n as usize;
         let out = self.sides[peer].as_mut().expect("live peer");
         let sent = send(out.sock.as_raw_fd(), &self.buf[..n]);

@@ -89,10 +89,7 @@ fn measured_outbox_push(o: &Outbox, frame: &Wire) {
 /// joining the browser's outbox. What the socket calls cost is the
 /// kernel's and is measured by `sluice-loadtest`, not here.
 #[inline(never)]
-fn measured_forward<R: monoio::io::CancelableAsyncReadRent>(
-    reader: &mut FrameReader<R>,
-    to: &Outbox,
-) {
+fn measured_forward<R: sluice::wire::reader::Source>(reader: &mut FrameReader<R>, to: &Outbox) {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     for _ in 0..ITERATIONS {
         let next = std::pin::pin!(reader.next());

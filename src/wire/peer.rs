@@ -12,7 +12,7 @@ use std::io;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use thiserror::Error;
 
@@ -20,7 +20,7 @@ use crate::wire::frame::{parse_close, FrameError, Opcode};
 use crate::wire::keepalive::Liveness;
 use crate::wire::message::{self, close};
 use crate::wire::outbox::Outbox;
-use crate::wire::reader::{FrameReader, InFrame, ReadError, TextAssembler};
+use crate::wire::reader::{FrameReader, InFrame, ReadError, Source, TextAssembler};
 
 /// What a read yields once control frames are dealt with.
 #[derive(Debug)]
@@ -98,7 +98,7 @@ pub struct Peer<'r, R, A> {
     control_counts: bool,
 }
 
-impl<'r, R: CancelableAsyncReadRent, A: Answer<R>> Peer<'r, R, A> {
+impl<'r, R: Source, A: Answer<R>> Peer<'r, R, A> {
     /// Text messages are assembled (up to `max_text` bytes) and yielded
     /// whole.
     pub fn new(reader: &'r mut FrameReader<R>, answer: A, max_text: usize) -> Self {

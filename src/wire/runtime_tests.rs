@@ -4,7 +4,6 @@
 //! completed, which every revocation and keepalive timeout relies on.
 
 use std::io::Write;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -13,30 +12,7 @@ use monoio::time::sleep;
 
 use crate::wire::frame::{encode_client_frame, MaskRule, Opcode};
 use crate::wire::reader::{FrameReader, ReadError};
-use crate::wire::test_io::{runtime, socket_pair};
-
-/// Far beyond any wait here: reaching it means a timer or a read never woke.
-const HUNG: Duration = Duration::from_secs(10);
-
-/// Runs `f` on a fresh runtime in its own thread and fails the test if it
-/// has not finished by `HUNG`, without arming a timer in that runtime.
-fn within_hung(f: impl FnOnce() + Send + 'static) {
-    let (done, finished) = mpsc::channel();
-    let t = std::thread::spawn(move || {
-        f();
-        let _ = done.send(());
-    });
-    match finished.recv_timeout(HUNG) {
-        Ok(()) => t.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            // The thread panicked: re-raise its assertion.
-            if let Err(p) = t.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("the runtime hung"),
-    }
-}
+use crate::wire::test_io::{runtime, socket_pair, within_hung};
 
 #[test]
 fn a_timer_armed_after_io_wakeups_with_no_timer_at_all_fires() {

@@ -254,6 +254,40 @@ impl From<self::legacy::UnparkHandle> for UnparkHandle {
     }
 }
 
+/// One receive on a stream socket, straight into `buf`, driven by the
+/// socket's readiness: `None` on the io_uring driver, where a receive is
+/// an operation the ring owns.
+///
+/// On the epoll driver this is what `Op::recv_stream` does when polled,
+/// without the operation: no driver handle is cloned, no owned buffer
+/// moves in and out, and `Pending` holds nothing but the waker the socket
+/// keeps. So a caller may drop its future at any time without losing a
+/// byte (an io_uring receive, once submitted, may already hold some).
+#[cfg(feature = "legacy")]
+pub(crate) fn poll_recv_ready(
+    fd: &shared_fd::SharedFd,
+    cx: &mut Context<'_>,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+) -> Option<Poll<io::Result<usize>>> {
+    CURRENT.with(|inner| match inner {
+        #[cfg(all(target_os = "linux", feature = "iouring"))]
+        Inner::Uring(_) => None,
+        Inner::Legacy(this) => {
+            // SAFETY: the `RawBuf` covers exactly `buf`, which the caller
+            // lends mutably for this call; the receive built on it is
+            // polled and dropped before this function returns, so the
+            // pointer is never used after the borrow ends, and `recv`
+            // writes at most `buf.len()` bytes through it.
+            let raw = unsafe { crate::buf::RawBuf::new(buf.as_mut_ptr() as *const u8, buf.len()) };
+            let mut recv = op::recv::RecvStream::unsubmitted(fd, raw);
+            Some(
+                LegacyInner::poll_op(this, &mut recv, cx)
+                    .map(|done| done.result.map(|n| n as usize)),
+            )
+        }
+    })
+}
+
 #[cfg(feature = "sync")]
 impl UnparkHandle {
     #[allow(unused)]

@@ -8,6 +8,7 @@ mod async_rent_cancelable;
 mod async_rent_cancelable_ext;
 mod async_write_rent;
 mod async_write_rent_ext;
+mod recv_ready;
 
 pub mod sink;
 pub mod stream;
@@ -24,6 +25,7 @@ pub use async_rent_cancelable::{CancelableAsyncReadRent, CancelableAsyncWriteRen
 pub use async_rent_cancelable_ext::{CancelableAsyncReadRentExt, CancelableAsyncWriteRentExt};
 pub use async_write_rent::{AsyncWriteRent, AsyncWriteRentAt};
 pub use async_write_rent_ext::AsyncWriteRentExt;
+pub use recv_ready::RecvReady;
 
 mod util;
 

@@ -129,6 +129,18 @@ impl<T: IoBufMut> OpAble for Recv<T> {
 /// keeps its size.
 pub(crate) struct RecvStream<T>(Recv<T>);
 
+impl<T: IoBufMut> RecvStream<T> {
+    /// The receive alone, not submitted: for polling it in place on the
+    /// epoll driver (`driver::poll_recv_ready`).
+    #[allow(unused)]
+    pub(crate) fn unsubmitted(fd: &SharedFd, buf: T) -> Self {
+        RecvStream(Recv {
+            fd: fd.clone(),
+            buf,
+        })
+    }
+}
+
 impl<T: IoBufMut> Op<RecvStream<T>> {
     pub(crate) fn recv_stream(fd: SharedFd, buf: T) -> io::Result<Self> {
         Op::submit_with(RecvStream(Recv { fd, buf }))

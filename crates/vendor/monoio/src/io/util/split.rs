@@ -179,6 +179,23 @@ where
     }
 }
 
+impl<Inner> crate::io::RecvReady for OwnedReadHalf<Inner>
+where
+    Inner: crate::io::RecvReady,
+{
+    #[inline]
+    fn poll_recv_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Option<std::task::Poll<std::io::Result<usize>>> {
+        // The same access as this half's other reads: the stream is shared
+        // with the write half, which never reads.
+        let stream = unsafe { &mut *self.0.get() };
+        stream.poll_recv_ready(cx, buf)
+    }
+}
+
 impl<T> OwnedReadHalf<T>
 where
     T: AsyncWriteRent,

@@ -261,6 +261,23 @@ impl TcpStream {
     }
 }
 
+impl crate::io::RecvReady for TcpStream {
+    #[inline]
+    fn poll_recv_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Option<std::task::Poll<io::Result<usize>>> {
+        #[cfg(feature = "legacy")]
+        return crate::driver::poll_recv_ready(&self.fd, cx, buf);
+        #[cfg(not(feature = "legacy"))]
+        {
+            let _ = (cx, buf);
+            None
+        }
+    }
+}
+
 impl AsReadFd for TcpStream {
     #[inline]
     fn as_reader_fd(&mut self) -> &SharedFdWrapper {

@@ -136,6 +136,23 @@ impl UnixStream {
     }
 }
 
+impl crate::io::RecvReady for UnixStream {
+    #[inline]
+    fn poll_recv_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+    ) -> Option<std::task::Poll<io::Result<usize>>> {
+        #[cfg(feature = "legacy")]
+        return crate::driver::poll_recv_ready(&self.fd, cx, buf);
+        #[cfg(not(feature = "legacy"))]
+        {
+            let _ = (cx, buf);
+            None
+        }
+    }
+}
+
 impl AsReadFd for UnixStream {
     #[inline]
     fn as_reader_fd(&mut self) -> &SharedFdWrapper {

@@ -145,8 +145,9 @@ async fn sweeper() {
         let now = Instant::now();
         let idle = SWEEP.with(|s| {
             let mut s = s.borrow_mut();
-            // `check` may interrupt a reader, which only sets flags and
-            // cancels an op: it never re-enters this table.
+            // `check` may interrupt a reader, which only sets a flag,
+            // schedules the reader's task (it runs later, not inside this
+            // call) and cancels an op: it never re-enters this table.
             s.watched
                 .retain(|w| w.upgrade().is_some_and(|l| l.check(now)));
             if s.watched.is_empty() {

@@ -8,13 +8,14 @@ use sluice::config::Config;
 use sluice::config::KeyHash;
 use sluice::Gateway;
 
-/// mimalloc, not glibc malloc. With glibc, the memory a held session costs
+/// jemalloc, not glibc malloc. With glibc, the memory a held session costs
 /// depended on the order of unrelated allocations: a read path that
 /// allocated less made each of 10,000 idle sessions 0.7–1.4 KiB *larger*
-/// (fragmentation), and the same build held 3.4 KiB per session under
-/// mimalloc or jemalloc. mimalloc also cost less CPU per forwarded frame
-/// (docs/benchmarks.md, sixth sitting), and builds with the C compiler the
-/// Rust toolchain already needs.
+/// (fragmentation), and the same build holds 3.42 KiB per session under
+/// jemalloc, with no option to tune (docs/benchmarks.md, sixth sitting;
+/// docs/dependencies.md says why not mimalloc). Off with
+/// `--no-default-features`.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use monoio::buf::{IoBufMut, SliceMut};
-use monoio::io::{CancelableAsyncReadRent, Canceller, RecvReady};
+use monoio::io::{CancelHandle, CancelableAsyncReadRent, Canceller, RecvReady};
 use thiserror::Error;
 
 use crate::wire::acks::AckPacer;
@@ -159,8 +159,9 @@ impl Interrupter {
         self.0.requested.replace(false)
     }
 
-    fn unpark(&self) {
-        drop(self.0.reader.take());
+    /// The io_uring path's handle for one cancelable read.
+    fn cancel_handle(&self) -> Option<CancelHandle> {
+        self.0.canceller.borrow().as_ref().map(Canceller::handle)
     }
 
     /// Remembers the task of a read about to wait on the epoll path.
@@ -332,12 +333,7 @@ impl<R: Source> FrameReader<R> {
         let offered = self.buf.capacity() - self.buf.len();
         debug_assert!(offered > 0, "a read into no room would look like EOF");
         let res = match poll_fn(|cx| self.poll_recv(cx)).await {
-            Some(res) => {
-                // A task that has finished reading is not kept alive by
-                // its waker.
-                self.interrupter.unpark();
-                res
-            }
+            Some(res) => res,
             None => self.cancelable_recv().await,
         };
         match res {
@@ -387,9 +383,8 @@ impl<R: Source> FrameReader<R> {
     /// cancel handle so an interrupt gets the buffer (and any bytes the
     /// kernel already put in it) back.
     async fn cancelable_recv(&mut self) -> io::Result<usize> {
-        let handle = match self.interrupter.0.canceller.borrow().as_ref() {
-            Some(c) => c.handle(),
-            None => return Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+        let Some(handle) = self.interrupter.cancel_handle() else {
+            return Err(io::Error::from_raw_os_error(libc::ECANCELED));
         };
         let (res, buf) = self.io.cancelable_read(spare(&mut self.buf), handle).await;
         self.buf = buf.into_inner();
@@ -397,7 +392,8 @@ impl<R: Source> FrameReader<R> {
             .as_ref()
             .is_err_and(|e| e.raw_os_error() == Some(libc::ECANCELED))
         {
-            self.interrupter.0.requested.set(false);
+            // The cancellation answered the interrupt: it is used up.
+            self.interrupter.take_request();
         }
         res
     }

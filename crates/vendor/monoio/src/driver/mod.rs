@@ -263,12 +263,15 @@ impl From<self::legacy::UnparkHandle> for UnparkHandle {
 /// moves in and out, and `Pending` holds nothing but the waker the socket
 /// keeps. So a caller may drop its future at any time without losing a
 /// byte (an io_uring receive, once submitted, may already hold some).
-#[cfg(feature = "legacy")]
+#[allow(unused_variables)]
 pub(crate) fn poll_recv_ready(
     fd: &shared_fd::SharedFd,
     cx: &mut Context<'_>,
     buf: &mut [std::mem::MaybeUninit<u8>],
 ) -> Option<Poll<io::Result<usize>>> {
+    #[cfg(not(feature = "legacy"))]
+    return None;
+    #[cfg(feature = "legacy")]
     CURRENT.with(|inner| match inner {
         #[cfg(all(target_os = "linux", feature = "iouring"))]
         Inner::Uring(_) => None,

@@ -268,13 +268,7 @@ impl crate::io::RecvReady for TcpStream {
         cx: &mut std::task::Context<'_>,
         buf: &mut [std::mem::MaybeUninit<u8>],
     ) -> Option<std::task::Poll<io::Result<usize>>> {
-        #[cfg(feature = "legacy")]
-        return crate::driver::poll_recv_ready(&self.fd, cx, buf);
-        #[cfg(not(feature = "legacy"))]
-        {
-            let _ = (cx, buf);
-            None
-        }
+        crate::driver::poll_recv_ready(&self.fd, cx, buf)
     }
 }
 

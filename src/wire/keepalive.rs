@@ -20,12 +20,12 @@ use crate::wire::outbox::Outbox;
 use crate::wire::reader::Interrupter;
 
 pub struct Liveness {
-    /// When the sweeper last found the peer had sent something.
+    /// When the sweeper last found the peer had sent something. Whether it
+    /// did since the last look is a flag the reader sets in its
+    /// interrupter (`Interrupter::mark_progress`), not a clock read per
+    /// frame: the sweeper turns it into a time at its next look, and it
+    /// looks at tick granularity anyway.
     last_rx: Cell<Instant>,
-    /// Whether the peer sent something since the sweeper's last look. A
-    /// flag, not a clock read per frame: the sweeper turns it into a time
-    /// at its next look, and it looks at tick granularity anyway.
-    fresh: Cell<bool>,
     pinged_at: Cell<Option<Instant>>,
     ping_due: Cell<bool>,
     timed_out: Cell<bool>,
@@ -37,9 +37,16 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// The peer sent something.
+    /// The peer sent something. The reader's own path is
+    /// `FrameReader::mark_progress`, which sets the same flag without
+    /// loading this watch.
     pub fn seen(&self) {
-        self.fresh.set(true);
+        self.interrupter.mark_progress();
+    }
+
+    /// Whether this watch reads its progress from `interrupter`'s reader.
+    pub(crate) fn watches(&self, interrupter: &Interrupter) -> bool {
+        self.interrupter.same_as(interrupter)
     }
 
     /// Whether the reader was woken to send a ping (and clears it).
@@ -61,7 +68,7 @@ impl Liveness {
         if self.stopped.get() {
             return false;
         }
-        if self.fresh.replace(false) {
+        if self.interrupter.take_progress() {
             self.last_rx.set(now);
         }
         let last = self.last_rx.get();
@@ -111,7 +118,6 @@ pub fn watch(
 ) -> Rc<Liveness> {
     let live = Rc::new(Liveness {
         last_rx: Cell::new(Instant::now()),
-        fresh: Cell::new(false),
         pinged_at: Cell::new(None),
         ping_due: Cell::new(false),
         timed_out: Cell::new(false),
@@ -171,7 +177,6 @@ mod tests {
     fn live(start: Instant) -> Liveness {
         Liveness {
             last_rx: Cell::new(start),
-            fresh: Cell::new(false),
             pinged_at: Cell::new(None),
             ping_due: Cell::new(false),
             timed_out: Cell::new(false),

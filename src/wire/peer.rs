@@ -34,7 +34,10 @@ pub enum Incoming {
     Close(InFrame),
     /// The read was interrupted for a reason of the caller's (the session
     /// left, the connection is being taken, shutdown): check it, then read
-    /// again. Keepalive reasons never surface here.
+    /// again. A keepalive interruption surfaces too, once the ping it was
+    /// for has been sent: the caller's check finds nothing and it reads
+    /// again. (One interrupt flag serves both, so swallowing it here could
+    /// swallow the caller's reason with it.)
     Interrupted,
 }
 
@@ -125,7 +128,14 @@ impl<'r, R: Source, A: Answer<R>> Peer<'r, R, A> {
     /// Applies a liveness watch: traffic refreshes it, a due ping is sent,
     /// an idle timeout ends the read with [`PeerError::TimedOut`]. The
     /// watch stops when the peer is dropped.
+    ///
+    /// The watch must be on this reader's interrupter (every caller makes
+    /// it from `reader.interrupter()`): the reader marks progress there.
     pub fn watched(mut self, live: Rc<Liveness>) -> Self {
+        debug_assert!(
+            live.watches(&self.reader.interrupter()),
+            "a liveness watch on another reader's interrupter would never see progress"
+        );
         self.live = Some(live);
         self
     }
@@ -170,12 +180,10 @@ impl<'r, R: Source, A: Answer<R>> Peer<'r, R, A> {
                 Err(e) => return Err(PeerError::Gone(e)),
             };
             let control = matches!(f.message, Opcode::Ping | Opcode::Pong);
-            if let Some(live) = self
-                .live
-                .as_ref()
-                .filter(|_| self.control_counts || !control)
-            {
-                live.seen();
+            if self.live.is_some() && (self.control_counts || !control) {
+                // In the reader's interrupter, a line this frame's read
+                // already loaded, not in the watch's own allocation.
+                self.reader.mark_progress();
             }
             match f.message {
                 Opcode::Ping => {
@@ -273,6 +281,48 @@ mod tests {
                 Incoming::Close(f) => assert_eq!(close_code(&f), 1000),
                 other => panic!("expected close, got {other:?}"),
             }
+        });
+    }
+
+    #[test]
+    fn a_peer_that_keeps_sending_data_outlives_the_idle_timeout() {
+        runtime().block_on(async {
+            let (gw, mut far) = socket_pair().await;
+            let mut reader = FrameReader::new(gw, BytesMut::new(), MaskRule::Required, 1 << 20);
+            let live = keepalive::watch(
+                Duration::from_millis(50),
+                Duration::from_millis(200),
+                reader.interrupter(),
+                None,
+            );
+            // 30 frames 15 ms apart: 450 ms of traffic, over twice the idle
+            // timeout, with no gap near it. Only the progress the reader
+            // marks keeps the watch from timing the peer out.
+            const FRAMES: usize = 30;
+            let sender = monoio::spawn(async move {
+                for _ in 0..FRAMES {
+                    monoio::time::sleep(Duration::from_millis(15)).await;
+                    script(&mut far, &[(Opcode::Binary, true, b"x")]).await;
+                }
+                far
+            });
+            let mut peer = Peer::new(&mut reader, Direct, 1024)
+                .watched(live)
+                .progress_only();
+            let mut frames = 0;
+            while frames < FRAMES {
+                match peer.next().await {
+                    Ok(Incoming::Data(f)) => {
+                        assert_eq!(f.payload(), b"x");
+                        frames += 1;
+                    }
+                    // A ping sent on a slow machine: not what is tested.
+                    Ok(Incoming::Interrupted) => {}
+                    other => panic!("after {frames} frames: {other:?}"),
+                }
+            }
+            drop(peer);
+            drop(sender.await);
         });
     }
 

@@ -125,6 +125,12 @@ pub struct Interrupter(Rc<Interrupt>);
 
 struct Interrupt {
     requested: Cell<bool>,
+    /// The peer sent something since the keepalive sweeper last looked
+    /// (`wire::keepalive`). Kept here, beside `requested`, because the
+    /// reader loads this line for every frame anyway: a flag in the
+    /// liveness watch's own allocation cost a second cold line per frame
+    /// of every slow stream (fan-in; docs/benchmarks.md, seventh sitting).
+    progress: Cell<bool>,
     /// The io_uring path's cancel handle.
     canceller: RefCell<Option<Canceller>>,
     /// The task of a read waiting on the epoll path.
@@ -136,6 +142,7 @@ impl Interrupter {
     pub(crate) fn new() -> Self {
         Interrupter(Rc::new(Interrupt {
             requested: Cell::new(false),
+            progress: Cell::new(false),
             canceller: RefCell::new(Some(Canceller::new())),
             reader: Cell::new(None),
         }))
@@ -152,6 +159,21 @@ impl Interrupter {
         if let Some(w) = i.reader.take() {
             w.wake();
         }
+    }
+
+    /// Records that the peer sent something (see `Interrupt::progress`).
+    pub(crate) fn mark_progress(&self) {
+        self.0.progress.set(true);
+    }
+
+    /// Whether the peer sent something since the last call (and clears it).
+    pub(crate) fn take_progress(&self) -> bool {
+        self.0.progress.replace(false)
+    }
+
+    /// Whether `other` interrupts the same reader.
+    pub(crate) fn same_as(&self, other: &Interrupter) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
     }
 
     /// Takes a pending interrupt (it interrupts one read).
@@ -242,6 +264,11 @@ impl<R: Source> FrameReader<R> {
 
     pub fn interrupter(&self) -> Interrupter {
         self.interrupter.clone()
+    }
+
+    /// The peer sent something its liveness watch counts.
+    pub(crate) fn mark_progress(&self) {
+        self.interrupter.mark_progress();
     }
 
     pub fn rule(&self) -> MaskRule {

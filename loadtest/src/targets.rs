@@ -111,6 +111,14 @@ impl Proc {
     pub fn peak_rss_kib(self) -> u64 {
         self.status_kib("VmHWM:")
     }
+
+    /// Resets the peak (`VmHWM`) to the current RSS, so the next
+    /// [`Proc::peak_rss_kib`] is the peak since now: one gateway serves
+    /// several targets in turn, and a peak since its start would charge a
+    /// later target with an earlier one's. False if the kernel refused.
+    pub fn reset_peak_rss(self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.0), "5").is_ok()
+    }
 }
 
 /// Where the gateway is and the secrets to talk to it.
@@ -683,5 +691,34 @@ impl Route<'_> {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Proc;
+
+    #[test]
+    fn a_reset_peak_is_the_peak_since_the_reset() {
+        let me = Proc(std::process::id());
+        // 64 MiB, every page written, then returned to the kernel (an
+        // allocation this large is its own mapping, unmapped on free).
+        let mut big = vec![0u8; 64 << 20];
+        for page in big.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        std::hint::black_box(&big);
+        drop(big);
+        let before = me.peak_rss_kib();
+        assert!(before >= 64 << 10, "peak {before} KiB holds the 64 MiB");
+        assert!(
+            me.reset_peak_rss(),
+            "clear_refs takes a reset of our own process"
+        );
+        let after = me.peak_rss_kib();
+        assert!(
+            after + (32 << 10) < before,
+            "peak after the reset {after} KiB, before {before} KiB"
+        );
     }
 }

@@ -169,6 +169,12 @@ pub struct Meter {
 
 impl Meter {
     pub fn start(proc: Option<Proc>) -> Meter {
+        if let Some(p) = proc {
+            // The target's own peak, not the process's since it started.
+            if !p.reset_peak_rss() {
+                warn_peak_not_reset();
+            }
+        }
         Meter {
             proc,
             proxy: proc.map(|p| p.cpu_secs()).unwrap_or(0.0),
@@ -194,9 +200,21 @@ impl Meter {
             add(&mut o.proxy_cpu_s, proxy);
             o.cost.proxy_cpu_s += proxy;
             o.cost.add_proxy(self.proxy_kernel.and_then(Counting::stop));
-            o.proxy_peak_rss_kib = Some(p.peak_rss_kib());
+            let peak = p.peak_rss_kib().max(o.proxy_peak_rss_kib.unwrap_or(0));
+            o.proxy_peak_rss_kib = Some(peak);
         }
     }
+}
+
+/// Says once per run that peaks are since the proxy started.
+fn warn_peak_not_reset() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        eprintln!(
+            "  peak RSS is since the proxy started: /proc/PID/clear_refs refused the reset, \
+             so a gateway's later targets include its earlier targets' peaks"
+        );
+    });
 }
 
 /// What one sink saw of a timed stream.

@@ -37,10 +37,11 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// The peer sent something. The reader's own path is
-    /// `FrameReader::mark_progress`, which sets the same flag without
-    /// loading this watch.
-    pub fn seen(&self) {
+    /// The peer sent something: what the reader records through
+    /// `FrameReader::mark_progress` (without loading this watch), for the
+    /// tests that play the reader.
+    #[cfg(test)]
+    fn seen(&self) {
         self.interrupter.mark_progress();
     }
 

@@ -126,3 +126,91 @@ async fn the_five_commands_serve_your_own_file() {
     assert!(page.contains("<title>Sluice</title>"), "{page}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The walkthrough starts with "Build once": the command above it must
+/// build every binary the five commands run. A bare `cargo build` in this
+/// workspace builds the root package alone (the gateway), and the README
+/// once said just that, so `sluice-connector` was missing on a fresh
+/// checkout while this suite, which builds everything, passed.
+#[test]
+fn the_build_command_builds_every_binary_the_walkthrough_runs() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("## Your own data in five commands")
+        .nth(1)
+        .expect("the walkthrough's section");
+    let build: Vec<&str> = section
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cargo build"))
+        .expect("a `cargo build` line before the walkthrough")
+        .split("&&")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = |key: &str| -> Vec<String> {
+        meta[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("cargo metadata has {key}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    // What a `cargo build` with these flags builds (cargo's rule).
+    let named: Vec<&str> = build
+        .windows(2)
+        .filter(|w| w[0] == "-p" || w[0] == "--package")
+        .map(|w| w[1])
+        .collect();
+    let built: Vec<String> = if build.contains(&"--workspace") || build.contains(&"--all") {
+        ids("workspace_members")
+    } else if named.is_empty() {
+        ids("workspace_default_members")
+    } else {
+        ids("workspace_members")
+    };
+    let mut bins = std::collections::HashMap::new();
+    for p in meta["packages"].as_array().unwrap() {
+        let id = p["id"].as_str().unwrap().to_owned();
+        let name = p["name"].as_str().unwrap().to_owned();
+        let is_built = built.contains(&id) && (named.is_empty() || named.contains(&name.as_str()));
+        for t in p["targets"].as_array().unwrap() {
+            if t["kind"].as_array().unwrap().iter().any(|k| k == "bin") {
+                bins.insert(t["name"].as_str().unwrap().to_owned(), is_built);
+            }
+        }
+    }
+
+    let script = walkthrough();
+    let run: std::collections::BTreeSet<&str> = script
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split(|c: char| c.is_whitespace() || "$();&|".contains(c)))
+        .filter(|w| bins.contains_key(*w))
+        .collect();
+    assert!(
+        run.contains("sluice") && run.contains("sluice-connector") && run.contains("sluice-fetch"),
+        "the walkthrough runs the gateway, the connector and the fetch client: {run:?}"
+    );
+    for bin in run {
+        assert!(
+            bins[bin],
+            "README's `cargo build{}` does not build `{bin}`, which the walkthrough runs",
+            build.iter().map(|a| format!(" {a}")).collect::<String>()
+        );
+    }
+}

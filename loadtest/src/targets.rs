@@ -141,14 +141,35 @@ pub struct GatewaySpec {
     pub env: Vec<(String, String)>,
 }
 
-/// A process the loader started; killed on drop.
+/// A process the loader started; stopped on drop.
 pub struct Spawned {
     child: Child,
     _dir: Option<TempDir>,
 }
 
+/// How long a target may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl Drop for Spawned {
+    /// SIGTERM first, as an operator stops a service, so that a target
+    /// exits through its own shutdown path: an instrumented gateway
+    /// (`loadtest/pgo-build.sh`) writes its profile only then. SIGKILL
+    /// after [`STOP_GRACE`], so a target that hangs never hangs the loader.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) with the pid of a child not yet waited for
+            // (so the pid cannot have been reused) and a valid signal.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let until = std::time::Instant::now() + STOP_GRACE;
+            while std::time::Instant::now() < until {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -696,7 +717,45 @@ impl Route<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::Proc;
+    use super::{Proc, Spawned};
+    use std::process::Command;
+
+    fn spawned(script: &str) -> Spawned {
+        let child = Command::new("sh").args(["-c", script]).spawn().unwrap();
+        Spawned { child, _dir: None }
+    }
+
+    #[test]
+    fn a_stopped_target_gets_sigterm_and_exits_through_its_handler() {
+        let dir = std::env::temp_dir().join(format!("loadtest-stop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mark = dir.join("terminated");
+        let ready = dir.join("ready");
+        let s = spawned(&format!(
+            "trap 'touch {m}; exit 0' TERM; touch {r}; while :; do sleep 0.05; done",
+            m = mark.display(),
+            r = ready.display()
+        ));
+        while !ready.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(s);
+        let ran = mark.exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(ran, "the TERM handler ran before the target was reaped");
+    }
+
+    #[test]
+    fn a_target_that_ignores_sigterm_is_killed_after_the_grace() {
+        let mut s = spawned("trap '' TERM; while :; do sleep 0.05; done");
+        let pid = s.child.id();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(matches!(s.child.try_wait(), Ok(None)));
+        drop(s);
+        // Reaped: the pid no longer names a live child of ours.
+        let alive = std::path::Path::new(&format!("/proc/{pid}/status")).exists();
+        assert!(!alive, "pid {pid} is gone after drop");
+    }
 
     #[test]
     fn a_reset_peak_is_the_peak_since_the_reset() {

@@ -10,7 +10,7 @@
 # Why: between two frames of one stream the kernel's TCP work and the other
 # streams' frames evict the gateway's code and per-stream state from the
 # caches, so a frame's user-space time is mostly misses (docs/benchmarks.md,
-# "Profile-guided build"). The profile puts the code a frame runs next to
+# "Fan-in, eighth sitting"). The profile puts the code a frame runs next to
 # itself and moves what it never runs out of the way.
 #
 # Needs `rustup component add llvm-tools` (llvm-profdata of the compiler's

@@ -14,9 +14,13 @@ use std::process::{Command, Stdio};
 use common::control::sibling_bin;
 use common::*;
 
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md")
+}
+
 fn walkthrough() -> String {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
+    let readme = readme();
     let start = readme
         .find("<!-- walkthrough")
         .expect("the README marks its walkthrough");
@@ -134,8 +138,7 @@ async fn the_five_commands_serve_your_own_file() {
 /// checkout while this suite, which builds everything, passed.
 #[test]
 fn the_build_command_builds_every_binary_the_walkthrough_runs() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
+    let readme = readme();
     let section = readme
         .split("## Your own data in five commands")
         .nth(1)
@@ -176,13 +179,12 @@ fn the_build_command_builds_every_binary_the_walkthrough_runs() {
         .filter(|w| w[0] == "-p" || w[0] == "--package")
         .map(|w| w[1])
         .collect();
-    let built: Vec<String> = if build.contains(&"--workspace") || build.contains(&"--all") {
-        ids("workspace_members")
-    } else if named.is_empty() {
-        ids("workspace_default_members")
+    let everything = build.contains(&"--workspace") || build.contains(&"--all");
+    let built = ids(if everything || !named.is_empty() {
+        "workspace_members"
     } else {
-        ids("workspace_members")
-    };
+        "workspace_default_members"
+    });
     let mut bins = std::collections::HashMap::new();
     for p in meta["packages"].as_array().unwrap() {
         let id = p["id"].as_str().unwrap().to_owned();

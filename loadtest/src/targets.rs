@@ -153,26 +153,30 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 impl Drop for Spawned {
     /// SIGTERM first, as an operator stops a service, so that a target
     /// exits through its own shutdown path: an instrumented gateway
-    /// (`loadtest/pgo-build.sh`) writes its profile only then. SIGKILL
-    /// after [`STOP_GRACE`], so a target that hangs never hangs the loader.
+    /// (`loadtest/pgo-build.sh`) writes its profile only then.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) with the pid of a child not yet waited for
-            // (so the pid cannot have been reused) and a valid signal.
-            unsafe {
-                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let until = std::time::Instant::now() + STOP_GRACE;
-            while std::time::Instant::now() < until {
-                if !matches!(self.child.try_wait(), Ok(None)) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, STOP_GRACE);
     }
+}
+
+/// Stops a child: SIGTERM through `kill(1)` (no libc call, no `unsafe`),
+/// then SIGKILL if it has not exited within `grace`, so a target that
+/// hangs never hangs the loader. Reaps it either way.
+pub fn stop(child: &mut Child, grace: Duration) {
+    if let Ok(None) = child.try_wait() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let until = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < until {
+            if !matches!(child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub struct TempDir(pub PathBuf);

@@ -42,7 +42,7 @@ use sluice::auth::token::Mode;
 use sluice::wire::frame::Opcode;
 use sluice_protocol::connector::{GatewayRequest, Reply};
 
-use crate::targets::{has, session_token, GatewaySpec, Proc};
+use crate::targets::{has, session_token, stop, GatewaySpec, Proc};
 use crate::wire::{self, Conn, Encoding};
 
 pub struct Params {
@@ -979,25 +979,9 @@ fn start_gateway(
 }
 
 fn sigterm_and_wait(kid: &mut Kid) {
-    if let Some(c) = kid.0.as_mut() {
-        send_sigterm(c.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                kid.0 = None;
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    if let Some(mut c) = kid.0.take() {
+        stop(&mut c, Duration::from_secs(10));
     }
-    kid.stop();
-}
-
-/// SIGTERM through `kill(1)`: no libc call, no `unsafe`.
-fn send_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
 }
 
 fn fds_rss(pid: Option<u32>) -> (usize, u64) {

@@ -222,6 +222,7 @@ async fn stream(
         return End::Broken(close::GOING_AWAY, edge_lost("connector connection failed"));
     }
     w.expect_stream();
+    w.reader.hint_wakeups(sess.frame_lines(&sess.outbox));
     let live = keepalive::watch(
         Duration::from_millis(cfg.timeouts.ping_interval_ms),
         Duration::from_millis(cfg.timeouts.request_ms.max(cfg.timeouts.ping_interval_ms)),

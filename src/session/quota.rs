@@ -151,6 +151,11 @@ impl Quota {
 
     /// Charges `len` bytes if they fit the session's quota; otherwise
     /// charges nothing.
+    /// Where the shared count `admit` charges lives (a prefetch hint).
+    pub fn counter_addr(&self) -> *const () {
+        Arc::as_ptr(&self.spend).cast()
+    }
+
     pub fn admit(&self, len: u64) -> bool {
         self.spend.admit(len)
     }

@@ -137,6 +137,7 @@ async fn pump(
 ) -> FrameReader<OwnedReadHalf<TcpStream>> {
     let metrics = sess.shard.metrics();
     let mut utf8 = Utf8Stream::default();
+    reader.hint_wakeups(sess.frame_lines(to));
     // Pongs to a peer that does not read are bounded by its outbox.
     let mut peer = Peer::raw(&mut reader, ViaOutbox(own.clone())).watched(live);
     loop {

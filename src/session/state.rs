@@ -92,6 +92,17 @@ impl Session {
     }
 
     /// Whether the token has expired and the config cuts running streams.
+    /// The lines a stream forwarding into `to` touches per frame, beside
+    /// its reader: for `FrameReader::hint_wakeups`.
+    pub fn frame_lines(&self, to: &Outbox) -> [*const (); 4] {
+        [
+            std::ptr::from_ref(&self.expires).cast(),
+            std::ptr::from_ref(&self.quota).cast(),
+            self.quota.counter_addr(),
+            to.addr(),
+        ]
+    }
+
     pub fn expired(&self) -> bool {
         self.expires.is_some_and(|t| Instant::now() >= t)
     }

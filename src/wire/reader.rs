@@ -215,6 +215,10 @@ pub struct FrameReader<R> {
     split: Option<(FrameHeader, Opcode, BytesMut)>,
     /// Keeps a streaming peer's socket in delayed-ACK mode.
     acks: Option<AckPacer>,
+    /// What the task that forwards this reader's frames touches besides
+    /// the reader (its session, the outbox it writes to): loaded ahead
+    /// when the socket's event arrives (see [`FrameReader::hint_wakeups`]).
+    hints: [usize; 4],
 }
 
 impl<R: Source> FrameReader<R> {
@@ -230,6 +234,7 @@ impl<R: Source> FrameReader<R> {
             interrupter: Interrupter::new(),
             split: None,
             acks: None,
+            hints: [0; 4],
         }
     }
 
@@ -290,6 +295,17 @@ impl<R: Source> FrameReader<R> {
     /// frames in pairs (see `wire::acks`). `fd` is the socket `io` reads.
     pub fn pace_acks(&mut self, fd: RawFd) {
         self.acks = Some(AckPacer::new(fd));
+    }
+
+    /// Names what the reader's task touches for each frame besides the
+    /// reader itself (its session, the outbox it writes to): the driver
+    /// starts loading those lines, with the task and the reader, as soon as
+    /// the socket's readiness event arrives, so their cache misses overlap
+    /// instead of following one another (a slow stream's frame finds every
+    /// line of its state cold: docs/benchmarks.md, ninth sitting). Only a
+    /// hint: a stale address costs one wasted load, nothing else.
+    pub fn hint_wakeups(&mut self, lines: [*const (); 4]) {
+        self.hints = lines.map(|p| p as usize);
     }
 
     pub fn io_mut(&mut self) -> &mut R {
@@ -387,7 +403,18 @@ impl<R: Source> FrameReader<R> {
             return Poll::Ready(Some(Err(io::Error::from_raw_os_error(libc::ECANCELED))));
         }
         let len = self.buf.len();
-        match self.io.poll_recv_ready(cx, self.buf.spare_capacity_mut()) {
+        let hints = [
+            self as *const Self as usize,
+            Rc::as_ptr(&self.interrupter.0) as usize,
+            self.hints[0],
+            self.hints[1],
+            self.hints[2],
+            self.hints[3],
+        ];
+        match self
+            .io
+            .poll_recv_ready(cx, self.buf.spare_capacity_mut(), &hints)
+        {
             None => Poll::Ready(None),
             Some(Poll::Pending) => {
                 self.interrupter.park(cx.waker());
@@ -850,6 +877,64 @@ mod interrupt_tests {
                     eprintln!("io_uring is not available here ({e}): only the epoll path ran")
                 }
             }
+        });
+    }
+}
+
+#[cfg(test)]
+mod wake_hints_tests {
+    //! A reader's wake-up hints are only loaded ahead, never read (monoio,
+    //! `SLUICE.md` §6): whatever they point at (nothing, freed memory,
+    //! unmapped addresses) the read that waited is woken, and its frame
+    //! comes out whole.
+    use super::*;
+    use crate::wire::frame::encode_client_frame;
+    use crate::wire::test_io::{runtime, socket_pair, within_hung};
+    use monoio::io::AsyncWriteRentExt;
+    use monoio::time::sleep;
+    use std::ptr::{null, without_provenance};
+    use std::time::Duration;
+
+    #[test]
+    fn any_address_wakes_the_reader_and_loses_nothing() {
+        within_hung(|| {
+            runtime().block_on(async {
+                let (gw, mut far) = socket_pair().await;
+                let mut reader = FrameReader::new(gw, BytesMut::new(), MaskRule::Required, 1 << 20);
+                let freed = {
+                    let gone = vec![0u8; 256];
+                    gone.as_ptr().cast::<()>()
+                };
+                let sets: [[*const (); 4]; 3] = [
+                    [null(); 4],
+                    [
+                        freed,
+                        without_provenance(0xdead_0000_0000),
+                        without_provenance(usize::MAX - 63),
+                        without_provenance(1),
+                    ],
+                    [freed, null(), without_provenance(4096), freed],
+                ];
+                for (i, lines) in sets.into_iter().enumerate() {
+                    reader.hint_wakeups(lines);
+                    let payload = vec![i as u8 + 1; 3000];
+                    let frame = encode_client_frame(Opcode::Binary, true, &payload, [1, 2, 3, 4]);
+                    // The frame arrives after the read has started waiting,
+                    // so the event that wakes it dispatches the hints.
+                    let writer = monoio::spawn(async move {
+                        sleep(Duration::from_millis(20)).await;
+                        far.write_all(frame).await.0.unwrap();
+                        far
+                    });
+                    let f = reader.next().await.unwrap();
+                    let mut got = f.wire[f.payload_at..].to_vec();
+                    if let Some(t) = &f.tail {
+                        got.extend_from_slice(t);
+                    }
+                    assert_eq!(got, payload, "set {i}");
+                    far = writer.await;
+                }
+            })
         });
     }
 }

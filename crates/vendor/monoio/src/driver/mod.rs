@@ -7,6 +7,7 @@ pub(crate) mod poll;
 pub(crate) mod ready;
 #[cfg(any(feature = "legacy", feature = "poll-io"))]
 pub(crate) mod scheduled_io;
+pub(crate) mod prefetch;
 #[allow(dead_code)]
 pub(crate) mod shared_fd;
 #[cfg(feature = "sync")]
@@ -268,6 +269,8 @@ pub(crate) fn poll_recv_ready(
     fd: &shared_fd::SharedFd,
     cx: &mut Context<'_>,
     buf: &mut [std::mem::MaybeUninit<u8>],
+    hints: &prefetch::WakeHints,
+    holder: usize,
 ) -> Option<Poll<io::Result<usize>>> {
     #[cfg(not(feature = "legacy"))]
     return None;
@@ -283,10 +286,12 @@ pub(crate) fn poll_recv_ready(
             // writes at most `buf.len()` bytes through it.
             let raw = unsafe { crate::buf::RawBuf::new(buf.as_mut_ptr() as *const u8, buf.len()) };
             let mut recv = op::recv::RecvStream::unsubmitted(fd, raw);
-            Some(
-                LegacyInner::poll_op(this, &mut recv, cx)
-                    .map(|done| done.result.map(|n| n as usize)),
-            )
+            let polled = LegacyInner::poll_op(this, &mut recv, cx);
+            if let (true, Some(index)) = (polled.is_pending(), fd.registered_index()) {
+                let all = prefetch::slot_hints(hints, fd.state_addr(), holder);
+                LegacyInner::set_read_hints(this, index, all);
+            }
+            Some(polled.map(|done| done.result.map(|n| n as usize)))
         }
     })
 }

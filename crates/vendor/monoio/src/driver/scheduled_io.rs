@@ -1,5 +1,6 @@
 use std::task::{Context, Poll, Waker};
 
+use super::prefetch::{self, SlotHints};
 use super::ready::{Direction, Ready};
 
 pub(crate) struct ScheduledIo {
@@ -9,6 +10,8 @@ pub(crate) struct ScheduledIo {
     reader: Option<Waker>,
     /// Waker used for AsyncWrite.
     writer: Option<Waker>,
+    /// What the waiting reader's task loads first (Sluice, `SLUICE.md` §6).
+    hints: SlotHints,
 }
 
 impl Default for ScheduledIo {
@@ -24,6 +27,7 @@ impl ScheduledIo {
             readiness: Ready::EMPTY,
             reader: None,
             writer: None,
+            hints: [0; 8],
         }
     }
 
@@ -42,6 +46,7 @@ impl ScheduledIo {
     pub(crate) fn wake(&mut self, ready: Ready) {
         if ready.is_readable() {
             if let Some(waker) = self.reader.take() {
+                prefetch::reader_wakeup(&waker, &self.hints);
                 waker.wake();
             }
         }
@@ -50,6 +55,11 @@ impl ScheduledIo {
                 waker.wake();
             }
         }
+    }
+
+    #[inline]
+    pub(crate) fn set_read_hints(&mut self, hints: SlotHints) {
+        self.hints = hints;
     }
 
     #[inline]

@@ -403,6 +403,12 @@ impl SharedFd {
         }
     }
 
+    /// Where this descriptor's shared state lives: a read that waits
+    /// loads it first when woken (a prefetch hint, `SLUICE.md` §6).
+    pub(crate) fn state_addr(&self) -> usize {
+        Rc::as_ptr(&self.inner) as usize
+    }
+
     #[allow(unused)]
     pub(crate) fn registered_index(&self) -> Option<usize> {
         let state = unsafe { &*self.inner.state.get() };

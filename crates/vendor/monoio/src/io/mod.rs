@@ -26,6 +26,7 @@ pub use async_rent_cancelable_ext::{CancelableAsyncReadRentExt, CancelableAsyncW
 pub use async_write_rent::{AsyncWriteRent, AsyncWriteRentAt};
 pub use async_write_rent_ext::AsyncWriteRentExt;
 pub use recv_ready::RecvReady;
+pub use crate::driver::prefetch::WakeHints;
 
 mod util;
 

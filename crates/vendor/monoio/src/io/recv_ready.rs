@@ -6,6 +6,8 @@ use std::{
     task::{Context, Poll},
 };
 
+use crate::driver::prefetch::WakeHints;
+
 /// A stream socket that, on the epoll driver, can be read in place: one
 /// `recv` into a borrowed buffer when the socket is readable, with no
 /// operation future, no owned buffer and no cancel handle in between.
@@ -18,9 +20,26 @@ use std::{
 pub trait RecvReady {
     /// Receives into `buf` once the socket is readable. A read shorter
     /// than `buf` marks the socket drained, as `AsyncReadRent::read` does.
+    /// A read that waits leaves `hints` with its waker: the addresses its
+    /// task loads first when woken, which the driver starts loading as
+    /// it dispatches the socket's event (`SLUICE.md` §6).
     fn poll_recv_ready(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut [MaybeUninit<u8>],
+        hints: &WakeHints,
+    ) -> Option<Poll<io::Result<usize>>> {
+        self.poll_recv_ready_held(cx, buf, hints, 0)
+    }
+
+    /// The same, for a socket reached through the object at `holder` (a
+    /// split half's shared cell; 0: none), whose line a woken read loads
+    /// first too.
+    fn poll_recv_ready_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [MaybeUninit<u8>],
+        hints: &WakeHints,
+        holder: usize,
     ) -> Option<Poll<io::Result<usize>>>;
 }

@@ -323,6 +323,18 @@ impl LegacyInner {
         }
     }
 
+    /// Leaves `hints` with the reader waiting on `index` (`SLUICE.md` §6).
+    pub(crate) fn set_read_hints(
+        this: &Rc<UnsafeCell<Self>>,
+        index: usize,
+        hints: crate::driver::prefetch::SlotHints,
+    ) {
+        let inner = unsafe { &mut *this.get() };
+        if let Some(mut io) = inner.io_dispatch.get(index) {
+            io.as_mut().set_read_hints(hints);
+        }
+    }
+
     pub(crate) fn cancel_op(
         this: &Rc<UnsafeCell<LegacyInner>>,
         index: usize,

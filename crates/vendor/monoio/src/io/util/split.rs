@@ -184,15 +184,18 @@ where
     Inner: crate::io::RecvReady,
 {
     #[inline]
-    fn poll_recv_ready(
+    fn poll_recv_ready_held(
         &mut self,
         cx: &mut std::task::Context<'_>,
         buf: &mut [std::mem::MaybeUninit<u8>],
+        hints: &crate::io::WakeHints,
+        _holder: usize,
     ) -> Option<std::task::Poll<std::io::Result<usize>>> {
         // The same access as this half's other reads: the stream is shared
         // with the write half, which never reads.
         let stream = unsafe { &mut *self.0.get() };
-        stream.poll_recv_ready(cx, buf)
+        // The shared cell is this half's first load when its read wakes.
+        stream.poll_recv_ready_held(cx, buf, hints, Rc::as_ptr(&self.0) as usize)
     }
 }
 

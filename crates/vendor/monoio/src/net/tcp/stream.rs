@@ -263,12 +263,14 @@ impl TcpStream {
 
 impl crate::io::RecvReady for TcpStream {
     #[inline]
-    fn poll_recv_ready(
+    fn poll_recv_ready_held(
         &mut self,
         cx: &mut std::task::Context<'_>,
         buf: &mut [std::mem::MaybeUninit<u8>],
+        hints: &crate::io::WakeHints,
+        holder: usize,
     ) -> Option<std::task::Poll<io::Result<usize>>> {
-        crate::driver::poll_recv_ready(&self.fd, cx, buf)
+        crate::driver::poll_recv_ready(&self.fd, cx, buf, hints, holder)
     }
 }
 

@@ -138,12 +138,14 @@ impl UnixStream {
 
 impl crate::io::RecvReady for UnixStream {
     #[inline]
-    fn poll_recv_ready(
+    fn poll_recv_ready_held(
         &mut self,
         cx: &mut std::task::Context<'_>,
         buf: &mut [std::mem::MaybeUninit<u8>],
+        hints: &crate::io::WakeHints,
+        holder: usize,
     ) -> Option<std::task::Poll<io::Result<usize>>> {
-        crate::driver::poll_recv_ready(&self.fd, cx, buf)
+        crate::driver::poll_recv_ready(&self.fd, cx, buf, hints, holder)
     }
 }
 

@@ -59,6 +59,7 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
     shard.metrics().streams_started.fetch_add(1, Relaxed);
     *sess.upstream.borrow_mut() = Some(lease.conn().reader.interrupter());
     let end = stream(sess, lease.conn(), dataset, &info_id, &get_id, mode).await;
+    lease.conn().reader.forget_hints();
     *sess.upstream.borrow_mut() = None;
     match end {
         End::Done => {

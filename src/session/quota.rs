@@ -149,13 +149,13 @@ impl Quota {
         }
     }
 
-    /// Charges `len` bytes if they fit the session's quota; otherwise
-    /// charges nothing.
     /// Where the shared count `admit` charges lives (a prefetch hint).
     pub fn counter_addr(&self) -> *const () {
         Arc::as_ptr(&self.spend).cast()
     }
 
+    /// Charges `len` bytes if they fit the session's quota; otherwise
+    /// charges nothing.
     pub fn admit(&self, len: u64) -> bool {
         self.spend.admit(len)
     }

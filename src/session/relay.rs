@@ -236,5 +236,6 @@ async fn pump(
         }
     }
     drop(peer);
+    reader.forget_hints();
     reader
 }

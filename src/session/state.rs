@@ -91,7 +91,6 @@ impl Session {
         format!("{prefix}{n}")
     }
 
-    /// Whether the token has expired and the config cuts running streams.
     /// The lines a stream forwarding into `to` touches per frame, beside
     /// its reader: for `FrameReader::hint_wakeups`.
     pub fn frame_lines(&self, to: &Outbox) -> [*const (); 4] {
@@ -103,6 +102,7 @@ impl Session {
         ]
     }
 
+    /// Whether the token has expired and the config cuts running streams.
     pub fn expired(&self) -> bool {
         self.expires.is_some_and(|t| Instant::now() >= t)
     }

@@ -400,13 +400,13 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues a forwarded frame (one or two pieces, written back to back).
     /// Where the outbox's state lives (a prefetch hint, see
     /// `FrameReader::hint_wakeups`).
     pub fn addr(&self) -> *const () {
         Rc::as_ptr(&self.0).cast()
     }
 
+    /// Queues a forwarded frame (one or two pieces, written back to back).
     pub fn push_wire(&self, frame: Wire) -> Result<(), Gone> {
         let mut g = self.0.borrow_mut();
         if g.state != State::Open {

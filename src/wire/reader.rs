@@ -308,6 +308,13 @@ impl<R: Source> FrameReader<R> {
         self.hints = lines.map(|p| p as usize);
     }
 
+    /// The stream these hints named has ended: a reader that outlives it
+    /// (a connector worker back in its pool, a browser's reader after a
+    /// relay) stops asking the driver to load its freed lines.
+    pub fn forget_hints(&mut self) {
+        self.hints = [0; 4];
+    }
+
     pub fn io_mut(&mut self) -> &mut R {
         &mut self.io
     }
@@ -934,6 +941,9 @@ mod wake_hints_tests {
                     assert_eq!(got, payload, "set {i}");
                     far = writer.await;
                 }
+                // A reader that outlives its stream names nothing after it.
+                reader.forget_hints();
+                assert_eq!(reader.hints, [0; 4]);
             })
         });
     }

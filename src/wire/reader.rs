@@ -111,6 +111,17 @@ impl InFrame {
     pub fn payload_len(&self) -> u64 {
         self.header.payload_len
     }
+
+    /// The whole payload, a split frame's tail included, for tests that
+    /// check what came out.
+    #[cfg(test)]
+    fn whole_payload(&self) -> Vec<u8> {
+        let mut all = self.wire[self.payload_at..].to_vec();
+        if let Some(t) = &self.tail {
+            all.extend_from_slice(t);
+        }
+        all
+    }
 }
 
 /// Interrupts the current (or next) read of one [`FrameReader`].
@@ -849,11 +860,7 @@ mod interrupt_tests {
         stop.await;
         far.write_all(rest).await.0.unwrap();
         let f = reader.next().await.unwrap();
-        let mut got = f.wire[f.payload_at..].to_vec();
-        if let Some(t) = &f.tail {
-            got.extend_from_slice(t);
-        }
-        assert_eq!(got, payload);
+        assert_eq!(f.whole_payload(), payload);
 
         interrupter.interrupt();
         let once = reader.next().await;
@@ -934,11 +941,7 @@ mod wake_hints_tests {
                         far
                     });
                     let f = reader.next().await.unwrap();
-                    let mut got = f.wire[f.payload_at..].to_vec();
-                    if let Some(t) = &f.tail {
-                        got.extend_from_slice(t);
-                    }
-                    assert_eq!(got, payload, "set {i}");
+                    assert_eq!(f.whole_payload(), payload, "set {i}");
                     far = writer.await;
                 }
                 // A reader that outlives its stream names nothing after it.

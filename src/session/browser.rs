@@ -439,8 +439,7 @@ async fn serve_actions(sess: &Rc<Session>, reader: Box<BrowserReader>) -> Box<Br
             // was already a task). The session waits for it here, so it
             // never outlives the session.
             BrowserAction::Query { dataset, mode } => {
-                let sess = sess.clone();
-                monoio::spawn(async move { query::run(&sess, &dataset, mode).await }).await
+                monoio::spawn(query::task(sess.clone(), dataset, mode)).await
             }
             BrowserAction::Subscribe { dataset } => fanout::subscribe(sess, &dataset),
             BrowserAction::Auth(_) => Flow::Close(Refusal::bad_request("already authenticated")),

@@ -171,7 +171,10 @@ impl<'r, R: Source, A: Answer<R>> Peer<'r, R, A> {
                             return Err(PeerError::TimedOut);
                         }
                         if live.take_ping_due() {
-                            self.send(message::ping()).await.map_err(PeerError::Write)?;
+                            // Boxed: see the pong below.
+                            Box::pin(self.send(message::ping()))
+                                .await
+                                .map_err(PeerError::Write)?;
                         }
                     }
                     return Ok(Incoming::Interrupted);
@@ -188,7 +191,11 @@ impl<'r, R: Source, A: Answer<R>> Peer<'r, R, A> {
             match f.message {
                 Opcode::Ping => {
                     let pong = message::pong(f.payload());
-                    self.send(pong).await.map_err(PeerError::Write)?;
+                    // Neither the frame nor the answer's future is kept in
+                    // this future across the wait: a ping is rare, and
+                    // this future is inside every reading task's cell.
+                    drop(f);
+                    Box::pin(self.send(pong)).await.map_err(PeerError::Write)?;
                 }
                 Opcode::Pong => {}
                 Opcode::Close => return Ok(Incoming::Close(f)),

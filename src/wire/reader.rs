@@ -395,7 +395,10 @@ impl<R: Source> FrameReader<R> {
         debug_assert!(offered > 0, "a read into no room would look like EOF");
         let res = match poll_fn(|cx| self.poll_recv(cx)).await {
             Some(res) => res,
-            None => self.cancelable_recv().await,
+            // Boxed: the ring's operation future is ten times the rest of
+            // this one, which every reading task carries in its cell
+            // whichever driver runs (docs/benchmarks.md, eleventh sitting).
+            None => Box::pin(self.cancelable_recv()).await,
         };
         match res {
             Ok(0) => Err(ReadError::Eof),

@@ -4,6 +4,8 @@
 //! lease decides the connection's fate — back to the pool, cancelled then
 //! reused, or closed — so no session code steers a connection's life.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -62,13 +64,21 @@ impl Lease {
     }
 
     /// Gives the connection back, and decides what becomes of it.
-    pub async fn release(mut self, how: Release<'_>) {
-        let Some(c) = self.conn.take() else { return };
-        match how {
-            Release::Finished => park(self.shard.clone(), c),
-            Release::Abandoned { request_id } => cancel(&self.shard, c, request_id).await,
-            Release::Broken { code, reason } => retire(&self.shard, c, code, reason).await,
-        }
+    ///
+    /// Boxed, like [`acquire`]: a lease is released once, but kept inline
+    /// this future (the connection, a cancel's wait for the connector)
+    /// would set the size of every task that holds a lease, and each frame
+    /// a streaming task forwards touches more lines of a larger task
+    /// (docs/benchmarks.md, eleventh sitting).
+    pub fn release<'a>(mut self, how: Release<'a>) -> Pin<Box<impl Future<Output = ()> + 'a>> {
+        Box::pin(async move {
+            let Some(c) = self.conn.take() else { return };
+            match how {
+                Release::Finished => park(self.shard.clone(), c),
+                Release::Abandoned { request_id } => cancel(&self.shard, c, request_id).await,
+                Release::Broken { code, reason } => retire(&self.shard, c, code, reason).await,
+            }
+        })
     }
 
     /// Relay mode: the connection becomes the session's for good (it is
@@ -121,7 +131,21 @@ impl Drop for RelayHold {
 /// Takes an idle connection of `edge` (serving `dataset`, for workers) for
 /// a session of `tenant` and brings it to this shard, waiting up to
 /// `timeouts.pair_wait_ms`.
-pub async fn acquire(
+///
+/// Boxed: the wait is once per lease, and its 1,152 bytes would otherwise
+/// be part of every task that takes a lease and then streams (see
+/// [`Lease::release`]).
+pub fn acquire<'a>(
+    shard: &'a Rc<Shard>,
+    edge: &'a EdgeId,
+    kind: ConnKind,
+    dataset: Option<&'a str>,
+    tenant: &'a str,
+) -> Pin<Box<impl Future<Output = Result<Lease, Unavailable>> + 'a>> {
+    Box::pin(wait_for_conn(shard, edge, kind, dataset, tenant))
+}
+
+async fn wait_for_conn(
     shard: &Rc<Shard>,
     edge: &EdgeId,
     kind: ConnKind,

@@ -43,9 +43,10 @@ enum End {
 /// line of its future that the frame's poll touches is a cache miss (200
 /// streams pass through the core between two frames of one; fan-in in
 /// docs/benchmarks.md). So what the stream awaits only once (a worker,
-/// the request, the worker's release) is boxed: kept inline, the largest
-/// of those set the future's size (3,968 bytes, against 992 without) and
-/// spread the lines a frame touches across it.
+/// the request, the worker's release) is boxed (here, or by `edge::acquire`
+/// and `Lease::release` themselves): kept inline, the largest of those set
+/// the future's size (3,968 bytes, against 992 without) and spread the
+/// lines a frame touches across it.
 /// `the_stream_task_stays_small` holds it there.
 pub async fn task(sess: Rc<Session>, dataset: String, mode: QueryMode) -> Flow {
     run(&sess, &dataset, mode).await
@@ -60,12 +61,12 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
         ));
     }
     let shard = &sess.shard;
-    let mut lease = match Box::pin(take_worker(sess, dataset)).await {
+    let mut lease = match take_worker(sess, dataset).await {
         Ok(lease) => lease,
         Err(flow) => return flow,
     };
     if sess.gone.get() {
-        Box::pin(lease.release(Release::Finished)).await;
+        lease.release(Release::Finished).await;
         return Flow::Ended;
     }
     let info_id = sess.request_id("i");
@@ -77,7 +78,7 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
     *sess.upstream.borrow_mut() = None;
     match end {
         End::Done => {
-            Box::pin(lease.release(Release::Finished)).await;
+            lease.release(Release::Finished).await;
             if sess.outbox.is_open() {
                 Flow::Continue
             } else {
@@ -87,13 +88,13 @@ pub async fn run(sess: &Rc<Session>, dataset: &str, mode: QueryMode) -> Flow {
         End::Cancel(flow) => {
             shard.metrics().streams_cancelled.fetch_add(1, Relaxed);
             let request_id = &get_id;
-            Box::pin(lease.release(Release::Abandoned { request_id })).await;
+            lease.release(Release::Abandoned { request_id }).await;
             flow
         }
         End::Broken(code, flow) => {
             shard.metrics().streams_failed.fetch_add(1, Relaxed);
             let reason = "stream failed";
-            Box::pin(lease.release(Release::Broken { code, reason })).await;
+            lease.release(Release::Broken { code, reason }).await;
             flow
         }
     }

@@ -135,6 +135,12 @@ struct Args {
     /// Rounds (bulk; the median is reported).
     #[arg(long)]
     runs: Option<usize>,
+    /// Latency and fan-in: cut each target's duration into this many
+    /// phases and let the targets take turns, so that all of them see the
+    /// same minutes of a host whose speed drifts (a shared VM). The
+    /// streams stay open throughout. Default 1: each target once, in order.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    slices: u64,
     /// Frames per second per stream (latency, fan-in, fan-out) or sessions per second (churn).
     #[arg(long)]
     rate: Option<u64>,
@@ -421,9 +427,10 @@ fn run() -> Result<()> {
                 size: a.frame_size.unwrap_or(if fan_in { 4096 } else { 1024 }),
                 rate: a.rate.unwrap_or(if fan_in { 50 } else { 2000 }),
                 duration: secs(10),
+                slices: a.slices as usize,
             };
             (
-                json!({"streams": p.streams, "frame_size": p.size, "rate_per_stream": p.rate, "duration_s": p.duration.as_secs()}),
+                json!({"streams": p.streams, "frame_size": p.size, "rate_per_stream": p.rate, "duration_s": p.duration.as_secs(), "slices": p.slices}),
                 scenario::latency::run(&ctx, &p),
             )
         }

@@ -128,6 +128,33 @@ fn latency_and_fan_in_record_every_stamped_frame() {
     });
 }
 
+/// `--slices`: the targets take turns on streams that stay open, and each
+/// target still gets every frame of its duration (50 per stream here, cut
+/// 16 + 17 + 17), counted once in its messages, histogram and bytes.
+#[test]
+fn interleaved_targets_still_deliver_every_frame() {
+    let r = loader_on(
+        "direct,gateway,gateway-relay,haproxy",
+        "fan-in",
+        &[
+            "--sessions",
+            "10",
+            "--rate",
+            "25",
+            "--duration",
+            "2",
+            "--slices",
+            "3",
+        ],
+    );
+    assert_eq!(r["params"]["slices"], 3, "{r}");
+    each(&r, |o| {
+        assert_eq!(o["messages"], 500, "{o}");
+        assert_eq!(o["latency"]["count"], 500, "{o}");
+        assert_eq!(o["cost"]["payload_bytes"], 500 * 4096, "{o}");
+    });
+}
+
 /// The floor relay (`sluice-floor-relay`, the `tcp-floor` target) carries
 /// the same traffic as the proxies, whole, and its CPU is read like theirs.
 #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{open_streams, timed, Ctx, Timed};
+use super::{timed_runs, Ctx, Timed};
 use crate::report::Outcome;
 
 pub struct Params {
@@ -14,32 +14,20 @@ pub struct Params {
     /// Frames per second per stream.
     pub rate: u64,
     pub duration: Duration,
+    /// Phases each target's duration is cut into, the targets taking turns
+    /// (1: each target once, in order).
+    pub slices: usize,
 }
 
 pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
-    ctx.targets
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let mut o = Outcome::new(d.route.target.name());
-            let (sources, parts) = match open_streams(&d.route, p.streams, 10_000 + i * 100_000) {
-                Ok(x) => x,
-                Err(e) => {
-                    o.error(format!("{e:#}"));
-                    return o;
-                }
-            };
-            let per_stream = p.rate * p.duration.as_secs().max(1);
-            let t = Timed {
-                total: per_stream * p.streams as u64,
-                period: Duration::from_nanos(1_000_000_000 / (p.rate * p.streams as u64)),
-                size: p.size,
-                broadcast: false,
-                expect_each: per_stream,
-                duration: p.duration,
-            };
-            timed(ctx, d, sources, parts, &t, &mut o);
-            o
-        })
-        .collect()
+    let per_stream = p.rate * p.duration.as_secs().max(1);
+    let period = Duration::from_nanos(1_000_000_000 / (p.rate * p.streams as u64));
+    timed_runs(ctx, p.streams, per_stream, p.slices, |frames| Timed {
+        total: frames * p.streams as u64,
+        period,
+        size: p.size,
+        broadcast: false,
+        expect_each: frames,
+        duration: Duration::from_nanos(frames * 1_000_000_000 / p.rate),
+    })
 }

@@ -117,7 +117,8 @@ impl Schedule {
 /// `start + k × period`, round-robin over `sources` (each source gets one
 /// frame in `sources.len()`) or, with `broadcast`, every frame to all of
 /// them. Runs on its own pinned thread; hands the sources back at the end
-/// so that they stay open until the sinks are done.
+/// so that they stay open until the sinks are done, and for the next
+/// slice of an interleaved run ([`Streams::close`] ends them).
 pub fn paced(
     mut sources: Vec<Source>,
     total: u64,
@@ -149,9 +150,6 @@ pub fn paced(
                     }
                 }
             }
-        }
-        for s in &mut sources {
-            s.end();
         }
         (sources, errors)
     })
@@ -225,13 +223,14 @@ pub struct Seen {
 }
 
 /// Reads until `expect` stamped frames arrived (or `deadline`), recording
-/// each one's latency from its scheduled send time.
+/// each one's latency from its scheduled send time. Hands the sink back
+/// open, for the next slice.
 pub async fn record(
     mut sink: Sink,
     expect: u64,
     epoch: Instant,
     deadline: tokio::time::Instant,
-) -> Seen {
+) -> (Sink, Seen) {
     let mut seen = Seen {
         hist: histogram(),
         messages: 0,
@@ -274,8 +273,7 @@ pub async fn record(
             }
         }
     }
-    sink.close().await;
-    seen
+    (sink, seen)
 }
 
 /// The shape of a timed run.
@@ -290,8 +288,7 @@ pub struct Timed {
     pub duration: Duration,
 }
 
-/// Runs one timed measurement: the sources paced on their own thread, the
-/// sinks recording on the runtime, the proxy's and loader's CPU metered.
+/// Runs one timed measurement on streams opened for it, then ends them.
 pub fn timed(
     ctx: &Ctx,
     d: &Driven,
@@ -300,30 +297,145 @@ pub fn timed(
     t: &Timed,
     o: &mut Outcome,
 ) {
-    let sinks = match sinks(ctx.rt, parts) {
-        Ok(s) => s,
-        Err(e) => return o.error(e),
-    };
-    let meter = Meter::start(d.proc);
-    let cpu = ctx.layout.source_cpu(d.route.target, true);
-    let sender = paced(
-        sources,
-        t.total,
-        t.period,
-        t.size,
-        t.broadcast,
-        ctx.epoch,
-        cpu,
-    );
-    let before = o.messages;
-    collect(ctx.rt, sinks, t.expect_each, ctx.epoch, t.duration, o);
-    o.cost.payload_bytes += (o.messages - before) * t.size as u64;
-    let (sources, errors) = sender.join().expect("sender thread");
-    drop(sources);
-    for e in errors {
-        o.error(e);
+    match Streams::new(ctx.rt, sources, parts) {
+        Ok(mut s) => {
+            s.run(ctx, d, t, o);
+            s.close(ctx.rt);
+        }
+        Err(e) => o.error(e),
     }
-    meter.stop(o);
+}
+
+/// One target's open streams: its sources (written by the pacing thread)
+/// and its sinks (read on the runtime). They stay open across the slices
+/// of an interleaved run, as a real client's sessions would.
+pub struct Streams {
+    sources: Vec<Source>,
+    sinks: Vec<Sink>,
+}
+
+impl Streams {
+    pub fn new(rt: &Runtime, sources: Vec<Source>, parts: Vec<SinkParts>) -> Result<Streams> {
+        Ok(Streams {
+            sources,
+            sinks: sinks(rt, parts)?,
+        })
+    }
+
+    /// Runs one timed phase: the sources paced on their own thread, the
+    /// sinks recording on the runtime, the proxy's and loader's CPU
+    /// metered; all of it added to `o`. False when a stream failed: the
+    /// outcome says why, and the caller runs no further phase on them.
+    pub fn run(&mut self, ctx: &Ctx, d: &Driven, t: &Timed, o: &mut Outcome) -> bool {
+        let errors_before = o.errors;
+        let meter = Meter::start(d.proc);
+        let cpu = ctx.layout.source_cpu(d.route.target, true);
+        let sender = paced(
+            std::mem::take(&mut self.sources),
+            t.total,
+            t.period,
+            t.size,
+            t.broadcast,
+            ctx.epoch,
+            cpu,
+        );
+        let before = o.messages;
+        let sinks = std::mem::take(&mut self.sinks);
+        self.sinks = collect(ctx.rt, sinks, t.expect_each, ctx.epoch, t.duration, o);
+        o.cost.payload_bytes += (o.messages - before) * t.size as u64;
+        let (sources, errors) = sender.join().expect("sender thread");
+        self.sources = sources;
+        for e in errors {
+            o.error(e);
+        }
+        meter.stop(o);
+        o.errors == errors_before
+    }
+
+    /// Ends every stream: each source's closing message, each sink's close.
+    pub fn close(mut self, rt: &Runtime) {
+        for s in &mut self.sources {
+            s.end();
+        }
+        rt.block_on(async {
+            for s in &mut self.sinks {
+                s.close().await;
+            }
+        });
+    }
+}
+
+/// Runs the timed phase of every target, `per_stream` frames on each of
+/// `streams` streams, shaped by `shape(frames per stream)`.
+///
+/// With one slice, each target in turn: open, measure, close. With more,
+/// every target's streams are opened first and each target's frames are
+/// sent in `slices` phases, round-robin over the targets (forwards, then
+/// backwards, so that no target always follows the same one): on a host
+/// whose speed drifts by more than the differences measured (a shared VM),
+/// every target then sees the same minutes of it, and their ratios compare
+/// proxies rather than moments. Each target's CPU, latency histogram and
+/// peak memory are the sums, merge and maximum of its slices.
+pub fn timed_runs(
+    ctx: &Ctx,
+    streams: usize,
+    per_stream: u64,
+    slices: usize,
+    shape: impl Fn(u64) -> Timed,
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Outcome> = ctx
+        .targets
+        .iter()
+        .map(|d| Outcome::new(d.route.target.name()))
+        .collect();
+    let open = |i: usize, o: &mut Outcome| -> Option<Streams> {
+        let opened = open_streams(&ctx.targets[i].route, streams, 10_000 + i * 100_000)
+            .and_then(|(sources, parts)| Streams::new(ctx.rt, sources, parts));
+        match opened {
+            Ok(s) => Some(s),
+            Err(e) => {
+                o.error(format!("{e:#}"));
+                None
+            }
+        }
+    };
+    if slices <= 1 {
+        for (i, o) in outcomes.iter_mut().enumerate() {
+            if let Some(mut s) = open(i, o) {
+                s.run(ctx, &ctx.targets[i], &shape(per_stream), o);
+                s.close(ctx.rt);
+            }
+        }
+        return outcomes;
+    }
+    let mut open: Vec<Option<Streams>> = outcomes
+        .iter_mut()
+        .enumerate()
+        .map(|(i, o)| open(i, o))
+        .collect();
+    for j in 0..slices as u64 {
+        let slices = slices as u64;
+        // The slices' frames add up to `per_stream` exactly.
+        let frames = per_stream * (j + 1) / slices - per_stream * j / slices;
+        let t = shape(frames);
+        let order: Vec<usize> = if j % 2 == 0 {
+            (0..open.len()).collect()
+        } else {
+            (0..open.len()).rev().collect()
+        };
+        for i in order {
+            let Some(s) = open[i].as_mut() else { continue };
+            if !s.run(ctx, &ctx.targets[i], &t, &mut outcomes[i]) {
+                if let Some(s) = open[i].take() {
+                    s.close(ctx.rt);
+                }
+            }
+        }
+    }
+    for s in open.into_iter().flatten() {
+        s.close(ctx.rt);
+    }
+    outcomes
 }
 
 /// Opens `n` streams on a route, numbered from `first`.
@@ -369,7 +481,9 @@ pub fn sinks(rt: &Runtime, parts: Vec<(TcpStream, Vec<u8>)>) -> Result<Vec<Sink>
         .collect()
 }
 
-/// Runs a timed scenario's sinks to completion and folds their results.
+/// Runs a timed phase's sinks until each saw `expect_each` frames and folds
+/// their results into `out` (merged with earlier phases' latencies); hands
+/// the sinks back.
 pub fn collect(
     rt: &Runtime,
     sinks: Vec<Sink>,
@@ -377,31 +491,37 @@ pub fn collect(
     epoch: Instant,
     run_for: Duration,
     out: &mut Outcome,
-) {
+) -> Vec<Sink> {
     let deadline = tokio::time::Instant::now() + run_for + Duration::from_secs(10);
-    let seen: Vec<Seen> = rt.block_on(async {
+    let done: Vec<Result<(Sink, Seen), String>> = rt.block_on(async {
         let tasks: Vec<_> = sinks
             .into_iter()
             .map(|s| tokio::spawn(record(s, expect_each, epoch, deadline)))
             .collect();
         let mut all = vec![];
         for t in tasks {
-            if let Ok(s) = t.await {
-                all.push(s);
-            }
+            all.push(t.await.map_err(|e| format!("sink task failed: {e}")));
         }
         all
     });
-    let mut h = histogram();
-    for s in seen {
-        let _ = h.add(&s.hist);
-        out.messages += s.messages;
-        if let Some(e) = s.error {
-            out.error(e);
+    let mut h = out.hist.take().unwrap_or_else(histogram);
+    let mut kept = Vec::with_capacity(done.len());
+    for d in done {
+        match d {
+            Ok((sink, s)) => {
+                let _ = h.add(&s.hist);
+                out.messages += s.messages;
+                if let Some(e) = s.error {
+                    out.error(e);
+                }
+                kept.push(sink);
+            }
+            Err(e) => out.error(e),
         }
     }
     out.latency = Some(crate::report::Latency::of(&h));
     out.hist = Some(h);
+    kept
 }
 
 #[cfg(test)]

@@ -20,8 +20,9 @@ use crate::session::{check_dataset, other_tenant, Flow, Session};
 use crate::wire::frame::Opcode;
 use crate::wire::keepalive;
 use crate::wire::message::{close, ErrorCode, Refusal};
+use crate::wire::outbox::{Gone, GATHER_BYTES, GATHER_FRAMES};
 use crate::wire::peer::{Direct, Incoming, Peer, PeerError};
-use crate::wire::reader::freeze;
+use crate::wire::reader::{freeze, Wire};
 
 pub use sluice_protocol::browser::QueryMode;
 
@@ -252,6 +253,10 @@ async fn stream(
         .progress_only();
     // `buffered`: the payloads, concatenated, sent as one message at the end.
     let mut held: Vec<u8> = Vec::new();
+    // Frames admitted but not yet queued, while the next one is already
+    // here: they go to the browser together (see `push_wires`).
+    let mut batch: Vec<Wire> = Vec::new();
+    let mut batch_bytes = 0u64;
     loop {
         let f = match peer.next().await {
             Ok(Incoming::Data(f)) => f,
@@ -356,22 +361,27 @@ async fn stream(
         // A data frame: binary, or a continuation of one.
         {
             let len = f.payload_len();
-            if sess.expired() {
-                return End::Cancel(Flow::Close(Refusal::new(
+            let refused = if sess.expired() {
+                Some(End::Cancel(Flow::Close(Refusal::new(
                     close::BAD_TOKEN,
                     ErrorCode::TokenExpired,
                     "session token expired",
-                )));
-            }
-            if buffered && held.len() as u64 + len > cfg.limits.max_buffered_bytes as u64 {
-                return End::Cancel(Flow::Close(Refusal::new(close::TOO_LARGE, ErrorCode::TooLarge, format!(
+                ))))
+            } else if buffered && held.len() as u64 + len > cfg.limits.max_buffered_bytes as u64 {
+                Some(End::Cancel(Flow::Close(Refusal::new(close::TOO_LARGE, ErrorCode::TooLarge, format!(
                             "dataset {dataset} is larger than the buffered limit of {} bytes; fetch it streamed",
                             cfg.limits.max_buffered_bytes
-                        ))));
-            }
-            if !sess.quota.admit(len) {
+                        )))))
+            } else if !sess.quota.admit(len) {
                 metrics.quota_closes.fetch_add(1, Relaxed);
-                return End::Cancel(quota_exceeded(sess, len));
+                Some(End::Cancel(quota_exceeded(sess, len)))
+            } else {
+                None
+            };
+            if let Some(end) = refused {
+                // The frames admitted before this one still go out.
+                let _ = forward(sess, &mut batch, &mut batch_bytes);
+                return end;
             }
             if buffered {
                 // Collecting is the point of this mode: one copy, bounded.
@@ -382,11 +392,26 @@ async fn stream(
                 }
                 continue;
             }
-            if sess.outbox.push_wire(freeze(f)).is_err() {
-                return End::Cancel(Flow::Ended);
+            let more = peer.next_is_whole_binary();
+            if batch.is_empty() && !more {
+                // A frame alone, nearly every frame of a steady stream:
+                // straight to the outbox, without touching the batch.
+                if sess.outbox.push_wire(freeze(f)).is_err() {
+                    return End::Cancel(Flow::Ended);
+                }
+                metrics.bytes_forwarded.fetch_add(len, Relaxed);
+                metrics.frames_forwarded.fetch_add(1, Relaxed);
+            } else {
+                batch.push(freeze(f));
+                batch_bytes += len;
+                if more && batch.len() < GATHER_FRAMES && batch_bytes < GATHER_BYTES as u64 {
+                    // The next `peer.next()` returns that frame at once.
+                    continue;
+                }
+                if forward(sess, &mut batch, &mut batch_bytes).is_err() {
+                    return End::Cancel(Flow::Ended);
+                }
             }
-            metrics.bytes_forwarded.fetch_add(len, Relaxed);
-            metrics.frames_forwarded.fetch_add(1, Relaxed);
             // Backpressure: stop reading the connector until the browser
             // has taken enough; TCP does the rest.
             if sess.outbox.space().await.is_err() {
@@ -394,6 +419,20 @@ async fn stream(
             }
         }
     }
+}
+
+/// Queues the admitted frames to the browser and counts them.
+fn forward(sess: &Session, batch: &mut Vec<Wire>, bytes: &mut u64) -> Result<(), Gone> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let frames = batch.len() as u64;
+    sess.outbox.push_wires(batch)?;
+    let metrics = sess.shard.metrics();
+    metrics.bytes_forwarded.fetch_add(*bytes, Relaxed);
+    metrics.frames_forwarded.fetch_add(frames, Relaxed);
+    *bytes = 0;
+    Ok(())
 }
 
 fn strip(text: &str) -> Value {

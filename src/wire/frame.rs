@@ -337,6 +337,12 @@ pub struct Fragmentation {
 }
 
 impl Fragmentation {
+    /// Whether a fragmented message is unfinished (only its continuations,
+    /// or control frames, may come next).
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Checks a data frame and returns the opcode of the message it belongs to.
     pub fn on_frame(&mut self, h: &FrameHeader) -> Result<Opcode, FrameError> {
         if h.opcode.is_control() {

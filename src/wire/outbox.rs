@@ -33,6 +33,11 @@ const DIRECT_FRAMES: usize = 16;
 /// with `sluice-loadtest bulk`).
 const DIRECT_BYTES: usize = 16 * 1024;
 const BATCH_BYTES: usize = 1024 * 1024;
+/// Most frames, and bytes, a forwarder holds back to send together with
+/// [`Outbox::push_wires`]: what one direct send takes (each frame may be
+/// two pieces).
+pub const GATHER_FRAMES: usize = DIRECT_FRAMES / 2;
+pub const GATHER_BYTES: usize = DIRECT_BYTES;
 
 /// The iovec covering one frame, for a gathered write.
 fn iovec(b: &Bytes) -> libc::iovec {
@@ -255,10 +260,33 @@ impl Inner {
         let fd = self.fd.expect("checked by may_send_now");
         let len = head.len() + tail.as_ref().map_or(0, Bytes::len);
         self.queued += len;
-        let mut sent = send_now(fd, std::iter::once(&head).chain(tail.as_ref()));
+        let sent = send_now(fd, std::iter::once(&head).chain(tail.as_ref()));
         self.sent(sent);
-        for (mut piece, mut continues) in [(head, false)].into_iter().chain(tail.map(|t| (t, true)))
-        {
+        self.queue_unsent(
+            sent,
+            [(head, false)].into_iter().chain(tail.map(|t| (t, true))),
+        )
+    }
+
+    /// [`send_unqueued`](Self::send_unqueued) for several frames' pieces
+    /// (at most `DIRECT_FRAMES`), in one gathered send.
+    fn send_pieces_unqueued(&mut self, pieces: Vec<(Bytes, bool)>) -> bool {
+        let fd = self.fd.expect("checked by may_send_now");
+        self.queued += pieces.iter().map(|(b, _)| b.len()).sum::<usize>();
+        let sent = send_now(fd, pieces.iter().map(|(b, _)| b));
+        self.sent(sent);
+        self.queue_unsent(sent, pieces.into_iter())
+    }
+
+    /// Queues what a direct send of `pieces` did not take (`sent` bytes
+    /// from their start went out): the part of a piece already sent marks
+    /// the rest as its frame's continuation. `true` when nothing is left.
+    fn queue_unsent(
+        &mut self,
+        mut sent: usize,
+        pieces: impl Iterator<Item = (Bytes, bool)>,
+    ) -> bool {
+        for (mut piece, mut continues) in pieces {
             if sent >= piece.len() {
                 sent -= piece.len();
                 continue;
@@ -428,6 +456,48 @@ impl Outbox {
         if let Some(t) = frame.tail {
             g.queued += t.len();
             g.queue.push_back((t, true));
+        }
+        drop(g);
+        self.kick();
+        Ok(())
+    }
+
+    /// Queues forwarded frames that arrived together, in order, with one
+    /// gathered send where [`push_wire`](Self::push_wire) each would make
+    /// one `send` each: a stream's backlog after a stall leaves at once,
+    /// as a byte proxy's would. Takes the frames out of `frames`.
+    pub fn push_wires(&self, frames: &mut Vec<Wire>) -> Result<(), Gone> {
+        if frames.len() == 1 {
+            let f = frames.pop().expect("one frame");
+            return self.push_wire(f);
+        }
+        let mut g = self.0.borrow_mut();
+        if g.state != State::Open {
+            frames.clear();
+            return Err(Gone);
+        }
+        let mut pieces = Vec::with_capacity(frames.len() * 2);
+        for f in frames.drain(..) {
+            if !g.admits(Joins::of(f.head.first().copied())) {
+                continue;
+            }
+            pieces.push((f.head, false));
+            if let Some(t) = f.tail {
+                pieces.push((t, true));
+            }
+        }
+        let bytes = || pieces.iter().map(|(b, _)| b.len()).sum();
+        if pieces.len() <= DIRECT_FRAMES && g.may_send_now(bytes) {
+            let whole = g.send_pieces_unqueued(pieces);
+            drop(g);
+            if !whole {
+                self.wake_writer();
+            }
+            return Ok(());
+        }
+        for (piece, continues) in pieces {
+            g.queued += piece.len();
+            g.queue.push_back((piece, continues));
         }
         drop(g);
         self.kick();
@@ -641,6 +711,54 @@ mod tests {
         outbox.push(frame(false, Opcode::Binary, b"again")).unwrap();
         outbox.close(frame(true, Opcode::Close, &[0x11, 0x97]));
         assert_eq!(queued(&outbox), 6);
+    }
+
+    /// Frames that arrived together go out together: in order, whole, in
+    /// one send when they fit one (no writer task), and through the writer
+    /// when they do not (more pieces than one send takes).
+    #[test]
+    fn frames_pushed_together_arrive_in_order() {
+        use crate::wire::test_io::{runtime, socket_pair};
+        use monoio::io::{AsyncReadRent, Splitable};
+        let frame = |i: u8, len: usize| {
+            let mut f = vec![i; len];
+            f[0] = 0x82;
+            Bytes::from(f)
+        };
+        runtime().block_on(async {
+            let (gw, mut far) = socket_pair().await;
+            let (_rd, wr) = gw.into_split();
+            let outbox = Outbox::new(64 << 20);
+            outbox.attach(wr, Duration::from_secs(5));
+            let mut expect = Vec::new();
+            let mut batch = Vec::new();
+            for i in 0..GATHER_FRAMES as u8 {
+                let mut f = frame(i, 300);
+                expect.extend_from_slice(&f);
+                // One frame in two pieces, as a frame split across reads.
+                let tail = (i == 2).then(|| f.split_off(100));
+                batch.push(Wire { head: f, tail });
+            }
+            outbox.push_wires(&mut batch).unwrap();
+            assert!(batch.is_empty());
+            assert_eq!(outbox.queued_bytes(), 0, "one direct send took them all");
+            assert!(outbox.0.borrow().parked.is_some(), "no writer task ran");
+            // Twenty frames of two pieces each: more than one send takes.
+            for i in 0..20u8 {
+                let mut f = frame(100 + i, 2000);
+                expect.extend_from_slice(&f);
+                let tail = Some(f.split_off(700));
+                batch.push(Wire { head: f, tail });
+            }
+            outbox.push_wires(&mut batch).unwrap();
+            let mut got = Vec::with_capacity(expect.len());
+            while got.len() < expect.len() {
+                let (r, buf) = far.read(Vec::with_capacity(1 << 16)).await;
+                assert!(r.unwrap() > 0);
+                got.extend_from_slice(&buf);
+            }
+            assert!(got == expect, "bytes arrive whole and in order");
+        });
     }
 
     /// Small frames to an idle peer go out directly (no writer task); once

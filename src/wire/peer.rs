@@ -160,6 +160,12 @@ impl<'r, R: Source, A: Answer<R>> Peer<'r, R, A> {
         self.answer.send(self.reader, frame).await
     }
 
+    /// See [`FrameReader::next_is_whole_binary`]: the next call to
+    /// [`next`](Self::next) returns that frame as data, at once.
+    pub fn next_is_whole_binary(&self) -> bool {
+        self.reader.next_is_whole_binary()
+    }
+
     /// The next thing the caller must act on.
     pub async fn next(&mut self) -> Result<Incoming, PeerError> {
         loop {

@@ -192,6 +192,11 @@ impl Interrupter {
         self.0.requested.replace(false)
     }
 
+    /// Whether an interrupt is pending, leaving it pending.
+    fn is_requested(&self) -> bool {
+        self.0.requested.get()
+    }
+
     /// The io_uring path's handle for one cancelable read.
     fn cancel_handle(&self) -> Option<CancelHandle> {
         self.0.canceller.borrow().as_ref().map(Canceller::handle)
@@ -328,6 +333,28 @@ impl<R: Source> FrameReader<R> {
 
     pub fn io_mut(&mut self) -> &mut R {
         &mut self.io
+    }
+
+    /// Whether [`next`](Self::next) would return a whole, single-frame
+    /// binary message at once, without reading: it is buffered in full, no
+    /// fragmented message is open and no interrupt is pending. A forwarder
+    /// holds a frame back only while this is true, so that frames that
+    /// arrived together (a backlog after a stall) leave together, in one
+    /// send, where one send each made the last of twenty wait for the
+    /// nineteen before it (docs/benchmarks.md, twelfth sitting).
+    pub fn next_is_whole_binary(&self) -> bool {
+        // The buffer first: it is empty after nearly every frame of a
+        // steady stream, and the other checks would load more lines.
+        let whole_binary = matches!(
+            parse_header(&self.buf, self.rule, self.max_payload),
+            Ok(Some(h)) if h.fin
+                && h.opcode == Opcode::Binary
+                && self.buf.len() as u64 >= h.frame_len()
+        );
+        whole_binary
+            && self.split.is_none()
+            && !self.frag.is_open()
+            && !self.interrupter.is_requested()
     }
 
     /// Reads the next frame. Fragmentation is checked (RFC 6455 §5.4);
@@ -642,6 +669,42 @@ mod buffer_tests {
     use crate::wire::frame::encode_client_frame;
     use crate::wire::test_io::{runtime, socket_pair};
     use monoio::io::AsyncWriteRentExt;
+
+    /// A forwarder holds a frame back only while the next one is a whole
+    /// binary message already buffered, which `next` then returns without
+    /// a read; an interrupt, a text message, a fragment or a frame not yet
+    /// whole all say no.
+    #[test]
+    fn the_next_whole_binary_frame_is_seen_without_a_read() {
+        runtime().block_on(async {
+            let (gw, _far) = socket_pair().await;
+            let m = [1, 2, 3, 4];
+            let mut bytes = encode_client_frame(Opcode::Binary, true, b"one", m);
+            bytes.extend(encode_client_frame(Opcode::Binary, true, b"two", m));
+            bytes.extend(encode_client_frame(Opcode::Text, true, b"{}", m));
+            bytes.extend(encode_client_frame(Opcode::Binary, false, b"part", m));
+            bytes.extend(encode_client_frame(Opcode::Continuation, true, b"end", m));
+            let last = encode_client_frame(Opcode::Binary, true, b"three", m);
+            bytes.extend_from_slice(&last[..4]);
+            let mut reader =
+                FrameReader::new(gw, BytesMut::from(&bytes[..]), MaskRule::Required, 1 << 20);
+            assert!(reader.next_is_whole_binary());
+            assert_eq!(reader.next().await.unwrap().payload(), b"one");
+            assert!(reader.next_is_whole_binary(), "two is here");
+            reader.interrupter().interrupt();
+            assert!(!reader.next_is_whole_binary(), "the interrupt comes first");
+            assert!(matches!(reader.next().await, Err(ReadError::Interrupted)));
+            assert!(reader.next_is_whole_binary());
+            assert_eq!(reader.next().await.unwrap().payload(), b"two");
+            assert!(!reader.next_is_whole_binary(), "text is not forwarded");
+            reader.next().await.unwrap();
+            assert!(!reader.next_is_whole_binary(), "a message's first fragment");
+            reader.next().await.unwrap();
+            assert!(!reader.next_is_whole_binary(), "its continuation");
+            assert_eq!(reader.next().await.unwrap().payload(), b"end");
+            assert!(!reader.next_is_whole_binary(), "three is not whole yet");
+        });
+    }
 
     #[test]
     fn an_idle_reader_gives_its_buffer_back_but_keeps_unread_bytes() {

@@ -22,8 +22,14 @@ fn loader_on(targets: &str, scenario: &str, args: &[&str]) -> Value {
         "{} is missing: run the suite with `cargo test --workspace` so the gateway binary is built",
         gateway.display()
     );
-    let out =
-        std::env::temp_dir().join(format!("sluice-lt-test-{scenario}-{}", std::process::id()));
+    // One directory per call: tests run in parallel threads of one
+    // process, and two of them may drive the same scenario.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = std::env::temp_dir().join(format!(
+        "sluice-lt-test-{scenario}-{}-{call}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&out);
     let run = Command::new(&bin)
         .arg(scenario)

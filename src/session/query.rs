@@ -17,6 +17,7 @@ use sluice_protocol::connector::{Descriptor, GatewayRequest, Reply, ReplyKind};
 use crate::edge::{self, EdgeConn, Release, Unavailable};
 use crate::registry::ConnKind;
 use crate::session::{check_dataset, other_tenant, Flow, Session};
+use crate::shard::metrics::ShardMetrics;
 use crate::wire::frame::Opcode;
 use crate::wire::keepalive;
 use crate::wire::message::{close, ErrorCode, Refusal};
@@ -380,7 +381,7 @@ async fn stream(
             };
             if let Some(end) = refused {
                 // The frames admitted before this one still go out.
-                let _ = forward(sess, &mut batch, &mut batch_bytes);
+                let _ = forward(sess, metrics, &mut batch, &mut batch_bytes);
                 return end;
             }
             if buffered {
@@ -399,8 +400,7 @@ async fn stream(
                 if sess.outbox.push_wire(freeze(f)).is_err() {
                     return End::Cancel(Flow::Ended);
                 }
-                metrics.bytes_forwarded.fetch_add(len, Relaxed);
-                metrics.frames_forwarded.fetch_add(1, Relaxed);
+                count(metrics, len, 1);
             } else {
                 batch.push(freeze(f));
                 batch_bytes += len;
@@ -408,7 +408,7 @@ async fn stream(
                     // The next `peer.next()` returns that frame at once.
                     continue;
                 }
-                if forward(sess, &mut batch, &mut batch_bytes).is_err() {
+                if forward(sess, metrics, &mut batch, &mut batch_bytes).is_err() {
                     return End::Cancel(Flow::Ended);
                 }
             }
@@ -422,17 +422,25 @@ async fn stream(
 }
 
 /// Queues the admitted frames to the browser and counts them.
-fn forward(sess: &Session, batch: &mut Vec<Wire>, bytes: &mut u64) -> Result<(), Gone> {
+fn forward(
+    sess: &Session,
+    metrics: &ShardMetrics,
+    batch: &mut Vec<Wire>,
+    bytes: &mut u64,
+) -> Result<(), Gone> {
     if batch.is_empty() {
         return Ok(());
     }
     let frames = batch.len() as u64;
     sess.outbox.push_wires(batch)?;
-    let metrics = sess.shard.metrics();
-    metrics.bytes_forwarded.fetch_add(*bytes, Relaxed);
-    metrics.frames_forwarded.fetch_add(frames, Relaxed);
-    *bytes = 0;
+    count(metrics, std::mem::take(bytes), frames);
     Ok(())
+}
+
+/// Counts frames handed to the browser's outbox.
+fn count(metrics: &ShardMetrics, bytes: u64, frames: u64) {
+    metrics.bytes_forwarded.fetch_add(bytes, Relaxed);
+    metrics.frames_forwarded.fetch_add(frames, Relaxed);
 }
 
 fn strip(text: &str) -> Value {

@@ -278,6 +278,15 @@ impl Inner {
         self.queue_unsent(sent, pieces.into_iter())
     }
 
+    /// Queues pieces for the writer, in order (`true`: the second piece
+    /// of a frame split across two buffers).
+    fn queue_pieces(&mut self, pieces: impl Iterator<Item = (Bytes, bool)>) {
+        for (piece, continues) in pieces {
+            self.queued += piece.len();
+            self.queue.push_back((piece, continues));
+        }
+    }
+
     /// Queues what a direct send of `pieces` did not take (`sent` bytes
     /// from their start went out): the part of a piece already sent marks
     /// the rest as its frame's continuation. `true` when nothing is left.
@@ -451,12 +460,11 @@ impl Outbox {
             }
             return Ok(());
         }
-        g.queued += frame.head.len();
-        g.queue.push_back((frame.head, false));
-        if let Some(t) = frame.tail {
-            g.queued += t.len();
-            g.queue.push_back((t, true));
-        }
+        g.queue_pieces(
+            [(frame.head, false)]
+                .into_iter()
+                .chain(frame.tail.map(|t| (t, true))),
+        );
         drop(g);
         self.kick();
         Ok(())
@@ -495,10 +503,7 @@ impl Outbox {
             }
             return Ok(());
         }
-        for (piece, continues) in pieces {
-            g.queued += piece.len();
-            g.queue.push_back((piece, continues));
-        }
+        g.queue_pieces(pieces.into_iter());
         drop(g);
         self.kick();
         Ok(())

@@ -278,13 +278,15 @@ impl Inner {
         self.queue_unsent(sent, pieces.into_iter())
     }
 
-    /// Queues pieces for the writer, in order (`true`: the second piece
-    /// of a frame split across two buffers).
-    fn queue_pieces(&mut self, pieces: impl Iterator<Item = (Bytes, bool)>) {
-        for (piece, continues) in pieces {
-            self.queued += piece.len();
-            self.queue.push_back((piece, continues));
-        }
+    /// Queues one piece for the writer (`continues`: the second piece of
+    /// a frame split across two buffers). One piece at a time, not an
+    /// iterator: `push_wire` is the per-frame hot path, and chaining its
+    /// head and tail into an iterator cost it 15 % more instructions
+    /// (`.ci/instructions`, `outbox_push`).
+    #[inline]
+    fn queue_piece(&mut self, piece: Bytes, continues: bool) {
+        self.queued += piece.len();
+        self.queue.push_back((piece, continues));
     }
 
     /// Queues what a direct send of `pieces` did not take (`sent` bytes
@@ -430,8 +432,7 @@ impl Outbox {
             }
             return Ok(());
         }
-        g.queued += frame.len();
-        g.queue.push_back((frame, false));
+        g.queue_piece(frame, false);
         drop(g);
         self.kick();
         Ok(())
@@ -460,11 +461,10 @@ impl Outbox {
             }
             return Ok(());
         }
-        g.queue_pieces(
-            [(frame.head, false)]
-                .into_iter()
-                .chain(frame.tail.map(|t| (t, true))),
-        );
+        g.queue_piece(frame.head, false);
+        if let Some(t) = frame.tail {
+            g.queue_piece(t, true);
+        }
         drop(g);
         self.kick();
         Ok(())
@@ -503,7 +503,9 @@ impl Outbox {
             }
             return Ok(());
         }
-        g.queue_pieces(pieces.into_iter());
+        for (piece, continues) in pieces {
+            g.queue_piece(piece, continues);
+        }
         drop(g);
         self.kick();
         Ok(())
@@ -536,8 +538,7 @@ impl Outbox {
         if g.state != State::Open {
             return;
         }
-        g.queued += frame.len();
-        g.queue.push_back((frame, false));
+        g.queue_piece(frame, false);
         g.state = State::Closing;
         for w in g.waiters.drain(..) {
             w.wake();

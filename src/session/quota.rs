@@ -23,6 +23,9 @@ use crate::wire::message::{close, ErrorCode, Refusal};
 /// How often a join waiting for a closing connection tries again.
 const RETRY_FULL: Duration = Duration::from_millis(10);
 
+// `repr(C)`, `spend` first: it is the field a forwarded frame reads, and
+// it then sits beside the session's other per-frame fields (`Session`).
+#[repr(C)]
 pub struct Quota {
     spend: Arc<Spend>,
     shard: Rc<Shard>,
@@ -149,6 +152,12 @@ impl Quota {
         }
     }
 
+    /// Where the pointer to that count lives, inside the session (a
+    /// prefetch hint).
+    pub fn spend_addr(&self) -> *const () {
+        std::ptr::from_ref(&self.spend).cast()
+    }
+
     /// Where the shared count `admit` charges lives (a prefetch hint).
     pub fn counter_addr(&self) -> *const () {
         Arc::as_ptr(&self.spend).cast()
@@ -215,5 +224,17 @@ impl Drop for Quota {
                 shared.end_reports.report(end);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// A forwarded frame reads `spend` beside the session's other
+    /// per-frame fields (`Session`'s layout test relies on this).
+    #[test]
+    fn the_count_comes_first() {
+        assert_eq!(std::mem::offset_of!(Quota, spend), 0);
     }
 }

@@ -11,6 +11,7 @@ pub mod keepalive;
 pub mod message;
 pub mod outbox;
 pub mod peer;
+pub mod read_pool;
 pub mod reader;
 #[cfg(test)]
 mod runtime_tests;

@@ -33,6 +33,7 @@ use crate::wire::frame::{
     encode_server_header, parse_header, server_header_len, Fragmentation, FrameError, FrameHeader,
     MaskRule, Opcode,
 };
+use crate::wire::read_pool;
 
 /// Smallest free space worth a read syscall, for large chunks; small
 /// chunks (JSON-only browsers) use a quarter of theirs.
@@ -398,6 +399,13 @@ impl<R: Source> FrameReader<R> {
                     self.buf.reserve(need.max(self.chunk.get()));
                 }
             } else {
+                if self.buf.capacity() == 0 {
+                    // Our buffer went back to the shard's pool while we
+                    // waited, and the wait was given up: take the warmest.
+                    if let Some(b) = read_pool::take(self.chunk.get()) {
+                        self.buf = b;
+                    }
+                }
                 if self.buf.is_empty() && self.buf.capacity() < self.chunk.get() {
                     // Between frames, with every earlier frame already
                     // sent and released: read the next one where the first
@@ -418,8 +426,10 @@ impl<R: Source> FrameReader<R> {
     }
 
     async fn fill(&mut self) -> Result<(), ReadError> {
-        let offered = self.buf.capacity() - self.buf.len();
-        debug_assert!(offered > 0, "a read into no room would look like EOF");
+        debug_assert!(
+            self.buf.capacity() > self.buf.len(),
+            "a read into no room would look like EOF"
+        );
         let res = match poll_fn(|cx| self.poll_recv(cx)).await {
             Some(res) => res,
             // Boxed: the ring's operation future is ten times the rest of
@@ -430,6 +440,9 @@ impl<R: Source> FrameReader<R> {
         match res {
             Ok(0) => Err(ReadError::Eof),
             Ok(n) => {
+                // What the read was offered, measured after it: the wait
+                // may have swapped the buffer (`poll_recv`).
+                let offered = self.buf.capacity() - self.buf.len() + n;
                 self.chunk.after_read(n, offered);
                 if let Some(acks) = &mut self.acks {
                     acks.after_read();
@@ -450,6 +463,12 @@ impl<R: Source> FrameReader<R> {
         if self.interrupter.take_request() {
             return Poll::Ready(Some(Err(io::Error::from_raw_os_error(libc::ECANCELED))));
         }
+        if self.buf.capacity() == 0 {
+            // Woken after giving the buffer back (below): the one given
+            // back last is the warmest, whoever used it.
+            let chunk = self.chunk.get();
+            self.buf = read_pool::take(chunk).unwrap_or_else(|| BytesMut::with_capacity(chunk));
+        }
         let len = self.buf.len();
         let hints = [
             self as *const Self as usize,
@@ -466,6 +485,15 @@ impl<R: Source> FrameReader<R> {
             None => Poll::Ready(None),
             Some(Poll::Pending) => {
                 self.interrupter.park(cx.waker());
+                // Nothing to read and nothing buffered: the buffer waits in
+                // the shard's pool instead of going cold here, if it has a
+                // chunk's room (its frames sent, so it is whole again).
+                if self.buf.is_empty()
+                    && self.split.is_none()
+                    && self.buf.try_reclaim(self.chunk.get())
+                {
+                    read_pool::give(std::mem::take(&mut self.buf));
+                }
                 Poll::Pending
             }
             Some(Poll::Ready(Ok(n))) => {
@@ -669,6 +697,7 @@ mod buffer_tests {
     use crate::wire::frame::encode_client_frame;
     use crate::wire::test_io::{runtime, socket_pair};
     use monoio::io::AsyncWriteRentExt;
+    use std::future::Future;
 
     /// A forwarder holds a frame back only while the next one is a whole
     /// binary message already buffered, which `next` then returns without
@@ -783,6 +812,99 @@ mod buffer_tests {
                 drop(f);
                 assert_eq!(*first.get_or_insert(here), here, "frame {i} moved");
             }
+        });
+    }
+
+    /// Frame `i`, sent only after `reader` has found nothing to read and
+    /// waits (so its buffer went back to the pool, if it could).
+    async fn frame_after_a_wait(
+        reader: &mut FrameReader<monoio::net::TcpStream>,
+        far: &mut monoio::net::TcpStream,
+        i: u8,
+    ) -> InFrame {
+        let mut next = std::pin::pin!(reader.next());
+        let first = poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_pending())).await;
+        assert!(first, "nothing was sent yet");
+        let bytes = encode_client_frame(Opcode::Binary, true, &[i; 3000], [7; 4]);
+        far.write_all(bytes).await.0.unwrap();
+        let f = next.await.unwrap();
+        assert_eq!(f.payload(), &[i; 3000][..]);
+        f
+    }
+
+    /// Readers waiting on their sockets hold no buffer: the one the last
+    /// frame went through, still warm, serves whichever socket wakes next.
+    /// Two streams in tasks of their own, as the gateway runs them, take
+    /// turns; each frame is released (sent) before the next one arrives.
+    #[test]
+    fn waiting_readers_share_the_buffer_used_last() {
+        runtime().block_on(async {
+            while read_pool::take(0).is_some() {}
+            let seen = Rc::new(RefCell::new(Vec::new()));
+            let mut fars = Vec::new();
+            for _ in 0..2 {
+                let (mut reader, far) = streaming().await;
+                fars.push(far);
+                let seen = seen.clone();
+                monoio::spawn(async move {
+                    while let Ok(f) = reader.next().await {
+                        seen.borrow_mut().push((f.payload()[0], at(&f)));
+                    }
+                });
+            }
+            for i in 0..20u8 {
+                let bytes = encode_client_frame(Opcode::Binary, true, &[i; 3000], [7; 4]);
+                fars[usize::from(i % 2)].write_all(bytes).await.0.unwrap();
+                while seen.borrow().len() <= usize::from(i) {
+                    monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+            let seen = seen.borrow();
+            let first = seen[0].1;
+            for (i, (id, here)) in seen.iter().enumerate() {
+                assert_eq!(usize::from(*id), i, "frames out of order");
+                assert_eq!(*here, first, "frame {i} read elsewhere");
+            }
+            assert_eq!(read_pool::kept(), 1, "one buffer served both streams");
+        });
+    }
+
+    /// A frame still queued for a slow browser keeps its buffer out of the
+    /// pool, and stays intact when its reader's session closes: the next
+    /// reader, finding the pool empty, allocates and reads on.
+    #[test]
+    fn a_buffer_with_a_frame_in_flight_stays_out_of_the_pool() {
+        runtime().block_on(async {
+            while read_pool::take(0).is_some() {}
+            let (mut a, mut far_a) = streaming().await;
+            let held = freeze(frame_after_a_wait(&mut a, &mut far_a, 1).await);
+            // `a` waits again with the frame still held: nothing to give.
+            {
+                let mut next = std::pin::pin!(a.next());
+                let pending = poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_pending())).await;
+                assert!(pending);
+                assert_eq!(read_pool::kept(), 0, "a buffer in flight was pooled");
+            }
+            // The session closes with its frame in flight.
+            drop(a);
+            drop(far_a);
+            let (mut b, mut far_b) = streaming().await;
+            let f = frame_after_a_wait(&mut b, &mut far_b, 2).await;
+            assert!(held.head[held.head.len() - 3000..].iter().all(|x| *x == 1));
+            drop(held);
+            drop(f);
+            // `b`'s buffer is whole again: its next wait gives it back, and
+            // a wait given up takes it again.
+            {
+                let mut next = std::pin::pin!(b.next());
+                let pending = poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_pending())).await;
+                assert!(pending);
+                assert_eq!(read_pool::kept(), 1);
+            }
+            assert_eq!(b.buf.capacity(), 0, "a waiting reader holds no buffer");
+            let f = frame(&mut b, &mut far_b, 3).await;
+            assert_eq!(read_pool::kept(), 0);
+            drop(f);
         });
     }
 

@@ -185,8 +185,7 @@ fn deliver(sess: &Session, frame: Wire, len: u64, data: bool) -> bool {
             ));
             return false;
         }
-        m.bytes_forwarded.fetch_add(len, Relaxed);
-        m.frames_forwarded.fetch_add(1, Relaxed);
+        m.forwarded(len, 1);
     }
     sess.outbox.push_wire(frame).is_ok()
 }

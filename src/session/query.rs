@@ -300,10 +300,7 @@ async fn stream(
                             if buffered {
                                 let frame =
                                     crate::wire::frame::encode_server_frame(Opcode::Binary, &held);
-                                metrics
-                                    .bytes_forwarded
-                                    .fetch_add(held.len() as u64, Relaxed);
-                                metrics.frames_forwarded.fetch_add(1, Relaxed);
+                                metrics.forwarded(held.len() as u64, 1);
                                 if sess.outbox.push(frame.into()).is_err() {
                                     return End::Done;
                                 }
@@ -400,7 +397,7 @@ async fn stream(
                 if sess.outbox.push_wire(freeze(f)).is_err() {
                     return End::Cancel(Flow::Ended);
                 }
-                count(metrics, len, 1);
+                metrics.forwarded(len, 1);
             } else {
                 batch.push(freeze(f));
                 batch_bytes += len;
@@ -433,14 +430,8 @@ fn forward(
     }
     let frames = batch.len() as u64;
     sess.outbox.push_wires(batch)?;
-    count(metrics, std::mem::take(bytes), frames);
+    metrics.forwarded(std::mem::take(bytes), frames);
     Ok(())
-}
-
-/// Counts frames handed to the browser's outbox.
-fn count(metrics: &ShardMetrics, bytes: u64, frames: u64) {
-    metrics.bytes_forwarded.fetch_add(bytes, Relaxed);
-    metrics.frames_forwarded.fetch_add(frames, Relaxed);
 }
 
 fn strip(text: &str) -> Value {

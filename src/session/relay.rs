@@ -226,8 +226,7 @@ async fn pump(
                 own.close(message::closing(close::QUOTA, "session quota exceeded"));
                 break;
             }
-            metrics.bytes_forwarded.fetch_add(len, Relaxed);
-            metrics.frames_forwarded.fetch_add(1, Relaxed);
+            metrics.forwarded(len, 1);
         } else {
             metrics.bytes_upstream.fetch_add(len, Relaxed);
         }

@@ -40,6 +40,14 @@ pub struct ShardMetrics {
 }
 
 impl ShardMetrics {
+    /// Data frames handed to a browser's outbox: `frames` of them,
+    /// `bytes` of payload (what quotas count).
+    #[inline]
+    pub fn forwarded(&self, bytes: u64, frames: u64) {
+        self.bytes_forwarded.fetch_add(bytes, Relaxed);
+        self.frames_forwarded.fetch_add(frames, Relaxed);
+    }
+
     pub fn auth_failure(&self, e: TokenError) {
         let i = TokenError::ALL.iter().position(|x| *x == e).unwrap_or(0);
         self.auth_failures[i].fetch_add(1, Relaxed);

@@ -399,13 +399,9 @@ impl<R: Source> FrameReader<R> {
                     self.buf.reserve(need.max(self.chunk.get()));
                 }
             } else {
-                if self.buf.capacity() == 0 {
-                    // Our buffer went back to the shard's pool while we
-                    // waited, and the wait was given up: take the warmest.
-                    if let Some(b) = read_pool::take(self.chunk.get()) {
-                        self.buf = b;
-                    }
-                }
+                // Our buffer went back to the shard's pool while we waited,
+                // and the wait was given up.
+                self.take_pooled_buffer();
                 if self.buf.is_empty() && self.buf.capacity() < self.chunk.get() {
                     // Between frames, with every earlier frame already
                     // sent and released: read the next one where the first
@@ -463,12 +459,8 @@ impl<R: Source> FrameReader<R> {
         if self.interrupter.take_request() {
             return Poll::Ready(Some(Err(io::Error::from_raw_os_error(libc::ECANCELED))));
         }
-        if self.buf.capacity() == 0 {
-            // Woken after giving the buffer back (below): the one given
-            // back last is the warmest, whoever used it.
-            let chunk = self.chunk.get();
-            self.buf = read_pool::take(chunk).unwrap_or_else(|| BytesMut::with_capacity(chunk));
-        }
+        // Woken after giving the buffer back (below).
+        self.take_pooled_buffer();
         let len = self.buf.len();
         let hints = [
             self as *const Self as usize,
@@ -506,6 +498,16 @@ impl<R: Source> FrameReader<R> {
                 Poll::Ready(Some(Ok(n)))
             }
             Some(Poll::Ready(Err(e))) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    /// A reader whose buffer went back to the shard's pool takes the one
+    /// given back last, the warmest, whoever used it (a chunk of its own
+    /// when none fits).
+    fn take_pooled_buffer(&mut self) {
+        if self.buf.capacity() == 0 {
+            let chunk = self.chunk.get();
+            self.buf = read_pool::take(chunk).unwrap_or_else(|| BytesMut::with_capacity(chunk));
         }
     }
 

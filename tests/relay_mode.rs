@@ -136,6 +136,48 @@ async fn relay_quota_and_bad_edge_keys() {
     assert_eq!(gw.metric("sluice_edge_auth_failures_total").await, 3);
 }
 
+/// A burst from the edge (frames written together, so the gateway finds
+/// the next one already read and sends them on together) reaches the
+/// browser whole and in order, before the edge's close; under a quota, the
+/// frames admitted before the refused one still arrive ahead of the 4429.
+#[tokio::test]
+async fn a_burst_from_the_edge_arrives_whole_and_in_order() {
+    let gw = Gateway::start(1, &[]);
+    let (mut edge, mut b) = pair(&gw, "burst").await;
+    let sent: Vec<Message> = (0..50usize)
+        .map(|i| match i % 7 {
+            3 => Message::Text(format!("{{\"n\":{i}}}")),
+            _ => Message::Binary((0..(i * 97) % 3000).map(|j| (i + j) as u8).collect()),
+        })
+        .collect();
+    for m in &sent {
+        edge.feed(m.clone()).await.unwrap();
+    }
+    close_with(&mut edge, 4321, "burst done").await;
+    for (i, m) in sent.into_iter().enumerate() {
+        assert_eq!(next_msg(&mut b).await, m, "message {i}");
+    }
+    assert_eq!(close_of(&mut b).await, (4321, "burst done".to_string()));
+
+    let mut edge = edge_conn(&gw).await;
+    let mut c = relay_claims("burst-metered");
+    c.quota = Some(1000);
+    let mut b = browser(&gw, &c).await;
+    assert_eq!(next_json(&mut edge).await["type"], "paired");
+    for i in 0..10u8 {
+        edge.feed(Message::Binary(vec![i; 100])).await.unwrap();
+    }
+    edge.send(Message::Binary(vec![10])).await.unwrap();
+    for i in 0..10u8 {
+        assert_eq!(
+            next_msg(&mut b).await,
+            Message::Binary(vec![i; 100]),
+            "frame {i}"
+        );
+    }
+    expect_error_close(&mut b, "quota_exceeded", 4429).await;
+}
+
 /// Seed 000: whichever side comes first waits. A browser that arrives
 /// before its relay edge (none connected yet) is paired when the edge
 /// dials in within `pair_wait_ms`; with no edge at all it gets 4503 once

@@ -4,6 +4,7 @@
 
 mod actions;
 pub mod browser;
+pub mod burst;
 pub mod fanout;
 pub mod query;
 pub mod quota;

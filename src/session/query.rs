@@ -16,14 +16,12 @@ use sluice_protocol::connector::{Descriptor, GatewayRequest, Reply, ReplyKind};
 
 use crate::edge::{self, EdgeConn, Release, Unavailable};
 use crate::registry::ConnKind;
+use crate::session::burst::{Burst, Step};
 use crate::session::{check_dataset, other_tenant, Flow, Session};
-use crate::shard::metrics::ShardMetrics;
 use crate::wire::frame::Opcode;
 use crate::wire::keepalive;
 use crate::wire::message::{close, ErrorCode, Refusal};
-use crate::wire::outbox::{Gone, GATHER_BYTES, GATHER_FRAMES};
 use crate::wire::peer::{Direct, Incoming, Peer, PeerError};
-use crate::wire::reader::{freeze, Wire};
 
 pub use sluice_protocol::browser::QueryMode;
 
@@ -255,11 +253,16 @@ async fn stream(
     // `buffered`: the payloads, concatenated, sent as one message at the end.
     let mut held: Vec<u8> = Vec::new();
     // Frames admitted but not yet queued, while the next one is already
-    // here: they go to the browser together (see `push_wires`).
-    let mut batch: Vec<Wire> = Vec::new();
-    let mut batch_bytes = 0u64;
+    // here: they go to the browser together.
+    let mut burst = Burst::default();
     loop {
-        let f = match peer.next().await {
+        let next = peer.next().await;
+        // Held frames leave before whatever else comes: a reply, a wait
+        // or the end.
+        if !matches!(next, Ok(Incoming::Data(_))) && burst.flush(&sess.outbox, metrics).is_err() {
+            return End::Cancel(Flow::Ended);
+        }
+        let f = match next {
             Ok(Incoming::Data(f)) => f,
             Ok(Incoming::Text(t)) => {
                 let Ok(reply) = serde_json::from_str::<Reply>(&t) else {
@@ -378,7 +381,7 @@ async fn stream(
             };
             if let Some(end) = refused {
                 // The frames admitted before this one still go out.
-                let _ = forward(sess, metrics, &mut batch, &mut batch_bytes);
+                let _ = burst.flush(&sess.outbox, metrics);
                 return end;
             }
             if buffered {
@@ -391,23 +394,11 @@ async fn stream(
                 continue;
             }
             let more = peer.next_is_whole_binary();
-            if batch.is_empty() && !more {
-                // A frame alone, nearly every frame of a steady stream:
-                // straight to the outbox, without touching the batch.
-                if sess.outbox.push_wire(freeze(f)).is_err() {
-                    return End::Cancel(Flow::Ended);
-                }
-                metrics.forwarded(len, 1);
-            } else {
-                batch.push(freeze(f));
-                batch_bytes += len;
-                if more && batch.len() < GATHER_FRAMES && batch_bytes < GATHER_BYTES as u64 {
-                    // The next `peer.next()` returns that frame at once.
-                    continue;
-                }
-                if forward(sess, metrics, &mut batch, &mut batch_bytes).is_err() {
-                    return End::Cancel(Flow::Ended);
-                }
+            match burst.forward(f, more, &sess.outbox, metrics) {
+                // The next `peer.next()` returns that frame at once.
+                Ok(Step::Held) => continue,
+                Ok(Step::Queued) => {}
+                Err(_) => return End::Cancel(Flow::Ended),
             }
             // Backpressure: stop reading the connector until the browser
             // has taken enough; TCP does the rest.
@@ -416,22 +407,6 @@ async fn stream(
             }
         }
     }
-}
-
-/// Queues the admitted frames to the browser and counts them.
-fn forward(
-    sess: &Session,
-    metrics: &ShardMetrics,
-    batch: &mut Vec<Wire>,
-    bytes: &mut u64,
-) -> Result<(), Gone> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let frames = batch.len() as u64;
-    sess.outbox.push_wires(batch)?;
-    metrics.forwarded(std::mem::take(bytes), frames);
-    Ok(())
 }
 
 fn strip(text: &str) -> Value {

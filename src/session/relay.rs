@@ -14,6 +14,7 @@ use sluice_protocol::relay::RelayEvent;
 
 use crate::edge::{self, Release, Unavailable};
 use crate::registry::ConnKind;
+use crate::session::burst::{Burst, Step};
 use crate::session::{other_tenant, BrowserReader, Session};
 use crate::wire::frame::{parse_close, Opcode};
 use crate::wire::keepalive;
@@ -140,8 +141,17 @@ async fn pump(
     reader.hint_wakeups(sess.frame_lines(to));
     // Pongs to a peer that does not read are bounded by its outbox.
     let mut peer = Peer::raw(&mut reader, ViaOutbox(own.clone())).watched(live);
+    // Edge frames admitted but not yet queued, while the next one is
+    // already here: they go to the browser together.
+    let mut burst = Burst::default();
     loop {
-        let f = match peer.next().await {
+        let next = peer.next().await;
+        // Held frames leave before whatever else comes: a wait, a close or
+        // an error, so none is lost.
+        if !matches!(next, Ok(Incoming::Data(_))) && burst.flush(to, metrics).is_err() {
+            break;
+        }
+        let f = match next {
             Ok(Incoming::Data(f)) => f,
             // A raw peer yields text frames as data; there is no whole text.
             Ok(Incoming::Text(_)) => continue,
@@ -199,6 +209,7 @@ async fn pump(
             }
         };
         if f.message == Opcode::Text && !utf8.feed(f.payload(), f.header.fin) {
+            let _ = burst.flush(to, metrics);
             own.close(message::closing(
                 close::INVALID_UTF8,
                 "text message is not valid UTF-8",
@@ -215,6 +226,8 @@ async fn pump(
         let len = f.payload_len();
         if dir == Dir::Down {
             if !sess.quota.admit(len) {
+                // The frames admitted before this one still go out.
+                let _ = burst.flush(to, metrics);
                 metrics.quota_closes.fetch_add(1, Relaxed);
                 let why = Refusal::new(
                     close::QUOTA,
@@ -226,11 +239,19 @@ async fn pump(
                 own.close(message::closing(close::QUOTA, "session quota exceeded"));
                 break;
             }
-            metrics.forwarded(len, 1);
+            match burst.forward(f, peer.next_is_whole_binary(), to, metrics) {
+                // The next `peer.next()` returns that frame at once.
+                Ok(Step::Held) => continue,
+                Ok(Step::Queued) => {}
+                Err(_) => break,
+            }
         } else {
             metrics.bytes_upstream.fetch_add(len, Relaxed);
+            if to.push_wire(freeze(f)).is_err() {
+                break;
+            }
         }
-        if to.push_wire(freeze(f)).is_err() || to.space().await.is_err() {
+        if to.space().await.is_err() {
             break;
         }
     }

@@ -102,6 +102,10 @@ pub struct Limits {
     /// legs). Reads start at 16 KiB and double while they fill the buffer:
     /// a bulk stream makes few syscalls, a slow one keeps a small buffer.
     pub read_chunk_bytes: usize,
+    /// Read buffers each shard keeps for its waiting readers to share
+    /// (`wire::read_pool`): at most this many times `read_chunk_bytes` per
+    /// shard. 0 keeps none: every wake allocates.
+    pub read_pool_buffers: usize,
     /// SO_SNDBUF/SO_RCVBUF of every accepted socket; 0 = kernel autotuning.
     pub socket_buffer_bytes: usize,
     /// Connections whose request head has not arrived yet, gateway-wide;
@@ -562,6 +566,7 @@ impl Default for Limits {
             default_quota_bytes: 0,
             max_pending_actions: 8,
             read_chunk_bytes: 256 * 1024,
+            read_pool_buffers: 8,
             socket_buffer_bytes: 4 * 1024 * 1024,
             max_pending_handshakes: 4096,
             max_unauthenticated: 4096,

@@ -20,6 +20,7 @@ use crate::registry::{EndReports, Feeds, Spends};
 use crate::server::{accept, flight, tls_front, tunnel};
 use crate::shard::metrics::{FlightStats, Metrics, TunnelStats};
 use crate::shard::{ShardMsg, Shared};
+use crate::wire::read_pool;
 
 /// A running gateway. The shard threads live until the process exits.
 pub struct Gateway {
@@ -237,6 +238,7 @@ impl Gateway {
                             tracing::warn!(shard = id, error = %e, "cannot pin shard to its core");
                         }
                     }
+                    read_pool::keep_at_most(shared.cfg.limits.read_pool_buffers);
                     let fut = accept::run(id, shared, listener, rx);
                     if want {
                         match uring_runtime(&taskrun, id) {

@@ -22,23 +22,45 @@ use std::cell::RefCell;
 
 use bytes::BytesMut;
 
-/// How many buffers a shard keeps. A shard runs one reader at a time, and a
+/// How many buffers a shard keeps unless told otherwise
+/// (`limits.read_pool_buffers`). A shard runs one reader at a time, and a
 /// frame's buffer comes back before the next reader runs unless the frame
 /// waits in a slow browser's outbox, so a few cover every turn; more
 /// would only hold memory.
 pub const KEPT: usize = 8;
 
-thread_local! {
-    static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+/// One shard's buffers, and its bound beside them: one thread-local
+/// access per give.
+struct Pool {
+    kept: Vec<BytesMut>,
+    bound: usize,
 }
 
-/// Keeps `buf` for the next reader, or frees it if `KEPT` are kept.
+thread_local! {
+    static POOL: RefCell<Pool> = const {
+        RefCell::new(Pool {
+            kept: Vec::new(),
+            bound: KEPT,
+        })
+    };
+}
+
+/// Sets how many buffers this thread (shard) keeps from now on; those kept
+/// past a lower bound are freed at once.
+pub fn keep_at_most(n: usize) {
+    POOL.with_borrow_mut(|p| {
+        p.bound = n;
+        p.kept.truncate(n);
+    });
+}
+
+/// Keeps `buf` for the next reader, or frees it if the bound is reached.
 /// `buf` must be empty; its spare capacity is what the next reader gets.
 pub fn give(buf: BytesMut) {
     debug_assert!(buf.is_empty());
     POOL.with_borrow_mut(|p| {
-        if p.len() < KEPT {
-            p.push(buf);
+        if p.kept.len() < p.bound {
+            p.kept.push(buf);
         }
     });
 }
@@ -47,8 +69,8 @@ pub fn give(buf: BytesMut) {
 /// otherwise (the caller allocates), leaving it for a reader it fits.
 pub fn take(at_least: usize) -> Option<BytesMut> {
     POOL.with_borrow_mut(|p| {
-        if p.last()?.capacity() >= at_least {
-            p.pop()
+        if p.kept.last()?.capacity() >= at_least {
+            p.kept.pop()
         } else {
             None
         }
@@ -57,7 +79,7 @@ pub fn take(at_least: usize) -> Option<BytesMut> {
 
 /// How many buffers this thread's pool holds now.
 pub fn kept() -> usize {
-    POOL.with_borrow(Vec::len)
+    POOL.with_borrow(|p| p.kept.len())
 }
 
 #[cfg(test)]
@@ -93,6 +115,32 @@ mod tests {
         assert_eq!(kept(), KEPT);
         drain();
         assert_eq!(kept(), 0);
+    }
+
+    #[test]
+    fn the_bound_is_set_per_shard_and_zero_keeps_none() {
+        drain();
+        for _ in 0..4 {
+            give(BytesMut::with_capacity(1024));
+        }
+        keep_at_most(2);
+        assert_eq!(kept(), 2, "a lower bound frees what is past it");
+        give(BytesMut::with_capacity(1024));
+        assert_eq!(kept(), 2);
+        keep_at_most(0);
+        give(BytesMut::with_capacity(1024));
+        assert_eq!(kept(), 0, "0 keeps none");
+        assert!(take(1).is_none());
+        let other = std::thread::spawn(|| {
+            give(BytesMut::with_capacity(1024));
+            kept()
+        });
+        assert_eq!(
+            other.join().unwrap(),
+            1,
+            "another shard keeps its own bound"
+        );
+        keep_at_most(KEPT);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use std::task::{Context, Poll};
 use sluice::auth::token::Verifier;
 use sluice::ids::SessionId;
 use sluice::registry::{Spend, Spends};
+use sluice::session::burst::{Burst, Step};
+use sluice::shard::metrics::ShardMetrics;
 use sluice::wire::frame::{apply_mask, encode_client_frame, parse_header, MaskRule, Opcode};
 use sluice::wire::outbox::Outbox;
 use sluice::wire::reader::{freeze, FrameReader, Wire};
@@ -37,6 +39,7 @@ const CASES: &[&str] = &[
     "http_upgrade",
     "outbox_push",
     "forward_4k",
+    "burst_4k",
     "read_4k",
 ];
 
@@ -101,6 +104,33 @@ fn measured_forward<R: sluice::wire::reader::Source>(reader: &mut FrameReader<R>
         };
         to.push_wire(freeze(f)).unwrap();
         to.discard_pending();
+    }
+}
+
+/// The same loop for a backlog (every next frame already whole in the
+/// buffer, as after a stall): each frame held in a `Burst` until one
+/// direct send's worth, then queued together (`Outbox::push_wires`), as
+/// query and relay forward.
+#[inline(never)]
+fn measured_burst<R: sluice::wire::reader::Source>(
+    reader: &mut FrameReader<R>,
+    to: &Outbox,
+    metrics: &ShardMetrics,
+) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut burst = Burst::default();
+    for _ in 0..ITERATIONS {
+        let f = {
+            let next = std::pin::pin!(reader.next());
+            let std::task::Poll::Ready(Ok(f)) = next.poll(&mut cx) else {
+                panic!("every frame is already buffered");
+            };
+            f
+        };
+        let more = reader.next_is_whole_binary();
+        if burst.forward(f, more, to, metrics).unwrap() == Step::Queued {
+            to.discard_pending();
+        }
     }
 }
 
@@ -187,6 +217,28 @@ fn run(case: &str) {
                 let io = monoio::net::UnixStream::from_std(a).unwrap();
                 let mut reader = FrameReader::new(io, wire, MaskRule::Required, 1 << 20);
                 measured_forward(&mut reader, &Outbox::new(1 << 20));
+            });
+        }
+        "burst_4k" => {
+            let mut wire = bytes::BytesMut::new();
+            for _ in 0..ITERATIONS {
+                wire.extend_from_slice(&encode_client_frame(
+                    Opcode::Binary,
+                    true,
+                    &[0u8; 4096],
+                    [1, 2, 3, 4],
+                ));
+            }
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+                let io = monoio::net::UnixStream::from_std(a).unwrap();
+                let mut reader = FrameReader::new(io, wire, MaskRule::Required, 1 << 20);
+                let outbox = Outbox::new(1 << 20);
+                measured_burst(&mut reader, &outbox, &ShardMetrics::default());
+                assert_eq!(outbox.queued_bytes(), 0, "every frame was queued");
             });
         }
         "read_4k" => {

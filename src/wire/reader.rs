@@ -504,6 +504,7 @@ impl<R: Source> FrameReader<R> {
     /// A reader whose buffer went back to the shard's pool takes the one
     /// given back last, the warmest, whoever used it (a chunk of its own
     /// when none fits).
+    #[inline]
     fn take_pooled_buffer(&mut self) {
         if self.buf.capacity() == 0 {
             let chunk = self.chunk.get();

@@ -164,6 +164,30 @@ fn measured_http_upgrade(req: &[u8]) {
     }
 }
 
+/// Runs `measure` on a reader whose buffer already holds `ITERATIONS`
+/// masked 4 KiB frames, as after one large read, so its loop never waits
+/// on the socket.
+fn with_buffered_frames(measure: impl FnOnce(&mut FrameReader<monoio::net::UnixStream>)) {
+    let mut wire = bytes::BytesMut::new();
+    for _ in 0..ITERATIONS {
+        wire.extend_from_slice(&encode_client_frame(
+            Opcode::Binary,
+            true,
+            &[0u8; 4096],
+            [1, 2, 3, 4],
+        ));
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async move {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let io = monoio::net::UnixStream::from_std(a).unwrap();
+        let mut reader = FrameReader::new(io, wire, MaskRule::Required, 1 << 20);
+        measure(&mut reader);
+    });
+}
+
 fn run(case: &str) {
     match case {
         "frame_header" => {
@@ -197,50 +221,14 @@ fn run(case: &str) {
             let frame = sluice::wire::frame::encode_server_frame(Opcode::Binary, &[0u8; 4096]);
             measured_outbox_push(&Outbox::new(1 << 20), &Wire::from(bytes::Bytes::from(frame)));
         }
-        "forward_4k" => {
-            // Every frame is already in the reader's buffer, as after one
-            // large read, so the loop never waits on the socket.
-            let mut wire = bytes::BytesMut::new();
-            for _ in 0..ITERATIONS {
-                wire.extend_from_slice(&encode_client_frame(
-                    Opcode::Binary,
-                    true,
-                    &[0u8; 4096],
-                    [1, 2, 3, 4],
-                ));
-            }
-            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-                let io = monoio::net::UnixStream::from_std(a).unwrap();
-                let mut reader = FrameReader::new(io, wire, MaskRule::Required, 1 << 20);
-                measured_forward(&mut reader, &Outbox::new(1 << 20));
-            });
-        }
-        "burst_4k" => {
-            let mut wire = bytes::BytesMut::new();
-            for _ in 0..ITERATIONS {
-                wire.extend_from_slice(&encode_client_frame(
-                    Opcode::Binary,
-                    true,
-                    &[0u8; 4096],
-                    [1, 2, 3, 4],
-                ));
-            }
-            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-                let io = monoio::net::UnixStream::from_std(a).unwrap();
-                let mut reader = FrameReader::new(io, wire, MaskRule::Required, 1 << 20);
-                let outbox = Outbox::new(1 << 20);
-                measured_burst(&mut reader, &outbox, &ShardMetrics::default());
-                assert_eq!(outbox.queued_bytes(), 0, "every frame was queued");
-            });
-        }
+        "forward_4k" => with_buffered_frames(|reader| {
+            measured_forward(reader, &Outbox::new(1 << 20));
+        }),
+        "burst_4k" => with_buffered_frames(|reader| {
+            let outbox = Outbox::new(1 << 20);
+            measured_burst(reader, &outbox, &ShardMetrics::default());
+            assert_eq!(outbox.queued_bytes(), 0, "every frame was queued");
+        }),
         "read_4k" => {
             let frame = encode_client_frame(Opcode::Binary, true, &[0u8; 4096], [1, 2, 3, 4]);
             let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()

@@ -23,6 +23,13 @@ pub use sluice_protocol::secret::Secret;
 /// any token.
 pub const MIN_TOKEN_SECRET_BYTES: usize = 32;
 
+/// Spare read buffers a shard keeps unless `limits.read_pool_buffers`
+/// says otherwise (`wire::read_pool`). A shard runs one reader at a time,
+/// and a frame's buffer comes back before the next reader runs unless the
+/// frame waits in a slow browser's outbox, so a few cover every turn; more
+/// would only hold memory.
+pub const DEFAULT_READ_POOL_BUFFERS: usize = 8;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -566,7 +573,7 @@ impl Default for Limits {
             default_quota_bytes: 0,
             max_pending_actions: 8,
             read_chunk_bytes: 256 * 1024,
-            read_pool_buffers: 8,
+            read_pool_buffers: DEFAULT_READ_POOL_BUFFERS,
             socket_buffer_bytes: 4 * 1024 * 1024,
             max_pending_handshakes: 4096,
             max_unauthenticated: 4096,

@@ -22,12 +22,9 @@ use std::cell::RefCell;
 
 use bytes::BytesMut;
 
-/// How many buffers a shard keeps unless told otherwise
-/// (`limits.read_pool_buffers`). A shard runs one reader at a time, and a
-/// frame's buffer comes back before the next reader runs unless the frame
-/// waits in a slow browser's outbox, so a few cover every turn; more
-/// would only hold memory.
-pub const KEPT: usize = 8;
+/// How many buffers a thread keeps until [`keep_at_most`] says otherwise
+/// (a shard does at start, from `limits.read_pool_buffers`).
+pub const KEPT: usize = crate::config::DEFAULT_READ_POOL_BUFFERS;
 
 /// One shard's buffers, and its bound beside them: one thread-local
 /// access per give.

@@ -818,6 +818,12 @@ mod buffer_tests {
         });
     }
 
+    /// Polls `next` once: whether it waits (a reader that waits with
+    /// nothing buffered gives its buffer to the pool, if it can).
+    async fn waits<F: Future>(mut next: std::pin::Pin<&mut F>) -> bool {
+        poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_pending())).await
+    }
+
     /// Frame `i`, sent only after `reader` has found nothing to read and
     /// waits (so its buffer went back to the pool, if it could).
     async fn frame_after_a_wait(
@@ -826,8 +832,7 @@ mod buffer_tests {
         i: u8,
     ) -> InFrame {
         let mut next = std::pin::pin!(reader.next());
-        let first = poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_pending())).await;
-        assert!(first, "nothing was sent yet");
+        assert!(waits(next.as_mut()).await, "nothing was sent yet");
         let bytes = encode_client_frame(Opcode::Binary, true, &[i; 3000], [7; 4]);
         far.write_all(bytes).await.0.unwrap();
         let f = next.await.unwrap();
@@ -884,8 +889,7 @@ mod buffer_tests {
             // `a` waits again with the frame still held: nothing to give.
             {
                 let mut next = std::pin::pin!(a.next());
-                let pending = poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_pending())).await;
-                assert!(pending);
+                assert!(waits(next.as_mut()).await);
                 assert_eq!(read_pool::kept(), 0, "a buffer in flight was pooled");
             }
             // The session closes with its frame in flight.
@@ -900,8 +904,7 @@ mod buffer_tests {
             // a wait given up takes it again.
             {
                 let mut next = std::pin::pin!(b.next());
-                let pending = poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_pending())).await;
-                assert!(pending);
+                assert!(waits(next.as_mut()).await);
                 assert_eq!(read_pool::kept(), 1);
             }
             assert_eq!(b.buf.capacity(), 0, "a waiting reader holds no buffer");

@@ -74,7 +74,8 @@ struct Args {
     /// gateway-query (seed-001 masked), gateway-relay, nginx, haproxy,
     /// haproxy-tcp (mode tcp with splicing: the ceiling for any proxy),
     /// tcp-floor (`sluice-floor-relay`: read once, write at once, nothing
-    /// else; the kernel's per-frame floor).
+    /// else; the kernel's per-frame floor), tcp-floor-uring
+    /// (`sluice-uring-floor`: the same on io_uring, multishot receives).
     /// Default: direct, gateway, and nginx/haproxy when installed.
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
@@ -346,19 +347,24 @@ fn run() -> Result<()> {
         _haproxy_tcp = Some(s);
         haproxy_tcp_at = Some((addr, p));
     }
-    let (mut _floor, mut floor_at) = (None, None);
-    if targets.contains(&Target::TcpFloor) {
-        let (s, addr, p) = targets::start_floor(origin.addr, &proxy_cpus)?;
-        _floor = Some(s);
-        floor_at = Some((addr, p));
+    let mut floors = Vec::new();
+    for t in [Target::TcpFloor, Target::TcpFloorUring] {
+        if targets.contains(&t) {
+            let (s, addr, p) = targets::start_floor(t, origin.addr, &proxy_cpus)?;
+            floors.push((t, s, addr, p));
+        }
     }
+    let floor_at = |t: Target| {
+        let (_, _, addr, p) = floors.iter().find(|f| f.0 == t).expect("started above");
+        (*addr, Some(*p))
+    };
     for t in &targets {
         let (addr, proc) = match t {
             Target::Direct => (origin.addr, None),
             Target::Nginx => (nginx_at.unwrap().0, Some(nginx_at.unwrap().1)),
             Target::Haproxy => (haproxy_at.unwrap().0, Some(haproxy_at.unwrap().1)),
             Target::HaproxyTcp => (haproxy_tcp_at.unwrap().0, Some(haproxy_tcp_at.unwrap().1)),
-            Target::TcpFloor => (floor_at.unwrap().0, Some(floor_at.unwrap().1)),
+            Target::TcpFloor | Target::TcpFloorUring => floor_at(*t),
             _ => (gw.addr.expect("gateway address"), gw.pid.map(Proc)),
         };
         procs.push((*t, addr, proc));

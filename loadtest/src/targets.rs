@@ -42,6 +42,10 @@ pub enum Target {
     /// event and writes it on at once, nothing else. Its CPU per frame is
     /// the kernel's floor for a proxy that forwards frames as they arrive.
     TcpFloor,
+    /// `sluice-uring-floor`: the same floor on one io_uring ring with
+    /// multishot receives and provided buffers: one system call per
+    /// wake-up instead of three per frame.
+    TcpFloorUring,
 }
 
 impl Target {
@@ -55,7 +59,8 @@ impl Target {
             "haproxy" => Target::Haproxy,
             "haproxy-tcp" => Target::HaproxyTcp,
             "tcp-floor" => Target::TcpFloor,
-            _ => bail!("unknown target {s:?} (direct, gateway, gateway-query, gateway-relay, nginx, haproxy, haproxy-tcp, tcp-floor)"),
+            "tcp-floor-uring" => Target::TcpFloorUring,
+            _ => bail!("unknown target {s:?} (direct, gateway, gateway-query, gateway-relay, nginx, haproxy, haproxy-tcp, tcp-floor, tcp-floor-uring)"),
         })
     }
 
@@ -69,6 +74,7 @@ impl Target {
             Target::Haproxy => "haproxy",
             Target::HaproxyTcp => "haproxy-tcp",
             Target::TcpFloor => "tcp-floor",
+            Target::TcpFloorUring => "tcp-floor-uring",
         }
     }
 
@@ -439,19 +445,26 @@ pub fn start_haproxy(
     spawn_proxy("haproxy", &args, cpus, port, dir)
 }
 
-/// `sluice-floor-relay` (built beside this binary) to `origin`.
+/// A floor relay (`sluice-floor-relay` for tcp-floor, `sluice-uring-floor`
+/// for tcp-floor-uring, built beside this binary) to `origin`.
 pub fn start_floor(
+    target: Target,
     origin: SocketAddr,
     cpus: &Option<String>,
 ) -> Result<(Spawned, SocketAddr, Proc)> {
-    let bin = std::env::current_exe()?.with_file_name("sluice-floor-relay");
+    let name = match target {
+        Target::TcpFloorUring => "sluice-uring-floor",
+        _ => "sluice-floor-relay",
+    };
+    let bin = std::env::current_exe()?.with_file_name(name);
     if !bin.is_file() {
         bail!(
-            "target tcp-floor needs {} (cargo build --release -p sluice-loadtest)",
+            "target {} needs {} (cargo build --release -p sluice-loadtest)",
+            target.name(),
             bin.display()
         );
     }
-    let dir = TempDir::new("tcp-floor")?;
+    let dir = TempDir::new(target.name())?;
     let port = free_port()?;
     let args = [port.to_string(), origin.to_string()];
     spawn_proxy(&bin.display().to_string(), &args, cpus, port, dir)
@@ -656,7 +669,8 @@ impl Route<'_> {
             | Target::Nginx
             | Target::Haproxy
             | Target::HaproxyTcp
-            | Target::TcpFloor => {
+            | Target::TcpFloor
+            | Target::TcpFloorUring => {
                 let key = format!("{}-{n}", self.target.name());
                 let rx = self.origin.expect(&key);
                 let sink = wire::connect(self.addr, &format!("/hold/{key}"), &[])?;

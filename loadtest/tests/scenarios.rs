@@ -15,6 +15,12 @@ fn loader(scenario: &str, args: &[&str]) -> Value {
 }
 
 fn loader_on(targets: &str, scenario: &str, args: &[&str]) -> Value {
+    loader_with(targets, scenario, args, &[])
+}
+
+/// `loader_on` with environment variables for the loader and what it
+/// starts.
+fn loader_with(targets: &str, scenario: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
     let gateway = bin.with_file_name("sluice");
     assert!(
@@ -37,6 +43,7 @@ fn loader_on(targets: &str, scenario: &str, args: &[&str]) -> Value {
         .args(["--no-pin", "--out"])
         .arg(&out)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run sluice-loadtest");
     let text =
@@ -189,6 +196,32 @@ fn the_floor_relays_carry_every_frame() {
         );
         each(&r, |o| assert_eq!(o["messages"], 400, "{o}"));
     }
+}
+
+/// With two provided buffers for forty sockets, the io_uring floor's
+/// receives keep running out of buffers: each one that ends for want of a
+/// buffer is armed again when a send gives one back, so every frame still
+/// arrives, whole and in order, only later.
+#[test]
+fn the_io_uring_floor_waits_for_buffers_and_loses_nothing() {
+    let scarce = [("URING_FLOOR_BUFS", "2"), ("URING_FLOOR_BUF_SIZE", "4096")];
+    let r = loader_with(
+        "tcp-floor-uring",
+        "bulk",
+        &["--frames", "200", "--frame-size", "65536", "--runs", "1"],
+        &scarce,
+    );
+    each(&r, |o| {
+        assert_eq!(o["messages"], 200, "{o}");
+        assert_eq!(o["cost"]["payload_bytes"], 200 * 65536, "{o}");
+    });
+    let r = loader_with(
+        "tcp-floor-uring",
+        "fan-in",
+        &["--sessions", "20", "--rate", "20", "--duration", "1"],
+        &scarce,
+    );
+    each(&r, |o| assert_eq!(o["messages"], 400, "{o}"));
 }
 
 /// Whether perf can count syscall tracepoints here (the loader reports

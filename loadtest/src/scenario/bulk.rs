@@ -1,7 +1,8 @@
 //! `bulk`: one stream of large frames as fast as the path carries them.
 
 use std::io::Write;
-use std::time::Instant;
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use sluice::wire::frame::Opcode;
@@ -9,6 +10,11 @@ use sluice::wire::frame::Opcode;
 use super::{pin_current, sinks, Ctx, Driven};
 use crate::report::Outcome;
 use crate::sink::Event;
+
+/// How long the sink may see nothing before the path counts as stalled:
+/// a path that stops forwarding fails the round with a message instead of
+/// hanging the loader. Far above any pause a working proxy makes.
+const STALL: Duration = Duration::from_secs(10);
 
 pub struct Params {
     pub frames: u64,
@@ -58,6 +64,9 @@ fn once(ctx: &Ctx, d: &Driven, p: &Params, round: usize) -> Result<f64> {
     let mut sink = sinks(ctx.rt, vec![parts])?.pop().expect("one sink");
     let cpu = ctx.layout.source_cpu(d.route.target, false);
     let n = p.frames;
+    // Shut down on a stall, so a writer blocked on a path that stopped
+    // reading ends too.
+    let stop = src.stream.try_clone()?;
     let t0 = Instant::now();
     let writer = std::thread::spawn(move || -> std::io::Result<_> {
         pin_current(cpu);
@@ -70,7 +79,13 @@ fn once(ctx: &Ctx, d: &Driven, p: &Params, round: usize) -> Result<f64> {
     let got = ctx.rt.block_on(async {
         let (mut frames, mut bytes) = (0u64, 0u64);
         while frames < n {
-            match sink.next().await? {
+            let Ok(event) = tokio::time::timeout(STALL, sink.next()).await else {
+                bail!(
+                    "stalled: no frame for {} s after {frames} of {n} frames",
+                    STALL.as_secs()
+                )
+            };
+            match event? {
                 Event::Binary { len, .. } => {
                     frames += 1;
                     bytes += len as u64;
@@ -85,9 +100,12 @@ fn once(ctx: &Ctx, d: &Driven, p: &Params, round: usize) -> Result<f64> {
         Ok(bytes)
     });
     let secs = t0.elapsed().as_secs_f64();
-    let src = writer.join().expect("writer thread")?;
-    drop(src);
+    if got.is_err() {
+        let _ = stop.shutdown(Shutdown::Both);
+    }
+    let written = writer.join().expect("writer thread");
     let bytes = got?;
+    drop(written?);
     if bytes != n * p.size as u64 {
         bail!("received {bytes} payload bytes, sent {}", n * p.size as u64);
     }

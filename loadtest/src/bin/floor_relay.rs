@@ -50,26 +50,14 @@ struct Relay {
     buf: Vec<u8>,
 }
 
+#[path = "../floor_cli.rs"]
+mod floor_cli;
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(port), Some(upstream)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: sluice-floor-relay LISTEN_PORT UPSTREAM_ADDR");
-        std::process::exit(2);
-    };
-    if let Err(e) = run(port, upstream) {
-        eprintln!("sluice-floor-relay: {e}");
-        std::process::exit(1);
-    }
+    floor_cli::main("sluice-floor-relay", run);
 }
 
-fn run(port: &str, upstream: &str) -> io::Result<()> {
-    let port: u16 = port
-        .parse()
-        .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "LISTEN_PORT is not a port"))?;
-    let upstream: SocketAddr = upstream
-        .parse()
-        .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "UPSTREAM_ADDR is not host:port"))?;
-    let listener = TcpListener::bind(("127.0.0.1", port))?;
+fn run(listener: TcpListener, upstream: SocketAddr) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     // SAFETY: epoll_create1 takes no pointers; the result is checked.
     let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };

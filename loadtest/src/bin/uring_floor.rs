@@ -30,7 +30,7 @@
 
 use std::alloc::{alloc_zeroed, Layout};
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -148,16 +148,11 @@ impl Buffers {
     }
 }
 
+#[path = "../floor_cli.rs"]
+mod floor_cli;
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(port), Some(upstream)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: sluice-uring-floor LISTEN_PORT UPSTREAM_ADDR");
-        std::process::exit(2);
-    };
-    if let Err(e) = run(port, upstream) {
-        eprintln!("sluice-uring-floor: {e}");
-        std::process::exit(1);
-    }
+    floor_cli::main("sluice-uring-floor", run);
 }
 
 fn env_num(name: &str, default: usize) -> usize {
@@ -175,14 +170,7 @@ struct Relay {
     starved: Vec<usize>,
 }
 
-fn run(port: &str, upstream: &str) -> io::Result<()> {
-    let port: u16 = port
-        .parse()
-        .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "LISTEN_PORT is not a port"))?;
-    let upstream: SocketAddr = upstream
-        .parse()
-        .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "UPSTREAM_ADDR is not host:port"))?;
-    let listener = TcpListener::bind(("127.0.0.1", port))?;
+fn run(listener: TcpListener, upstream: SocketAddr) -> io::Result<()> {
     let mut b = IoUring::builder();
     match std::env::var("URING_FLOOR_MODE").as_deref() {
         Ok("plain") => {}

@@ -86,8 +86,24 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn new(uring: &IoUring, count: u16, size: usize) -> io::Result<Buffers> {
-        assert!(count.is_power_of_two());
+    fn new(uring: &IoUring, count: usize, size: usize) -> io::Result<Buffers> {
+        // The kernel takes at most 32,768 entries, a power of two, and a
+        // buffer's length is a u32.
+        let count = u16::try_from(count)
+            .ok()
+            .filter(|c| c.is_power_of_two() && *c <= 1 << 15);
+        let (Some(count), Ok(_)) = (count, u32::try_from(size)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "URING_FLOOR_BUFS must be a power of two up to 32768, URING_FLOOR_BUF_SIZE at most 4 GiB",
+            ));
+        };
+        if size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "URING_FLOOR_BUF_SIZE must not be 0",
+            ));
+        }
         // SAFETY: both layouts have a non-zero size; the pages are
         // zeroed, never freed (they live as long as the process), and the
         // ring is page-aligned as the kernel requires.
@@ -130,8 +146,12 @@ impl Buffers {
 
     /// Hands buffer `bid` back to the kernel.
     fn give(&mut self, bid: u16) {
-        // SAFETY: the index is masked into the ring; the entry is ours
-        // until the tail is published below.
+        // SAFETY: the index is masked into the ring, so the entry is in
+        // the allocation. The kernel reads only entries below the tail it
+        // was last given, and this one is at the tail, so nothing reads it
+        // until the store below publishes it. The setters write the
+        // address, length and id, never `resv`, which in entry 0 is the
+        // tail the kernel does read.
         unsafe {
             let e = &mut *self.ring.add((self.tail & self.mask) as usize);
             e.set_addr(self.at(bid) as u64);
@@ -155,11 +175,18 @@ fn main() {
     floor_cli::main("sluice-uring-floor", run);
 }
 
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// A numeric setting from the environment: `default` when unset, an
+/// error naming it when it is not a number.
+fn env_num(name: &str, default: usize) -> io::Result<usize> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) => v.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name}={v:?} is not a number"),
+            )
+        }),
+    }
 }
 
 struct Relay {
@@ -185,8 +212,8 @@ fn run(listener: TcpListener, upstream: SocketAddr) -> io::Result<()> {
     let uring = b.build(1024)?;
     let bufs = Buffers::new(
         &uring,
-        env_num("URING_FLOOR_BUFS", 256) as u16,
-        env_num("URING_FLOOR_BUF_SIZE", 64 * 1024),
+        env_num("URING_FLOOR_BUFS", 256)?,
+        env_num("URING_FLOOR_BUF_SIZE", 64 * 1024)?,
     )?;
     let mut relay = Relay {
         uring,
@@ -200,7 +227,12 @@ fn run(listener: TcpListener, upstream: SocketAddr) -> io::Result<()> {
             .build()
             .user_data(ACCEPT),
     );
-    let min_wait_us = env_num("URING_FLOOR_MIN_WAIT_US", 0) as u32;
+    let min_wait_us = u32::try_from(env_num("URING_FLOOR_MIN_WAIT_US", 0)?).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "URING_FLOOR_MIN_WAIT_US is too large",
+        )
+    })?;
     let mut done: Vec<cqueue::Entry> = Vec::with_capacity(1024);
     loop {
         let entered = if min_wait_us == 0 {

@@ -66,9 +66,6 @@ struct Side {
     /// `sending`.
     out: VecDeque<Chunk>,
     sending: bool,
-    /// Its multishot receive ended for want of buffers and is re-armed
-    /// when one comes back.
-    starved: bool,
     /// The pair has ended but a send still reads the front chunk's
     /// buffer: the side stays until that send completes, so the buffer
     /// is not handed back to the kernel while it is being read.
@@ -194,6 +191,8 @@ struct Relay {
     bufs: Buffers,
     sides: Vec<Option<Side>>,
     upstream: SocketAddr,
+    /// Sockets whose multishot receive ended for want of a buffer: armed
+    /// again by [`Relay::give`] when one comes back.
     starved: Vec<usize>,
 }
 
@@ -354,7 +353,6 @@ impl Relay {
                 acks,
                 out: VecDeque::new(),
                 sending: false,
-                starved: false,
                 closing: false,
             }));
         }
@@ -369,7 +367,7 @@ impl Relay {
         let n = c.result();
         let Some(side) = self.live(slot) else {
             if let Some(bid) = bid {
-                self.bufs.give(bid);
+                self.give(bid);
             }
             return;
         };
@@ -391,7 +389,6 @@ impl Relay {
             return;
         }
         if n == -libc::ENOBUFS {
-            side.starved = true;
             self.starved.push(slot);
             return;
         }
@@ -410,7 +407,7 @@ impl Relay {
 
     fn queue(&mut self, slot: usize, chunk: Chunk) {
         let Some(side) = self.live(slot) else {
-            self.bufs.give(chunk.bid);
+            self.give(chunk.bid);
             return;
         };
         side.out.push_back(chunk);
@@ -442,8 +439,8 @@ impl Relay {
         };
         if side.closing {
             let bid = side.out.pop_front().expect("the send that kept it").bid;
-            self.bufs.give(bid);
             self.sides[slot] = None;
+            self.give(bid);
             return;
         }
         if res < 0 {
@@ -457,15 +454,7 @@ impl Relay {
         if c.from == c.to {
             let bid = c.bid;
             side.out.pop_front();
-            self.bufs.give(bid);
-            for s in std::mem::take(&mut self.starved) {
-                if self.sides[s]
-                    .as_mut()
-                    .is_some_and(|x| std::mem::take(&mut x.starved))
-                {
-                    self.arm(s);
-                }
-            }
+            self.give(bid);
         }
         self.send_front(slot);
     }
@@ -484,13 +473,30 @@ impl Relay {
             };
             let _ = side.sock.shutdown(std::net::Shutdown::Both);
             let keep = usize::from(side.sending);
-            for c in side.out.drain(keep..) {
-                self.bufs.give(c.bid);
-            }
+            let freed: Vec<u16> = side.out.drain(keep..).map(|c| c.bid).collect();
             if side.sending {
                 side.closing = true;
             } else {
                 self.sides[at] = None;
+            }
+            for bid in freed {
+                self.give(bid);
+            }
+        }
+    }
+
+    /// Hands buffer `bid` back to the kernel, and arms again every live
+    /// receive that ended for want of one. Every buffer comes back through
+    /// here (a send done, a pair closed, a receive for a pair gone), so a
+    /// starved socket never waits for a buffer that already came back.
+    fn give(&mut self, bid: u16) {
+        self.bufs.give(bid);
+        if self.starved.is_empty() {
+            return; // nearly always
+        }
+        for s in std::mem::take(&mut self.starved) {
+            if self.live(s).is_some() {
+                self.arm(s);
             }
         }
     }

@@ -7,10 +7,13 @@
 //! system call and a segment of its own, and the last frame of the burst
 //! waits for all of them: that train was the tail of the small-frame p99.
 //! A steady stream, whose next frame is not there yet, takes the single
-//! path: no batch is touched.
+//! path: no batch is touched. Its users call [`Burst::flush_unless_data`]
+//! with everything the peer yields and [`Burst::flush`] before a refusal
+//! of their own.
 
 use crate::shard::metrics::ShardMetrics;
 use crate::wire::outbox::{Gone, Outbox, GATHER_BYTES, GATHER_FRAMES};
+use crate::wire::peer::{Incoming, PeerError};
 use crate::wire::reader::{freeze, InFrame, Wire};
 
 /// What [`Burst::forward`] did with a frame.
@@ -56,6 +59,22 @@ impl Burst {
         }
         self.flush(to, metrics)?;
         Ok(Step::Queued)
+    }
+
+    /// Called with whatever the peer yielded, before acting on it: held
+    /// frames leave before anything that is not a data frame (a reply, a
+    /// wait, a close, an error), so none is lost or overtaken.
+    #[inline]
+    pub fn flush_unless_data(
+        &mut self,
+        next: &Result<Incoming, PeerError>,
+        to: &Outbox,
+        metrics: &ShardMetrics,
+    ) -> Result<(), Gone> {
+        if matches!(next, Ok(Incoming::Data(_))) {
+            return Ok(());
+        }
+        self.flush(to, metrics)
     }
 
     /// Queues what is held, in order, and counts it.
@@ -187,6 +206,20 @@ mod tests {
             }
             assert_eq!(got, expect);
         });
+    }
+
+    #[test]
+    fn held_frames_leave_before_anything_but_data() {
+        let (o, m) = (Outbox::new(1 << 20), ShardMetrics::default());
+        let mut b = Burst::default();
+        b.forward(frame(4, 1), true, &o, &m).unwrap();
+        let data = Ok(Incoming::Data(frame(4, 2)));
+        assert_eq!(b.flush_unless_data(&data, &o, &m), Ok(()));
+        assert_eq!(b.held(), 1, "the next frame joins the burst");
+        let end = Err(PeerError::TimedOut);
+        assert_eq!(b.flush_unless_data(&end, &o, &m), Ok(()));
+        assert_eq!(b.held(), 0);
+        assert_eq!(forwarded(&m), (1, 4));
     }
 
     #[test]

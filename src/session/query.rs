@@ -257,9 +257,10 @@ async fn stream(
     let mut burst = Burst::default();
     loop {
         let next = peer.next().await;
-        // Held frames leave before whatever else comes: a reply, a wait
-        // or the end.
-        if !matches!(next, Ok(Incoming::Data(_))) && burst.flush(&sess.outbox, metrics).is_err() {
+        if burst
+            .flush_unless_data(&next, &sess.outbox, metrics)
+            .is_err()
+        {
             return End::Cancel(Flow::Ended);
         }
         let f = match next {

@@ -146,9 +146,7 @@ async fn pump(
     let mut burst = Burst::default();
     loop {
         let next = peer.next().await;
-        // Held frames leave before whatever else comes: a wait, a close or
-        // an error, so none is lost.
-        if !matches!(next, Ok(Incoming::Data(_))) && burst.flush(to, metrics).is_err() {
+        if burst.flush_unless_data(&next, to, metrics).is_err() {
             break;
         }
         let f = match next {

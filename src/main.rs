@@ -261,6 +261,7 @@ fn main() {
         ("tls", gw.tls_addr()),
         ("flight", gw.flight_addr()),
         ("grpc", gw.grpc_addr()),
+        ("admin", gw.admin_addr()),
     ] {
         if let Some(at) = at {
             lines.push(format!("sluice {what} listening on {at}"));

@@ -73,7 +73,7 @@ fn check(gw: &Gateway, flight_url: &str, source: &Path, extra: &[&str]) -> Strin
         .arg(script())
         .arg("check")
         .args(["--flight", flight_url])
-        .args(["--admin", &format!("http://{}", gw.addr)])
+        .args(["--admin", &format!("http://{}", gw.admin_addr.unwrap())])
         .args(["--admin-token", ADMIN_TOKEN])
         .args(["--secret", SECRET, "--edge", EDGE])
         .arg("--source")

@@ -522,17 +522,13 @@ async fn sluice_connector_with_mtls_and_sluice_fetch_over_wss() {
 async fn control_plane_gateway_connector_and_fetch_all_over_tls() {
     let pki = Pki::new(&["acme"]);
     let dir = provision();
-    let gw_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let gw_http = format!("127.0.0.1:{gw_port}");
+    let gw_http = format!("127.0.0.1:{}", common::control::free_port());
+    let gw_admin = format!("127.0.0.1:{}", common::control::free_port());
     let ctl = Control::start(
         &dir,
         &[
             "--gateway",
-            &format!("http://{gw_http}"),
+            &format!("http://{gw_admin}"),
             "--tls-cert",
             &pki.s("server.crt"),
             "--tls-key",
@@ -548,6 +544,7 @@ async fn control_plane_gateway_connector_and_fetch_all_over_tls() {
         &[
             ("SLUICE_LISTEN", gw_http.as_str()),
             ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
+            ("SLUICE_ADMIN_LISTEN", gw_admin.as_str()),
             ("SLUICE_EDGE_KEYS", keys.as_str()),
             ("SLUICE_AUTH_JWKS_URL", jwks.as_str()),
             ("SLUICE_AUTH_JWKS_CA_FILE", ca.as_str()),
@@ -592,11 +589,7 @@ async fn control_plane_gateway_connector_and_fetch_all_over_tls() {
     assert_same_rows(&out, &csv);
     // The gateway told the control plane its TLS address, and a client
     // that does not trust the CA gets no further than the handshake.
-    let (_, edges) = raw_http(
-        gw.addr,
-        &format!("GET /admin/edges HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {GW_ADMIN_TOKEN}\r\n\r\n"),
-    )
-    .await;
+    let (_, edges) = gw.admin_get("/admin/edges", GW_ADMIN_TOKEN).await;
     assert!(edges.contains(&format!("wss://{at}")), "{edges}");
     let untrusting = Command::new(sibling_bin("sluice-fetch"))
         .args(["--control", &ctl_url])

@@ -104,7 +104,18 @@ pub fn authenticate(
     transport: &Transport,
     req: &Request,
 ) -> Result<Grant, HttpError> {
-    let key = req.header("edge-key").filter(|k| !k.is_empty());
+    authenticate_key(cfg, keys, transport, req.header("edge-key"))
+}
+
+/// [`authenticate`] from the `Edge-Key` alone (the gRPC tunnel's
+/// `edge-key` metadata).
+pub fn authenticate_key(
+    cfg: &Config,
+    keys: &EdgeKeys,
+    transport: &Transport,
+    key: Option<&str>,
+) -> Result<Grant, HttpError> {
+    let key = key.filter(|k| !k.is_empty());
     let cert = transport.cert_tenant();
     let mode = cfg.tls.connector_auth;
     if mode != ConnectorAuth::Either && cert.is_none() {

@@ -297,18 +297,30 @@ impl JwksCache {
 
     /// Asks for `tenant`'s keys to be fetched, and waits for it (bounded).
     pub async fn refresh(&self, tenant: &str) {
+        if let Some(done) = self.ask(tenant) {
+            let _ = monoio::time::timeout(self.wait, done.recv_async()).await;
+        }
+    }
+
+    /// Asks for `tenant`'s keys to be fetched; the receiver hears when the
+    /// fetch is over, on any runtime (wait for it at most [`Self::wait`]).
+    /// `None`: the queue is full, refused now rather than after a flood.
+    pub fn ask(&self, tenant: &str) -> Option<flume::Receiver<()>> {
         let (tx, rx) = flume::bounded(1);
-        // A full queue: refuse now rather than wait behind a flood.
         let sent = self.fetch.try_send(Fetch {
             tenant: tenant.to_owned(),
             reply: Some(tx),
         });
         if sent.is_err() {
             self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
-        if sent.is_ok() {
-            let _ = monoio::time::timeout(self.wait, rx.recv_async()).await;
-        }
+        Some(rx)
+    }
+
+    /// How long a caller waits for a fetch it asked for.
+    pub fn wait(&self) -> Duration {
+        self.wait
     }
 }
 

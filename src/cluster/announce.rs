@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::shard::health;
 use crate::shard::Shared;
 
 /// Deletes `KEYS[1]` only while it still names this gateway's URL.
@@ -41,7 +42,7 @@ fn run(shared: &Shared, changed: &flume::Receiver<()>) {
         match life(shared, changed, &mut announced) {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "edge registry: cannot write to Redis");
+                health::REDIS.failed(&format!("edge registry: {e}"));
                 std::thread::sleep(backoff);
                 backoff =
                     (backoff * 2).min(Duration::from_millis(shared.cfg.revocation.max_backoff_ms));
@@ -61,6 +62,7 @@ fn life(
     let mut conn = client.get_connection_with_timeout(timeout)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
+    health::REDIS.ok();
     let delete = redis::Script::new(DELETE_IF_OURS);
     let ours = format!(
         "\"url\":{}",

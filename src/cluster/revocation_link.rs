@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::auth::revocations::parse;
 use crate::config::Revocation as Settings;
 use crate::ids::SessionId;
+use crate::shard::health;
 use crate::shard::{ShardMsg, Shared};
 
 /// Starts the subscriber thread when `revocation.redis_url` is set.
@@ -43,9 +44,8 @@ fn run(shared: &Shared) {
             Err(e) => {
                 if shared.revocations.set_linked(false) {
                     tracing::error!(error = %e, "revocation link to Redis lost; /readyz reports 503 until it returns");
-                } else {
-                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "cannot reach Redis for revocations");
                 }
+                health::REDIS.failed(&format!("revocation link: {e}"));
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(s.max_backoff_ms));
             }
@@ -70,6 +70,7 @@ fn link(shared: &Shared, s: &Settings) -> redis::RedisResult<()> {
     // between is seen twice, which is harmless; none is missed.
     let n = resync(shared, s, &mut cmd)?;
     shared.revocations.set_linked(true);
+    health::REDIS.ok();
     shared.revocations.links.fetch_add(1, Ordering::Relaxed);
     tracing::info!(channel = %s.channel, stored = n, "revocation link up");
     ps.set_read_timeout(Some(timeout))?;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use sluice_protocol::slots;
 
 use crate::registry::Ended;
+use crate::shard::health;
 use crate::shard::Shared;
 
 /// The queue the shards report into, sized by
@@ -53,14 +54,23 @@ fn run(shared: &Shared, rx: &flume::Receiver<Ended>) {
         } else {
             to_redis(shared, &mut redis, timeout, &end)
         };
+        // One line when the destination goes down and one when it
+        // returns, not one per session (`shard::health`).
+        let dependency = if cfg.revocation.redis_url.is_empty() {
+            &health::CONTROL_PLANE
+        } else {
+            &health::REDIS
+        };
         match result {
             Ok(()) => {
+                dependency.ok();
                 shared.end_reports.sent.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(sid = %end.sid, bytes = end.bytes, "session end reported");
             }
             Err(e) => {
                 shared.end_reports.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sid = %end.sid, error = %e, "cannot report a session end; its slot frees when its token expires");
+                tracing::debug!(sid = %end.sid, error = %e, "cannot report a session end; its slot frees when its token expires");
+                dependency.failed(&format!("session end not reported: {e}"));
             }
         }
     }

@@ -23,6 +23,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::ids::SessionId;
 use crate::registry::{RemoteJoin, SpendLink, SpendRequest, SPEND_QUEUE};
+use crate::shard::health;
 
 const JOIN: &str = r#"
 local c = redis.call('INCR', KEYS[1])
@@ -78,7 +79,9 @@ fn run(url: &str, prefix: &str, timeout: Duration, rx: &flume::Receiver<SpendReq
     while let Ok(req) = rx.recv() {
         if conn.is_none() {
             conn = connect(url, timeout)
-                .map_err(|e| tracing::warn!(error = %e, "session spend: cannot reach Redis; counting locally"))
+                .map_err(|e| {
+                    health::REDIS.failed(&format!("session spend (counting locally): {e}"))
+                })
                 .ok();
         }
         let keys = |sid: &SessionId| {
@@ -127,13 +130,16 @@ fn run(url: &str, prefix: &str, timeout: Duration, rx: &flume::Receiver<SpendReq
                     .map_err(|e| e.to_string())
             }
         };
-        if res.is_err() {
-            conn = None;
+        match &res {
+            Err(e) if conn.is_some() => {
+                health::REDIS.failed(&format!("session spend: {e}"));
+                conn = None;
+            }
+            Err(_) => {}
+            Ok(_) => health::REDIS.ok(),
         }
         if let SpendRequest::Join { reply, .. } = req {
             let _ = reply.send(res);
-        } else if let Err(e) = res {
-            tracing::warn!(error = %e, "session spend: cannot give a reservation back to Redis");
         }
     }
 }

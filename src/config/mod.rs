@@ -122,6 +122,12 @@ pub struct Limits {
     /// Browser sessions upgraded but not yet authenticated, gateway-wide
     /// (503 past it).
     pub max_unauthenticated: usize,
+    /// The part of an edge's connector workers one subject (a token's
+    /// `sub`) may hold at once, and one tenant where an edge serves
+    /// several; past it a query waits for a worker as if none were idle
+    /// (`timeouts.pair_wait_ms`). 1.0 = no limit. At least one worker is
+    /// always allowed.
+    pub worker_share: f64,
     /// Largest message (and frame payload) a browser may send before it
     /// has authenticated: an `auth` message is a token, so this bounds
     /// what unauthenticated sockets can make the gateway hold (1009 past it).
@@ -156,6 +162,10 @@ pub struct Timeouts {
     pub idle_timeout_ms: u64,
     /// A write that makes no progress for this long closes the connection.
     pub write_stall_ms: u64,
+    /// A query stream whose client takes nothing for this long is ended
+    /// (4409 `slow_consumer`) and its connector worker given back: a client
+    /// that stops reading cannot hold a worker for `write_stall_ms`.
+    pub reader_stall_ms: u64,
     /// How long a session waits for an idle connector worker / relay edge (4503).
     pub pair_wait_ms: u64,
     /// How long the connector has to start answering a request.
@@ -380,6 +390,20 @@ pub struct Flight {
     /// `get_flight_info` then `do_get` is one session). Below
     /// `timeouts.idle_timeout_ms`.
     pub idle_ms: u64,
+    /// Connections that have not made an authenticated call yet; past it
+    /// a newcomer evicts the oldest. Each is closed `timeouts.auth_ms`
+    /// after its handshake if none of its calls authenticated.
+    pub max_unauthenticated: usize,
+    /// HTTP/2 streams a peer may reset (or make the server reset) on one
+    /// connection before it is closed (Rapid Reset).
+    pub max_local_error_reset_streams: usize,
+    /// Streams reset by the peer before the server accepted them, at most.
+    pub max_pending_accept_reset_streams: usize,
+    /// Largest request header block (HPACK-decoded), bytes.
+    pub max_header_list_bytes: u32,
+    /// A connection is closed (gracefully) this long after it opened;
+    /// 0 = never.
+    pub max_connection_age_ms: u64,
 }
 
 /// Seed 002's connector tunnel: gRPC (HTTP/2) with TLS from `[tls]`,
@@ -406,6 +430,23 @@ pub struct Grpc {
     /// Largest `DataMessage` accepted (an `ArrowChunk` of whole IPC
     /// messages); past it the call fails with `RESOURCE_EXHAUSTED`.
     pub max_message_bytes: usize,
+    /// Concurrent calls on one connection (HTTP/2 streams): a connector
+    /// needs one `Connect` and one `Serve` per worker.
+    pub max_streams_per_connection: u32,
+    /// Connections that have not made an authenticated call yet; past it
+    /// a newcomer evicts the oldest. Each is closed `timeouts.auth_ms`
+    /// after its handshake if none of its calls authenticated.
+    pub max_unauthenticated: usize,
+    /// HTTP/2 streams a peer may reset (or make the server reset) on one
+    /// connection before it is closed (Rapid Reset).
+    pub max_local_error_reset_streams: usize,
+    /// Streams reset by the peer before the server accepted them, at most.
+    pub max_pending_accept_reset_streams: usize,
+    /// Largest request header block (HPACK-decoded), bytes.
+    pub max_header_list_bytes: u32,
+    /// A connection is closed (gracefully) this long after it opened;
+    /// 0 = never.
+    pub max_connection_age_ms: u64,
 }
 
 impl Default for Grpc {
@@ -417,6 +458,12 @@ impl Default for Grpc {
             max_connections: 4096,
             queue_chunks: 8,
             max_message_bytes: 16 * 1024 * 1024,
+            max_streams_per_connection: 64,
+            max_unauthenticated: 256,
+            max_local_error_reset_streams: 64,
+            max_pending_accept_reset_streams: 20,
+            max_header_list_bytes: 16 * 1024,
+            max_connection_age_ms: 0,
         }
     }
 }
@@ -438,6 +485,11 @@ impl Default for Flight {
             max_streams_per_connection: 100,
             max_sessions: 10_000,
             idle_ms: 30_000,
+            max_unauthenticated: 256,
+            max_local_error_reset_streams: 64,
+            max_pending_accept_reset_streams: 20,
+            max_header_list_bytes: 16 * 1024,
+            max_connection_age_ms: 0,
         }
     }
 }
@@ -483,14 +535,26 @@ impl Tls {
     }
 }
 
-/// Admin endpoints on the same port, for a control plane without Redis:
-/// `GET /admin/edges` and `POST /admin/revoke/{sid}?exp=…`, with
-/// `Authorization: Bearer <token>`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Admin endpoints on a listener of their own, for a control plane
+/// without Redis: `GET /admin/edges` and `POST /admin/revoke/{sid}?exp=…`,
+/// with `Authorization: Bearer <token>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
-    /// Empty = admin endpoints answer 404.
+    /// Empty = no admin listener.
     pub token: Secret,
+    /// Where the admin listener binds when `token` is set: loopback by
+    /// default, so only this host's services reach it.
+    pub listen: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            token: Secret::default(),
+            listen: "127.0.0.1:8082".into(),
+        }
+    }
 }
 
 /// The control plane, told when sessions end so their stream slots free at
@@ -577,6 +641,7 @@ impl Default for Limits {
             socket_buffer_bytes: 4 * 1024 * 1024,
             max_pending_handshakes: 4096,
             max_unauthenticated: 4096,
+            worker_share: 0.75,
             max_auth_message_bytes: 16 * 1024,
             shard_mailbox_messages: 65_536,
             max_connections_per_session: 1,
@@ -594,6 +659,7 @@ impl Default for Timeouts {
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
             write_stall_ms: 30_000,
+            reader_stall_ms: 5_000,
             pair_wait_ms: 5_000,
             request_ms: 30_000,
             cancel_drain_ms: 5_000,
@@ -725,6 +791,15 @@ impl Config {
         if l.max_auth_message_bytes < 1024 {
             return bad("limits.max_auth_message_bytes must be >= 1024 (a token must fit)");
         }
+        if !(l.worker_share > 0.0 && l.worker_share <= 1.0) {
+            return bad("limits.worker_share must be within (0, 1]");
+        }
+        if self.timeouts.reader_stall_ms == 0 {
+            return bad("timeouts.reader_stall_ms must be >= 1");
+        }
+        if self.flight.max_unauthenticated == 0 || self.grpc.max_unauthenticated == 0 {
+            return bad("flight.max_unauthenticated and grpc.max_unauthenticated must be >= 1");
+        }
         if l.max_pending_handshakes == 0 || l.max_unauthenticated == 0 {
             return bad("limits.max_pending_handshakes and max_unauthenticated must be >= 1");
         }
@@ -768,6 +843,9 @@ impl Config {
         }
         if !self.admin.token.is_empty() && self.admin.token.len() < 16 {
             return bad("admin.token must be at least 16 characters");
+        }
+        if !self.admin.token.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
+            return bad("admin.listen must be an address such as 127.0.0.1:8082");
         }
         let tls = &self.tls;
         if tls.enabled() {

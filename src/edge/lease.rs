@@ -15,7 +15,7 @@ use sluice_protocol::connector::{GatewayRequest, Reply};
 use crate::edge::conn::{adopt, EdgeConn};
 use crate::edge::idle::{park, retire};
 use crate::ids::EdgeId;
-use crate::registry::{Acquire, ConnKind};
+use crate::registry::{Acquire, ConnKind, Who};
 use crate::shard::{ConnMeta, Shard, ShardMsg};
 use crate::wire::message::close;
 use crate::wire::peer::{Direct, Incoming, Peer};
@@ -129,7 +129,8 @@ impl Drop for RelayHold {
 }
 
 /// Takes an idle connection of `edge` (serving `dataset`, for workers) for
-/// a session of `tenant` and brings it to this shard, waiting up to
+/// a session of `who` (within its fair share of the edge's workers) and
+/// brings it to this shard, waiting up to
 /// `timeouts.pair_wait_ms`.
 ///
 /// Boxed: the wait is once per lease, and its 1,152 bytes would otherwise
@@ -140,9 +141,9 @@ pub fn acquire<'a>(
     edge: &'a EdgeId,
     kind: ConnKind,
     dataset: Option<&'a str>,
-    tenant: &'a str,
+    who: Who<'a>,
 ) -> Pin<Box<impl Future<Output = Result<Lease, Unavailable>> + 'a>> {
-    Box::pin(wait_for_conn(shard, edge, kind, dataset, tenant))
+    Box::pin(wait_for_conn(shard, edge, kind, dataset, who))
 }
 
 async fn wait_for_conn(
@@ -150,14 +151,14 @@ async fn wait_for_conn(
     edge: &EdgeId,
     kind: ConnKind,
     dataset: Option<&str>,
-    tenant: &str,
+    who: Who<'_>,
 ) -> Result<Lease, Unavailable> {
     let deadline = Instant::now() + Duration::from_millis(shard.cfg().timeouts.pair_wait_ms);
     loop {
         match shard
             .shared
             .registry
-            .acquire(edge, kind, dataset, tenant, shard.id)
+            .acquire(edge, kind, dataset, who, shard.id)
         {
             Acquire::Got { conn, shard: owner } => {
                 let (tx, rx) = flume::bounded(1);
@@ -347,7 +348,18 @@ mod tests {
 
     async fn lease(shard: &Rc<Shard>) -> Lease {
         let edge = EdgeId::parse("edge-a").unwrap();
-        match acquire(shard, &edge, ConnKind::Worker, Some("d"), "acme").await {
+        match acquire(
+            shard,
+            &edge,
+            ConnKind::Worker,
+            Some("d"),
+            Who {
+                tenant: "acme",
+                sub: "t",
+            },
+        )
+        .await
+        {
             Ok(l) => l,
             Err(e) => panic!("no lease: {e:?}"),
         }

@@ -26,6 +26,31 @@ struct Slot {
     shard: usize,
     idle: bool,
     datasets: Vec<String>,
+    /// Who holds this worker while it is busy.
+    holder: Option<Holder>,
+}
+
+/// Who a worker serves: the session's tenant and subject (the token's
+/// `sub`, the user or client it was issued to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Who<'a> {
+    pub tenant: &'a str,
+    pub sub: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holder {
+    tenant: String,
+    sub: String,
+}
+
+impl Holder {
+    fn of(who: Who<'_>) -> Self {
+        Holder {
+            tenant: who.tenant.to_owned(),
+            sub: who.sub.to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -46,12 +71,40 @@ impl Edge {
         self.tenant.is_empty() || self.tenant == tenant
     }
 
+    /// Whether `who` already holds its fair share of this edge's workers:
+    /// `share` of them (at least one), per subject, and per tenant where
+    /// the edge serves several. A client whose sessions stop reading, or
+    /// that opens many at once, cannot take every worker of an edge; past
+    /// its share it waits like a session that found none idle.
+    fn over_share(&self, who: Who<'_>, share: f64) -> bool {
+        if share <= 0.0 || share >= 1.0 {
+            return false;
+        }
+        let workers = self.conns.values().filter(|s| s.kind == ConnKind::Worker);
+        let cap = ((workers.clone().count() as f64 * share).floor() as usize).max(1);
+        let held = |f: &dyn Fn(&Holder) -> bool| {
+            workers
+                .clone()
+                .filter(|s| s.holder.as_ref().is_some_and(f))
+                .count()
+        };
+        let by_sub = held(&|h| h.tenant == who.tenant && h.sub == who.sub);
+        let by_tenant = || held(&|h| h.tenant == who.tenant);
+        by_sub >= cap || (self.tenant.is_empty() && by_tenant() >= cap)
+    }
+
     fn datasets(&self) -> BTreeSet<String> {
         self.conns
             .values()
             .filter(|s| s.kind == ConnKind::Worker)
             .flat_map(|s| s.datasets.iter().cloned())
             .collect()
+    }
+
+    fn wake_all(&mut self) {
+        for w in self.waiters.drain(..) {
+            let _ = w.send(());
+        }
     }
 
     fn wake_one(&mut self) {
@@ -92,6 +145,9 @@ pub struct Registry {
     /// Told (without blocking) when the set of online edges or their
     /// datasets change, so the edge announcer need not wait a heartbeat.
     changed: std::sync::OnceLock<flume::Sender<()>>,
+    /// The part of an edge's workers one subject (or, on a shared edge,
+    /// one tenant) may hold (`limits.worker_share`); 0 or 1 = no limit.
+    worker_share: f64,
 }
 
 /// An online edge, as the admin endpoint and the edge announcer see it.
@@ -112,6 +168,15 @@ pub struct RegistryStats {
 }
 
 impl Registry {
+    /// A registry whose subjects may each hold `share` of an edge's
+    /// workers (see `limits.worker_share`).
+    pub fn with_worker_share(share: f64) -> Self {
+        Registry {
+            worker_share: share,
+            ..Registry::default()
+        }
+    }
+
     /// Subscribes `tx` to change signals (one subscriber).
     pub fn on_change(&self, tx: flume::Sender<()>) {
         let _ = self.changed.set(tx);
@@ -188,6 +253,7 @@ impl Registry {
                 shard,
                 idle: true,
                 datasets,
+                holder: None,
             },
         );
         if kind == ConnKind::Relay {
@@ -233,7 +299,10 @@ impl Registry {
             if let Some(s) = e.conns.get_mut(&conn) {
                 s.idle = true;
                 s.shard = shard;
-                e.wake_one();
+                s.holder = None;
+                // Woken: every waiter, since one over its share may be
+                // first in line and would pass the worker on to no one.
+                e.wake_all();
             }
         }
     }
@@ -248,18 +317,19 @@ impl Registry {
         edge: &EdgeId,
         kind: ConnKind,
         dataset: Option<&str>,
-        tenant: &str,
+        who: Who<'_>,
         prefer_shard: usize,
     ) -> Acquire {
         let mut g = self.lock();
         let Some(e) = g.get_mut(edge) else {
             return Acquire::Offline;
         };
-        if !e.tenant_may_pair(tenant) {
+        if !e.tenant_may_pair(who.tenant) {
             return Acquire::OtherTenant;
         }
         let found = match kind {
             ConnKind::Relay => e.relay_idle.pop_front(),
+            ConnKind::Worker if e.over_share(who, self.worker_share) => None,
             ConnKind::Worker => {
                 let mut best: Option<ConnId> = None;
                 for (id, s) in &e.conns {
@@ -279,6 +349,9 @@ impl Registry {
             Some(conn) => {
                 let slot = e.conns.get_mut(&conn).expect("idle conn has a slot");
                 slot.idle = false;
+                if kind == ConnKind::Worker {
+                    slot.holder = Some(Holder::of(who));
+                }
                 Acquire::Got {
                     conn,
                     shard: slot.shard,
@@ -348,6 +421,59 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn t(tenant: &str) -> Who<'_> {
+        Who {
+            tenant,
+            sub: "alice",
+        }
+    }
+
+    #[test]
+    fn one_subject_cannot_take_every_worker_of_an_edge() {
+        let r = Registry::with_worker_share(0.5);
+        let e = EdgeId::parse("edge-a").unwrap();
+        for _ in 0..4 {
+            let id = r.new_conn_id();
+            r.add(&e, "t", "1", ConnKind::Worker, id, 0, vec!["d".into()], 8)
+                .unwrap();
+        }
+        let alice = Who {
+            tenant: "t",
+            sub: "alice",
+        };
+        let bob = Who {
+            tenant: "t",
+            sub: "bob",
+        };
+        let take = |who| r.acquire(&e, ConnKind::Worker, Some("d"), who, 0);
+        let Acquire::Got { conn: first, .. } = take(alice) else {
+            panic!("alice gets a worker")
+        };
+        assert!(matches!(take(alice), Acquire::Got { .. }));
+        // Alice holds half of the four: she waits, Bob is served.
+        let Acquire::Busy(alice_waits) = take(alice) else {
+            panic!("alice is at her share")
+        };
+        assert!(matches!(take(bob), Acquire::Got { .. }));
+        // A worker she gives back wakes her.
+        r.release(&e, first, 0);
+        assert!(alice_waits.try_recv().is_ok());
+        assert!(matches!(take(alice), Acquire::Got { .. }));
+        // Without a share (the default), one subject may take them all.
+        let all = Registry::default();
+        for _ in 0..3 {
+            let id = all.new_conn_id();
+            all.add(&e, "t", "1", ConnKind::Worker, id, 0, vec![], 8)
+                .unwrap();
+        }
+        for _ in 0..3 {
+            assert!(matches!(
+                all.acquire(&e, ConnKind::Worker, None, alice, 0),
+                Acquire::Got { .. }
+            ));
+        }
+    }
+
     #[test]
     fn acquire_prefers_local_and_waits() {
         let r = Registry::default();
@@ -370,30 +496,30 @@ mod tests {
             ),
             Err(RegisterError::TenantMismatch)
         );
-        match r.acquire(&e, ConnKind::Worker, Some("d"), "t", 1) {
+        match r.acquire(&e, ConnKind::Worker, Some("d"), t("t"), 1) {
             Acquire::Got { conn, shard } => assert_eq!((conn, shard), (b, 1)),
             _ => panic!("expected the shard-1 worker"),
         }
         assert!(
-            matches!(r.acquire(&e, ConnKind::Worker, Some("d"), "t", 1), Acquire::Got { conn, .. } if conn == a)
+            matches!(r.acquire(&e, ConnKind::Worker, Some("d"), t("t"), 1), Acquire::Got { conn, .. } if conn == a)
         );
         assert!(matches!(
-            r.acquire(&e, ConnKind::Worker, Some("d"), "other", 0),
+            r.acquire(&e, ConnKind::Worker, Some("d"), t("other"), 0),
             Acquire::OtherTenant
         ));
-        let Acquire::Busy(rx) = r.acquire(&e, ConnKind::Worker, Some("d"), "t", 0) else {
+        let Acquire::Busy(rx) = r.acquire(&e, ConnKind::Worker, Some("d"), t("t"), 0) else {
             panic!("expected busy")
         };
         r.release(&e, a, 1);
         assert!(rx.try_recv().is_ok());
         assert!(matches!(
-            r.acquire(&e, ConnKind::Relay, None, "t", 0),
+            r.acquire(&e, ConnKind::Relay, None, t("t"), 0),
             Acquire::Offline
         ));
         r.remove(&e, a);
         r.remove(&e, b);
         assert!(matches!(
-            r.acquire(&e, ConnKind::Worker, None, "t", 0),
+            r.acquire(&e, ConnKind::Worker, None, t("t"), 0),
             Acquire::Offline
         ));
         assert_eq!(r.stats().edges_online, 0);

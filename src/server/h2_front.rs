@@ -2,11 +2,20 @@
 //! connector tunnel): TCP, TLS with `[tls]`'s certificate and ALPN `h2`,
 //! a bound on open connections, and what the handshake proved ([`FrontInfo`],
 //! in every request's extensions) for tonic's server.
+//!
+//! A connection is *unauthenticated* until one of its calls passes the
+//! front's gate ([`super::h2_gate`]). Until then it is bounded like a
+//! WebSocket before its `auth`: at most `max_unauthenticated` such
+//! connections per front (a newcomer evicts the oldest), each closed
+//! `timeouts.auth_ms` after its handshake — enforced in the connection's
+//! own reads and writes, so it holds whether or not the client reads.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +27,7 @@ use tonic::transport::server::Connected;
 
 use crate::auth::edge_auth::{CertTenant, Transport};
 use crate::server::tls_front::{client_tenant, handshake_failed};
+use crate::shard::metrics::PreAuthStats;
 use crate::tls::Material;
 
 /// What a connection's handshake proved, for the calls on it.
@@ -27,6 +37,89 @@ pub struct FrontInfo {
     pub tls: bool,
     /// The tenant a verified client certificate names (its CN).
     pub tenant: Option<CertTenant>,
+    /// Whether a call on this connection has authenticated yet.
+    pub auth: Arc<ConnAuth>,
+}
+
+/// One connection's authentication state, shared by its calls (through
+/// [`FrontInfo`]) and its I/O ([`Conn`]).
+#[derive(Debug)]
+pub struct ConnAuth {
+    authenticated: AtomicBool,
+    /// Still counted in `stats.open` (given back once, by whichever of
+    /// authentication or closing comes first).
+    counted: AtomicBool,
+    evicted: AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+    stats: Arc<PreAuthStats>,
+}
+
+impl ConnAuth {
+    fn new(stats: Arc<PreAuthStats>) -> Self {
+        stats.open.fetch_add(1, Relaxed);
+        ConnAuth {
+            authenticated: AtomicBool::new(false),
+            counted: AtomicBool::new(true),
+            evicted: AtomicBool::new(false),
+            waker: futures_util::task::AtomicWaker::new(),
+            stats,
+        }
+    }
+
+    /// A call on this connection passed the gate: its deadline and the
+    /// eviction no longer apply.
+    pub fn authenticated(&self) {
+        self.authenticated.store(true, Relaxed);
+        self.leave();
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Relaxed)
+    }
+
+    fn leave(&self) {
+        if self.counted.swap(false, Relaxed) {
+            self.stats.open.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Closes the connection if it has not authenticated; false if it has.
+    fn evict(&self) -> bool {
+        if self.is_authenticated() {
+            return false;
+        }
+        self.evicted.store(true, Relaxed);
+        self.waker.wake();
+        true
+    }
+}
+
+/// What bounds a front's unauthenticated connections.
+#[derive(Clone)]
+pub struct PreAuth {
+    pub max: usize,
+    pub deadline: Duration,
+    pub stats: Arc<PreAuthStats>,
+}
+
+/// A front's unauthenticated connections, oldest first.
+#[derive(Default)]
+struct Waiting(Mutex<VecDeque<Weak<ConnAuth>>>);
+
+impl Waiting {
+    /// Lists a new connection; at the bound, evicts the oldest one still
+    /// unauthenticated first.
+    fn admit(&self, auth: &Arc<ConnAuth>, max: usize) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        q.retain(|w| w.upgrade().is_some_and(|a| !a.is_authenticated()));
+        while q.len() >= max {
+            match q.pop_front().and_then(|w| w.upgrade()) {
+                Some(old) if old.evict() => old.stats.closed.fetch_add(1, Relaxed),
+                _ => continue,
+            };
+        }
+        q.push_back(Arc::downgrade(auth));
+    }
 }
 
 impl FrontInfo {
@@ -52,10 +145,11 @@ pub fn incoming(
     tls: Option<Arc<Material>>,
     handshake: Duration,
     max: usize,
+    preauth: PreAuth,
     what: &'static str,
 ) -> impl futures_util::Stream<Item = std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Conn>>(64);
-    tokio::spawn(accept(listener, tls, tx, handshake, max, what));
+    tokio::spawn(accept(listener, tls, tx, handshake, max, preauth, what));
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
 }
 
@@ -68,9 +162,11 @@ async fn accept(
     tx: tokio::sync::mpsc::Sender<std::io::Result<Conn>>,
     handshake: Duration,
     max: usize,
+    preauth: PreAuth,
     what: &'static str,
 ) {
     let limit = Arc::new(tokio::sync::Semaphore::new(max));
+    let waiting = Arc::new(Waiting::default());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -86,20 +182,27 @@ async fn accept(
         };
         let _ = tcp.set_nodelay(true);
         let (tx, tls) = (tx.clone(), tls.clone());
+        let (preauth, waiting) = (preauth.clone(), waiting.clone());
         tokio::spawn(async move {
-            let Some(m) = tls else {
+            let conn = |io: Io, tenant: Option<CertTenant>| {
+                let auth = Arc::new(ConnAuth::new(preauth.stats.clone()));
+                waiting.admit(&auth, preauth.max);
                 let info = FrontInfo {
                     peer: Some(peer),
-                    tls: false,
-                    tenant: None,
+                    tls: matches!(io, Io::Tls(_)),
+                    tenant,
+                    auth: auth.clone(),
                 };
-                let _ = tx
-                    .send(Ok(Conn {
-                        io: Io::Plain(tcp),
-                        info,
-                        _place: place,
-                    }))
-                    .await;
+                Conn {
+                    io,
+                    info,
+                    auth,
+                    deadline: Some(Box::pin(tokio::time::sleep(preauth.deadline))),
+                    _place: place,
+                }
+            };
+            let Some(m) = tls else {
+                let _ = tx.send(Ok(conn(Io::Plain(tcp), None))).await;
                 return;
             };
             // HTTP/2: the same certificate and client CA, ALPN h2.
@@ -113,17 +216,7 @@ async fn accept(
             };
             m.stats.handshakes.fetch_add(1, Relaxed);
             let tenant = client_tenant(s.get_ref().1, peer);
-            let info = FrontInfo {
-                peer: Some(peer),
-                tls: true,
-                tenant,
-            };
-            let conn = Conn {
-                io: Io::Tls(Box::new(s)),
-                info,
-                _place: place,
-            };
-            let _ = tx.send(Ok(conn)).await;
+            let _ = tx.send(Ok(conn(Io::Tls(Box::new(s)), tenant))).await;
         });
     }
 }
@@ -133,7 +226,43 @@ async fn accept(
 pub struct Conn {
     io: Io,
     info: FrontInfo,
+    auth: Arc<ConnAuth>,
+    /// Until a call authenticates: when the connection is closed.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Conn {
+    /// Fails the connection's I/O once it is evicted or past its deadline
+    /// without an authenticated call. Checked on every read and write, and
+    /// the deadline's timer wakes the read, so a client that sends nothing
+    /// and reads nothing is closed all the same.
+    fn refused(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        if self.auth.is_authenticated() {
+            self.deadline = None;
+            return None;
+        }
+        let why = if self.auth.evicted.load(Relaxed) {
+            "evicted: too many unauthenticated connections"
+        } else {
+            self.auth.waker.register(cx.waker());
+            let d = self.deadline.as_mut()?;
+            if d.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            self.auth.stats.closed.fetch_add(1, Relaxed);
+            self.deadline = None;
+            self.auth.evicted.store(true, Relaxed);
+            "no authenticated call in time"
+        };
+        Some(std::io::Error::new(std::io::ErrorKind::TimedOut, why))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.auth.leave();
+    }
 }
 
 enum Io {
@@ -155,7 +284,11 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if let Some(e) = this.refused(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match &mut this.io {
             Io::Plain(t) => Pin::new(t).poll_read(cx, buf),
             Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
         }
@@ -168,7 +301,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if let Some(e) = this.refused(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match &mut this.io {
             Io::Plain(t) => Pin::new(t).poll_write(cx, buf),
             Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
         }
@@ -179,7 +316,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if let Some(e) = this.refused(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match &mut this.io {
             Io::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
             Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
         }

@@ -6,6 +6,7 @@ pub mod accept;
 pub mod admin;
 mod flight;
 mod h2_front;
+mod h2_gate;
 mod mailbox;
 mod pair;
 mod route;

@@ -15,7 +15,6 @@ use crate::auth::edge_auth::Transport;
 use crate::config::Config;
 use crate::edge;
 use crate::ids::{EdgeId, SessionId};
-use crate::server::admin;
 use crate::session::browser;
 use crate::shard::metrics::ShardMetrics;
 use crate::shard::reply::{answer, reject, respond};
@@ -86,12 +85,13 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
             let body = body.as_bytes().to_vec();
             answer(stream, &req.method, status, "text/plain", body).await
         }
+        // The admin endpoints have a listener of their own (`admin.listen`).
         p if p.starts_with("/admin/") => {
-            let source = transport.source(|| stream.peer_addr().ok().map(|a| a.ip()));
-            match admin::handle(&shard, source, &req) {
-                Ok((status, ctype, body)) => respond(stream, status, ctype, body).await,
-                Err(e) => reject(&shard, stream, &e).await,
-            }
+            let e = HttpError::new(
+                404,
+                "no such endpoint (admin endpoints are on admin.listen)",
+            );
+            reject(&shard, stream, &e).await
         }
         "/metrics" => {
             let body = shard.shared.metrics.render(&shard.shared.snapshot());

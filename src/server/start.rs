@@ -29,6 +29,7 @@ pub struct Gateway {
     tls_addr: Option<SocketAddr>,
     flight_addr: Option<SocketAddr>,
     grpc_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     driver: &'static str,
 }
 
@@ -153,6 +154,14 @@ impl Gateway {
             };
             Some((listener, material, url, Arc::new(FlightStats::default())))
         };
+        let admin = if cfg.admin.token.is_empty() {
+            None
+        } else {
+            let at: SocketAddr = cfg.admin.listen.parse().context("admin.listen")?;
+            let listener = bind_as(at, 0, false)
+                .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
+            Some(listener)
+        };
         let grpc = if cfg.grpc.listen.is_empty() {
             None
         } else {
@@ -196,11 +205,12 @@ impl Gateway {
             cfg.auth.admin_failure_sources,
         );
         let spent_cap = cfg.limits.max_spent_sessions;
+        let registry = Registry::with_worker_share(cfg.limits.worker_share);
         let shared = Arc::new(Shared {
             cfg,
             verifier,
             edge_keys,
-            registry: Registry::default(),
+            registry,
             feeds: Feeds::default(),
             metrics: Metrics::new(n),
             mailboxes: txs,
@@ -296,6 +306,14 @@ impl Gateway {
             }
             None => None,
         };
+        let admin_addr = match admin {
+            Some(listener) => {
+                let at = crate::server::admin::start(shared.clone(), listener)?;
+                tracing::info!(addr = %at, "admin listening");
+                Some(at)
+            }
+            None => None,
+        };
         revocation_link::start(shared.clone()).context("cannot start the revocation thread")?;
         if let Some((_, rx)) = ends {
             crate::cluster::session_end::start(shared.clone(), rx)
@@ -310,6 +328,7 @@ impl Gateway {
             tls_addr,
             flight_addr,
             grpc_addr,
+            admin_addr,
             driver,
         })
     }
@@ -326,6 +345,11 @@ impl Gateway {
     /// The Flight listener's address, when `flight.listen` is set.
     pub fn flight_addr(&self) -> Option<SocketAddr> {
         self.flight_addr
+    }
+
+    /// The admin listener's address, when `admin.token` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The TLS listener's address, when `tls.listen` is set.

@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -18,15 +18,16 @@ use crate::ids::{EdgeId, SessionId};
 use crate::session::actions::{Actions, Closer};
 use crate::session::quota::Quota;
 use crate::session::{fanout, other_tenant, query, relay, BrowserReader, Flow, Session};
+use crate::shard::metrics::ShardMetrics;
 use crate::shard::reply::reject;
-use crate::shard::{CloserGuard, RevokerGuard, Shard};
+use crate::shard::{CloserGuard, RevokerGuard, Shard, Shared, Waiting};
 use crate::wire::closing;
 use crate::wire::frame::MaskRule;
 use crate::wire::http::{self, HttpError, Request};
 use crate::wire::keepalive::{self, Liveness};
 use crate::wire::message::{self, close, ErrorCode, Refusal};
 use crate::wire::outbox::Outbox;
-use crate::wire::peer::{close_code, Incoming, Peer, PeerError, ViaOutbox};
+use crate::wire::peer::{close_code, Incoming, Peer, PeerError, PreAuth, ViaOutbox};
 use crate::wire::reader::{FrameReader, Interrupter};
 
 /// Counts an open session on its shard and globally, for exactly its life.
@@ -148,13 +149,21 @@ async fn open(
         return None;
     }
     // Unauthenticated sessions are bounded as a whole, and each may send
-    // only a small message (an `auth`) until it has authenticated.
+    // only a small message (an `auth`) until it has authenticated. At the
+    // bound a newcomer evicts this shard's oldest (as for request heads).
     let max = cfg.limits.max_unauthenticated;
-    let Some(unauthenticated) = shard.shared.admit(|s| &s.unauthenticated, max) else {
-        let e = HttpError::new(503, "too many sessions are authenticating; retry").retry_after(1);
-        reject(shard, stream, &e).await;
-        return None;
+    let count: fn(&Shared) -> &AtomicUsize = |s| &s.unauthenticated;
+    let unauthenticated = match shard.shared.admit(count, max) {
+        Some(p) => p,
+        None if shard.evict_oldest(Waiting::Unauthenticated) => shard.shared.admit_anyway(count),
+        None => {
+            let e =
+                HttpError::new(503, "too many sessions are authenticating; retry").retry_after(1);
+            reject(shard, stream, &e).await;
+            return None;
+        }
     };
+    let listed = shard.wait_on(Waiting::Unauthenticated);
     let token = header_token(&req);
     drop(req);
     if stream
@@ -167,18 +176,39 @@ async fn open(
     }
     let count = SessionCount::new(shard);
     let (rd, wr) = stream.into_split();
-    let outbox = Outbox::new(cfg.limits.session_buffer_bytes);
-    outbox.attach(wr, Duration::from_millis(cfg.timeouts.write_stall_ms));
-    // An idle session reads only small JSON messages: a small buffer (it
-    // starts in what is left of the request head's).
+    // Until it authenticates, what the gateway owes a session (pongs, its
+    // refusal) is bounded by the auth message's size and must leave within
+    // the auth deadline, whether or not the client reads.
     let pre_auth = cfg
         .limits
         .max_auth_message_bytes
         .min(cfg.limits.max_text_bytes);
+    let auth_wait = Duration::from_millis(cfg.timeouts.auth_ms);
+    let outbox = Outbox::new(pre_auth);
+    outbox.attach(wr, auth_wait);
+    // An idle session reads only small JSON messages: a small buffer (it
+    // starts in what is left of the request head's).
     let mut reader = FrameReader::new(rd, buffered, MaskRule::Required, pre_auth).with_chunk(512);
 
-    let authenticated = authenticate(shard, &mut reader, &outbox, token, &sid).await;
+    let authenticated = monoio::select! {
+        a = authenticate(shard, &mut reader, &outbox, token, &sid) => a,
+        _ = listed.evicted.recv_async() => {
+            ShardMetrics::inc(&shard.metrics().unauthenticated_evicted);
+            Err(Refusal::new(
+                close::AUTH_TIMEOUT,
+                ErrorCode::AuthTimeout,
+                "authentication too slow while others were waiting",
+            ))
+        }
+    };
+    drop(listed);
     drop(unauthenticated);
+    if authenticated.is_ok() {
+        outbox.set_limits(
+            cfg.limits.session_buffer_bytes,
+            Duration::from_millis(cfg.timeouts.write_stall_ms),
+        );
+    }
     // Past authentication come small actions (or, in relay mode, data, and
     // the relay sets its own chunk). The request head's buffer, or one
     // sized for a token, is more than an idle session needs: the next read
@@ -249,7 +279,7 @@ async fn next_text(
     outbox: &Outbox,
     max: usize,
 ) -> Result<String, Refusal> {
-    let mut peer = Peer::new(reader, ViaOutbox(outbox.clone()), max);
+    let mut peer = Peer::new(reader, PreAuth::new(outbox.clone()), max);
     loop {
         match peer.next().await {
             Ok(Incoming::Text(t)) => return Ok(t),
@@ -262,6 +292,9 @@ async fn next_text(
                 ))
             }
             Ok(Incoming::Data(_)) => return Err(Refusal::bad_request("expected a text message")),
+            Err(PeerError::Write(e)) if PreAuth::is_flood(&e) => {
+                return Err(Refusal::bad_request(e.to_string()))
+            }
             Err(e) => return Err(read_failure(e)),
         }
     }

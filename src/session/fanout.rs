@@ -28,8 +28,8 @@ use sluice_protocol::connector::{GatewayRequest, Reply, ReplyKind};
 
 use crate::edge::{self, EdgeConn, Release};
 use crate::ids::FeedKey;
-use crate::registry::ConnKind;
 use crate::registry::{lock, Entry, Event};
+use crate::registry::{ConnKind, Who};
 use crate::session::{check_dataset, Flow, Session};
 use crate::shard::{Shard, ShardMsg};
 use crate::wire::keepalive;
@@ -356,22 +356,27 @@ fn retire_feed(shard: &Shard, key: &FeedKey, entry: &Arc<Mutex<Entry>>, force: b
 async fn own(shard: Rc<Shard>, key: FeedKey, entry: Arc<Mutex<Entry>>, tenant: String) {
     let (edge, dataset) = key.clone();
     let ended = |event: ServerEvent| message::text(&event);
-    let mut lease =
-        match edge::acquire(&shard, &edge, ConnKind::Worker, Some(&dataset), &tenant).await {
-            Ok(lease) => lease,
-            Err(_) => {
-                retire_feed(&shard, &key, &entry, true);
-                broadcast(
-                    &entry,
-                    Event::End(ended(ServerEvent::Error {
-                        code: ErrorCode::EdgeOffline,
-                        dataset: Some(dataset.clone()),
-                        message: format!("no connector worker of edge {edge} for the live feed"),
-                    })),
-                );
-                return;
-            }
-        };
+    // The feed serves every viewer: held as the tenant's, no subject's.
+    let who = Who {
+        tenant: &tenant,
+        sub: "",
+    };
+    let mut lease = match edge::acquire(&shard, &edge, ConnKind::Worker, Some(&dataset), who).await
+    {
+        Ok(lease) => lease,
+        Err(_) => {
+            retire_feed(&shard, &key, &entry, true);
+            broadcast(
+                &entry,
+                Event::End(ended(ServerEvent::Error {
+                    code: ErrorCode::EdgeOffline,
+                    dataset: Some(dataset.clone()),
+                    message: format!("no connector worker of edge {edge} for the live feed"),
+                })),
+            );
+            return;
+        }
+    };
     let rid = format!("feed-{}", shard.shared.registry.new_conn_id());
     shard.metrics().streams_started.fetch_add(1, Relaxed);
     local()

@@ -111,7 +111,7 @@ async fn take_worker(sess: &Rc<Session>, dataset: &str) -> Result<edge::Lease, F
         &sess.edge,
         ConnKind::Worker,
         Some(dataset),
-        &sess.claims.tenant,
+        sess.who(),
     )
     .await;
     match lease {
@@ -246,6 +246,7 @@ async fn stream(
         None,
     );
     let metrics = shard.metrics();
+    let reader_stall = Duration::from_millis(cfg.timeouts.reader_stall_ms);
     // `request_ms` measures the stream's progress: pongs do not count.
     let mut peer = Peer::new(&mut w.reader, Direct, cfg.limits.max_text_bytes)
         .watched(live)
@@ -402,12 +403,29 @@ async fn stream(
                 Err(_) => return End::Cancel(Flow::Ended),
             }
             // Backpressure: stop reading the connector until the browser
-            // has taken enough; TCP does the rest.
-            if sess.outbox.space().await.is_err() {
-                return End::Cancel(Flow::Ended);
+            // has taken enough; TCP does the rest. A browser that takes
+            // nothing for `timeouts.reader_stall_ms` is ended (4409), so
+            // that the worker goes back to its edge instead of waiting on
+            // a client that may never read again.
+            match sess.outbox.space_within(reader_stall).await {
+                Ok(true) => {}
+                Ok(false) => return End::Cancel(Flow::Close(stopped_reading(reader_stall))),
+                Err(_) => return End::Cancel(Flow::Ended),
             }
         }
     }
+}
+
+/// Why a stream whose client stopped reading was ended.
+fn stopped_reading(stall: Duration) -> Refusal {
+    Refusal::new(
+        close::SLOW_CONSUMER,
+        ErrorCode::SlowConsumer,
+        format!(
+            "the client read nothing for {} ms: the stream was ended to give the connector worker back (timeouts.reader_stall_ms)",
+            stall.as_millis()
+        ),
+    )
 }
 
 fn strip(text: &str) -> Value {

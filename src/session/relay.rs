@@ -38,15 +38,7 @@ enum Dir {
 pub async fn run(sess: &Rc<Session>, mut browser: BrowserReader) -> Option<BrowserReader> {
     let shard = &sess.shard;
     let cfg = shard.cfg();
-    let lease = match edge::acquire(
-        shard,
-        &sess.edge,
-        ConnKind::Relay,
-        None,
-        &sess.claims.tenant,
-    )
-    .await
-    {
+    let lease = match edge::acquire(shard, &sess.edge, ConnKind::Relay, None, sess.who()).await {
         Ok(lease) => lease,
         Err(Unavailable::OtherTenant) => {
             sess.fail(other_tenant());

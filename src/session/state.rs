@@ -12,6 +12,7 @@ use sluice_protocol::browser::ServerEvent;
 
 use crate::auth::token::Claims;
 use crate::ids::{EdgeId, FeedKey, SessionId};
+use crate::registry::Who;
 use crate::session::quota::Quota;
 use crate::shard::Shard;
 use crate::wire::message::{self, close, ErrorCode, Refusal};
@@ -89,6 +90,14 @@ impl Session {
         }
         if let Some(i) = self.reader.borrow().as_ref() {
             i.interrupt();
+        }
+    }
+
+    /// Whom the edge's workers serve for this session (its fair share).
+    pub fn who(&self) -> Who<'_> {
+        Who {
+            tenant: &self.claims.tenant,
+            sub: &self.claims.sub,
         }
     }
 

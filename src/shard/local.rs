@@ -41,12 +41,27 @@ pub struct Shard {
     /// Connections on this shard still sending their request head, oldest
     /// first, each with the sender that evicts it.
     handshakes: RefCell<VecDeque<(u64, flume::Sender<()>)>>,
+    /// Upgraded sessions on this shard not yet authenticated, likewise.
+    unauthenticated: RefCell<VecDeque<(u64, flume::Sender<()>)>>,
 }
 
-/// A connection waiting for its request head, listed on its shard; the
-/// receiver fires when a newer connection evicted it.
+/// Which of a shard's waiting lists a connection is on: both are bounded
+/// as a whole, and at the bound a newcomer evicts the oldest (a real
+/// client sends its head and its token at once; those that linger are the
+/// slow, the idle and the hostile).
+#[derive(Clone, Copy)]
+pub enum Waiting {
+    /// Sending its request head.
+    Handshake,
+    /// Upgraded, not yet authenticated.
+    Unauthenticated,
+}
+
+/// A connection listed on its shard's waiting list; the receiver fires
+/// when a newer connection evicted it.
 pub struct Handshake {
     shard: Rc<Shard>,
+    list: Waiting,
     id: u64,
     pub evicted: flume::Receiver<()>,
 }
@@ -54,7 +69,7 @@ pub struct Handshake {
 impl Drop for Handshake {
     fn drop(&mut self) {
         self.shard
-            .handshakes
+            .list(self.list)
             .borrow_mut()
             .retain(|(id, _)| *id != self.id);
     }
@@ -102,17 +117,31 @@ impl Shard {
             next_local: Cell::new(0),
             closing: Cell::new(false),
             handshakes: RefCell::new(VecDeque::new()),
+            unauthenticated: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    fn list(&self, which: Waiting) -> &RefCell<VecDeque<(u64, flume::Sender<()>)>> {
+        match which {
+            Waiting::Handshake => &self.handshakes,
+            Waiting::Unauthenticated => &self.unauthenticated,
         }
     }
 
     /// Lists a connection that is about to send its request head.
     pub fn handshake_started(self: &Rc<Self>) -> Handshake {
+        self.wait_on(Waiting::Handshake)
+    }
+
+    /// Lists a connection on one of the shard's waiting lists.
+    pub fn wait_on(self: &Rc<Self>, list: Waiting) -> Handshake {
         let id = self.next_local.get() + 1;
         self.next_local.set(id);
         let (tx, rx) = flume::bounded(1);
-        self.handshakes.borrow_mut().push_back((id, tx));
+        self.list(list).borrow_mut().push_back((id, tx));
         Handshake {
             shard: self.clone(),
+            list,
             id,
             evicted: rx,
         }
@@ -121,7 +150,12 @@ impl Shard {
     /// Evicts this shard's oldest connection still sending its request
     /// head; false when there is none.
     pub fn evict_oldest_handshake(&self) -> bool {
-        match self.handshakes.borrow_mut().pop_front() {
+        self.evict_oldest(Waiting::Handshake)
+    }
+
+    /// Evicts the oldest connection on `list`; false when there is none.
+    pub fn evict_oldest(&self, list: Waiting) -> bool {
+        match self.list(list).borrow_mut().pop_front() {
             Some((_, tx)) => tx.try_send(()).is_ok(),
             None => false,
         }

@@ -33,6 +33,8 @@ pub struct ShardMetrics {
     pub http_rejections: AtomicU64,
     /// Connections evicted while sending their request head, to make room.
     pub handshakes_evicted: AtomicU64,
+    /// Sessions evicted before authenticating, to make room.
+    pub unauthenticated_evicted: AtomicU64,
     pub auth_failures: [AtomicU64; TokenError::ALL.len()],
     pub edge_auth_failures: AtomicU64,
     /// Admin requests refused for a missing or wrong token, or locked out.
@@ -91,11 +93,25 @@ pub struct Snapshot {
     pub flight: Option<Arc<FlightStats>>,
     /// `None` when there is no gRPC listener.
     pub grpc: Option<Arc<TunnelStats>>,
+    /// The dependencies this gateway is configured to use.
+    pub dependencies: Vec<&'static crate::shard::health::Outage>,
+}
+
+/// An HTTP/2 front's connections that have not yet made an authenticated
+/// call (`max_unauthenticated`, closed past `timeouts.auth_ms`).
+#[derive(Debug, Default)]
+pub struct PreAuthStats {
+    /// Open now.
+    pub open: AtomicU64,
+    /// Closed without ever authenticating: past the deadline, or evicted
+    /// for a newer one at the bound.
+    pub closed: AtomicU64,
 }
 
 /// The gRPC connector tunnel's counters (`[grpc] listen`).
 #[derive(Debug, Default)]
 pub struct TunnelStats {
+    pub preauth: Arc<PreAuthStats>,
     /// gRPC connectors registered now.
     pub connectors: AtomicU64,
     /// `Connect` and `Serve` calls refused (bad first message, unknown
@@ -108,6 +124,7 @@ pub struct TunnelStats {
 /// The Flight front's counters (`[flight] listen`).
 #[derive(Debug, Default)]
 pub struct FlightStats {
+    pub preauth: Arc<PreAuthStats>,
     /// Calls received.
     pub calls: AtomicU64,
     /// Calls refused or failed (a status other than OK).
@@ -186,6 +203,9 @@ impl Metrics {
             snap.relay_idle as i64,
         );
 
+        for dep in &snap.dependencies {
+            dependency_series(&mut out, dep);
+        }
         if let Some(g) = &snap.grpc {
             let get = |a: &AtomicU64| a.load(Relaxed);
             series(
@@ -209,6 +229,7 @@ impl Metrics {
                 "ArrowChunks passed from gRPC connectors to the shards",
                 get(&g.chunks),
             );
+            preauth_series(&mut out, "grpc", &g.preauth);
         }
         if let Some(f) = &snap.flight {
             let get = |a: &AtomicU64| a.load(Relaxed);
@@ -240,6 +261,7 @@ impl Metrics {
                 "Session tokens with a gateway session held open by the Flight front",
                 get(&f.sessions),
             );
+            preauth_series(&mut out, "flight", &f.preauth);
         }
         if let Some(t) = &snap.tls {
             series(
@@ -331,7 +353,7 @@ impl Metrics {
             );
         }
         type Get = fn(&ShardMetrics) -> i64;
-        let per_shard: [(&str, &str, &str, Get); 19] = [
+        let per_shard: [(&str, &str, &str, Get); 20] = [
             (
                 "sluice_sessions_active",
                 "gauge",
@@ -435,6 +457,12 @@ impl Metrics {
                 |s| s.handshakes_evicted.load(Relaxed) as i64,
             ),
             (
+                "sluice_unauthenticated_evicted_total",
+                "counter",
+                "Upgraded sessions closed (4408) before authenticating, to make room for newer ones (limits.max_unauthenticated)",
+                |s| s.unauthenticated_evicted.load(Relaxed) as i64,
+            ),
+            (
                 "sluice_edge_auth_failures_total",
                 "counter",
                 "Connector or edge connections refused for a bad Edge-Key",
@@ -472,4 +500,42 @@ impl Metrics {
         }
         out
     }
+}
+
+/// An HTTP/2 front's pre-authentication series.
+fn preauth_series(out: &mut String, front: &str, p: &PreAuthStats) {
+    series(
+        out,
+        &format!("sluice_{front}_unauthenticated_connections"),
+        "gauge",
+        "Connections that have not made an authenticated call yet",
+        p.open.load(Relaxed),
+    );
+    series(
+        out,
+        &format!("sluice_{front}_unauthenticated_closed_total"),
+        "counter",
+        "Connections closed before any authenticated call: past timeouts.auth_ms, or evicted at max_unauthenticated",
+        p.closed.load(Relaxed),
+    );
+}
+
+/// A dependency's health: up or down now, failures and outages so far.
+fn dependency_series(out: &mut String, d: &crate::shard::health::Outage) {
+    let name = d.what();
+    let _ = writeln!(
+        out,
+        "# HELP sluice_dependency_up Whether the dependency answered its last call (1) or is down (0)\n# TYPE sluice_dependency_up gauge\nsluice_dependency_up{{dependency=\"{name}\"}} {}",
+        u8::from(!d.is_down())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sluice_dependency_failures_total Calls to the dependency that failed\n# TYPE sluice_dependency_failures_total counter\nsluice_dependency_failures_total{{dependency=\"{name}\"}} {}",
+        d.failures()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sluice_dependency_outages_total Times the dependency went down\n# TYPE sluice_dependency_outages_total counter\nsluice_dependency_outages_total{{dependency=\"{name}\"}} {}",
+        d.outages()
+    );
 }

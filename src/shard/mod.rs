@@ -2,12 +2,13 @@
 //! Shards share [`Shared`] and talk only through their mailboxes
 //! ([`ShardMsg`]), for rare events; forwarding never crosses a shard.
 
+pub mod health;
 mod local;
 pub mod metrics;
 mod msg;
 pub mod reply;
 mod shared;
 
-pub use local::{CloserGuard, IdleSlot, RevokerGuard, Shard};
+pub use local::{CloserGuard, IdleSlot, RevokerGuard, Shard, Waiting};
 pub use msg::{ConnMeta, MovedConn, ShardMsg};
 pub use shared::Shared;

@@ -11,7 +11,7 @@ use crate::auth::token::Verifier;
 use crate::config::{Config, EdgeKeys};
 use crate::registry::{EndReports, Feeds, Registry, SpendLink, Spends};
 use crate::shard::metrics::{FlightStats, Metrics, Snapshot, TlsSnapshot, TunnelStats};
-use crate::shard::ShardMsg;
+use crate::shard::{health, ShardMsg};
 use crate::static_files::StaticFiles;
 use crate::tls::Material;
 
@@ -100,6 +100,17 @@ impl Shared {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// The dependencies this gateway is configured to use.
+    fn dependencies(&self) -> Vec<&'static health::Outage> {
+        let mut deps = Vec::new();
+        if !self.cfg.revocation.redis_url.is_empty() {
+            deps.push(&health::REDIS);
+        } else if !self.cfg.control.url.is_empty() {
+            deps.push(&health::CONTROL_PLANE);
+        }
+        deps
+    }
+
     pub fn shard_count(&self) -> usize {
         self.mailboxes.len()
     }
@@ -150,6 +161,7 @@ impl Shared {
             }),
             flight: self.flight.as_ref().map(|(s, _)| s.clone()),
             grpc: self.grpc.clone(),
+            dependencies: self.dependencies(),
         }
     }
 }

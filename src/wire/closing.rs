@@ -15,16 +15,25 @@ use monoio::io::AsyncReadRent;
 /// discarded, so a small buffer serves and bounds the memory.
 const DISCARD_CHUNK: usize = 1024;
 
-/// Reads and discards until end of stream, an error, or `max` has passed.
+/// At most this much is read while lingering: enough for whatever a
+/// client had in flight when it was refused, and no more for one that
+/// keeps sending after the close (a flood), whose socket is then closed
+/// with what it sent still unread.
+pub const LINGER_BYTES: usize = 1 << 20;
+
+/// Reads and discards until end of stream, an error, [`LINGER_BYTES`], or
+/// `max` has passed.
 pub async fn linger<R: AsyncReadRent>(mut io: R, max: Duration) {
     let drain = async {
         let mut buf = Vec::with_capacity(DISCARD_CHUNK);
-        loop {
+        let mut read = 0;
+        while read < LINGER_BYTES {
             let (res, b) = io.read(buf).await;
             match res {
-                Ok(n) if n > 0 => buf = b,
+                Ok(n) if n > 0 => read += n,
                 _ => return,
             }
+            buf = b;
             buf.clear();
         }
     };

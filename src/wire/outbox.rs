@@ -288,9 +288,9 @@ impl Inner {
         self.queue_unsent(sent, pieces.into_iter())
     }
 
-    /// The parked socket half and its stall timeout, for a writer task.
-    fn take_parked(&mut self) -> Option<(Writer, Duration)> {
-        self.parked.take().map(|io| (io, self.stall))
+    /// The parked socket half, for a writer task.
+    fn take_parked(&mut self) -> Option<Writer> {
+        self.parked.take()
     }
 
     /// Queues one piece for the writer (`continues`: the second piece of
@@ -395,6 +395,39 @@ impl Outbox {
         self.kick();
     }
 
+    /// Raises (or lowers) the queue's cap and the stall timeout: a session
+    /// starts under the small pre-authentication bounds and gets its
+    /// working ones once it has authenticated. A writer already running
+    /// applies the new stall from its next write.
+    pub fn set_limits(&self, cap: usize, stall: Duration) {
+        let mut g = self.0.borrow_mut();
+        let woke = g.queued >= g.cap && g.queued < cap;
+        g.cap = cap;
+        g.stall = stall;
+        if woke {
+            for w in g.waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Queues a control answer (a pong) only if the queue is under its cap;
+    /// `false`: dropped. For a peer not yet authenticated, whose unread
+    /// answers must not hold memory: RFC 6455 lets a pong answer only the
+    /// latest ping, so dropping them loses nothing a reading peer needs.
+    pub fn push_if_room(&self, frame: Bytes) -> Result<bool, Gone> {
+        {
+            let g = self.0.borrow();
+            if g.state != State::Open {
+                return Err(Gone);
+            }
+            if g.queued + frame.len() > g.cap {
+                return Ok(false);
+            }
+        }
+        self.push(frame).map(|()| true)
+    }
+
     /// The socket did not take a frame sent straight to it: the parked
     /// writer takes over the rest.
     #[cold]
@@ -403,9 +436,9 @@ impl Outbox {
         self.start_writer(job);
     }
 
-    fn start_writer(&self, job: Option<(Writer, Duration)>) {
-        if let Some((io, stall)) = job {
-            monoio::spawn(self.clone().run_writer(io, stall));
+    fn start_writer(&self, job: Option<Writer>) {
+        if let Some(io) = job {
+            monoio::spawn(self.clone().run_writer(io));
         }
     }
 
@@ -599,6 +632,23 @@ impl Outbox {
         .await
     }
 
+    /// [`Outbox::space`], giving up after `stall` without room: `Ok(false)`.
+    /// The timer is armed only when the queue is full, never per frame.
+    pub async fn space_within(&self, stall: Duration) -> Result<bool, Gone> {
+        {
+            let g = self.0.borrow();
+            match g.state {
+                State::Open if g.queued < g.cap => return Ok(true),
+                State::Open => {}
+                _ => return Err(Gone),
+            }
+        }
+        match monoio::time::timeout(stall, self.space()).await {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
     /// Waits until the writer has stopped (close written, or the peer gone).
     pub async fn finished(&self) {
         poll_fn(|cx| {
@@ -648,7 +698,7 @@ impl Outbox {
     /// socket half), the close frame is written, the peer is gone, or a
     /// write makes no progress for `stall`. Frames queued together go out
     /// in one `writev`.
-    async fn run_writer(self, mut io: Writer, stall: Duration) {
+    async fn run_writer(self, mut io: Writer) {
         loop {
             let Some((batch, last)) = self.next_batch() else {
                 // Nothing left: park. A later push starts a new writer.
@@ -658,6 +708,9 @@ impl Outbox {
                 return;
             };
             let mut pending = Gather::new(batch);
+            // Once per batch, off the per-frame path: `set_limits` may have
+            // changed it since this writer started.
+            let stall = self.0.borrow().stall;
             while !pending.is_empty() {
                 let (res, g) = match monoio::time::timeout(stall, io.writev(pending)).await {
                     Ok(r) => r,

@@ -81,6 +81,49 @@ impl<R> Answer<R> for ViaOutbox {
     }
 }
 
+/// Answers through the outbox of a peer that has not authenticated yet:
+/// an answer that does not fit under the outbox's small pre-authentication
+/// cap is dropped, never waited for. A peer that floods pings and never
+/// reads is thus still read, its auth deadline still ends it, and what it
+/// makes the gateway hold stays within that cap. Past
+/// [`PreAuth::MAX_CONTROL`] control frames the peer is refused: a client
+/// has nothing to ping about before it has sent its token, and a flood
+/// whose frames are always ready would otherwise keep its shard busy.
+pub struct PreAuth {
+    outbox: Outbox,
+    answered: u32,
+}
+
+impl PreAuth {
+    pub const MAX_CONTROL: u32 = 32;
+
+    pub fn new(outbox: Outbox) -> Self {
+        PreAuth {
+            outbox,
+            answered: 0,
+        }
+    }
+
+    /// Whether an error from [`Answer::send`] is the control-frame bound.
+    pub fn is_flood(e: &io::Error) -> bool {
+        e.kind() == io::ErrorKind::InvalidData
+    }
+}
+
+impl<R> Answer<R> for PreAuth {
+    async fn send(&mut self, _reader: &mut FrameReader<R>, frame: Bytes) -> io::Result<()> {
+        self.answered += 1;
+        if self.answered > Self::MAX_CONTROL {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "too many control frames before authentication",
+            ));
+        }
+        let closed = |_| io::Error::other("the peer's outbox is closed");
+        self.outbox.push_if_room(frame).map(|_| ()).map_err(closed)
+    }
+}
+
 /// Answers on the socket the reader reads.
 pub struct Direct;
 

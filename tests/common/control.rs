@@ -482,14 +482,11 @@ pub fn single_node_with(
     shards: usize,
     extra: &[(&str, &str)],
 ) -> (Control, super::Gateway) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let gw_addr = format!("127.0.0.1:{port}");
+    let gw_addr = format!("127.0.0.1:{}", free_port());
+    let admin_addr = format!("127.0.0.1:{}", free_port());
     let origin = format!("http://{gw_addr}");
-    let ctl = Control::start(dir, &["--gateway", &origin, "--cors-origin", &origin]);
+    let admin = format!("http://{admin_addr}");
+    let ctl = Control::start(dir, &["--gateway", &admin, "--cors-origin", &origin]);
     let keys = gateway_edge_keys();
     let jwks = ctl.jwks_url();
     let ctl_url = format!("http://{}", ctl.addr);
@@ -497,10 +494,20 @@ pub fn single_node_with(
         ("SLUICE_LISTEN", gw_addr.as_str()),
         ("SLUICE_CONTROL_URL", ctl_url.as_str()),
         ("SLUICE_ADMIN_TOKEN", GW_ADMIN_TOKEN),
+        ("SLUICE_ADMIN_LISTEN", admin_addr.as_str()),
         ("SLUICE_EDGE_KEYS", keys.as_str()),
         ("SLUICE_AUTH_JWKS_URL", jwks.as_str()),
     ];
     env.extend_from_slice(extra);
     let gw = super::Gateway::start(shards, &env);
     (ctl, gw)
+}
+
+/// A loopback port free now (bound, then let go), for a process to take.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

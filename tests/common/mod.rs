@@ -36,6 +36,8 @@ pub struct Gateway {
     pub flight_addr: Option<SocketAddr>,
     /// The gRPC connector listener, likewise.
     pub grpc_addr: Option<SocketAddr>,
+    /// The admin listener, when the gateway was given an admin token.
+    pub admin_addr: Option<SocketAddr>,
     pub child: Child,
     pub shards: usize,
     /// The I/O driver the gateway says it runs: "io_uring" or "epoll".
@@ -90,6 +92,13 @@ impl Gateway {
             )
             .stdout(Stdio::piped())
             .stderr(stderr);
+        let has = |var: &str| extra.iter().any(|(k, _)| *k == var);
+        // The admin listener opens with an admin token: on a port of its
+        // own, an ephemeral one here.
+        let admin = has("SLUICE_ADMIN_TOKEN");
+        if admin && !has("SLUICE_ADMIN_LISTEN") {
+            cmd.env("SLUICE_ADMIN_LISTEN", "127.0.0.1:0");
+        }
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -115,7 +124,7 @@ impl Gateway {
         // "sluice tls listening on ADDR", then "sluice flight listening
         // on ADDR", follow for the listeners asked for.
         let mut next_addr = |var: &str, prefix: &str| {
-            if !extra.iter().any(|(k, _)| *k == var) {
+            if !has(var) {
                 return None;
             }
             let mut l = String::new();
@@ -131,11 +140,13 @@ impl Gateway {
         let tls_addr = next_addr("SLUICE_TLS_LISTEN", "sluice tls listening on ");
         let flight_addr = next_addr("SLUICE_FLIGHT_LISTEN", "sluice flight listening on ");
         let grpc_addr = next_addr("SLUICE_GRPC_LISTEN", "sluice grpc listening on ");
+        let admin_addr = next_addr("SLUICE_ADMIN_TOKEN", "sluice admin listening on ");
         Gateway {
             addr,
             tls_addr,
             flight_addr,
             grpc_addr,
+            admin_addr,
             child,
             shards,
             driver,
@@ -170,6 +181,16 @@ impl Gateway {
         raw_http(
             self.addr,
             &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        )
+        .await
+    }
+
+    /// Plain HTTP GET on the admin listener, with `token` as the bearer.
+    pub async fn admin_get(&self, path: &str, token: &str) -> (u16, String) {
+        let addr = self.admin_addr.expect("started with SLUICE_ADMIN_TOKEN");
+        raw_http(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"),
         )
         .await
     }

@@ -291,6 +291,7 @@ fn main() -> Result<()> {
 
     let (ctl_proc, ctl) = start_control(&tmp, &["--redis", &redis_url])?;
     let gw_addr = free_addr();
+    let gw_admin = free_addr();
     let gw = Killed(
         pinned(&release_bin("sluice")?, 1)
             .env("SLUICE_LISTEN", gw_addr.to_string())
@@ -302,6 +303,7 @@ fn main() -> Result<()> {
             )
             .env("SLUICE_EDGE_KEYS", format!("edge-a={EDGE_KEY}"))
             .env("SLUICE_ADMIN_TOKEN", GW_ADMIN)
+            .env("SLUICE_ADMIN_LISTEN", gw_admin.to_string())
             .env("SLUICE_REGISTRY_HEARTBEAT_MS", "200")
             .env("SLUICE_LOG", "error")
             .stdout(Stdio::null())
@@ -354,7 +356,8 @@ fn main() -> Result<()> {
             r.0, r.1, r.2, r.3, r.4
         );
         drop(ctl_proc);
-        let gw_url = format!("http://{gw_addr}");
+        // Single node: the control plane asks the gateway's admin listener.
+        let gw_url = format!("http://{gw_admin}");
         let (mem_proc, mem) = start_control(&tmp, &["--gateway", &gw_url])?;
         wait_access(&http, mem).await?;
         let r = access_rate(&http, mem, mem_proc.0.id(), &a).await?;

@@ -92,15 +92,74 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
         .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
-        .layer(DefaultBodyLimit::max(64 * 1024))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
             app.read_timeout,
+            whole_body,
         ))
         .with_state(app);
     match cors {
         Some(c) => r.layer(c),
         None => r,
     }
+}
+
+/// The largest request body any route takes.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Reads a request's whole body before any handler sees it, within one
+/// deadline for all of it: a body trickled a byte at a time cannot keep a
+/// connection (or its buffer) past `--read-timeout-ms`, which a deadline
+/// per piece would allow. A request that carries a body must carry its
+/// credentials first: without an `Authorization` header the body is not
+/// read at all.
+async fn whole_body(
+    State(limit): State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::body::{Body, HttpBody};
+    let (parts, body) = req.into_parts();
+    if body.size_hint().upper() == Some(0) {
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
+    if !parts.headers.contains_key(header::AUTHORIZATION) {
+        // Not read: the handler refuses the missing credentials (and
+        // audits the refusal) as it would with any body.
+        let req = axum::extract::Request::from_parts(parts, Body::empty());
+        return next.run(req).await;
+    }
+    let read = axum::body::to_bytes(body, MAX_BODY);
+    match tokio::time::timeout(limit, read).await {
+        Ok(Ok(bytes)) => {
+            let req = axum::extract::Request::from_parts(parts, Body::from(bytes));
+            next.run(req).await
+        }
+        Ok(Err(e)) if is_length_limit(&e) => {
+            ApiError::new(413, "bad_request", "request body larger than 64 KiB").into_response()
+        }
+        Ok(Err(e)) => ApiError::new(400, "bad_request", format!("request body unreadable: {e}"))
+            .into_response(),
+        Err(_) => ApiError::new(
+            408,
+            "request_timeout",
+            "the request body did not arrive in time (--read-timeout-ms)",
+        )
+        .into_response(),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// A client must send its whole request head within the read timeout
@@ -249,8 +308,13 @@ fn require_gateway(app: &App, peer: Option<Peer>, headers: &HeaderMap) -> Result
     require_bearer(app, peer, headers, want)
 }
 
-/// Checks a bearer token against `want`'s digest, unless the client's
-/// address is locked out for failing too often (`--admin-failures-per-minute`).
+/// Checks a bearer token against `want`'s digest. A right token always
+/// passes, even from an address locked out for failing too often
+/// (`--admin-failures-per-minute`): the gateway's reports and the
+/// operator's calls come from addresses a guesser may share (the same
+/// host, a NAT, a proxy), and must never be locked out by it. A wrong one
+/// costs the address a try, and once it has none is answered 429. The
+/// tokens' length, not the lockout, is what defeats guessing.
 fn require_bearer(
     app: &App,
     peer: Option<Peer>,
@@ -258,7 +322,19 @@ fn require_bearer(
     want: &[u8; 32],
 ) -> Result<(), ApiError> {
     let ip = peer.map(|p| p.0);
-    if let Some(LockedOut(wait)) = ip.and_then(|ip| app.token_lockout.check(ip).err()) {
+    let locked = ip.and_then(|ip| app.token_lockout.check(ip).err());
+    let refusal = match bearer(headers) {
+        None => ApiError::new(401, "missing_token", "admin bearer token required"),
+        Some(given) => {
+            // Digests of equal length, compared in constant time.
+            let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+            if bool::from(d.ct_eq(want)) {
+                return Ok(());
+            }
+            ApiError::new(401, "invalid_token", "admin token is not valid")
+        }
+    };
+    if let Some(LockedOut(wait)) = locked {
         return Err(ApiError::new(
             429,
             "too_many_failures",
@@ -266,30 +342,10 @@ fn require_bearer(
         )
         .retry_after(wait.as_secs() + 1));
     }
-    let fail = |e: ApiError| {
-        if let Some(ip) = ip {
-            app.token_lockout.failed(ip);
-        }
-        e
-    };
-    let given = bearer(headers).ok_or_else(|| {
-        fail(ApiError::new(
-            401,
-            "missing_token",
-            "admin bearer token required",
-        ))
-    })?;
-    // Digests of equal length, compared in constant time.
-    let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-    if bool::from(d.ct_eq(want)) {
-        Ok(())
-    } else {
-        Err(fail(ApiError::new(
-            401,
-            "invalid_token",
-            "admin token is not valid",
-        )))
+    if let Some(ip) = ip {
+        app.token_lockout.failed(ip);
     }
+    Err(refusal)
 }
 
 /// A body that could not be read: too slow (408), too large (413), or

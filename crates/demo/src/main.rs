@@ -97,6 +97,9 @@ fn main() -> Result<()> {
     };
     cfg.web.dir = args.web.to_string_lossy().into_owned();
     cfg.admin.token = admin_token.clone().into();
+    // The admin endpoints (which this control plane calls) on a loopback
+    // port of their own, chosen by the kernel.
+    cfg.admin.listen = "127.0.0.1:0".into();
     cfg.auth.jwks_url = format!("{ctl_url}/.well-known/jwks.json");
     // Session ends go back to the control plane, which frees their slots.
     cfg.control.url = ctl_url.clone();
@@ -105,6 +108,12 @@ fn main() -> Result<()> {
         KeyHash::of(edge_key.as_bytes()).to_config_string(),
     );
     let gateway = Gateway::start(cfg).context("starting the gateway")?;
+    let gw_admin = format!(
+        "http://{}",
+        gateway
+            .admin_addr()
+            .context("the gateway opened no admin listener")?
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -118,7 +127,7 @@ fn main() -> Result<()> {
             users: UserAuth::new(http.clone()),
             store: Store::memory(),
             locator: Locator::Gateway(GatewayAdmin::new(
-                &gw_url,
+                &gw_admin,
                 admin_token.clone(),
                 http.clone(),
             )),

@@ -18,6 +18,7 @@
 //! - [`suggest`]: "did you mean" for misspelled names;
 //! - [`lockout`]: failed authentications limited per source address (the
 //!   gateway's edge keys and admin token, the control plane's tokens);
+//! - [`outage`]: a dependency that is down, logged once and counted;
 //! - [`secret`]: a configured secret that `Debug` never shows;
 //! - `tunnel` (feature `grpc`): seed 002's gRPC tunnel between a connector
 //!   and the gateway, generated from `proto/tunnel.proto`.
@@ -31,6 +32,7 @@ pub mod close;
 pub mod connector;
 mod error;
 pub mod lockout;
+pub mod outage;
 pub mod relay;
 pub mod secret;
 pub mod slots;

@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
 
-use crate::server::h2_front;
+use crate::server::{h2_front, h2_gate};
 use crate::shard::metrics::FlightStats;
 use crate::shard::Shared;
 use crate::tls::Material;
@@ -72,15 +72,39 @@ async fn serve(
     let sessions = sessions::Sessions::new(shared.clone(), stats.clone());
     tokio::spawn(sessions.clone().tend());
     let cfg = &shared.cfg.flight;
+    let timeouts = &shared.cfg.timeouts;
+    let preauth = h2_front::PreAuth {
+        max: cfg.max_unauthenticated,
+        deadline: Duration::from_millis(timeouts.auth_ms),
+        stats: stats.preauth.clone(),
+    };
+    let gate = sessions::Bearer {
+        shared: shared.clone(),
+        stats: stats.clone(),
+    };
     let front = service::Front { sessions, stats };
-    let handshake = Duration::from_millis(shared.cfg.timeouts.handshake_ms);
-    let incoming = h2_front::incoming(listener, tls, handshake, cfg.max_connections, "flight");
-    let served = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(cfg.max_streams_per_connection))
-        .http2_keepalive_interval(Some(Duration::from_millis(
-            shared.cfg.timeouts.ping_interval_ms,
-        )))
-        .add_service(FlightServiceServer::new(front).max_decoding_message_size(64 * 1024))
+    let handshake = Duration::from_millis(timeouts.handshake_ms);
+    let incoming = h2_front::incoming(
+        listener,
+        tls,
+        handshake,
+        cfg.max_connections,
+        preauth,
+        "flight",
+    );
+    let limits = h2_gate::Limits {
+        max_concurrent_streams: cfg.max_streams_per_connection,
+        max_local_error_reset_streams: cfg.max_local_error_reset_streams,
+        max_pending_accept_reset_streams: cfg.max_pending_accept_reset_streams,
+        max_header_list_bytes: cfg.max_header_list_bytes,
+        keepalive: Duration::from_millis(timeouts.ping_interval_ms),
+        max_connection_age: Duration::from_millis(cfg.max_connection_age_ms),
+    };
+    // A ticket or descriptor is a name: 64 KiB is far more than any needs.
+    let service = FlightServiceServer::new(front).max_decoding_message_size(64 * 1024);
+    let served = limits
+        .apply(tonic::transport::Server::builder())
+        .add_service(h2_gate::Gate::new(service, gate))
         .serve_with_incoming(incoming)
         .await;
     if let Err(e) = served {

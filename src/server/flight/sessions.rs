@@ -12,20 +12,28 @@
 //! token is never lent to another.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use tokio::sync::OwnedMutexGuard;
+use tonic::codegen::http;
 use tonic::Status;
 
 use super::link::Link;
 use super::status;
+use crate::auth::jwks::unverified_tenant;
+use crate::auth::token::TokenError;
 use crate::ids::SessionId;
 use crate::server::h2_front::FrontInfo;
+use crate::server::h2_gate::Check;
 use crate::shard::metrics::FlightStats;
 use crate::shard::Shared;
+use crate::wire::message::ErrorCode;
 
 type Key = [u8; 32];
 
@@ -114,6 +122,52 @@ impl Sessions {
     }
 }
 
+/// The Flight front's gate: a call's bearer token is verified (offline,
+/// as the shard will verify it again) before its ticket or descriptor is
+/// read, so a caller without a valid token cannot make the front buffer
+/// anything.
+pub struct Bearer {
+    pub shared: Arc<Shared>,
+    pub stats: Arc<FlightStats>,
+}
+
+impl Check for Bearer {
+    fn check(
+        &self,
+        headers: &http::HeaderMap,
+        _front: &FrontInfo,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Status>> + Send>> {
+        let token = match bearer_of(headers).and_then(|t| Ok((sid_of(t)?, t.to_owned()))) {
+            Ok(t) => t,
+            Err(s) => {
+                self.stats.refused.fetch_add(1, Relaxed);
+                return Box::pin(std::future::ready(Err(s)));
+            }
+        };
+        let (shared, stats) = (self.shared.clone(), self.stats.clone());
+        Box::pin(async move {
+            let (sid, token) = token;
+            let v = &shared.verifier;
+            let mut verified = v.verify(&token, &sid);
+            // A tenant whose keys are not cached yet: fetched once, as the
+            // shard would (on this front's runtime, not the shard's).
+            if let (Err(TokenError::UnknownKey), Some(cache), Some(tenant)) =
+                (&verified, v.jwks(), unverified_tenant(&token))
+            {
+                if let Some(done) = cache.ask(&tenant) {
+                    let _ = tokio::time::timeout(cache.wait(), done.recv_async()).await;
+                    verified = v.verify(&token, &sid);
+                }
+            }
+            verified.map(drop).map_err(|e| {
+                stats.refused.fetch_add(1, Relaxed);
+                // Worded as the shard words it (`unauthorized: …`).
+                Status::unauthenticated(format!("{}: {e}", ErrorCode::Unauthorized))
+            })
+        })
+    }
+}
+
 /// The session id a token names. Read without verifying: it only picks
 /// the shard; the shard verifies the token (and that `sid` matches).
 fn sid_of(token: &str) -> Result<SessionId, Status> {
@@ -136,12 +190,16 @@ fn sid_of(token: &str) -> Result<SessionId, Status> {
 
 /// The token from the `authorization: Bearer …` header.
 pub fn bearer(meta: &tonic::metadata::MetadataMap) -> Result<&str, Status> {
+    bearer_of(meta.as_ref())
+}
+
+fn bearer_of(headers: &http::HeaderMap) -> Result<&str, Status> {
     let missing = || {
         Status::unauthenticated(
             "missing authorization: Bearer <session token> (from the control plane's access answer, or `sluice token`)",
         )
     };
-    let v = meta.get("authorization").ok_or_else(missing)?;
+    let v = headers.get("authorization").ok_or_else(missing)?;
     let v = v.to_str().map_err(|_| missing())?;
     let (scheme, token) = v.split_once(' ').ok_or_else(missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {

@@ -16,7 +16,9 @@ mod out;
 mod routes;
 mod worker;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +33,13 @@ use sluice_protocol::tunnel::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tonic::codegen::http;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::edge_auth;
+use crate::auth::guard::guarded;
 use crate::server::h2_front::{self, FrontInfo};
+use crate::server::h2_gate::{self, Check};
 use crate::shard::metrics::TunnelStats;
 use crate::shard::Shared;
 use crate::tls::Material;
@@ -83,10 +89,27 @@ async fn serve(
         }
     };
     let cfg = &shared.cfg;
+    let g = &cfg.grpc;
     let handshake = Duration::from_millis(cfg.timeouts.handshake_ms);
-    let incoming = h2_front::incoming(listener, tls, handshake, cfg.grpc.max_connections, "grpc");
-    let max = cfg.grpc.max_message_bytes;
-    let ping = Duration::from_millis(cfg.timeouts.ping_interval_ms);
+    let preauth = h2_front::PreAuth {
+        max: g.max_unauthenticated,
+        deadline: Duration::from_millis(cfg.timeouts.auth_ms),
+        stats: stats.preauth.clone(),
+    };
+    let incoming = h2_front::incoming(listener, tls, handshake, g.max_connections, preauth, "grpc");
+    let max = g.max_message_bytes;
+    let limits = h2_gate::Limits {
+        max_concurrent_streams: g.max_streams_per_connection,
+        max_local_error_reset_streams: g.max_local_error_reset_streams,
+        max_pending_accept_reset_streams: g.max_pending_accept_reset_streams,
+        max_header_list_bytes: g.max_header_list_bytes,
+        keepalive: Duration::from_millis(cfg.timeouts.ping_interval_ms),
+        max_connection_age: Duration::from_millis(g.max_connection_age_ms),
+    };
+    let gate = EdgeCheck {
+        shared: shared.clone(),
+        stats: stats.clone(),
+    };
     let tunnel = Tunnel {
         shared: shared.clone(),
         stats,
@@ -94,21 +117,19 @@ async fn serve(
         next_worker: AtomicUsize::new(0),
         next_tag: AtomicU64::new(0),
     };
-    let served = tonic::transport::Server::builder()
-        // A connector that vanishes without a FIN is noticed by HTTP/2
-        // pings, and its workers leave the shards.
-        .http2_keepalive_interval(Some(ping))
-        .http2_keepalive_timeout(Some(ping))
+    let service = ConnectorTunnelServer::new(tunnel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let served = limits
+        .apply(tonic::transport::Server::builder())
         // Connectors send MBs per request: large windows and frames mean
-        // fewer reads and window updates per MB.
+        // fewer reads and window updates per MB. A caller that has not
+        // authenticated never gets a stream whose body is read (the gate
+        // answers it at its headers), so these are not its to fill.
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .max_frame_size(Some(1 << 20))
-        .add_service(
-            ConnectorTunnelServer::new(tunnel)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
+        .add_service(h2_gate::Gate::new(service, gate))
         .serve_with_incoming(incoming)
         .await;
     if let Err(e) = served {
@@ -123,6 +144,42 @@ struct Tunnel {
     /// Spreads workers over the shards as accepted sockets are spread.
     next_worker: AtomicUsize,
     next_tag: AtomicU64,
+}
+
+/// The tunnel's gate: the connector's credentials (`edge-key`, a client
+/// certificate, as `tls.connector_auth` says) are checked on a call's
+/// headers, behind the same per-address lockout as WebSocket connectors,
+/// before its first message is read.
+struct EdgeCheck {
+    shared: Arc<Shared>,
+    stats: Arc<TunnelStats>,
+}
+
+impl Check for EdgeCheck {
+    fn check(
+        &self,
+        headers: &http::HeaderMap,
+        front: &FrontInfo,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Status>> + Send>> {
+        let s = &self.shared;
+        let key = headers.get("edge-key").and_then(|v| v.to_str().ok());
+        let transport = front.transport();
+        let checked = guarded(
+            &s.edge_lockout,
+            front.peer.map(|p| p.ip()),
+            &s.metrics.shards[0].edge_auth_failures,
+            "too many failed authentications from this address; retry later",
+            || edge_auth::authenticate_key(&s.cfg, &s.edge_keys, &transport, key),
+        );
+        let answer = checked.map(drop).map_err(|e| {
+            self.stats.refused.fetch_add(1, Relaxed);
+            match e.status {
+                429 => Status::resource_exhausted(e.reason),
+                _ => Status::unauthenticated(e.reason),
+            }
+        });
+        Box::pin(std::future::ready(answer))
+    }
 }
 
 fn front_of<T>(req: &Request<T>) -> Result<(FrontInfo, Option<String>), Status> {
@@ -270,7 +327,15 @@ impl ConnectorTunnel for Tunnel {
             edge_key,
         };
         let mut s = req.into_inner();
-        let first = s.message().await?.and_then(|m| m.kind);
+        let wait = Duration::from_millis(self.shared.cfg.timeouts.handshake_ms);
+        let first = match tokio::time::timeout(wait, s.message()).await {
+            Ok(m) => m?.and_then(|m| m.kind),
+            Err(_) => {
+                return Err(self.refused(Status::deadline_exceeded(
+                    "no start message received in time",
+                )))
+            }
+        };
         let Some(data_message::Kind::Start(start)) = first else {
             return Err(self.refused(Status::invalid_argument(
                 "the first message of Serve must be start",

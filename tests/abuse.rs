@@ -317,3 +317,65 @@ async fn a_slow_pinger_that_never_reads_is_closed_by_the_auth_deadline() {
     }
     assert!(closed, "the socket outlived its auth deadline");
 }
+
+/// The zero-window starvation: sessions of one subject open queries and
+/// never read. Each holds a connector worker only until
+/// `timeouts.reader_stall_ms` passes without the client taking anything
+/// (then 4409 `slow_consumer`), and one subject never holds more than
+/// `limits.worker_share` of an edge's workers meanwhile, so another
+/// client's fetches keep succeeding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_cannot_starve_an_edge_of_workers() {
+    let gw = Gateway::start(
+        1,
+        &[
+            ("SLUICE_TIMEOUTS_READER_STALL_MS", "1500"),
+            ("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "1048576"),
+        ],
+    );
+    // 24 MiB a stream: more than the socket buffers and the outbox hold.
+    let data = frames(96, 256 * 1024);
+    let _workers = serving_connectors(&gw, 4, data.clone()).await;
+    assert_eq!(
+        gw.metric_settles("sluice_connector_workers_idle", 4).await,
+        4
+    );
+    // Four sessions of mallory query and never read again.
+    let mut stalled = Vec::new();
+    for i in 0..4 {
+        let mut c = claims(&format!("mallory-{i}"));
+        c.sub = "mallory".into();
+        let mut ws = browser(&gw, &c).await;
+        send_json(
+            &mut ws,
+            serde_json::json!({"action": "query", "dataset": "d"}),
+        )
+        .await;
+        stalled.push(ws);
+    }
+    // Alice's fetches, one after another, each whole.
+    for i in 0..5 {
+        let mut ws = browser(&gw, &claims(&format!("alice-{i}"))).await;
+        let (got, end) = query_all(&mut ws, "d").await;
+        assert_eq!(got.len(), data.len(), "{end}");
+        assert!(got == data, "alice's fetch {i} arrived whole");
+    }
+    // Mallory's stalled sessions were ended with 4409 and the workers are
+    // back at the edge.
+    let mut slow = 0;
+    for mut ws in stalled {
+        let (code, reason) = close_of(&mut ws).await;
+        if code == 4409 {
+            assert!(reason.contains("reader_stall_ms"), "{reason}");
+            slow += 1;
+        } else {
+            // The fourth waited past its share: edge_busy (4503).
+            assert_eq!(code, 4503, "{reason}");
+        }
+    }
+    assert!(slow >= 3, "{slow} sessions ended as slow consumers");
+    assert_eq!(
+        gw.metric_settles("sluice_connector_workers_idle", 4).await,
+        4
+    );
+}

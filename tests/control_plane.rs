@@ -1120,3 +1120,30 @@ async fn a_released_sessions_token_is_spent() {
     // The slot is free for a new session.
     assert_eq!(ctl.access("acme", &alice(), "single", "d").await.0, 200);
 }
+
+/// Issue 34: the control plane serves at most `--max-connections` at once;
+/// a flood of idle connections closes the oldest of them, never the
+/// newcomers, so a healthy client keeps being answered.
+#[tokio::test]
+async fn idle_connections_cannot_crowd_out_the_control_plane() {
+    use tokio::io::AsyncReadExt;
+    let dir = provision();
+    let ctl = Control::start(
+        &dir,
+        &["--gateway", "http://127.0.0.1:9", "--max-connections", "4"],
+    );
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(ctl.addr).await.unwrap());
+    }
+    for _ in 0..3 {
+        assert_eq!(ctl.request("GET", "/healthz", &[], "").await.0, 200);
+    }
+    // The oldest idle connections were closed to make room.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), idle[0].read(&mut buf))
+        .await
+        .expect("the oldest idle connection was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}

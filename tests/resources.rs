@@ -17,7 +17,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn a_browser_that_stops_reading_pauses_its_connector() {
-    let gw = Gateway::start(1, &[("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "1048576")]);
+    // A pause shorter than `timeouts.reader_stall_ms` (a minute here).
+    let gw = Gateway::start(
+        1,
+        &[
+            ("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "1048576"),
+            ("SLUICE_TIMEOUTS_READER_STALL_MS", "60000"),
+        ],
+    );
     let mut conn = connector(&gw, EDGE, EDGE_KEY, &["big"]).await;
     let mut b = browser(&gw, &claims("stalled")).await;
     send_json(&mut b, json!({"action": "query", "dataset": "big"})).await;

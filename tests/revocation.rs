@@ -339,3 +339,56 @@ async fn the_quota_and_the_connection_limit_hold_across_gateways() {
         s.abort();
     }
 }
+
+/// Issue 34: while Redis is down the gateway says so once, counts the
+/// failures (`sluice_dependency_*`) instead of logging one line per
+/// session, and says once when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_logged_once_counted_and_logged_once_when_it_returns() {
+    let redis = Redis::start();
+    let link = Cuttable::to(format!("127.0.0.1:{}", redis.port).parse().unwrap());
+    let url = format!("redis://{}/", link.addr);
+    let mut gw = Gateway::start_logged(
+        1,
+        &[
+            ("SLUICE_REVOCATION_REDIS_URL", url.as_str()),
+            ("SLUICE_REVOCATION_MAX_BACKOFF_MS", "200"),
+            ("SLUICE_LOG", "info"),
+        ],
+    );
+    let lines = gw.log_lines();
+    let up = "sluice_dependency_up{dependency=\"redis\"}";
+    assert_eq!(gw.metric_settles(up, 1).await, 1);
+    link.cut();
+    for i in 0..60 {
+        let mut b = browser(&gw, &claims(&format!("outage-{i}"))).await;
+        close_with(&mut b, 1000, "done").await;
+    }
+    assert_eq!(gw.metric_settles(up, 0).await, 0);
+    let failures = gw
+        .metric("sluice_dependency_failures_total{dependency=\"redis\"}")
+        .await;
+    assert!(failures >= 1, "{failures} failures counted");
+    link.restore();
+    for _ in 0..250 {
+        if gw.metric(up).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(gw.metric(up).await, 1, "Redis is back");
+    drop(gw);
+    let log = lines.join().unwrap();
+    let about_redis: Vec<_> = log
+        .iter()
+        .filter(|l| {
+            (l.contains("WARN") || l.contains("ERROR")) && l.to_lowercase().contains("redis")
+        })
+        .collect();
+    assert!(
+        about_redis.len() <= 4,
+        "{} warnings about Redis for one outage: {about_redis:#?}",
+        about_redis.len()
+    );
+    assert!(log.iter().any(|l| l.contains("redis is back")), "{log:#?}");
+}

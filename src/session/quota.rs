@@ -133,7 +133,9 @@ impl Quota {
                         Ok(quota)
                     }
                     Err(e) => {
-                        tracing::warn!(sid = %sid, error = %e, "session spend across gateways unavailable; counting on this gateway");
+                        // Per session: debug. The outage itself is logged
+                        // once, by the link (`shard::health::REDIS`).
+                        tracing::debug!(sid = %sid, error = %e, "session spend across gateways unavailable; counting on this gateway");
                         if joined.first {
                             if let Some(l) = limit {
                                 quota.spend.set_cap(l);

@@ -42,6 +42,11 @@ struct AdminEdge {
     datasets: Vec<String>,
 }
 
+/// The gateway's admin endpoint (single node), as this control plane
+/// sees it: logged once when it goes, counted, logged once when it returns.
+pub static GATEWAY: sluice_protocol::outage::Outage =
+    sluice_protocol::outage::Outage::new("gateway admin endpoint");
+
 /// A single gateway reached through its admin endpoint.
 pub struct GatewayAdmin {
     pub base: String,
@@ -64,7 +69,7 @@ impl GatewayAdmin {
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> ApiError {
-        tracing::warn!(gateway = %self.base, error = %e, "gateway admin endpoint failed");
+        GATEWAY.failed(&format!("{}: {e}", self.base));
         ApiError::new(
             503,
             "gateway_unreachable",
@@ -111,6 +116,7 @@ impl GatewayAdmin {
         if !resp.status().is_success() {
             return Err(self.unreachable(format!("HTTP {}", resp.status())));
         }
+        GATEWAY.ok();
         Ok(resp)
     }
 
@@ -141,7 +147,7 @@ impl Locator {
                     .query_async(&mut c)
                     .await
                     .map_err(|e| {
-                        tracing::warn!(error = %e, "edge registry read failed");
+                        crate::store::REDIS.failed(&format!("edge registry read: {e}"));
                         ApiError::new(
                             503,
                             "registry_unavailable",

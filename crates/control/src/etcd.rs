@@ -471,7 +471,9 @@ impl EtcdTenants {
                         Ok(()) => need_reload = false,
                         Err(e) => {
                             me.state.up.store(false, Ordering::Relaxed);
-                            tracing::warn!(error = %e, "etcd unreachable: serving from the in-memory copy");
+                            // Logged once per outage by the probe above;
+                            // each retry is only a debug line.
+                            tracing::debug!(error = %e, "etcd unreachable: serving from the in-memory copy");
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(2));
                             continue;

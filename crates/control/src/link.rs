@@ -56,7 +56,7 @@ impl Link {
                     if self.up.swap(false, Ordering::Relaxed) {
                         tracing::error!(error = %e, "revocation subscription lost; /readyz reports 503 until it returns");
                     } else {
-                        tracing::warn!(error = %e, "cannot subscribe to revocations");
+                        crate::store::REDIS.failed(&format!("revocation subscription: {e}"));
                     }
                 }
             }

@@ -192,14 +192,22 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     cors_origins: Vec<String>,
-    /// A client must send its request head within this, and each part of
-    /// its body within this of the last (milliseconds).
+    /// A client must send its request head within this, and its whole
+    /// body within this of the head (milliseconds).
     #[arg(
         long = "read-timeout-ms",
         env = "SLUICE_CONTROL_READ_TIMEOUT_MS",
         default_value_t = 10_000
     )]
     read_timeout_ms: u64,
+    /// Connections served at once; past it the oldest is closed to make
+    /// room for the newcomer.
+    #[arg(
+        long = "max-connections",
+        env = "SLUICE_CONTROL_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    max_connections: usize,
     /// Failed admin or gateway tokens one source address may present per
     /// minute before it is refused (429) until a try refills; 0 = no limit.
     #[arg(
@@ -785,6 +793,7 @@ fn serve(args: ServeArgs, dir: Catalog, audit: Audit) -> anyhow::Result<()> {
                 args.admin_failures_per_minute,
                 args.admin_failure_sources,
             ),
+            max_connections: args.max_connections,
         });
         // Read before binding: a bad file is a clear error, not a port
         // that accepts and then fails every handshake.

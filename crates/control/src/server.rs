@@ -54,6 +54,8 @@ pub struct App {
     pub read_timeout: Duration,
     /// Failed admin and gateway tokens per source address.
     pub token_lockout: Lockout,
+    /// Connections served at once; past it the oldest is closed.
+    pub max_connections: usize,
 }
 
 /// Browsers on these origins (the dashboard) may call the API; `None` =
@@ -175,10 +177,68 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub std::net::IpAddr);
 
+/// The connections served at once (`--max-connections`), oldest first.
+/// At the bound a newcomer closes the oldest, as the gateway's listeners
+/// do: a flood of idle or slow connections cannot keep the control plane
+/// from its gateways and operators, and what they hold (a request head,
+/// at most 64 KiB of body) is bounded per connection and in all.
+pub struct Conns {
+    max: usize,
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>,
+}
+
+/// A connection's place among [`Conns`]; `evicted` fires when a newer one
+/// took it.
+pub struct Admitted {
+    conns: Arc<Conns>,
+    id: u64,
+    evicted: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Conns {
+    pub fn new(max: usize) -> Arc<Conns> {
+        Arc::new(Conns {
+            max: max.max(1),
+            next: Default::default(),
+            open: Default::default(),
+        })
+    }
+
+    pub fn admit(self: &Arc<Self>) -> Admitted {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        while open.len() >= self.max {
+            if let Some((_, oldest)) = open.pop_front() {
+                let _ = oldest.send(());
+            }
+        }
+        open.push_back((id, tx));
+        Admitted {
+            conns: self.clone(),
+            id,
+            evicted: rx,
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.conns.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|(id, _)| *id != self.id);
+    }
+}
+
 /// Serves one accepted connection (plain, or TLS once the handshake is
-/// done) with the read timeouts above.
-pub async fn serve_connection<I>(io: I, peer: SocketAddr, routes: Router, read_timeout: Duration)
-where
+/// done) with the read timeouts above, until it ends or is evicted.
+pub async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    routes: Router,
+    read_timeout: Duration,
+    mut place: Admitted,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use tower_service::Service;
@@ -186,11 +246,14 @@ where
         req.extensions_mut().insert(Peer(peer.ip()));
         routes.clone().call(req)
     });
-    let _ = hyper::server::conn::http1::Builder::new()
+    let served = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(read_timeout)
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-        .await;
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::select! {
+        _ = served => {}
+        _ = &mut place.evicted => tracing::debug!(%peer, "connection closed to make room (--max-connections)"),
+    }
 }
 
 /// Plain HTTP until SIGTERM or Ctrl-C; then requests in progress get
@@ -199,6 +262,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "control plane listening");
     let read_timeout = app.read_timeout;
+    let conns = Conns::new(app.max_connections);
     let routes = router(app);
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -217,8 +281,9 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
         };
         let (routes, open) = (routes.clone(), open.clone());
         open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let place = conns.admit();
         tokio::spawn(async move {
-            serve_connection(tcp, peer, routes, read_timeout).await;
+            serve_connection(tcp, peer, routes, read_timeout, place).await;
             open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
     }

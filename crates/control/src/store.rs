@@ -163,8 +163,12 @@ redis.call('SET', KEYS[3], cjson.encode(rec), 'EXAT', exp + 60)
 return granted
 "#;
 
+/// Redis, as this control plane's store sees it: one line when it goes,
+/// one when it returns, counted in between (`sluice_protocol::outage`).
+pub static REDIS: sluice_protocol::outage::Outage = sluice_protocol::outage::Outage::new("redis");
+
 fn redis_down(e: redis::RedisError) -> ApiError {
-    tracing::warn!(error = %e, "Redis call failed");
+    REDIS.failed(&e);
     ApiError::new(
         503,
         "store_unavailable",
@@ -221,6 +225,7 @@ impl Store {
                     .invoke_async(&mut c)
                     .await
                     .map_err(redis_down)?;
+                REDIS.ok();
                 Ok(match n {
                     -1 => Err(Refused::TooManyStreams),
                     -2 => Err(Refused::HourlyQuotaExhausted),
@@ -252,6 +257,7 @@ impl Store {
                     .query_async(&mut c)
                     .await
                     .map_err(redis_down)?;
+                REDIS.ok();
                 Ok(rec
                     .and_then(|j| serde_json::from_str::<SessionRecord>(&j).ok())
                     .map(|rec| (rec, revoked)))
@@ -287,6 +293,7 @@ impl Store {
                     .query_async(&mut c)
                     .await
                     .map_err(redis_down)?;
+                REDIS.ok();
                 Ok(())
             }
         }
@@ -313,6 +320,7 @@ impl Store {
                     .invoke_async(&mut c)
                     .await
                     .map_err(redis_down)?;
+                REDIS.ok();
                 Ok(())
             }
         }
@@ -333,6 +341,7 @@ impl Store {
                     .query_async(&mut c)
                     .await
                     .map_err(redis_down)?;
+                REDIS.ok();
                 Ok(())
             }
         }

@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
-use crate::server::{drain, router, serve_connection, App};
+use crate::server::{drain, router, serve_connection, App, Conns};
 
 /// The certificate and key files, and the config built from them.
 pub struct Files {
@@ -84,6 +84,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, files: File
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let open = Arc::new(AtomicUsize::new(0));
     let read_timeout = app.read_timeout;
+    let conns = Conns::new(app.max_connections);
     let routes = router(app);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -101,6 +102,8 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, files: File
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(files.current.load_full());
         let (routes, open) = (routes.clone(), open.clone());
+        // Placed before the handshake: it counts among the bound too.
+        let place = conns.admit();
         tokio::spawn(async move {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -109,7 +112,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, files: File
                     Err(_) => return tracing::debug!(%peer, "tls handshake timed out"),
                 };
             open.fetch_add(1, Ordering::Relaxed);
-            serve_connection(tls, peer, routes, read_timeout).await;
+            serve_connection(tls, peer, routes, read_timeout, place).await;
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }

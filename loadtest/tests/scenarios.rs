@@ -336,3 +336,51 @@ fn tls_measures_every_leg_against_plaintext() {
     assert!(text.contains("| tls both legs |"), "{text}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `abuse` runs the attacks of issue 34 beside a healthy pair and reports
+/// each: the wrong admin tokens are refused (401, then 429) while the
+/// right one, from the same address, is always answered 200; the ping
+/// flood's sockets are closed by the gateway; the healthy pair loses
+/// nothing.
+#[test]
+fn abuse_reports_each_attack_beside_a_healthy_pair() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
+    let out = std::env::temp_dir().join(format!("sluice-lt-test-abuse-{}", std::process::id()));
+    let run = Command::new(&bin)
+        .arg("abuse")
+        .args(["--attacks", "admin-tokens,ws-pings", "--duration", "2"])
+        .args(["--no-pin", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run sluice-loadtest");
+    let text =
+        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "sluice-loadtest abuse failed:\n{text}"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let attacks: Vec<&str> = rows.iter().map(|r| r["attack"].as_str().unwrap()).collect();
+    assert_eq!(attacks, ["none", "admin-tokens", "ws-pings"]);
+    for r in rows {
+        assert_eq!(r["healthy_lost"], 0, "{r}");
+        assert!(r["peak_above_rest_mib"].as_f64().unwrap() < 100.0, "{r}");
+    }
+    let admin = &rows[1]["answers"];
+    assert!(admin["right token: 200"].as_u64().unwrap() >= 1, "{admin}");
+    assert!(admin["wrong token: 429"].as_u64().unwrap() >= 1, "{admin}");
+    let right_refused = admin
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.starts_with("right token") && k != "right token: 200");
+    assert!(!right_refused, "the right token was refused: {admin}");
+    assert!(
+        rows[2]["answers"]["sockets closed by the gateway"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}

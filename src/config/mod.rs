@@ -123,10 +123,11 @@ pub struct Limits {
     /// (503 past it).
     pub max_unauthenticated: usize,
     /// The part of an edge's connector workers one subject (a token's
-    /// `sub`) may hold at once, and one tenant where an edge serves
-    /// several; past it a query waits for a worker as if none were idle
-    /// (`timeouts.pair_wait_ms`). 1.0 = no limit. At least one worker is
-    /// always allowed.
+    /// `sub`) may keep while another subject waits for one, and one tenant
+    /// where an edge serves several. Without contention a subject may use
+    /// them all; with it, past its share its queries wait (up to
+    /// `timeouts.pair_wait_ms`) and the workers it gives back go to the
+    /// others. 1.0 = no limit. At least one worker is always allowed.
     pub worker_share: f64,
     /// Largest message (and frame payload) a browser may send before it
     /// has authenticated: an `auth` message is a token, so this bounds

@@ -61,7 +61,8 @@ struct Edge {
     /// Idle relay connections, oldest first.
     relay_idle: VecDeque<ConnId>,
     /// Sessions waiting for a connection of this edge to become idle.
-    waiters: Vec<flume::Sender<()>>,
+    /// Sessions waiting for a connection, and whom each serves.
+    waiters: Vec<(flume::Sender<()>, Holder)>,
 }
 
 impl Edge {
@@ -71,13 +72,23 @@ impl Edge {
         self.tenant.is_empty() || self.tenant == tenant
     }
 
-    /// Whether `who` already holds its fair share of this edge's workers:
-    /// `share` of them (at least one), per subject, and per tenant where
-    /// the edge serves several. A client whose sessions stop reading, or
-    /// that opens many at once, cannot take every worker of an edge; past
-    /// its share it waits like a session that found none idle.
+    /// Whether `who` must leave an idle worker to others: it already holds
+    /// its fair share of this edge's workers — `share` of them (at least
+    /// one), per subject, and per tenant where the edge serves several —
+    /// and another subject is waiting for one. Without contention a
+    /// subject may use every worker; with it, one whose sessions stop
+    /// reading, or that opens many at once, cannot keep them all: past its
+    /// share it waits like a session that found none idle, and the workers
+    /// it gives back go to the others.
     fn over_share(&self, who: Who<'_>, share: f64) -> bool {
         if share <= 0.0 || share >= 1.0 {
+            return false;
+        }
+        let others_wait = self
+            .waiters
+            .iter()
+            .any(|(w, h)| !w.is_disconnected() && (h.tenant != who.tenant || h.sub != who.sub));
+        if !others_wait {
             return false;
         }
         let workers = self.conns.values().filter(|s| s.kind == ConnKind::Worker);
@@ -101,14 +112,18 @@ impl Edge {
             .collect()
     }
 
+    /// Wakes every waiter but keeps it listed until it has looked again
+    /// (its receiver drops when it does): meanwhile it still counts as
+    /// waiting, so a subject over its share cannot take the worker first.
     fn wake_all(&mut self) {
-        for w in self.waiters.drain(..) {
-            let _ = w.send(());
+        self.waiters.retain(|(w, _)| !w.is_disconnected());
+        for (w, _) in &self.waiters {
+            let _ = w.try_send(());
         }
     }
 
     fn wake_one(&mut self) {
-        while let Some(w) = self.waiters.pop() {
+        while let Some((w, _)) = self.waiters.pop() {
             if w.send(()).is_ok() {
                 break;
             }
@@ -272,7 +287,7 @@ impl Registry {
             e.relay_idle.retain(|c| *c != conn);
             if e.conns.is_empty() {
                 // Wake waiters so they see "offline" at once.
-                for w in e.waiters.drain(..) {
+                for (w, _) in e.waiters.drain(..) {
                     let _ = w.send(());
                 }
                 g.remove(edge);
@@ -363,8 +378,8 @@ impl Registry {
                     return Acquire::Offline;
                 }
                 let (tx, rx) = flume::bounded(1);
-                e.waiters.retain(|w| !w.is_disconnected());
-                e.waiters.push(tx);
+                e.waiters.retain(|(w, _)| !w.is_disconnected());
+                e.waiters.push((tx, Holder::of(who)));
                 Acquire::Busy(rx)
             }
         }
@@ -446,19 +461,31 @@ mod tests {
             sub: "bob",
         };
         let take = |who| r.acquire(&e, ConnKind::Worker, Some("d"), who, 0);
-        let Acquire::Got { conn: first, .. } = take(alice) else {
-            panic!("alice gets a worker")
+        // No one else wants one: Alice may take them all.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let Acquire::Got { conn, .. } = take(alice) else {
+                panic!("alice gets a worker")
+            };
+            held.push(conn);
+        }
+        // Bob waits; Alice's next query waits behind him, over her share.
+        let Acquire::Busy(bob_waits) = take(bob) else {
+            panic!("every worker is busy")
         };
-        assert!(matches!(take(alice), Acquire::Got { .. }));
-        // Alice holds half of the four: she waits, Bob is served.
-        let Acquire::Busy(alice_waits) = take(alice) else {
-            panic!("alice is at her share")
+        let Acquire::Busy(_alice_waits) = take(alice) else {
+            panic!("busy")
         };
-        assert!(matches!(take(bob), Acquire::Got { .. }));
-        // A worker she gives back wakes her.
-        r.release(&e, first, 0);
-        assert!(alice_waits.try_recv().is_ok());
-        assert!(matches!(take(alice), Acquire::Got { .. }));
+        r.release(&e, held.pop().unwrap(), 0);
+        assert!(bob_waits.try_recv().is_ok());
+        assert!(
+            matches!(take(alice), Acquire::Busy(_)),
+            "alice holds her share while bob waits"
+        );
+        assert!(
+            matches!(take(bob), Acquire::Got { .. }),
+            "the worker is bob's"
+        );
         // Without a share (the default), one subject may take them all.
         let all = Registry::default();
         for _ in 0..3 {

@@ -2,6 +2,7 @@
 //! threads and returns one `Outcome` per target, so that ratios compare
 //! runs taken minutes apart on the same machine, not figures from elsewhere.
 
+pub mod abuse;
 pub mod bulk;
 pub mod chaos;
 pub mod churn;

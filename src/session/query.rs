@@ -407,7 +407,13 @@ async fn stream(
             // nothing for `timeouts.reader_stall_ms` is ended (4409), so
             // that the worker goes back to its edge instead of waiting on
             // a client that may never read again.
-            match sess.outbox.space_within(reader_stall).await {
+            // The wait is boxed: it is rare, and kept inline its timer
+            // would double the stream task's future (see the test below).
+            let room = match sess.outbox.has_room() {
+                Ok(false) => Box::pin(sess.outbox.space_within(reader_stall)).await,
+                other => other,
+            };
+            match room {
                 Ok(true) => {}
                 Ok(false) => return End::Cancel(Flow::Close(stopped_reading(reader_stall))),
                 Err(_) => return End::Cancel(Flow::Ended),

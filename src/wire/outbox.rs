@@ -632,17 +632,19 @@ impl Outbox {
         .await
     }
 
-    /// [`Outbox::space`], giving up after `stall` without room: `Ok(false)`.
-    /// The timer is armed only when the queue is full, never per frame.
-    pub async fn space_within(&self, stall: Duration) -> Result<bool, Gone> {
-        {
-            let g = self.0.borrow();
-            match g.state {
-                State::Open if g.queued < g.cap => return Ok(true),
-                State::Open => {}
-                _ => return Err(Gone),
-            }
+    /// Whether the queue is under its cap now (`Err`: the peer is gone).
+    pub fn has_room(&self) -> Result<bool, Gone> {
+        let g = self.0.borrow();
+        match g.state {
+            State::Open => Ok(g.queued < g.cap),
+            _ => Err(Gone),
         }
+    }
+
+    /// [`Outbox::space`], giving up after `stall` without room: `Ok(false)`.
+    /// For a queue found full ([`Outbox::has_room`]): the timer is armed
+    /// only then, never per frame.
+    pub async fn space_within(&self, stall: Duration) -> Result<bool, Gone> {
         match monoio::time::timeout(stall, self.space()).await {
             Ok(r) => r.map(|()| true),
             Err(_) => Ok(false),

@@ -454,16 +454,7 @@ async fn zero_window(
             "mallory",
             Mode::Query,
         );
-        let mut b = wire::connect(
-            at,
-            &format!("/stream/abuse-zw-{i}"),
-            &[("Authorization", format!("Bearer {token}"))],
-        )?;
-        b.send_json(
-            Encoding::Masked,
-            &serde_json::json!({"action": "query", "dataset": "abuse"}),
-        )?;
-        stalled.push(b);
+        stalled.push(query_session(at, &format!("abuse-zw-{i}"), &token)?);
     }
     let mut answers: BTreeMap<String, u64> = BTreeMap::new();
     let mut n = 0;
@@ -537,18 +528,24 @@ fn serve_forever(mut c: wire::Conn) {
     }
 }
 
+/// A session `sid` that has asked for the `abuse` dataset.
+fn query_session(at: SocketAddr, sid: &str, token: &str) -> Result<wire::Conn> {
+    let mut b = wire::connect(
+        at,
+        &format!("/stream/{sid}"),
+        &[("Authorization", format!("Bearer {token}"))],
+    )?;
+    b.send_json(
+        Encoding::Masked,
+        &serde_json::json!({"action": "query", "dataset": "abuse"}),
+    )?;
+    Ok(b)
+}
+
 /// One whole query of the `abuse` dataset: "ok", or why not.
 fn fetch(at: SocketAddr, sid: &str, token: &str) -> String {
     let run = || -> Result<String> {
-        let mut b = wire::connect(
-            at,
-            &format!("/stream/{sid}"),
-            &[("Authorization", format!("Bearer {token}"))],
-        )?;
-        b.send_json(
-            Encoding::Masked,
-            &serde_json::json!({"action": "query", "dataset": "abuse"}),
-        )?;
+        let mut b = query_session(at, sid, token)?;
         let mut frames = 0;
         loop {
             match b.next_frame(Duration::from_secs(30))? {

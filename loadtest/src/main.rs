@@ -69,7 +69,13 @@ fn run() -> Result<()> {
     raise_nofile_limit();
     match cli.scenario {
         Scenario::Chaos(a) => chaos(&a),
-        Scenario::Abuse(a) => scenario::abuse::main(&a, gateway_spec(&a.common, &None)?),
+        Scenario::Abuse(a) => {
+            // The gateway on the proxy CPU, the attackers and the healthy
+            // pair on the loader's.
+            let (layout, proxy_cpus) = layout_of(&a.common);
+            scenario::pin_current(layout.load_cpu);
+            scenario::abuse::main(&a, gateway_spec(&a.common, &proxy_cpus)?)
+        }
         Scenario::Tls(a) => measured(&a.common, Kind::Tls, |ctx, gw, pki| tls(ctx, gw, pki, &a)),
         Scenario::Bulk(a) => measured(&a.common, Kind::Proxies, |ctx, _, _| {
             let p = scenario::bulk::Params {

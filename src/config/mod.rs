@@ -434,6 +434,13 @@ pub struct Grpc {
     /// Concurrent calls on one connection (HTTP/2 streams): a connector
     /// needs one `Connect` and one `Serve` per worker.
     pub max_streams_per_connection: u32,
+    /// HTTP/2 receive window of a connection, and of one call: large, so
+    /// that a connector sends megabytes per read and window update. It is
+    /// also the most a connection can have in flight towards the gateway
+    /// before its first call is refused, so the unauthenticated may hold
+    /// at most `max_unauthenticated` times it, for an instant.
+    pub connection_window_bytes: u32,
+    pub stream_window_bytes: u32,
     /// Connections that have not made an authenticated call yet; past it
     /// a newcomer evicts the oldest. Each is closed `timeouts.auth_ms`
     /// after its handshake if none of its calls authenticated.
@@ -460,7 +467,9 @@ impl Default for Grpc {
             queue_chunks: 8,
             max_message_bytes: 16 * 1024 * 1024,
             max_streams_per_connection: 64,
-            max_unauthenticated: 256,
+            connection_window_bytes: 16 << 20,
+            stream_window_bytes: 4 << 20,
+            max_unauthenticated: 64,
             max_local_error_reset_streams: 64,
             max_pending_accept_reset_streams: 20,
             max_header_list_bytes: 16 * 1024,
@@ -797,6 +806,13 @@ impl Config {
         }
         if self.timeouts.reader_stall_ms == 0 {
             return bad("timeouts.reader_stall_ms must be >= 1");
+        }
+        if self.grpc.stream_window_bytes < 65_535
+            || self.grpc.connection_window_bytes < self.grpc.stream_window_bytes
+        {
+            return bad(
+                "grpc.stream_window_bytes must be >= 65535 and <= grpc.connection_window_bytes",
+            );
         }
         if self.flight.max_unauthenticated == 0 || self.grpc.max_unauthenticated == 0 {
             return bad("flight.max_unauthenticated and grpc.max_unauthenticated must be >= 1");

@@ -403,7 +403,7 @@ async fn admin_tokens(at: SocketAddr, right: &str, until: Instant) -> BTreeMap<S
     let mut i = 0u64;
     while Instant::now() < until {
         i += 1;
-        let (token, what) = if i % 100 == 0 {
+        let (token, what) = if i.is_multiple_of(100) {
             (right.to_owned(), "right token")
         } else {
             (format!("wrong-admin-token-{i:012}"), "wrong token")

@@ -28,6 +28,11 @@ use crate::shard::metrics::FlightStats;
 use crate::shard::Shared;
 use crate::tls::Material;
 
+/// Bytes a Flight client may have in flight towards the front, per
+/// connection and per call.
+const FLIGHT_CONNECTION_WINDOW: u32 = 256 * 1024;
+const FLIGHT_STREAM_WINDOW: u32 = 80 * 1024;
+
 /// Binds nothing (the caller bound `listener`); starts the Flight threads.
 pub fn start(
     shared: Arc<Shared>,
@@ -104,6 +109,12 @@ async fn serve(
     let service = FlightServiceServer::new(front).max_decoding_message_size(64 * 1024);
     let served = limits
         .apply(tonic::transport::Server::builder())
+        // What a client sends here is small (tickets, descriptors): small
+        // receive windows bound what any connection, authenticated or not,
+        // can make the front buffer (hyper's defaults are 1 MiB each).
+        // DoGet's data flows the other way, under the client's windows.
+        .initial_connection_window_size(Some(FLIGHT_CONNECTION_WINDOW))
+        .initial_stream_window_size(Some(FLIGHT_STREAM_WINDOW))
         .add_service(h2_gate::Gate::new(service, gate))
         .serve_with_incoming(incoming)
         .await;

@@ -126,8 +126,8 @@ async fn serve(
         // fewer reads and window updates per MB. A caller that has not
         // authenticated never gets a stream whose body is read (the gate
         // answers it at its headers), so these are not its to fill.
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20))
+        .initial_stream_window_size(Some(g.stream_window_bytes))
+        .initial_connection_window_size(Some(g.connection_window_bytes))
         .max_frame_size(Some(1 << 20))
         .add_service(h2_gate::Gate::new(service, gate))
         .serve_with_incoming(incoming)

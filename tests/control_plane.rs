@@ -1146,4 +1146,20 @@ async fn idle_connections_cannot_crowd_out_the_control_plane() {
         .expect("the oldest idle connection was closed")
         .unwrap_or(0);
     assert_eq!(n, 0);
+    // Counted on the control plane's /metrics, with its dependency (the
+    // gateway's admin endpoint, down here: /readyz has just asked it).
+    assert_eq!(ctl.ready().await, 503);
+    let (st, v) = ctl.request("GET", "/metrics", &[], "").await;
+    assert_eq!(st, 200);
+    let text = v.as_str().unwrap_or_default().to_owned();
+    let evicted: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_control_connections_evicted_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no eviction counter in {text}"));
+    assert!(evicted >= 1, "{text}");
+    assert!(
+        text.contains("sluice_dependency_up{dependency=\"gateway admin endpoint\"} 0"),
+        "{text}"
+    );
 }

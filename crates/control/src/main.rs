@@ -793,7 +793,7 @@ fn serve(args: ServeArgs, dir: Catalog, audit: Audit) -> anyhow::Result<()> {
                 args.admin_failures_per_minute,
                 args.admin_failure_sources,
             ),
-            max_connections: args.max_connections,
+            conns: server::Conns::new(args.max_connections),
         });
         // Read before binding: a bad file is a clear error, not a port
         // that accepts and then fails every handshake.

@@ -54,8 +54,9 @@ pub struct App {
     pub read_timeout: Duration,
     /// Failed admin and gateway tokens per source address.
     pub token_lockout: Lockout,
-    /// Connections served at once; past it the oldest is closed.
-    pub max_connections: usize,
+    /// The connections served at once (`--max-connections`); past the
+    /// bound the oldest is closed.
+    pub conns: Arc<Conns>,
 }
 
 /// Browsers on these origins (the dashboard) may call the API; `None` =
@@ -93,6 +94,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/.well-known/jwks.json", get(jwks_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
+        .route("/metrics", get(metrics_handler))
         .fallback(|| async { ApiError::new(404, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
@@ -185,6 +187,8 @@ pub struct Peer(pub std::net::IpAddr);
 pub struct Conns {
     max: usize,
     next: std::sync::atomic::AtomicU64,
+    /// Connections closed to make room for newer ones.
+    evicted: std::sync::atomic::AtomicU64,
     open: std::sync::Mutex<std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>,
 }
 
@@ -201,8 +205,18 @@ impl Conns {
         Arc::new(Conns {
             max: max.max(1),
             next: Default::default(),
+            evicted: Default::default(),
             open: Default::default(),
         })
+    }
+
+    /// Open now, and evicted so far (for `/metrics`).
+    pub fn counts(&self) -> (usize, u64) {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner()).len();
+        (
+            open,
+            self.evicted.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub fn admit(self: &Arc<Self>) -> Admitted {
@@ -212,6 +226,8 @@ impl Conns {
         while open.len() >= self.max {
             if let Some((_, oldest)) = open.pop_front() {
                 let _ = oldest.send(());
+                self.evicted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         open.push_back((id, tx));
@@ -262,7 +278,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "control plane listening");
     let read_timeout = app.read_timeout;
-    let conns = Conns::new(app.max_connections);
+    let conns = app.conns.clone();
     let routes = router(app);
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -668,6 +684,43 @@ async fn jwks_handler(
         body,
     )
         .into_response())
+}
+
+/// `GET /metrics`: the connections held (what the unauthenticated can
+/// hold is bounded by them: a request head and at most 64 KiB of body
+/// each), and the dependencies' health.
+async fn metrics_handler(State(app): State<Arc<App>>) -> Response {
+    use std::fmt::Write as _;
+    let (open, evicted) = app.conns.counts();
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP sluice_control_connections Connections open (--max-connections)\n# TYPE sluice_control_connections gauge\nsluice_control_connections {open}");
+    let _ = writeln!(out, "# HELP sluice_control_connections_evicted_total Connections closed to make room for newer ones\n# TYPE sluice_control_connections_evicted_total counter\nsluice_control_connections_evicted_total {evicted}");
+    let mut deps: Vec<&sluice_protocol::outage::Outage> = Vec::new();
+    if app.link.is_some() {
+        deps.push(&crate::store::REDIS);
+    }
+    if let Locator::Gateway(_) = &app.locator {
+        deps.push(&crate::edges::GATEWAY);
+    }
+    for d in deps {
+        let name = d.what();
+        let _ = writeln!(
+            out,
+            "sluice_dependency_up{{dependency=\"{name}\"}} {}",
+            u8::from(!d.is_down())
+        );
+        let _ = writeln!(
+            out,
+            "sluice_dependency_failures_total{{dependency=\"{name}\"}} {}",
+            d.failures()
+        );
+        let _ = writeln!(
+            out,
+            "sluice_dependency_outages_total{{dependency=\"{name}\"}} {}",
+            d.outages()
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn ready_handler(State(app): State<Arc<App>>) -> Response {

@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
-use crate::server::{drain, router, serve_connection, App, Conns};
+use crate::server::{drain, router, serve_connection, App};
 
 /// The certificate and key files, and the config built from them.
 pub struct Files {
@@ -84,7 +84,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, files: File
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let open = Arc::new(AtomicUsize::new(0));
     let read_timeout = app.read_timeout;
-    let conns = Conns::new(app.max_connections);
+    let conns = app.conns.clone();
     let routes = router(app);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -139,7 +139,7 @@ fn main() -> Result<()> {
             cors: server::cors(std::slice::from_ref(&gw_url))?,
             read_timeout: server::DEFAULT_READ_TIMEOUT,
             token_lockout: sluice::protocol::lockout::Lockout::new("admin", 10, 4096),
-            max_connections: 1024,
+            conns: server::Conns::new(1024),
         });
         let listener = tokio::net::TcpListener::bind(args.control)
             .await

@@ -636,3 +636,67 @@ fn check_config_and_start_refuse_a_key_that_is_not_the_certificates() {
         );
     }
 }
+
+/// Issue 34 on the TLS listener: browsers that complete the TLS handshake,
+/// upgrade `/stream` without a token, flood pings and never read (receive
+/// buffer 4 KiB) are closed like plaintext ones — the same pre-auth rules
+/// apply on the shard behind the TLS front — and the gateway's memory stays
+/// within 100 MB of rest while a healthy session is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sockets_that_flood_pings_before_auth_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let pki = Pki::new(&["acme"]);
+    let gw = pki.gateway(2, &[("SLUICE_TIMEOUTS_AUTH_MS", "2000")]);
+    let at = gw.tls_addr.unwrap();
+    let mut healthy = Healthy::new(&gw).await;
+    let rest = fds_and_rss(gw.pid()).1;
+    let cfg = tls_config(&pki.path("ca.crt"), None);
+    let mut floods = Vec::new();
+    for i in 0..100 {
+        let cfg = cfg.clone();
+        floods.push(tokio::spawn(async move {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            let tcp = sock.connect(at).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let connector = tokio_rustls::TlsConnector::from(cfg);
+            let mut s = connector.connect(name, tcp).await.unwrap();
+            let head = format!(
+                "GET /stream/tls-flood-{i} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            let ping = [0x89u8, 0x84, 1, 2, 3, 4, b'p' ^ 1, b'i' ^ 2, b'n' ^ 3, b'g' ^ 4];
+            let burst: Vec<u8> = std::iter::repeat_n(ping, 100).flatten().collect();
+            for _ in 0..3000 {
+                let wrote =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), s.write_all(&burst))
+                        .await;
+                match wrote {
+                    Ok(Ok(())) => {
+                        let _ = s.flush().await;
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                    }
+                    Ok(Err(_)) => return true,
+                    Err(_) => return false,
+                }
+            }
+            false
+        }));
+    }
+    let mut closed = 0;
+    let mut peak = rest;
+    for f in floods {
+        while !f.is_finished() {
+            healthy.check().await;
+            peak = peak.max(fds_and_rss(gw.pid()).1);
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        closed += usize::from(f.await.unwrap());
+    }
+    healthy.check().await;
+    assert_eq!(closed, 100, "every flooding TLS socket was closed");
+    assert!(
+        peak < rest + 100 * 1024,
+        "RSS {rest} KiB at rest, {peak} KiB under attack"
+    );
+}

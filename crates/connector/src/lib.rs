@@ -3,6 +3,7 @@
 //! queries, live feeds) as Arrow IPC streams over the seed-001 WebSocket
 //! protocol, on the gateway's fast path when it offers one, or over seed
 //! 002's gRPC tunnel ([`grpc`]).
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod grpc;

@@ -3,6 +3,7 @@
 //!     SLUICE_EDGE_KEY=… sluice-connector --gateway ws://gw:8081 --tenant acme \
 //!         --edge plant-1 --dataset sales=/data/sales.csv --dataset orders='/data/orders/*.parquet'
 //!     sluice-connector --config connector.toml
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

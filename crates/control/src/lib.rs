@@ -2,6 +2,7 @@
 //! session tokens (EdDSA, per-tenant keys published as JWKS), publishes
 //! revocations, and knows which gateway holds which edge. It never touches
 //! data.
+#![forbid(unsafe_code)]
 
 pub mod access;
 pub mod admin;

@@ -1,4 +1,5 @@
 //! `sluice-control`: the control-plane service and its admin CLI.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 //!
 //! Every secret (master key, edge key, users' secret, admin token) is made
 //! fresh for the run and lives only in this process.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -14,6 +14,7 @@
 //!
 //!     sluice-fetch --control http://127.0.0.1:7070 --tenant acme --client dash \
 //!         --user-token "$USER_JWT" --dataset sales -o sales.parquet
+#![forbid(unsafe_code)]
 
 mod flight;
 mod output;

@@ -26,6 +26,7 @@
 //! Messages serialize with their tag first and their fields in the order
 //! the protocol has always written them, so the bytes on the wire are
 //! those documented in `docs/protocol.md`.
+#![forbid(unsafe_code)]
 
 pub mod browser;
 pub mod close;

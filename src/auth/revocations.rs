@@ -3,6 +3,7 @@
 //! and read once per authentication. Filled by the Redis link
 //! (`cluster::revocation_link`) and the admin endpoint.
 
+use sluice_protocol::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -45,7 +46,7 @@ impl Revocations {
     }
 
     fn revoked(&self) -> std::sync::MutexGuard<'_, SpentSessions> {
-        self.revoked.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.revoked)
     }
 
     /// Revoked through Redis or the admin endpoint, and not yet expired.

@@ -230,7 +230,7 @@ impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<EdgeId, Edge>> {
         // A panic while holding the lock cannot leave the map half-updated
         // (every update is a single insert/remove), so poisoning is ignored.
-        self.edges.lock().unwrap_or_else(|p| p.into_inner())
+        sluice_protocol::sync::lock(&self.edges)
     }
 
     /// Adds a connection, idle. An edge keeps one tenant for its lifetime.

@@ -37,6 +37,4 @@ pub struct Feeds {
 
 /// Locks a feed table or entry; a panic elsewhere never leaves a feed
 /// unusable (the data is plain values).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub use sluice_protocol::sync::lock;

@@ -259,9 +259,7 @@ impl Spends {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use sluice_protocol::sync::lock;
 
 // ---- The session's count across gateways (Redis); the thread that talks
 // to Redis is `cluster::spend_link`, which explains the protocol.

@@ -10,6 +10,7 @@
 //! `timeouts.auth_ms` after its handshake — enforced in the connection's
 //! own reads and writes, so it holds whether or not the client reads.
 
+use sluice_protocol::sync::lock;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,7 +111,7 @@ impl Waiting {
     /// Lists a new connection; at the bound, evicts the oldest one still
     /// unauthenticated first.
     fn admit(&self, auth: &Arc<ConnAuth>, max: usize) {
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = lock(&self.0);
         q.retain(|w| w.upgrade().is_some_and(|a| !a.is_authenticated()));
         while q.len() >= max {
             match q.pop_front().and_then(|w| w.upgrade()) {

@@ -3,6 +3,7 @@
 //! what they ask for, whether their plan allows it, whether the edge can
 //! serve it; only then is a stream slot reserved and a token signed.
 
+use sluice_protocol::sync::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -96,7 +97,7 @@ impl Signers {
         sealed: &str,
         master: &MasterKey,
     ) -> Result<Arc<SigningKey>, ApiError> {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.0);
         if let Some(k) = m.get(kid) {
             return Ok(k.clone());
         }

@@ -4,6 +4,7 @@
 //! invocations can share a file without interleaving lines. Never holds a
 //! secret: tokens and keys are not events' fields.
 
+use sluice_protocol::sync::lock;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -43,7 +44,7 @@ impl Audit {
         }
         let mut line = Value::Object(m).to_string();
         line.push('\n');
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = lock(&self.out);
         let res = match out.as_mut() {
             Some(f) => f.write_all(line.as_bytes()),
             None => std::io::stdout().lock().write_all(line.as_bytes()),

@@ -4,6 +4,7 @@
 //! subscription is dead reports 503 until it has resubscribed and re-read
 //! the stored revocations, exactly like the gateway.
 
+use sluice_protocol::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,12 +35,12 @@ impl Link {
     }
 
     pub fn knows_revoked(&self, sid: &str) -> bool {
-        let m = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let m = lock(&self.revoked);
         m.get(sid).is_some_and(|exp| *exp + 60 > now_s())
     }
 
     fn insert(&self, sid: String, exp: u64) {
-        let mut m = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.revoked);
         let now = now_s();
         m.retain(|_, e| *e + 60 > now);
         m.insert(sid, exp);

@@ -4,6 +4,7 @@
 //! parse the body → static checks (client, dataset, plan, edge, key) → edge
 //! online → reserve slot + quota → sign → audit → answer.
 
+use sluice_protocol::sync::lock;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -212,7 +213,7 @@ impl Conns {
 
     /// Open now, and evicted so far (for `/metrics`).
     pub fn counts(&self) -> (usize, u64) {
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let open = lock(&self.open).len();
         (
             open,
             self.evicted.load(std::sync::atomic::Ordering::Relaxed),
@@ -222,7 +223,7 @@ impl Conns {
     pub fn admit(self: &Arc<Self>) -> Admitted {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = lock(&self.open);
         while open.len() >= self.max {
             if let Some((_, oldest)) = open.pop_front() {
                 let _ = oldest.send(());
@@ -241,7 +242,7 @@ impl Conns {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut open = self.conns.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = lock(&self.conns.open);
         open.retain(|(id, _)| *id != self.id);
     }
 }

@@ -19,6 +19,7 @@
 //! stream slots), and an ended session gives back what it did not use, so
 //! one session never takes the whole hour from the plan's other streams.
 
+use sluice_protocol::sync::lock;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -202,7 +203,7 @@ impl Store {
     ) -> Result<Result<u64, Refused>, ApiError> {
         match self {
             Store::Memory(m) => {
-                let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+                let mut m = lock(m);
                 Ok(m.reserve(rec, limits, now))
             }
             Store::Redis(r) => {
@@ -243,7 +244,7 @@ impl Store {
     ) -> Result<Option<(SessionRecord, bool)>, ApiError> {
         match self {
             Store::Memory(m) => {
-                let m = m.lock().unwrap_or_else(|p| p.into_inner());
+                let m = lock(m);
                 Ok(m.sessions
                     .get(sid)
                     .filter(|r| r.exp + 60 > now)
@@ -270,7 +271,7 @@ impl Store {
     pub async fn revoke(&self, rec: &SessionRecord, now: u64) -> Result<(), ApiError> {
         match self {
             Store::Memory(m) => {
-                let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+                let mut m = lock(m);
                 m.revoked.insert(rec.sid.clone(), rec.exp);
                 m.release(rec);
                 Ok(())
@@ -305,7 +306,7 @@ impl Store {
     pub async fn end(&self, rec: &SessionRecord, bytes: u64) -> Result<(), ApiError> {
         match self {
             Store::Memory(m) => {
-                m.lock().unwrap_or_else(|p| p.into_inner()).end(rec, bytes);
+                lock(m).end(rec, bytes);
                 Ok(())
             }
             Store::Redis(r) => {
@@ -330,7 +331,7 @@ impl Store {
     pub async fn release(&self, rec: &SessionRecord) -> Result<(), ApiError> {
         match self {
             Store::Memory(m) => {
-                m.lock().unwrap_or_else(|p| p.into_inner()).release(rec);
+                lock(m).release(rec);
                 Ok(())
             }
             Store::Redis(r) => {

@@ -11,6 +11,7 @@
 //! [`TenantError::Unknown`], a folder without `tenant.toml` is
 //! [`TenantError::NotConfigured`]; neither ever yields another tenant's data.
 
+use sluice_protocol::sync::lock;
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
@@ -477,7 +478,7 @@ impl TenantCache {
     pub fn get(&self, slug: &TenantSlug) -> Result<Arc<Tenant>, TenantError> {
         let gen = self.dir.generation(slug);
         if let Some(gen) = gen {
-            let c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+            let c = lock(&self.cached);
             if let Some((g, t)) = c.get(slug) {
                 if *g == gen {
                     return Ok(t.clone());
@@ -486,7 +487,7 @@ impl TenantCache {
         }
         let t = Arc::new(self.dir.load(slug)?);
         if let Some(gen) = gen {
-            let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+            let mut c = lock(&self.cached);
             c.insert(slug.clone(), (gen, t.clone()));
         }
         Ok(t)

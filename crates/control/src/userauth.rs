@@ -7,6 +7,7 @@
 //! of made-up kids cannot turn this service into a load generator against
 //! the identity provider.
 
+use sluice_protocol::sync::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -165,7 +166,7 @@ impl UserAuth {
     }
 
     fn hs256_key(&self, sealed: &str, master: &MasterKey) -> Result<DecodingKey, ApiError> {
-        let mut c = self.hs256.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = lock(&self.hs256);
         if let Some(k) = c.get(sealed) {
             return Ok(k.clone());
         }

@@ -20,6 +20,7 @@
 //!   gateway's edge keys and admin token, the control plane's tokens);
 //! - [`outage`]: a dependency that is down, logged once and counted;
 //! - [`secret`]: a configured secret that `Debug` never shows;
+//! - [`sync`]: the one poison-tolerant way to take a lock;
 //! - `tunnel` (feature `grpc`): seed 002's gRPC tunnel between a connector
 //!   and the gateway, generated from `proto/tunnel.proto`.
 //!
@@ -38,6 +39,7 @@ pub mod relay;
 pub mod secret;
 pub mod slots;
 pub mod suggest;
+pub mod sync;
 pub mod units;
 
 /// Seed 002's gRPC tunnel (`proto/tunnel.proto`, package

@@ -19,6 +19,7 @@
 //! none has, the new address is not tracked (it is still refused on each
 //! bad secret, only not locked out).
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -94,7 +95,7 @@ impl Lockout {
             return Ok(());
         }
         let now = Instant::now();
-        let mut map = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.sources);
         let Some(t) = map.tries.get_mut(&source_key(ip)) else {
             return Ok(());
         };
@@ -115,7 +116,7 @@ impl Lockout {
         let now = Instant::now();
         let cap = f64::from(self.per_minute);
         let key = source_key(ip);
-        let mut guard = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.sources);
         let map = &mut *guard;
         if !map.tries.contains_key(&key) && map.tries.len() >= self.max_sources {
             let due = map

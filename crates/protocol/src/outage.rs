@@ -4,6 +4,7 @@
 //! per session or per retry: an outage that lasts four minutes under load
 //! must not bury everything else in the log.
 
+use crate::sync::lock;
 use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -74,7 +75,7 @@ impl Outage {
 
     fn failed_at(&self, error: &dyn Display, now: Instant) {
         self.failures.fetch_add(1, Relaxed);
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.state);
         s.in_outage += 1;
         let Some(since) = s.since else {
             s.since = Some(now);
@@ -107,7 +108,7 @@ impl Outage {
         if !self.down.load(Relaxed) {
             return;
         }
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.state);
         if let Some(since) = s.since.take() {
             self.down.store(false, Relaxed);
             tracing::info!(

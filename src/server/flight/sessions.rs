@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use sluice_protocol::sync::lock;
 use tokio::sync::OwnedMutexGuard;
 use tonic::codegen::http;
 use tonic::Status;
@@ -66,7 +67,7 @@ impl Sessions {
         let sid = sid_of(token)?;
         let key: Key = Sha256::digest(token.as_bytes()).into();
         let slot = {
-            let mut slots = self.slots.lock().expect("flight sessions lock");
+            let mut slots = lock(&self.slots);
             match slots.get(&key) {
                 Some(s) => s.clone(),
                 None => {
@@ -85,7 +86,7 @@ impl Sessions {
             }
         };
         let mut held = slot.link.clone().lock_owned().await;
-        *slot.last_used.lock().expect("flight slot lock") = Instant::now();
+        *lock(&slot.last_used) = Instant::now();
         if held.as_ref().is_some_and(|l| !l.is_open()) {
             *held = None;
         }
@@ -106,12 +107,12 @@ impl Sessions {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let mut slots = self.slots.lock().expect("flight sessions lock");
+            let mut slots = lock(&self.slots);
             slots.retain(|_, slot| {
                 let Ok(mut held) = slot.link.try_lock() else {
                     return true; // in a call
                 };
-                let fresh = slot.last_used.lock().expect("flight slot lock").elapsed() < idle;
+                let fresh = lock(&slot.last_used).elapsed() < idle;
                 let alive = held.as_mut().is_some_and(|l| l.tend());
                 fresh && alive
             });

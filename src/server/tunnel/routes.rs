@@ -6,6 +6,7 @@
 //! guessed; a `Serve` call must also come from the connector that received
 //! the request ([`Owner`]).
 
+use sluice_protocol::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -68,18 +69,18 @@ pub struct Routes {
 
 impl Routes {
     pub fn insert(&self, tag: Arc<str>, r: Route) {
-        self.map.lock().expect("routes lock").insert(tag, r);
+        lock(&self.map).insert(tag, r);
     }
 
     pub fn remove(&self, tag: &str) -> Option<Route> {
-        self.map.lock().expect("routes lock").remove(tag)
+        lock(&self.map).remove(tag)
     }
 
     /// The `do_get` `tag` names, if `owner` received it and no `Serve`
     /// call took it yet. It stays listed (a cancel must find it) until the
     /// call ends.
     pub fn take_get(&self, tag: &str, owner: &Owner) -> Option<(Arc<str>, RouteHandle)> {
-        let mut m = self.map.lock().expect("routes lock");
+        let mut m = lock(&self.map);
         let key = m.get_key_value(tag)?.0.clone();
         let r = m.get_mut(tag)?;
         if r.kind != Kind::Get || &r.owner != owner || r.taken {
@@ -92,7 +93,7 @@ impl Routes {
     /// The `get_flight_info` or `do_get` `tag` names, for an answer on
     /// `Connect` from `owner`.
     pub fn take_for(&self, tag: &str, owner: &Owner) -> Option<Route> {
-        let mut m = self.map.lock().expect("routes lock");
+        let mut m = lock(&self.map);
         if m.get(tag).is_some_and(|r| &r.owner == owner && !r.taken) {
             return m.remove(tag);
         }

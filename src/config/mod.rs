@@ -718,6 +718,28 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The bounds that keep the unauthenticated and the slow from holding
+    /// the gateway (issue 34): each must leave something to serve.
+    fn validate_abuse_bounds(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !(self.limits.worker_share > 0.0 && self.limits.worker_share <= 1.0) {
+            return bad("limits.worker_share must be within (0, 1]");
+        }
+        if self.timeouts.reader_stall_ms == 0 {
+            return bad("timeouts.reader_stall_ms must be >= 1");
+        }
+        let g = &self.grpc;
+        if g.stream_window_bytes < 65_535 || g.connection_window_bytes < g.stream_window_bytes {
+            return bad(
+                "grpc.stream_window_bytes must be >= 65535 and <= grpc.connection_window_bytes",
+            );
+        }
+        if self.flight.max_unauthenticated == 0 || g.max_unauthenticated == 0 {
+            return bad("flight.max_unauthenticated and grpc.max_unauthenticated must be >= 1");
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.listen.parse::<SocketAddr>().is_err() {
@@ -801,22 +823,7 @@ impl Config {
         if l.max_auth_message_bytes < 1024 {
             return bad("limits.max_auth_message_bytes must be >= 1024 (a token must fit)");
         }
-        if !(l.worker_share > 0.0 && l.worker_share <= 1.0) {
-            return bad("limits.worker_share must be within (0, 1]");
-        }
-        if self.timeouts.reader_stall_ms == 0 {
-            return bad("timeouts.reader_stall_ms must be >= 1");
-        }
-        if self.grpc.stream_window_bytes < 65_535
-            || self.grpc.connection_window_bytes < self.grpc.stream_window_bytes
-        {
-            return bad(
-                "grpc.stream_window_bytes must be >= 65535 and <= grpc.connection_window_bytes",
-            );
-        }
-        if self.flight.max_unauthenticated == 0 || self.grpc.max_unauthenticated == 0 {
-            return bad("flight.max_unauthenticated and grpc.max_unauthenticated must be >= 1");
-        }
+        self.validate_abuse_bounds()?;
         if l.max_pending_handshakes == 0 || l.max_unauthenticated == 0 {
             return bad("limits.max_pending_handshakes and max_unauthenticated must be >= 1");
         }

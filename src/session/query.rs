@@ -246,7 +246,6 @@ async fn stream(
         None,
     );
     let metrics = shard.metrics();
-    let reader_stall = Duration::from_millis(cfg.timeouts.reader_stall_ms);
     // `request_ms` measures the stream's progress: pongs do not count.
     let mut peer = Peer::new(&mut w.reader, Direct, cfg.limits.max_text_bytes)
         .watched(live)
@@ -403,22 +402,28 @@ async fn stream(
                 Err(_) => return End::Cancel(Flow::Ended),
             }
             // Backpressure: stop reading the connector until the browser
-            // has taken enough; TCP does the rest. A browser that takes
-            // nothing for `timeouts.reader_stall_ms` is ended (4409), so
-            // that the worker goes back to its edge instead of waiting on
-            // a client that may never read again.
-            // The wait is boxed: it is rare, and kept inline its timer
-            // would double the stream task's future (see the test below).
-            let room = match sess.outbox.has_room() {
-                Ok(false) => Box::pin(sess.outbox.space_within(reader_stall)).await,
-                other => other,
-            };
-            match room {
-                Ok(true) => {}
-                Ok(false) => return End::Cancel(Flow::Close(stopped_reading(reader_stall))),
-                Err(_) => return End::Cancel(Flow::Ended),
+            // has taken enough; TCP does the rest.
+            // The wait is rare and boxed: kept inline, its timer would
+            // double the stream task's future (see the test below).
+            if !matches!(sess.outbox.has_room(), Ok(true)) {
+                if let Some(end) = Box::pin(room_or_end(sess)).await {
+                    return end;
+                }
             }
         }
+    }
+}
+
+/// Waits for room in the browser's full outbox; `Some`: the stream ends.
+/// A browser that takes nothing for `timeouts.reader_stall_ms` is ended
+/// (4409), so that the worker goes back to its edge instead of waiting on
+/// a client that may never read again.
+async fn room_or_end(sess: &Session) -> Option<End> {
+    let stall = Duration::from_millis(sess.shard.cfg().timeouts.reader_stall_ms);
+    match sess.outbox.space_within(stall).await {
+        Ok(true) => None,
+        Ok(false) => Some(End::Cancel(Flow::Close(stopped_reading(stall)))),
+        Err(_) => Some(End::Cancel(Flow::Ended)),
     }
 }
 

@@ -108,34 +108,20 @@ fn run() -> Result<()> {
                 scenario::grpc::run(ctx, at, &p)?,
             )))
         }),
-        Scenario::Latency(a) => measured(&a.common, Kind::Proxies, |ctx, _, _| {
-            let p = scenario::latency::Params {
-                streams: 1,
-                size: a.frame_size,
-                rate: a.rate,
-                duration: Duration::from_secs(a.timing.duration),
-                slices: a.timing.slices as usize,
-            };
-            Ok(Some((
-                "latency",
-                latency_json(&p),
-                scenario::latency::run(ctx, &p),
-            )))
-        }),
-        Scenario::FanIn(a) => measured(&a.common, Kind::Proxies, |ctx, _, _| {
-            let p = scenario::latency::Params {
-                streams: a.sessions,
-                size: a.frame_size,
-                rate: a.rate,
-                duration: Duration::from_secs(a.timing.duration),
-                slices: a.timing.slices as usize,
-            };
-            Ok(Some((
-                "fan-in",
-                latency_json(&p),
-                scenario::latency::run(ctx, &p),
-            )))
-        }),
+        Scenario::Latency(a) => {
+            let p = timed(1, a.frame_size, a.rate, a.timing);
+            measured(&a.common, Kind::Proxies, |ctx, _, _| {
+                let outcomes = scenario::latency::run(ctx, &p);
+                Ok(Some(("latency", latency_json(&p), outcomes)))
+            })
+        }
+        Scenario::FanIn(a) => {
+            let p = timed(a.sessions, a.frame_size, a.rate, a.timing);
+            measured(&a.common, Kind::Proxies, |ctx, _, _| {
+                let outcomes = scenario::latency::run(ctx, &p);
+                Ok(Some(("fan-in", latency_json(&p), outcomes)))
+            })
+        }
         Scenario::FanOut(a) => measured(&a.common, Kind::Proxies, |ctx, _, _| {
             let p = scenario::fan_out::Params {
                 viewers: a.viewers,
@@ -204,6 +190,18 @@ fn front_params(a: &cli::FrontArgs) -> scenario::bulk::Params {
 
 fn front_json(p: &scenario::bulk::Params) -> Value {
     json!({"frames": p.frames, "frame_size": p.size, "runs": p.runs})
+}
+
+/// `latency` and `fan-in`: `streams` open-loop streams of `size`-byte
+/// frames at `rate` each.
+fn timed(streams: usize, size: usize, rate: u64, t: cli::Timing) -> scenario::latency::Params {
+    scenario::latency::Params {
+        streams,
+        size,
+        rate,
+        duration: Duration::from_secs(t.duration),
+        slices: t.slices as usize,
+    }
 }
 
 fn latency_json(p: &scenario::latency::Params) -> Value {

@@ -44,6 +44,7 @@ pub fn start(shared: Arc<Shared>, listener: std::net::TcpListener) -> anyhow::Re
         .name("sluice-admin".into())
         .spawn(move || rt.block_on(serve(shared, listener)))
         .context("cannot spawn the admin thread")?;
+    tracing::info!(%addr, "admin listening");
     Ok(addr)
 }
 

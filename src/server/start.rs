@@ -85,6 +85,17 @@ fn bind_as(
     Ok(sock.into())
 }
 
+/// The admin listener, bound when an admin token is set.
+fn bind_admin(cfg: &Config) -> anyhow::Result<Option<std::net::TcpListener>> {
+    if cfg.admin.token.is_empty() {
+        return Ok(None);
+    }
+    let at: SocketAddr = cfg.admin.listen.parse().context("admin.listen")?;
+    let listener = bind_as(at, 0, false)
+        .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
+    Ok(Some(listener))
+}
+
 impl Gateway {
     pub fn start(cfg: Config) -> anyhow::Result<Gateway> {
         cfg.validate()?;
@@ -154,14 +165,7 @@ impl Gateway {
             };
             Some((listener, material, url, Arc::new(FlightStats::default())))
         };
-        let admin = if cfg.admin.token.is_empty() {
-            None
-        } else {
-            let at: SocketAddr = cfg.admin.listen.parse().context("admin.listen")?;
-            let listener = bind_as(at, 0, false)
-                .with_context(|| format!("cannot listen on {} (admin.listen)", cfg.admin.listen))?;
-            Some(listener)
-        };
+        let admin = bind_admin(&cfg)?;
         let grpc = if cfg.grpc.listen.is_empty() {
             None
         } else {
@@ -306,14 +310,9 @@ impl Gateway {
             }
             None => None,
         };
-        let admin_addr = match admin {
-            Some(listener) => {
-                let at = crate::server::admin::start(shared.clone(), listener)?;
-                tracing::info!(addr = %at, "admin listening");
-                Some(at)
-            }
-            None => None,
-        };
+        let admin_addr = admin
+            .map(|l| crate::server::admin::start(shared.clone(), l))
+            .transpose()?;
         revocation_link::start(shared.clone()).context("cannot start the revocation thread")?;
         if let Some((_, rx)) = ends {
             crate::cluster::session_end::start(shared.clone(), rx)

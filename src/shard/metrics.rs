@@ -203,9 +203,7 @@ impl Metrics {
             snap.relay_idle as i64,
         );
 
-        for dep in &snap.dependencies {
-            dependency_series(&mut out, dep);
-        }
+        sluice_protocol::outage::render(&mut out, &snap.dependencies);
         if let Some(g) = &snap.grpc {
             let get = |a: &AtomicU64| a.load(Relaxed);
             series(
@@ -517,25 +515,5 @@ fn preauth_series(out: &mut String, front: &str, p: &PreAuthStats) {
         "counter",
         "Connections closed before any authenticated call: past timeouts.auth_ms, or evicted at max_unauthenticated",
         p.closed.load(Relaxed),
-    );
-}
-
-/// A dependency's health: up or down now, failures and outages so far.
-fn dependency_series(out: &mut String, d: &crate::shard::health::Outage) {
-    let name = d.what();
-    let _ = writeln!(
-        out,
-        "# HELP sluice_dependency_up Whether the dependency answered its last call (1) or is down (0)\n# TYPE sluice_dependency_up gauge\nsluice_dependency_up{{dependency=\"{name}\"}} {}",
-        u8::from(!d.is_down())
-    );
-    let _ = writeln!(
-        out,
-        "# HELP sluice_dependency_failures_total Calls to the dependency that failed\n# TYPE sluice_dependency_failures_total counter\nsluice_dependency_failures_total{{dependency=\"{name}\"}} {}",
-        d.failures()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP sluice_dependency_outages_total Times the dependency went down\n# TYPE sluice_dependency_outages_total counter\nsluice_dependency_outages_total{{dependency=\"{name}\"}} {}",
-        d.outages()
     );
 }

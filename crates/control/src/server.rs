@@ -703,24 +703,7 @@ async fn metrics_handler(State(app): State<Arc<App>>) -> Response {
     if let Locator::Gateway(_) = &app.locator {
         deps.push(&crate::edges::GATEWAY);
     }
-    for d in deps {
-        let name = d.what();
-        let _ = writeln!(
-            out,
-            "sluice_dependency_up{{dependency=\"{name}\"}} {}",
-            u8::from(!d.is_down())
-        );
-        let _ = writeln!(
-            out,
-            "sluice_dependency_failures_total{{dependency=\"{name}\"}} {}",
-            d.failures()
-        );
-        let _ = writeln!(
-            out,
-            "sluice_dependency_outages_total{{dependency=\"{name}\"}} {}",
-            d.outages()
-        );
-    }
+    sluice_protocol::outage::render(&mut out, &deps);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

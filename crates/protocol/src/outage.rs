@@ -124,6 +124,46 @@ impl Outage {
     }
 }
 
+/// A metric family: name, type, help, and its value for one dependency.
+type Family = (&'static str, &'static str, &'static str, fn(&Outage) -> u64);
+
+/// The dependencies' health in Prometheus text, each family's HELP and
+/// TYPE once: up (1) or down (0) now, failures and outages so far, one
+/// series per dependency (`dependency="redis"`). The gateway's and the
+/// control plane's `/metrics` both use it.
+pub fn render(out: &mut String, deps: &[&Outage]) {
+    use std::fmt::Write as _;
+    let families: [Family; 3] = [
+        (
+            "sluice_dependency_up",
+            "gauge",
+            "Whether the dependency answered its last call (1) or is down (0)",
+            |d| u64::from(!d.is_down()),
+        ),
+        (
+            "sluice_dependency_failures_total",
+            "counter",
+            "Calls to the dependency that failed",
+            Outage::failures,
+        ),
+        (
+            "sluice_dependency_outages_total",
+            "counter",
+            "Times the dependency went down",
+            Outage::outages,
+        ),
+    ];
+    if deps.is_empty() {
+        return;
+    }
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for d in deps {
+            let _ = writeln!(out, "{name}{{dependency=\"{}\"}} {}", d.what(), value(d));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +191,17 @@ mod tests {
         o.ok();
         o.failed(&"again");
         assert_eq!(o.outages(), 2);
+    }
+
+    #[test]
+    fn the_metrics_name_each_dependency_under_one_help_line() {
+        let (a, b) = (Outage::new("redis"), Outage::new("etcd"));
+        a.failed(&"down");
+        let mut out = String::new();
+        render(&mut out, &[&a, &b]);
+        assert_eq!(out.matches("# HELP sluice_dependency_up ").count(), 1);
+        assert!(out.contains("sluice_dependency_up{dependency=\"redis\"} 0\n"));
+        assert!(out.contains("sluice_dependency_up{dependency=\"etcd\"} 1\n"));
+        assert!(out.contains("sluice_dependency_failures_total{dependency=\"redis\"} 1\n"));
     }
 }

@@ -700,3 +700,54 @@ async fn tls_sockets_that_flood_pings_before_auth_are_closed() {
         "RSS {rest} KiB at rest, {peak} KiB under attack"
     );
 }
+
+/// Issue 35: every front turns a connection past its `max_connections`
+/// away the same way and counts it in the same series — the TLS listener,
+/// Flight and the gRPC tunnel alike (only the TLS front counted before).
+/// The connections within the bound keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_front_counts_connections_past_its_limit_in_one_series() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new(&["acme"]);
+    let gw = pki.gateway(
+        1,
+        &[
+            ("SLUICE_TLS_MAX_CONNECTIONS", "2"),
+            ("SLUICE_FLIGHT_LISTEN", "127.0.0.1:0"),
+            ("SLUICE_FLIGHT_MAX_CONNECTIONS", "2"),
+            ("SLUICE_GRPC_LISTEN", "127.0.0.1:0"),
+            ("SLUICE_GRPC_MAX_CONNECTIONS", "2"),
+        ],
+    );
+    let fronts = [
+        ("wss", gw.tls_addr.unwrap()),
+        ("flight", gw.flight_addr.unwrap()),
+        ("grpc", gw.grpc_addr.unwrap()),
+    ];
+    for (front, at) in fronts {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(tokio::net::TcpStream::connect(at).await.unwrap());
+        }
+        // Accepted in order: the third finds both places taken.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut third = tokio::net::TcpStream::connect(at).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), third.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{front}: the connection past the limit is closed"));
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "{front}: closed without an answer"
+        );
+        let series =
+            format!("sluice_front_refusals_total{{front=\"{front}\",reason=\"max_connections\"}}");
+        assert_eq!(gw.metric_settles(&series, 1).await, 1, "{series}");
+        drop(held);
+    }
+    // Places are given back: a browser reads over wss again.
+    let cfg = tls_config(&pki.path("ca.crt"), None);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let hello = wss(&gw, "/healthz", &[], cfg).await;
+    assert!(!is_tls_refusal(&hello), "the TLS front serves again");
+}

@@ -37,7 +37,7 @@ pub enum Scenario {
     Tls(TlsArgs),
     /// The same dataset through the WebSocket fast path and through Arrow
     /// Flight's DoGet, on one gateway with a Flight listener.
-    Flight(FrontArgs),
+    Flight(FlightArgs),
     /// Bulk from a connector on the gRPC tunnel against the WebSocket fast
     /// path, on one gateway with a gRPC listener.
     Grpc(FrontArgs),
@@ -149,6 +149,18 @@ pub struct FrontArgs {
     /// Rounds; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+}
+
+/// `flight`: bulk through Flight's `DoGet`.
+#[derive(Args, Debug)]
+pub struct FlightArgs {
+    #[command(flatten)]
+    pub front: FrontArgs,
+    /// Also time Arrow's own Flight server (pyarrow.flight, C++) serving
+    /// the same batches directly, no gateway, pinned to the gateway's CPU:
+    /// what an analyst gets without Sluice (needs python3 with pyarrow).
+    #[arg(long)]
+    pub pyarrow: bool,
 }
 
 /// How the timed scenarios share the host: see `--slices`.

@@ -86,15 +86,15 @@ fn run() -> Result<()> {
             let params = json!({"frames": p.frames, "frame_size": p.size, "runs": p.runs});
             Ok(Some(("bulk", params, scenario::bulk::run(ctx, &p))))
         }),
-        Scenario::Flight(a) => measured(&a.common, Kind::Flight, |ctx, gw, _| {
+        Scenario::Flight(a) => measured(&a.front.common, Kind::Flight, |ctx, gw, _| {
             let at = gw
                 .flight_addr
                 .context("the gateway printed no Flight address")?;
-            let p = front_params(&a);
+            let p = front_params(&a.front);
             Ok(Some((
                 "flight",
                 front_json(&p),
-                scenario::flight::run(ctx, at, &p)?,
+                scenario::flight::run(ctx, at, &p, a.pyarrow)?,
             )))
         }),
         Scenario::Grpc(a) => measured(&a.common, Kind::Grpc, |ctx, gw, _| {

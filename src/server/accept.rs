@@ -10,7 +10,7 @@ use monoio::net::TcpListener;
 
 use crate::auth::edge_auth::Transport;
 use crate::server::{mailbox, route};
-use crate::shard::metrics::ShardMetrics;
+use crate::shard::metrics::{Front, Refused, ShardMetrics};
 use crate::shard::{Shard, ShardMsg, Shared};
 
 /// Runs shard `id` until the process exits.
@@ -59,6 +59,8 @@ pub async fn run(
                     tracing::warn!(shard = id, times = out_of_fds, "out of file descriptors: refusing new connections (raise the descriptor limit, or lower limits.max_pending_handshakes)");
                 }
                 ShardMetrics::inc(&shard.metrics().http_rejections);
+                let fronts = &shard.shared.metrics.fronts;
+                fronts.count(Front::Ws, Refused::OutOfDescriptors);
                 // Under io_uring a dropped socket is closed by an operation
                 // of the ring: give it time to complete before the spare
                 // takes the descriptor back.

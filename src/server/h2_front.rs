@@ -22,13 +22,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::Connected;
 
 use crate::auth::edge_auth::{CertTenant, Transport};
-use crate::server::tls_front::{client_tenant, handshake_failed};
-use crate::shard::metrics::PreAuthStats;
+use crate::server::front;
+use crate::shard::metrics::{Front, PreAuthStats};
+use crate::shard::Shared;
 use crate::tls::Material;
 
 /// What a connection's handshake proved, for the calls on it.
@@ -140,86 +142,45 @@ impl FrontInfo {
 }
 
 /// Connections past their handshake, as tonic's `serve_with_incoming`
-/// takes them.
+/// takes them. Accepts and (with TLS) completes handshakes off the
+/// server's path, so a slow handshake holds up no one; at
+/// `max_connections` new ones are closed at once and counted.
 pub fn incoming(
+    shared: Arc<Shared>,
     listener: TcpListener,
     tls: Option<Arc<Material>>,
-    handshake: Duration,
     max: usize,
     preauth: PreAuth,
-    what: &'static str,
+    front: Front,
 ) -> impl futures_util::Stream<Item = std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Conn>>(64);
-    tokio::spawn(accept(listener, tls, tx, handshake, max, preauth, what));
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
-}
-
-/// Accepts and (with TLS) completes handshakes off the server's path, so a
-/// slow handshake holds up no one; at `max` open connections new ones are
-/// closed at once.
-async fn accept(
-    listener: TcpListener,
-    tls: Option<Arc<Material>>,
-    tx: tokio::sync::mpsc::Sender<std::io::Result<Conn>>,
-    handshake: Duration,
-    max: usize,
-    preauth: PreAuth,
-    what: &'static str,
-) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(max));
+    let handshake = Duration::from_millis(shared.cfg.timeouts.handshake_ms);
     let waiting = Arc::new(Waiting::default());
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(place) = limit.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "{what} connection refused: max_connections reached");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
+    // HTTP/2: the same certificate and client CA, ALPN h2.
+    let each = move |tcp: TcpStream, peer: SocketAddr, place: OwnedSemaphorePermit| {
         let (tx, tls) = (tx.clone(), tls.clone());
         let (preauth, waiting) = (preauth.clone(), waiting.clone());
-        tokio::spawn(async move {
-            let conn = |io: Io, tenant: Option<CertTenant>| {
-                let auth = Arc::new(ConnAuth::new(preauth.stats.clone()));
-                waiting.admit(&auth, preauth.max);
-                let info = FrontInfo {
-                    peer: Some(peer),
-                    tls: matches!(io, Io::Tls(_)),
-                    tenant,
-                    auth: auth.clone(),
-                };
-                Conn {
-                    io,
-                    info,
-                    auth,
-                    deadline: Some(Box::pin(tokio::time::sleep(preauth.deadline))),
-                    _place: place,
+        async move {
+            let (io, tenant) = match tls {
+                None => (Io::Plain(tcp), None),
+                Some(m) => {
+                    let mut config = (*m.current()).clone();
+                    config.alpn_protocols = vec![b"h2".to_vec()];
+                    let acceptor = TlsAcceptor::from(Arc::new(config));
+                    let shaken =
+                        front::tls_handshake(&m, acceptor, tcp, peer, handshake, front).await;
+                    let Some((s, tenant)) = shaken else {
+                        return;
+                    };
+                    (Io::Tls(Box::new(s)), tenant)
                 }
             };
-            let Some(m) = tls else {
-                let _ = tx.send(Ok(conn(Io::Plain(tcp), None))).await;
-                return;
-            };
-            // HTTP/2: the same certificate and client CA, ALPN h2.
-            let mut config = (*m.current()).clone();
-            config.alpn_protocols = vec![b"h2".to_vec()];
-            let acceptor = TlsAcceptor::from(Arc::new(config));
-            let s = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return handshake_failed(&m, peer, Some(&e), what),
-                Err(_) => return handshake_failed(&m, peer, None, what),
-            };
-            m.stats.handshakes.fetch_add(1, Relaxed);
-            let tenant = client_tenant(s.get_ref().1, peer);
-            let _ = tx.send(Ok(conn(Io::Tls(Box::new(s)), tenant))).await;
-        });
-    }
+            let conn = Conn::new(io, peer, tenant, &preauth, &waiting, place);
+            let _ = tx.send(Ok(conn)).await;
+        }
+    };
+    tokio::spawn(front::accept_each(shared, listener, front, max, each));
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
 }
 
 /// A connection, plain or TLS, holding its place under the front's
@@ -230,10 +191,37 @@ pub struct Conn {
     auth: Arc<ConnAuth>,
     /// Until a call authenticates: when the connection is closed.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    _place: tokio::sync::OwnedSemaphorePermit,
+    _place: OwnedSemaphorePermit,
 }
 
 impl Conn {
+    /// A connection just past its handshake, listed among the front's
+    /// unauthenticated ones with its deadline running.
+    fn new(
+        io: Io,
+        peer: SocketAddr,
+        tenant: Option<CertTenant>,
+        preauth: &PreAuth,
+        waiting: &Waiting,
+        place: OwnedSemaphorePermit,
+    ) -> Self {
+        let auth = Arc::new(ConnAuth::new(preauth.stats.clone()));
+        waiting.admit(&auth, preauth.max);
+        let info = FrontInfo {
+            peer: Some(peer),
+            tls: matches!(io, Io::Tls(_)),
+            tenant,
+            auth: auth.clone(),
+        };
+        Conn {
+            io,
+            info,
+            auth,
+            deadline: Some(Box::pin(tokio::time::sleep(preauth.deadline))),
+            _place: place,
+        }
+    }
+
     /// Fails the connection's I/O once it is evicted or past its deadline
     /// without an authenticated call. Checked on every read and write, and
     /// the deadline's timer wakes the read, so a client that sends nothing

@@ -5,6 +5,7 @@
 pub mod accept;
 pub mod admin;
 mod flight;
+mod front;
 mod h2_front;
 mod h2_gate;
 mod mailbox;

@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::auth::edge_auth::Transport;
+use crate::server::front;
+use crate::shard::metrics::Front;
 use crate::shard::{ShardMsg, Shared};
 use crate::wire::frame::{self, CloseStatus, MaskRule, Opcode};
 use crate::wire::handoff::Detached;
@@ -82,6 +84,7 @@ impl Pair {
         path: &str,
         headers: &[(&str, &str)],
         role: Role,
+        front: Front,
     ) -> Result<Pair, PairError> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         ours.set_nonblocking(true)?;
@@ -93,7 +96,7 @@ impl Pair {
             },
             transport,
         };
-        if shared.mailboxes[target].try_send(msg).is_err() {
+        if front::hand_off(shared, target, msg, front).is_err() {
             return Err(PairError::Http(503, "gateway busy; retry".into()));
         }
         let mut pair = Pair {

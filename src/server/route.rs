@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::edge;
 use crate::ids::{EdgeId, SessionId};
 use crate::session::browser;
-use crate::shard::metrics::ShardMetrics;
+use crate::shard::metrics::{Front, Refused, ShardMetrics};
 use crate::shard::reply::{answer, reject, respond};
 use crate::shard::{Shard, ShardMsg, Shared};
 use crate::wire::handoff;
@@ -126,6 +126,8 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
                 if target == shard.id {
                     monoio::spawn(Box::pin(browser::run(shard, stream, req, buffered, sid)));
                 } else if shard.shared.mailboxes[target].is_full() {
+                    let front = front_of(&transport);
+                    shard.shared.metrics.fronts.count(front, Refused::ShardBusy);
                     let e = HttpError::new(503, "gateway busy; retry").retry_after(1);
                     reject(&shard, stream, &e).await
                 } else {
@@ -137,6 +139,8 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
                     // Filled meanwhile (another task on this shard): the
                     // socket closes with the message.
                     if shard.shared.mailboxes[target].try_send(msg).is_err() {
+                        let front = front_of(&transport);
+                        shard.shared.metrics.fronts.count(front, Refused::ShardBusy);
                         ShardMetrics::inc(&shard.metrics().http_rejections);
                         tracing::warn!(target, "shard mailbox full; connection dropped");
                     }
@@ -195,5 +199,16 @@ async fn read_head(
             let rest = buf.split_off(req.head_len);
             return Ok(Some((req, rest)));
         }
+    }
+}
+
+/// The front a connection came in by, for the refusal series: a session
+/// arrives on `/stream/` from the shards' own listener, the TLS listener
+/// or Flight (the tunnel's workers use `/ws/connect`).
+fn front_of(t: &Transport) -> Front {
+    match t {
+        Transport::Plain => Front::Ws,
+        Transport::Tls { .. } => Front::Wss,
+        Transport::Fronted { .. } => Front::Flight,
     }
 }

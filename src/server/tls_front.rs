@@ -19,15 +19,17 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::tls::Material;
 
-use crate::auth::edge_auth::{CertTenant, Transport};
+use crate::auth::edge_auth::Transport;
+use crate::server::front;
+use crate::shard::metrics::Front;
 use crate::shard::{ShardMsg, Shared};
 use crate::wire::handoff::Detached;
+use crate::wire::http::{self, HttpError};
 
 /// Binds the TLS listener and starts its threads; returns its address.
 pub fn start(
@@ -73,36 +75,20 @@ pub fn watch_files(material: Arc<Material>) -> anyhow::Result<()> {
 }
 
 async fn accept_loop(shared: Arc<Shared>, material: Arc<Material>, std: std::net::TcpListener) {
-    let listener = match TcpListener::from_std(std) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot register the TLS listener");
-            return;
-        }
+    let Some(listener) = front::listen(std, Front::Wss) else {
+        return;
     };
-    let limit = Arc::new(Semaphore::new(shared.cfg.tls.max_connections));
     let next = Arc::new(AtomicUsize::new(0));
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "tls accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            material.stats.refused_over_limit.fetch_add(1, Relaxed);
-            tracing::debug!(%peer, "tls connection refused: tls.max_connections reached");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
+    let max = shared.cfg.tls.max_connections;
+    let each = shared.clone();
+    front::accept_each(each, listener, Front::Wss, max, move |tcp, peer, place| {
         let (shared, material, next) = (shared.clone(), material.clone(), next.clone());
-        tokio::spawn(async move {
+        async move {
             serve(&shared, &material, &next, tcp, peer).await;
-            drop(permit);
-        });
-    }
+            drop(place);
+        }
+    })
+    .await;
 }
 
 /// Handshake, hand the plaintext end to a shard, then pump bytes both ways
@@ -117,13 +103,11 @@ async fn serve(
     let stats = &material.stats;
     let acceptor = TlsAcceptor::from(material.current());
     let wait = Duration::from_millis(shared.cfg.timeouts.handshake_ms);
-    let tls = match tokio::time::timeout(wait, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return handshake_failed(material, peer, Some(&e), "tls"),
-        Err(_) => return handshake_failed(material, peer, None, "tls"),
+    let Some((mut tls, client)) =
+        front::tls_handshake(material, acceptor, tcp, peer, wait, Front::Wss).await
+    else {
+        return;
     };
-    stats.handshakes.fetch_add(1, Relaxed);
-    let client = client_tenant(tls.get_ref().1, peer);
     let (ours, theirs) = match pair() {
         Ok(p) => p,
         Err(e) => {
@@ -143,55 +127,16 @@ async fn serve(
             peer: Some(peer.ip()),
         },
     };
-    if shared.mailboxes[target].send_async(msg).await.is_err() {
-        tracing::error!(target, "shard mailbox closed");
+    if front::hand_off(shared, target, msg, Front::Wss).is_err() {
+        let busy = HttpError::new(503, "gateway busy; retry").retry_after(1);
+        let _ = tls.write_all(&http::error_response(&busy)).await;
+        let _ = tls.shutdown().await;
         return;
     }
     stats.active.fetch_add(1, Relaxed);
     let linger = Duration::from_millis(shared.cfg.timeouts.shutdown_ms);
     pump(tls, ours, shared.cfg.tls.buffer_bytes, linger).await;
     stats.active.fetch_sub(1, Relaxed);
-}
-
-/// Counts a failed handshake (`None`: not completed in time) and logs it:
-/// a refused client certificate (wrong CA, expired) is worth an operator's
-/// attention; scanners and aborted handshakes are not. `what` names the
-/// listener.
-pub(crate) fn handshake_failed(
-    material: &Material,
-    peer: SocketAddr,
-    e: Option<&std::io::Error>,
-    what: &str,
-) {
-    material.stats.handshake_failures.fetch_add(1, Relaxed);
-    let Some(e) = e else {
-        tracing::debug!(%peer, "{what}: TLS handshake not completed in time");
-        return;
-    };
-    let cert = e
-        .get_ref()
-        .and_then(|i| i.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-    if cert {
-        tracing::warn!(%peer, error = %e, "{what}: client certificate refused");
-    } else {
-        tracing::debug!(%peer, error = %e, "{what}: TLS handshake failed");
-    }
-}
-
-/// The tenant a verified client certificate names (its CN), if any.
-pub(crate) fn client_tenant(
-    conn: &rustls::ServerConnection,
-    peer: SocketAddr,
-) -> Option<CertTenant> {
-    let leaf = conn.peer_certificates()?.first()?;
-    match crate::tls::material::tenant_of(leaf) {
-        Some(cn) => Some(CertTenant::from_verified_cn(cn)),
-        None => {
-            tracing::warn!(%peer, "client certificate verified but names no CN: treated as no certificate");
-            None
-        }
-    }
 }
 
 fn pair() -> std::io::Result<(UnixStream, OwnedFd)> {

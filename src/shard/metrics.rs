@@ -62,6 +62,8 @@ impl ShardMetrics {
 
 pub struct Metrics {
     pub shards: Vec<ShardMetrics>,
+    /// Written by the fronts' accept loops and hand-offs, on any thread.
+    pub fronts: FrontRefusals,
 }
 
 /// Gauges owned by other parts (the edge registry), passed in at render time.
@@ -138,7 +140,6 @@ pub struct FlightStats {
 pub struct TlsSnapshot {
     pub handshakes: u64,
     pub handshake_failures: u64,
-    pub refused_over_limit: u64,
     pub active: i64,
     pub reloads: u64,
     pub reload_failures: u64,
@@ -153,10 +154,93 @@ fn series(out: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt
     );
 }
 
+/// A way into the gateway, as the refusal series names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The shards' own listener (`ws://`, `http://`).
+    Ws,
+    /// The TLS listener (`wss://`, `https://`, mutual-TLS connectors).
+    Wss,
+    Flight,
+    Grpc,
+}
+
+impl Front {
+    pub const ALL: [Front; 4] = [Front::Ws, Front::Wss, Front::Flight, Front::Grpc];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Front::Ws => "ws",
+            Front::Wss => "wss",
+            Front::Flight => "flight",
+            Front::Grpc => "grpc",
+        }
+    }
+}
+
+/// Why a front turned a connection away before serving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The front's `max_connections` were all open.
+    MaxConnections,
+    /// The session's shard had no room in its mailbox (answered 503).
+    ShardBusy,
+    /// The process was out of file descriptors.
+    OutOfDescriptors,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 3] = [
+        Refused::MaxConnections,
+        Refused::ShardBusy,
+        Refused::OutOfDescriptors,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::MaxConnections => "max_connections",
+            Refused::ShardBusy => "shard_busy",
+            Refused::OutOfDescriptors => "out_of_descriptors",
+        }
+    }
+}
+
+/// Connections every front refused, by front and reason: one series
+/// (`sluice_front_refusals_total`) however many fronts there are, so a
+/// limit reached on any way in shows the same way.
+#[derive(Debug, Default)]
+pub struct FrontRefusals([[AtomicU64; Refused::ALL.len()]; Front::ALL.len()]);
+
+impl FrontRefusals {
+    pub fn count(&self, front: Front, why: Refused) {
+        self.0[front as usize][why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn get(&self, front: Front, why: Refused) -> u64 {
+        self.0[front as usize][why as usize].load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "sluice_front_refusals_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections a front turned away before serving them, by front and reason\n# TYPE {name} counter"
+        );
+        for f in Front::ALL {
+            for r in Refused::ALL {
+                let (front, reason) = (f.label(), r.label());
+                let v = self.get(f, r);
+                let _ = writeln!(out, "{name}{{front=\"{front}\",reason=\"{reason}\"}} {v}");
+            }
+        }
+    }
+}
+
 impl Metrics {
     pub fn new(shards: usize) -> Self {
         Self {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
+            fronts: FrontRefusals::default(),
         }
     }
 
@@ -278,13 +362,6 @@ impl Metrics {
             );
             series(
                 &mut out,"sluice_tls_handshake_failures_total", "counter", "TLS handshakes failed or timed out (bad client certificate, wrong CA, expired, not TLS)", t.handshake_failures as i64);
-            series(
-                &mut out,
-                "sluice_tls_refused_total",
-                "counter",
-                "TLS connections closed at accept: tls.max_connections reached",
-                t.refused_over_limit as i64,
-            );
             series(
                 &mut out,
                 "sluice_tls_reloads_total",
@@ -496,6 +573,7 @@ impl Metrics {
                 .sum();
             let _ = writeln!(out, "{name}{{reason=\"{}\"}} {total}", e.label());
         }
+        self.fronts.render(&mut out);
         out
     }
 }

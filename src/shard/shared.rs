@@ -152,7 +152,6 @@ impl Shared {
                 TlsSnapshot {
                     handshakes: s.handshakes.load(Ordering::Relaxed),
                     handshake_failures: s.handshake_failures.load(Ordering::Relaxed),
-                    refused_over_limit: s.refused_over_limit.load(Ordering::Relaxed),
                     active: s.active.load(Ordering::Relaxed),
                     reloads: s.reloads.load(Ordering::Relaxed),
                     reload_failures: s.reload_failures.load(Ordering::Relaxed),

@@ -39,7 +39,6 @@ pub enum MaterialError {
 pub struct Stats {
     pub handshakes: AtomicU64,
     pub handshake_failures: AtomicU64,
-    pub refused_over_limit: AtomicU64,
     pub active: AtomicI64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,

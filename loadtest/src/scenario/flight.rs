@@ -5,8 +5,9 @@
 //! header to cut it into `FlightData`. Both clients count bytes without
 //! decoding batches: the figure is the gateway's, not a decoder's.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,10 +43,14 @@ pub(super) fn ipc_messages(size: usize) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((head, body))
 }
 
-pub fn run(ctx: &Ctx, flight: SocketAddr, p: &Params) -> Result<Vec<Outcome>> {
-    against_websocket(ctx, "gateway-flight", p, |ctx, d, schema, batch, round| {
+pub fn run(ctx: &Ctx, flight: SocketAddr, p: &Params, pyarrow: bool) -> Result<Vec<Outcome>> {
+    let mut out = against_websocket(ctx, "gateway-flight", p, |ctx, d, schema, batch, round| {
         via_flight(ctx, d, flight, schema, batch, p.frames, round)
-    })
+    })?;
+    if pyarrow {
+        out.push(pyarrow_direct(ctx, p)?);
+    }
+    Ok(out)
 }
 
 /// Interleaved rounds of the same IPC dataset through the WebSocket fast
@@ -177,34 +182,7 @@ fn via_flight(
         s.write_all(&wire::stream_end(enc, &rid))?;
         Ok(())
     });
-    let got = ctx.rt.block_on(async {
-        // Windows as large as gRPC's own clients grow theirs to (BDP
-        // probing) on a fast link: h2's 64 KiB default would measure the
-        // window, not the gateway.
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{flight}"))?
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(16 << 20)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .context("connecting to the Flight listener")?;
-        let mut client = FlightServiceClient::new(channel).max_decoding_message_size(64 << 20);
-        let mut req = tonic::Request::new(Ticket::new("bulk"));
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}")
-                .parse()
-                .map_err(|_| anyhow!("token is not a header value"))?,
-        );
-        let mut stream = client.do_get(req).await?.into_inner();
-        let mut batches = 0u64;
-        while let Some(m) = stream.message().await? {
-            if !m.data_body.is_empty() {
-                batches += 1;
-            }
-        }
-        Ok::<_, anyhow::Error>(batches)
-    });
+    let got = ctx.rt.block_on(do_get(flight, Some(&token)));
     let secs = t0.elapsed().as_secs_f64();
     writer.join().expect("connector thread")?;
     let batches = got?;
@@ -212,4 +190,99 @@ fn via_flight(
         bail!("received {batches} record batches, sent {n}");
     }
     Ok((n * batch.len() as u64) as f64 / secs / 1e6)
+}
+
+/// Reads one `DoGet` to its end as an analytics client would, counting
+/// record batches without decoding them.
+async fn do_get(at: SocketAddr, token: Option<&str>) -> Result<u64> {
+    // Windows as large as gRPC's own clients grow theirs to (BDP
+    // probing) on a fast link: h2's 64 KiB default would measure the
+    // window, not the server.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{at}"))?
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .context("connecting to the Flight listener")?;
+    let mut client = FlightServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut req = tonic::Request::new(Ticket::new("bulk"));
+    if let Some(token) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| anyhow!("token is not a header value"))?,
+        );
+    }
+    let mut stream = client.do_get(req).await?.into_inner();
+    let mut batches = 0u64;
+    while let Some(m) = stream.message().await? {
+        if !m.data_body.is_empty() {
+            batches += 1;
+        }
+    }
+    Ok(batches)
+}
+
+/// Arrow's own Flight server (pyarrow, C++) serving the same batches with
+/// no gateway, on the gateway's CPU: the row Flight through Sluice is held
+/// to. Its CPU is the Python process's, all threads.
+pub fn pyarrow_direct(ctx: &Ctx, p: &Params) -> Result<Outcome> {
+    const SERVER: &str = include_str!("../../py/pyarrow_flight_server.py");
+    let dir = crate::targets::TempDir::new("pyarrow-flight")?;
+    let script = dir.0.join("server.py");
+    std::fs::write(&script, SERVER)?;
+    let rows = (p.size / 8).max(1);
+    let mut cmd = match ctx.layout.proxy_cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "python3"]);
+            c
+        }
+        None => Command::new("python3"),
+    };
+    let mut child = cmd
+        .arg(&script)
+        .args([
+            "--rows",
+            &rows.to_string(),
+            "--batches",
+            &p.frames.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting python3 with pyarrow (pip install pyarrow)")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+    let port: u16 = line
+        .trim()
+        .parse()
+        .with_context(|| format!("pyarrow server printed {line:?}, not its port"))?;
+    let at = SocketAddr::from(([127, 0, 0, 1], port));
+    let proc = Some(crate::targets::Proc(child.id()));
+    let (_, batch) = ipc_messages(p.size)?;
+    let mut o = Outcome::new("pyarrow-flight-direct");
+    for round in 0..p.runs {
+        let meter = Meter::start(proc);
+        let t0 = Instant::now();
+        match ctx.rt.block_on(do_get(at, None)) {
+            Ok(n) if n == p.frames => {
+                let secs = t0.elapsed().as_secs_f64();
+                o.runs_mb_per_s
+                    .push((n * batch.len() as u64) as f64 / secs / 1e6);
+                o.cost.payload_bytes += n * batch.len() as u64;
+            }
+            Ok(n) => o.error(format!("round {round}: {n} batches of {}", p.frames)),
+            Err(e) => o.error(format!("round {round}: {e:#}")),
+        }
+        meter.stop(&mut o);
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let mut out = [o];
+    summarize(&mut out, p.frames, batch.len(), p.runs);
+    let [o] = out;
+    Ok(o)
 }

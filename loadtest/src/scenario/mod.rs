@@ -6,6 +6,7 @@ pub mod abuse;
 pub mod bulk;
 pub mod chaos;
 pub mod churn;
+pub mod crypto_floor;
 pub mod fan_out;
 pub mod flight;
 pub mod grpc;

@@ -151,6 +151,9 @@ pub struct Row {
     pub open_p99_us: u64,
     pub gateway_cpu_ms_per_open: f64,
     pub idle_kib_per_session: f64,
+    /// The plaintext row's CPU per GiB plus this leg's AEAD passes with
+    /// the negotiated suite ([`super::crypto_floor`]).
+    pub floor_cpu_s_per_gib: Option<f64>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -176,6 +179,20 @@ impl<'a> Dialer<'a> {
             browser: pki.client_config(false)?,
             connector: pki.client_config(true)?,
         })
+    }
+
+    /// The cipher suite the gateway's TLS listener picks for a browser.
+    pub async fn negotiated(&self) -> Result<rustls::SupportedCipherSuite> {
+        let tcp = TcpStream::connect(self.tls).await?;
+        let name = ServerName::try_from("localhost").expect("a DNS name");
+        let s = tokio_rustls::TlsConnector::from(self.browser.clone())
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake")?;
+        s.get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .context("no cipher suite negotiated")
     }
 
     async fn open(
@@ -480,7 +497,45 @@ pub fn run(ctx: &Ctx, d: &Dialer, proc: Option<Proc>, p: &Params) -> Result<Vec<
             .await;
         });
     }
+    add_floors(ctx, d, &mut rows);
     Ok(rows)
+}
+
+/// Each row's crypto floor: the plaintext row's CPU per GiB plus one
+/// seal (browser leg) and/or one open (connector leg) per byte, timed on
+/// the gateway's CPU with the suite it negotiated. A floor that cannot
+/// be measured is said, not guessed.
+fn add_floors(ctx: &Ctx, d: &Dialer, rows: &mut [Row]) {
+    let bytes = 256 << 20;
+    let floor = ctx
+        .rt
+        .block_on(d.negotiated())
+        .and_then(|suite| super::crypto_floor::measure(suite, ctx.layout.proxy_cpu, bytes));
+    let f = match floor {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tls: no crypto floor: {e:#}");
+            return;
+        }
+    };
+    println!(
+        "crypto floor: {} — seal {:.3}, open {:.3} CPU-s per GiB on the gateway's CPU",
+        f.suite, f.seal_s_per_gib, f.open_s_per_gib
+    );
+    let plain = rows.first().map(|r| r.bulk_gateway_cpu_s_per_gib);
+    for (r, legs) in rows.iter_mut().zip(Legs::ALL) {
+        let seal = if legs.browser_tls() {
+            f.seal_s_per_gib
+        } else {
+            0.0
+        };
+        let open = if legs.connector_tls() {
+            f.open_s_per_gib
+        } else {
+            0.0
+        };
+        r.floor_cpu_s_per_gib = plain.map(|p| p + seal + open);
+    }
 }
 
 /// The table printed at the end, ratios to the plaintext row.
@@ -491,11 +546,11 @@ pub fn table(rows: &[Row]) -> String {
         _ => String::new(),
     };
     let mut out = String::from(
-        "| legs | bulk MB/s | gateway CPU-s per GiB | latency p50 / p99 µs | session open p50 / p99 µs | gateway CPU ms per open | idle KiB per session |\n|---|---|---|---|---|---|---|\n",
+        "| legs | bulk MB/s | gateway CPU-s per GiB | crypto floor CPU-s per GiB (× floor) | latency p50 / p99 µs | session open p50 / p99 µs | gateway CPU ms per open | idle KiB per session |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.0}{} | {:.2}{} | {} / {} | {} / {} | {:.3}{} | {:.1} |\n",
+            "| {} | {:.0}{} | {:.2}{} | {} | {} / {} | {} / {} | {:.3}{} | {:.1} |\n",
             r.legs,
             r.bulk_mb_per_s,
             ratio(r.bulk_mb_per_s, base.map(|b| b.bulk_mb_per_s)),
@@ -504,6 +559,10 @@ pub fn table(rows: &[Row]) -> String {
                 r.bulk_gateway_cpu_s_per_gib,
                 base.map(|b| b.bulk_gateway_cpu_s_per_gib)
             ),
+            r.floor_cpu_s_per_gib.map_or("-".into(), |f| format!(
+                "{f:.2}{}",
+                ratio(r.bulk_gateway_cpu_s_per_gib, Some(f))
+            )),
             r.latency_p50_us,
             r.latency_p99_us,
             r.open_p50_us,

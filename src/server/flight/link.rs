@@ -13,6 +13,7 @@ use sluice_protocol::browser::{BrowserAction, ServerEvent};
 use crate::auth::edge_auth::Transport;
 use crate::ids::SessionId;
 use crate::server::pair::{Message, Pair, PairError, Role};
+use crate::shard::metrics::Front;
 use crate::shard::Shared;
 use crate::wire::frame::{CloseStatus, Opcode};
 use crate::wire::message::{close, ErrorCode, Refusal};
@@ -64,6 +65,7 @@ impl Link {
             &format!("/stream/{sid}"),
             &[("Authorization", &bearer)],
             Role::Browser,
+            Front::Flight,
         )
         .await?;
         Ok(Link { pair, said: None })

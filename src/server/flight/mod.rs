@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arrow_flight::flight_service_server::FlightServiceServer;
-use tokio::net::TcpListener;
 
-use crate::server::{h2_front, h2_gate};
-use crate::shard::metrics::FlightStats;
+use crate::server::{front, h2_front, h2_gate};
+use crate::shard::metrics::{FlightStats, Front};
 use crate::shard::Shared;
 use crate::tls::Material;
 
@@ -64,15 +63,8 @@ async fn serve(
     listener: std::net::TcpListener,
     stats: Arc<FlightStats>,
 ) {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot register the Flight listener");
-            return;
-        }
+    let Some(listener) = front::listen(listener, Front::Flight) else {
+        return;
     };
     let sessions = sessions::Sessions::new(shared.clone(), stats.clone());
     tokio::spawn(sessions.clone().tend());
@@ -88,14 +80,13 @@ async fn serve(
         stats: stats.clone(),
     };
     let front = service::Front { sessions, stats };
-    let handshake = Duration::from_millis(timeouts.handshake_ms);
     let incoming = h2_front::incoming(
+        shared.clone(),
         listener,
         tls,
-        handshake,
         cfg.max_connections,
         preauth,
-        "flight",
+        Front::Flight,
     );
     let limits = h2_gate::Limits {
         max_concurrent_streams: cfg.max_streams_per_connection,

@@ -31,16 +31,16 @@ use sluice_protocol::tunnel::{
     connector_message, data_message, gateway_message, ConnectorMessage, DataMessage,
     GatewayMessage, Registered, ServeSummary,
 };
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::codegen::http;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::edge_auth;
 use crate::auth::guard::guarded;
+use crate::server::front;
 use crate::server::h2_front::{self, FrontInfo};
 use crate::server::h2_gate::{self, Check};
-use crate::shard::metrics::TunnelStats;
+use crate::shard::metrics::{Front, TunnelStats};
 use crate::shard::Shared;
 use crate::tls::Material;
 use out::Out;
@@ -78,25 +78,24 @@ async fn serve(
     listener: std::net::TcpListener,
     stats: Arc<TunnelStats>,
 ) {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot register the gRPC listener");
-            return;
-        }
+    let Some(listener) = front::listen(listener, Front::Grpc) else {
+        return;
     };
     let cfg = &shared.cfg;
     let g = &cfg.grpc;
-    let handshake = Duration::from_millis(cfg.timeouts.handshake_ms);
     let preauth = h2_front::PreAuth {
         max: g.max_unauthenticated,
         deadline: Duration::from_millis(cfg.timeouts.auth_ms),
         stats: stats.preauth.clone(),
     };
-    let incoming = h2_front::incoming(listener, tls, handshake, g.max_connections, preauth, "grpc");
+    let incoming = h2_front::incoming(
+        shared.clone(),
+        listener,
+        tls,
+        g.max_connections,
+        preauth,
+        Front::Grpc,
+    );
     let max = g.max_message_bytes;
     let limits = h2_gate::Limits {
         max_concurrent_streams: g.max_streams_per_connection,

@@ -31,6 +31,7 @@ use super::out::Out;
 use super::routes::{Kind, Owner, Route, Routes};
 use crate::server::h2_front::FrontInfo;
 use crate::server::pair::{Message, Pair, PairError, Role};
+use crate::shard::metrics::Front;
 use crate::shard::Shared;
 use crate::wire::frame::Opcode;
 
@@ -57,6 +58,7 @@ pub async fn open(shared: &Shared, id: &Identity, target: usize) -> Result<Pair,
         "/ws/connect",
         &headers,
         Role::FastConnector,
+        Front::Grpc,
     )
     .await
     .map_err(|e| match e {

@@ -38,6 +38,7 @@ pub fn start(
     listener: std::net::TcpListener,
 ) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
+    crate::tls::offload::log_path("tls");
     let tls = &shared.cfg.tls;
     let threads = if tls.threads > 0 {
         tls.threads

@@ -19,7 +19,6 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::edge_auth::CertTenant;
 use crate::shard::metrics::{Front, Refused};
 use crate::shard::{ShardMsg, Shared};
-use crate::tls::read_ahead::ReadAhead;
 use crate::tls::Material;
 
 /// Registers a bound listener with the current tokio runtime.
@@ -80,7 +79,7 @@ pub async fn accept_each<F, Fut>(
 
 /// A completed TLS handshake: the stream and the tenant a verified client
 /// certificate names.
-pub type Handshaken = (TlsStream<ReadAhead<TcpStream>>, Option<CertTenant>);
+pub type Handshaken = (TlsStream<TcpStream>, Option<CertTenant>);
 
 /// Completes a TLS handshake within `deadline`, counting it; `None` when it
 /// failed or took too long (counted and logged by [`handshake_failed`]).
@@ -93,7 +92,7 @@ pub async fn tls_handshake(
     front: Front,
 ) -> Option<Handshaken> {
     let what = front.label();
-    let tls = match tokio::time::timeout(deadline, acceptor.accept(ReadAhead::new(tcp))).await {
+    let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             handshake_failed(material, peer, Some(&e), what);

@@ -3,15 +3,25 @@
 //! revocation's scheduled publish time to its session's 4410 close frame
 //! arriving at the browser. Only the gateway has revocation, so this
 //! scenario drives gateway targets only.
+//!
+//! The time is split where the loader can see it, so that the loader is
+//! never what is measured: `publish-lag` (schedule → the PUBLISH leaves
+//! the loader), `redis-floor` (schedule → a plain subscriber in the loader
+//! has the message: what any proxy would start from) and `gateway-share`
+//! (that subscriber's receipt → the 4410 at the browser, per revocation).
 
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use serde_json::json;
 use sluice::auth::token::Mode;
 
-use super::{sinks, Ctx, Meter};
+use super::{pin_current, sinks, Ctx, Driven, Meter};
 use crate::report::Outcome;
-use crate::sink::Event;
+use crate::sink::{Event, Sink};
 
 pub struct Params {
     pub sessions: usize,
@@ -22,103 +32,260 @@ pub struct Params {
 }
 
 pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
-    ctx.targets
+    let mut out = Vec::new();
+    for (t, d) in ctx
+        .targets
         .iter()
         .filter(|d| d.route.target.is_gateway())
         .enumerate()
-        .map(|(t, d)| {
-            let mut o = Outcome::new(d.route.target.name());
-            let client = match redis::Client::open(p.redis_url.as_str()) {
-                Ok(c) => c,
-                Err(e) => {
-                    o.error(format!("redis url: {e}"));
-                    return o;
-                }
-            };
-            let mut parts = vec![];
-            let mut sids = vec![];
-            for n in 0..p.sessions {
-                let sid = format!("lt-rev-{t}-{n}-{}", std::process::id());
-                match d.route.browser(&sid, Mode::Query) {
-                    Ok(c) => {
-                        parts.push(c.into_parts());
-                        sids.push(sid);
-                    }
-                    Err(e) => {
-                        o.error(format!("session {n}: {e:#}"));
-                        return o;
-                    }
-                }
+    {
+        match storm(ctx, d, t, p) {
+            Ok(rows) => out.extend(rows),
+            Err(e) => {
+                let mut o = Outcome::new(d.route.target.name());
+                o.error(format!("{e:#}"));
+                out.push(o);
             }
-            let sinks = match sinks(ctx.rt, parts) {
-                Ok(s) => s,
-                Err(e) => {
-                    o.error(e);
-                    return o;
-                }
-            };
-            let period = Duration::from_nanos(1_000_000_000 / p.rate.max(1));
-            let start = Instant::now() + Duration::from_millis(50);
-            let epoch = ctx.epoch;
-            let meter = Meter::start(d.proc);
-            let (channel, exp) = (p.channel.clone(), sluice::auth::token::now_s() + 3600);
-            let publisher = std::thread::spawn(move || -> anyhow::Result<()> {
-                super::precise_timers();
-                let mut con = client.get_connection()?;
-                for (k, sid) in sids.iter().enumerate() {
-                    let due = start + period * k as u32;
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    let _: i64 = redis::cmd("PUBLISH")
-                        .arg(&channel)
-                        .arg(json!({"sid": sid, "exp": exp}).to_string())
-                        .query(&mut con)?;
-                }
-                Ok(())
-            });
-            let deadline = tokio::time::Instant::now() + period * p.sessions as u32 + Duration::from_secs(10);
-            let results: Vec<Result<u64, String>> = ctx.rt.block_on(async {
-                let tasks: Vec<_> = sinks
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, mut s)| {
-                        let sched = (start + period * k as u32 - epoch).as_nanos() as u64;
-                        tokio::spawn(async move {
-                            loop {
-                                match tokio::time::timeout_at(deadline, s.next()).await {
-                                    Err(_) => return Err("no close before the deadline".to_string()),
-                                    Ok(Err(e)) => return Err(e.to_string()),
-                                    Ok(Ok(Event::Closed { code: Some(4410), .. })) => {
-                                        let now = epoch.elapsed().as_nanos() as u64;
-                                        return Ok(now.saturating_sub(sched).max(1));
-                                    }
-                                    Ok(Ok(Event::Closed { code, reason })) => {
-                                        return Err(format!("closed {code:?} {reason}, not 4410"))
-                                    }
-                                    Ok(Ok(_)) => {}
-                                }
-                            }
-                        })
-                    })
-                    .collect();
-                let mut all = vec![];
-                for t in tasks {
-                    all.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
-                }
-                all
-            });
-            if let Err(e) = publisher.join().expect("publisher thread") {
-                o.error(format!("publishing: {e:#}"));
-            }
-            super::fold(results, &mut o);
-            meter.stop(&mut o);
-            o.note = Some(format!(
-                "{} live sessions revoked at {}/s; latency = scheduled publish -> 4410 at the browser",
-                p.sessions, p.rate
-            ));
-            o
+        }
+    }
+    out
+}
+
+/// One storm on one gateway: the gateway's row, then the loader's split.
+fn storm(ctx: &Ctx, d: &Driven, t: usize, p: &Params) -> anyhow::Result<Vec<Outcome>> {
+    let (sinks, sids) = open_sessions(ctx, d, t, p)?;
+    let period = Duration::from_nanos(1_000_000_000 / p.rate.max(1));
+    let cpu = ctx.layout.load_cpu;
+    // Both loader threads are connected before the schedule is set: a
+    // schedule fixed before the publisher's connection (and the meter's
+    // counters) made the first hundred revocations late by the loader's
+    // own setup, ~130 ms, which was the p99 reported as the gateway's.
+    let floor = Floor::spawn(&p.redis_url, &p.channel, &sids, ctx.epoch, cpu)?;
+    let publisher = Publisher::spawn(&p.redis_url, &p.channel, sids, period, ctx.epoch, cpu)?;
+    let mut o = Outcome::new(d.route.target.name());
+    let meter = Meter::start(d.proc);
+    let start = Instant::now() + Duration::from_millis(50);
+    let sched: Vec<u64> = (0..p.sessions)
+        .map(|k| (start + period * k as u32 - ctx.epoch).as_nanos() as u64)
+        .collect();
+    publisher.go(start);
+    let deadline = start + period * p.sessions as u32 + Duration::from_secs(10);
+    let closed = ctx.rt.block_on(wait_for_4410(sinks, deadline, ctx.epoch));
+    meter.stop(&mut o);
+    let sent = publisher.join()?;
+    let floor = floor.join(deadline)?;
+    let since = |from: &[u64], to: &[Result<u64, String>]| -> Vec<Result<u64, String>> {
+        from.iter()
+            .zip(to)
+            .map(|(f, r)| r.clone().map(|at| at.saturating_sub(*f).max(1)))
+            .collect()
+    };
+    let floor_at: Vec<Result<u64, String>> = floor
+        .iter()
+        .map(|r| r.ok_or_else(|| "the floor subscriber never got it".to_owned()))
+        .collect();
+    super::fold(since(&sched, &closed), &mut o);
+    o.note = Some(format!(
+        "{} live sessions revoked at {}/s; latency = scheduled publish -> 4410 at the browser",
+        p.sessions, p.rate
+    ));
+    let mut lag = Outcome::new("publish-lag");
+    super::fold(
+        since(&sched, &sent.into_iter().map(Ok).collect::<Vec<_>>()),
+        &mut lag,
+    );
+    let mut redis = Outcome::new("redis-floor");
+    super::fold(since(&sched, &floor_at), &mut redis);
+    let mut share = Outcome::new("gateway-share");
+    let shares: Vec<Result<u64, String>> = floor
+        .iter()
+        .zip(&closed)
+        .map(|(f, c)| match (f, c) {
+            (Some(f), Ok(at)) => Ok(at.saturating_sub(*f).max(1)),
+            (None, _) => Err("the floor subscriber never got it".to_owned()),
+            (_, Err(e)) => Err(e.clone()),
         })
-        .collect()
+        .collect();
+    super::fold(shares, &mut share);
+    share.note = Some(
+        "per revocation: a plain Redis subscriber in the loader has it -> 4410 at the browser"
+            .into(),
+    );
+    Ok(vec![o, lag, redis, share])
+}
+
+fn open_sessions(
+    ctx: &Ctx,
+    d: &Driven,
+    t: usize,
+    p: &Params,
+) -> anyhow::Result<(Vec<Sink>, Vec<String>)> {
+    let mut parts = vec![];
+    let mut sids = vec![];
+    for n in 0..p.sessions {
+        let sid = format!("lt-rev-{t}-{n}-{}", std::process::id());
+        let c = d
+            .route
+            .browser(&sid, Mode::Query)
+            .with_context(|| format!("session {n}"))?;
+        parts.push(c.into_parts());
+        sids.push(sid);
+    }
+    Ok((sinks(ctx.rt, parts)?, sids))
+}
+
+/// Each session's 4410, in ns since `epoch`; any other ending is an error.
+async fn wait_for_4410(
+    sinks: Vec<Sink>,
+    deadline: Instant,
+    epoch: Instant,
+) -> Vec<Result<u64, String>> {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let tasks: Vec<_> = sinks
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                loop {
+                    match tokio::time::timeout_at(deadline, s.next()).await {
+                        Err(_) => return Err("no close before the deadline".to_string()),
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Ok(Ok(Event::Closed {
+                            code: Some(4410), ..
+                        })) => return Ok(epoch.elapsed().as_nanos() as u64),
+                        Ok(Ok(Event::Closed { code, reason })) => {
+                            return Err(format!("closed {code:?} {reason}, not 4410"))
+                        }
+                        Ok(Ok(_)) => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = vec![];
+    for t in tasks {
+        all.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+    }
+    all
+}
+
+/// The loader's publisher: one revocation per period from the instant it
+/// is given, on the loader's CPU; reports when each PUBLISH left.
+struct Publisher {
+    start: mpsc::Sender<Instant>,
+    thread: JoinHandle<anyhow::Result<Vec<u64>>>,
+}
+
+impl Publisher {
+    fn spawn(
+        url: &str,
+        channel: &str,
+        sids: Vec<String>,
+        period: Duration,
+        epoch: Instant,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<Publisher> {
+        let mut con = redis::Client::open(url)?
+            .get_connection()
+            .context("publisher: connecting to Redis")?;
+        let (tx, rx) = mpsc::channel::<Instant>();
+        let channel = channel.to_owned();
+        let exp = sluice::auth::token::now_s() + 3600;
+        let thread = std::thread::spawn(move || -> anyhow::Result<Vec<u64>> {
+            pin_current(cpu);
+            super::precise_timers();
+            let start = rx.recv()?;
+            let mut sent = Vec::with_capacity(sids.len());
+            for (k, sid) in sids.iter().enumerate() {
+                let due = start + period * k as u32;
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                sent.push(epoch.elapsed().as_nanos() as u64);
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(json!({"sid": sid, "exp": exp}).to_string())
+                    .query(&mut con)?;
+            }
+            Ok(sent)
+        });
+        Ok(Publisher { start: tx, thread })
+    }
+
+    fn go(&self, start: Instant) {
+        let _ = self.start.send(start);
+    }
+
+    fn join(self) -> anyhow::Result<Vec<u64>> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("publisher thread panicked"))?
+    }
+}
+
+/// A plain Redis subscriber on the revocation channel, in the loader:
+/// when each revocation could first be acted on by anyone.
+struct Floor {
+    thread: JoinHandle<Vec<Option<u64>>>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Floor {
+    fn spawn(
+        url: &str,
+        channel: &str,
+        sids: &[String],
+        epoch: Instant,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<Floor> {
+        let mut con = redis::Client::open(url)?
+            .get_connection()
+            .context("floor subscriber: connecting to Redis")?;
+        let index: HashMap<String, usize> = sids
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (s.clone(), k))
+            .collect();
+        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (channel, stop) = (channel.to_owned(), done.clone());
+        let thread = std::thread::spawn(move || {
+            pin_current(cpu);
+            let mut got = vec![None; index.len()];
+            let mut ps = con.as_pubsub();
+            let subscribed = ps
+                .subscribe(&channel)
+                .and_then(|()| ps.set_read_timeout(Some(Duration::from_millis(100))));
+            let _ = ready_tx.send(subscribed.map_err(Into::into));
+            let mut left = index.len();
+            while left > 0 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(msg) = ps.get_message() else { continue };
+                let at = epoch.elapsed().as_nanos() as u64;
+                let payload: String = msg.get_payload().unwrap_or_default();
+                let sid = serde_json::from_str::<serde_json::Value>(&payload)
+                    .ok()
+                    .and_then(|v| v["sid"].as_str().map(str::to_owned));
+                if let Some(&k) = sid.as_ref().and_then(|s| index.get(s)) {
+                    if got[k].is_none() {
+                        got[k] = Some(at);
+                        left -= 1;
+                    }
+                }
+            }
+            got
+        });
+        ready_rx.recv().context("floor subscriber thread")??;
+        Ok(Floor { thread, done })
+    }
+
+    /// What it received; it stops waiting at `deadline`.
+    fn join(self, deadline: Instant) -> anyhow::Result<Vec<Option<u64>>> {
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("floor subscriber panicked"))
+    }
 }

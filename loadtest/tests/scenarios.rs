@@ -55,7 +55,7 @@ fn loader_with(targets: &str, scenario: &str, args: &[&str], env: &[(&str, &str)
     let report: Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let paths = if scenario == "revoke" {
-        1
+        REVOKE_ROWS.len()
     } else {
         targets.split(',').count()
     };
@@ -90,6 +90,9 @@ fn loader_with(targets: &str, scenario: &str, args: &[&str], env: &[(&str, &str)
     let _ = std::fs::remove_dir_all(Path::new(&out));
     report
 }
+
+/// The storm's row, then the loader's split of its time.
+const REVOKE_ROWS: [&str; 4] = ["gateway", "publish-lag", "redis-floor", "gateway-share"];
 
 fn each(report: &Value, f: impl Fn(&Value)) {
     report["outcomes"].as_array().unwrap().iter().for_each(f);
@@ -293,10 +296,61 @@ fn revoke_closes_every_session_with_4410() {
     );
     let _ = redis.kill();
     let _ = redis.wait();
+    let names: Vec<&str> = r["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, REVOKE_ROWS);
+    // Every revocation was published, seen by the loader's own subscriber
+    // and closed with 4410: each split has all hundred.
     each(&r, |o| {
         assert_eq!(o["messages"], 100, "{o}");
         assert_eq!(o["latency"]["count"], 100, "{o}");
     });
+}
+
+/// `flight --pyarrow`: DoGet through the gateway beside the WebSocket fast
+/// path, and Arrow's own Flight server serving the same batches; every
+/// batch arrives on each, and each has its CPU per GiB.
+#[test]
+fn flight_times_doget_beside_the_fast_path_and_arrows_own_server() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
+    let out = std::env::temp_dir().join(format!("sluice-lt-test-flight-{}", std::process::id()));
+    let run = Command::new(&bin)
+        .arg("flight")
+        .args(["--frames", "40", "--frame-size", "65536", "--runs", "1"])
+        .args(["--pyarrow", "--no-pin", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run sluice-loadtest");
+    let text =
+        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "sluice-loadtest flight failed:\n{text}"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let names: Vec<&str> = report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["gateway", "gateway-flight", "pyarrow-flight-direct"],
+        "{text}"
+    );
+    each(&report, |o| {
+        assert_eq!(o["errors"], 0, "{o}");
+        assert_eq!(o["messages"], 40, "{o}");
+        assert!(o["mb_per_s"].as_f64().unwrap() > 0.0, "{o}");
+        assert!(o["proxy_cpu_s"].as_f64().is_some(), "{o}");
+    });
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -332,7 +386,13 @@ fn tls_measures_every_leg_against_plaintext() {
         assert_eq!(r["latency_frames"], 500, "{r}");
         assert!(r["bulk_mb_per_s"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["open_p50_us"].as_u64().unwrap() > 0, "{r}");
+        // The crypto floor was measured with the negotiated suite: the
+        // plaintext row's own CPU, more for each encrypted leg.
+        assert!(r["floor_cpu_s_per_gib"].as_f64().unwrap() > 0.0, "{r}");
     }
+    let floor = |i: usize| rows[i]["floor_cpu_s_per_gib"].as_f64().unwrap();
+    assert!(floor(3) > floor(1) && floor(1) > floor(0), "{rows:?}");
+    assert!(text.contains("crypto floor: TLS13_"), "{text}");
     assert!(text.contains("| tls both legs |"), "{text}");
     let _ = std::fs::remove_dir_all(&out);
 }

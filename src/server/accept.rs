@@ -40,6 +40,7 @@ pub async fn run(
                     shard.clone(),
                     stream,
                     Transport::Plain,
+                    None,
                 ));
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {

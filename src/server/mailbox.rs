@@ -12,13 +12,23 @@ use crate::wire::handoff;
 pub async fn run(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
     while let Ok(msg) = mailbox.recv_async().await {
         match msg {
-            ShardMsg::AdoptFronted { sock, transport } => match handoff::attach(sock) {
+            ShardMsg::AdoptFronted {
+                sock,
+                transport,
+                egress,
+            } => match handoff::attach(sock) {
                 Ok((stream, _)) => {
-                    monoio::spawn(route::handle_connection(shard.clone(), stream, transport));
+                    let conn = route::handle_connection(shard.clone(), stream, transport, egress);
+                    monoio::spawn(conn);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot adopt a fronted connection"),
             },
-            ShardMsg::AdoptBrowser { sock, req, sid } => match handoff::attach(sock) {
+            ShardMsg::AdoptBrowser {
+                sock,
+                req,
+                sid,
+                egress,
+            } => match handoff::attach(sock) {
                 Ok((stream, buffered)) => {
                     monoio::spawn(Box::pin(browser::run(
                         shard.clone(),
@@ -26,6 +36,7 @@ pub async fn run(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
                         *req,
                         buffered,
                         sid,
+                        egress,
                     )));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot adopt browser socket"),

@@ -8,6 +8,7 @@
 //! worker behind a front is checked, limited, counted and closed by the
 //! same code as one on the WebSocket listener.
 
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -20,7 +21,8 @@ use crate::auth::edge_auth::Transport;
 use crate::server::front;
 use crate::shard::metrics::Front;
 use crate::shard::{ShardMsg, Shared};
-use crate::wire::frame::{self, CloseStatus, MaskRule, Opcode};
+use crate::wire::egress::{self, Ingress};
+use crate::wire::frame::{self, CloseStatus, FrameHeader, MaskRule, Opcode};
 use crate::wire::handoff::Detached;
 
 /// How the front frames what it sends: masked as a browser must, or in
@@ -29,6 +31,32 @@ use crate::wire::handoff::Detached;
 pub enum Role {
     Browser,
     FastConnector,
+}
+
+/// Which front speaks on a pair, as whom, and whether the session's
+/// frames come back in process ([`crate::wire::egress`]) or on the socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Speaker {
+    pub role: Role,
+    pub front: Front,
+    pub in_process: bool,
+}
+
+impl Speaker {
+    /// The Flight front, playing a browser; a `DoGet`'s bytes come back in
+    /// process.
+    pub const FLIGHT: Speaker = Speaker {
+        role: Role::Browser,
+        front: Front::Flight,
+        in_process: true,
+    };
+    /// The gRPC tunnel, playing a connector's worker (its bytes flow
+    /// towards the shard, on the socket).
+    pub const TUNNEL: Speaker = Speaker {
+        role: Role::FastConnector,
+        front: Front::Grpc,
+        in_process: false,
+    };
 }
 
 #[derive(Debug)]
@@ -65,6 +93,11 @@ pub enum Message {
 
 pub struct Pair {
     sock: UnixStream,
+    /// With an egress, the session's frames as its outbox gathered them
+    /// (`wire::egress`); the socket then carries only the upgrade's answer.
+    ingress: Option<Ingress>,
+    /// Batches taken from `ingress` and not yet parsed.
+    chunks: VecDeque<Bytes>,
     buf: BytesMut,
     max_frame: u64,
     role: Role,
@@ -83,24 +116,38 @@ impl Pair {
         transport: Transport,
         path: &str,
         headers: &[(&str, &str)],
-        role: Role,
-        front: Front,
+        who: Speaker,
     ) -> Result<Pair, PairError> {
+        let Speaker {
+            role,
+            front,
+            in_process,
+        } = who;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         ours.set_nonblocking(true)?;
         let sock = UnixStream::from_std(ours)?;
+        let (egress, ingress) = match in_process {
+            true => {
+                let (e, i) = egress::channel();
+                (Some(e), Some(i))
+            }
+            false => (None, None),
+        };
         let msg = ShardMsg::AdoptFronted {
             sock: Detached {
                 fd: OwnedFd::from(theirs),
                 buffered: BytesMut::new(),
             },
             transport,
+            egress,
         };
         if front::hand_off(shared, target, msg, front).is_err() {
             return Err(PairError::Http(503, "gateway busy; retry".into()));
         }
         let mut pair = Pair {
             sock,
+            ingress,
+            chunks: VecDeque::new(),
             buf: BytesMut::with_capacity(4096),
             max_frame: shared.cfg.limits.max_frame_bytes as u64,
             role,
@@ -134,7 +181,7 @@ impl Pair {
             if self.buf.len() > 16 * 1024 {
                 return Err(PairError::Protocol("response head too large".into()));
             }
-            if self.sock.read_buf(&mut self.buf).await? == 0 {
+            if !self.read_head().await? {
                 return Err(PairError::Protocol(
                     "gateway closed the connection during the upgrade".into(),
                 ));
@@ -157,6 +204,46 @@ impl Pair {
         .await;
         let body = String::from_utf8_lossy(&self.buf).trim().to_owned();
         Err(PairError::Http(status, body))
+    }
+
+    /// More of the upgrade's answer: a refusal comes on the socket, the
+    /// 101 (with an egress) as the first piece of the session's frames.
+    /// `false`: both ended.
+    async fn read_head(&mut self) -> std::io::Result<bool> {
+        let Pair {
+            sock,
+            buf,
+            ingress,
+            chunks,
+            ..
+        } = self;
+        let Some(rx) = ingress else {
+            return Ok(sock.read_buf(buf).await? > 0);
+        };
+        let batch = tokio::select! {
+            biased;
+            batch = rx.recv_async() => batch,
+            n = sock.read_buf(buf) => {
+                if n? > 0 {
+                    return Ok(true);
+                }
+                // The socket ended: a session that ended at once (refused
+                // after its upgrade) left everything in the ingress.
+                rx.recv_async().await
+            }
+        };
+        match batch {
+            Ok(b) => chunks.extend(b),
+            // Refused before the upgrade: its answer is on the socket.
+            Err(_) => {
+                *ingress = None;
+                return Ok(sock.read_buf(buf).await? > 0);
+            }
+        }
+        if let Some(c) = chunks.pop_front() {
+            buf.extend_from_slice(&c);
+        }
+        Ok(true)
     }
 
     fn header(&self, opcode: Opcode, len: usize) -> ([u8; 14], usize) {
@@ -197,7 +284,17 @@ impl Pair {
             if let Some(m) = self.parse()? {
                 return Ok(m);
             }
-            if self.sock.read_buf(&mut self.buf).await? == 0 {
+            let more = match &self.ingress {
+                Some(rx) => match rx.recv_async().await {
+                    Ok(batch) => {
+                        self.chunks.extend(batch);
+                        true
+                    }
+                    Err(_) => false,
+                },
+                None => self.sock.read_buf(&mut self.buf).await? > 0,
+            };
+            if !more {
                 self.open = false;
                 return Ok(Message::Close(None));
             }
@@ -207,6 +304,18 @@ impl Pair {
     /// Reads what already arrived without waiting: answers the pings an
     /// idle connection gets and notices a close. `false`: it is done.
     pub fn tend(&mut self) -> bool {
+        if let Some(rx) = &self.ingress {
+            loop {
+                match rx.try_recv() {
+                    Ok(batch) => self.chunks.extend(batch),
+                    Err(flume::TryRecvError::Empty) => break,
+                    Err(flume::TryRecvError::Disconnected) => {
+                        self.open = false;
+                        break;
+                    }
+                }
+            }
+        }
         loop {
             self.buf.reserve(1024);
             match self.sock.try_read_buf(&mut self.buf) {
@@ -236,18 +345,9 @@ impl Pair {
     /// One message from the buffer, if a whole one is there.
     fn parse(&mut self) -> Result<Option<Message>, PairError> {
         loop {
-            let h = match frame::parse_header(&self.buf, MaskRule::Forbidden, self.max_frame) {
-                Ok(Some(h)) => h,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(self.broken(format!("invalid frame from the gateway: {e}"))),
-            };
-            let total = h.frame_len() as usize;
-            if self.buf.len() < total {
-                self.buf.reserve(total - self.buf.len());
+            let Some((h, payload)) = self.next_frame()? else {
                 return Ok(None);
-            }
-            self.buf.advance(h.header_len);
-            let payload = self.buf.split_to(h.payload_len as usize);
+            };
             let (op, whole) = match h.opcode {
                 Opcode::Ping => {
                     let (hd, n) = self.header(Opcode::Pong, payload.len());
@@ -276,15 +376,69 @@ impl Pair {
                     (op, held.freeze())
                 }
                 op if !h.fin => {
-                    self.partial = Some((op, payload));
+                    self.partial = Some((op, BytesMut::from(&payload[..])));
                     continue;
                 }
-                op => (op, payload.freeze()),
+                op => (op, payload),
             };
             return Ok(Some(match op {
                 Opcode::Text => Message::Text(whole),
                 _ => Message::Binary(whole),
             }));
+        }
+    }
+
+    /// The next whole frame's header and payload: from the socket's
+    /// buffer, or from the egress batches — without a copy when a frame
+    /// lies whole in one of them, which is every frame but one a reader
+    /// split across two read buffers.
+    fn next_frame(&mut self) -> Result<Option<(FrameHeader, Bytes)>, PairError> {
+        if self.buf.is_empty() {
+            if let Some(first) = self.chunks.front_mut() {
+                let parsed = frame::parse_header(first, MaskRule::Forbidden, self.max_frame);
+                if let Ok(Some(h)) = parsed {
+                    let total = h.frame_len() as usize;
+                    if first.len() >= total {
+                        let mut whole = first.split_to(total);
+                        if first.is_empty() {
+                            self.chunks.pop_front();
+                        }
+                        let payload = whole.split_off(h.header_len);
+                        return Ok(Some((h, payload)));
+                    }
+                }
+            }
+        }
+        loop {
+            let h = match frame::parse_header(&self.buf, MaskRule::Forbidden, self.max_frame) {
+                Ok(Some(h)) => h,
+                Ok(None) if self.take_chunk() => continue,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.broken(format!("invalid frame from the gateway: {e}"))),
+            };
+            let total = h.frame_len() as usize;
+            if self.buf.len() < total {
+                if self.take_chunk() {
+                    continue;
+                }
+                self.buf.reserve(total - self.buf.len());
+                return Ok(None);
+            }
+            self.buf.advance(h.header_len);
+            let payload = self.buf.split_to(h.payload_len as usize).freeze();
+            return Ok(Some((h, payload)));
+        }
+    }
+
+    /// Moves the next egress batch's first piece into the buffer (a frame
+    /// that spans pieces is put together there); `false`: none left.
+    fn take_chunk(&mut self) -> bool {
+        match self.chunks.pop_front() {
+            Some(c) => {
+                self.buf.extend_from_slice(&c);
+                true
+            }
+            None => false,
         }
     }
 

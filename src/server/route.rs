@@ -19,11 +19,17 @@ use crate::session::browser;
 use crate::shard::metrics::{Front, Refused, ShardMetrics};
 use crate::shard::reply::{answer, reject, respond};
 use crate::shard::{Shard, ShardMsg, Shared};
+use crate::wire::egress::Egress;
 use crate::wire::handoff;
 use crate::wire::http::{self, HttpError, Request};
 
 /// Reads the request head, answers plain HTTP, and routes upgrades.
-pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transport: Transport) {
+pub async fn handle_connection(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    transport: Transport,
+    egress: Option<Egress>,
+) {
     let cfg = shard.cfg();
     // Sockets that never finish a request head are bounded as a whole, so
     // they cannot take the descriptors and memory established sessions
@@ -124,7 +130,8 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
             Some(sid) => {
                 let target = sid.shard(shard.shared.shard_count());
                 if target == shard.id {
-                    monoio::spawn(Box::pin(browser::run(shard, stream, req, buffered, sid)));
+                    let session = browser::run(shard, stream, req, buffered, sid, egress);
+                    monoio::spawn(Box::pin(session));
                 } else if shard.shared.mailboxes[target].is_full() {
                     let front = front_of(&transport);
                     shard.shared.metrics.fronts.count(front, Refused::ShardBusy);
@@ -135,6 +142,7 @@ pub async fn handle_connection(shard: Rc<Shard>, mut stream: TcpStream, transpor
                         sock: handoff::detach(stream, buffered),
                         req: Box::new(req),
                         sid,
+                        egress,
                     };
                     // Filled meanwhile (another task on this shard): the
                     // socket closes with the message.

@@ -127,6 +127,7 @@ async fn serve(
             client,
             peer: Some(peer.ip()),
         },
+        egress: None,
     };
     if front::hand_off(shared, target, msg, Front::Wss).is_err() {
         let busy = HttpError::new(503, "gateway busy; retry").retry_after(1);

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use sluice_protocol::browser::{BrowserAction, ServerEvent};
@@ -22,6 +22,7 @@ use crate::shard::metrics::ShardMetrics;
 use crate::shard::reply::reject;
 use crate::shard::{CloserGuard, RevokerGuard, Shard, Shared, Waiting};
 use crate::wire::closing;
+use crate::wire::egress::Egress;
 use crate::wire::frame::MaskRule;
 use crate::wire::http::{self, HttpError, Request};
 use crate::wire::keepalive::{self, Liveness};
@@ -77,8 +78,9 @@ pub fn run(
     req: Request,
     buffered: BytesMut,
     sid: SessionId,
+    egress: Option<Egress>,
 ) -> impl Future<Output = ()> {
-    session(Box::pin(open(shard, stream, req, buffered, sid)))
+    session(Box::pin(open(shard, stream, req, buffered, sid, egress)))
 }
 
 async fn session(opening: Pin<Box<impl Future<Output = Option<Opened>>>>) {
@@ -129,6 +131,7 @@ async fn open(
     req: Request,
     buffered: BytesMut,
     sid: SessionId,
+    egress: Option<Egress>,
 ) -> Option<Opened> {
     let shard = &shard;
     let cfg = shard.cfg();
@@ -166,14 +169,18 @@ async fn open(
     let listed = shard.wait_on(Waiting::Unauthenticated);
     let token = header_token(&req);
     drop(req);
-    if stream
-        .write_all(http::switching_protocols(&up.accept, None))
-        .await
-        .0
-        .is_err()
-    {
-        return None;
-    }
+    // Through the front's egress, the answer leads the session's frames;
+    // else it is written here.
+    let answer = http::switching_protocols(&up.accept, None);
+    let first = match &egress {
+        Some(_) => Bytes::from(answer),
+        None => {
+            if stream.write_all(answer).await.0.is_err() {
+                return None;
+            }
+            Bytes::new()
+        }
+    };
     let count = SessionCount::new(shard);
     let (rd, wr) = stream.into_split();
     // Until it authenticates, what the gateway owes a session (pongs, its
@@ -185,7 +192,10 @@ async fn open(
         .min(cfg.limits.max_text_bytes);
     let auth_wait = Duration::from_millis(cfg.timeouts.auth_ms);
     let outbox = Outbox::new(pre_auth);
-    outbox.attach(wr, auth_wait);
+    match egress {
+        Some(e) => outbox.attach_egress(wr, e, auth_wait, first),
+        None => outbox.attach(wr, auth_wait),
+    }
     // An idle session reads only small JSON messages: a small buffer (it
     // starts in what is left of the request head's).
     let mut reader = FrameReader::new(rd, buffered, MaskRule::Required, pre_auth).with_chunk(512);

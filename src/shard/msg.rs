@@ -4,6 +4,7 @@
 
 use crate::auth::edge_auth::Transport;
 use crate::ids::{ConnId, EdgeId, FeedKey, SessionId};
+use crate::wire::egress::Egress;
 use crate::wire::handoff::Detached;
 use crate::wire::http::Request;
 
@@ -31,12 +32,16 @@ pub enum ShardMsg {
     AdoptFronted {
         sock: Detached,
         transport: Transport,
+        /// Where a browser session opened on it sends its frames instead
+        /// of the socket (`wire::egress`), when the front takes them so.
+        egress: Option<Egress>,
     },
     /// A browser socket accepted elsewhere whose session lives here.
     AdoptBrowser {
         sock: Detached,
         req: Box<Request>,
         sid: SessionId,
+        egress: Option<Egress>,
     },
     /// Hand idle connection `conn` to the caller (None if it is gone).
     Take {

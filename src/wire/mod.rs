@@ -4,6 +4,7 @@
 
 pub mod acks;
 pub mod closing;
+pub mod egress;
 pub mod frame;
 pub mod handoff;
 pub mod http;

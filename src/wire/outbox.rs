@@ -21,6 +21,7 @@ use bytes::Bytes;
 use monoio::io::{AsyncWriteRent, OwnedWriteHalf};
 use monoio::net::TcpStream;
 
+use crate::wire::egress::{Batch, Egress};
 use crate::wire::reader::Wire;
 
 /// Most frames, and bytes, one gathered write takes.
@@ -179,6 +180,10 @@ struct Inner {
     /// How long a write may make no progress before the peer is dropped.
     stall: Duration,
     waiters: Vec<Waker>,
+    /// Where the writer hands the frames instead of the socket, for a
+    /// session a front speaks for (`wire::egress`). Cold: read once per
+    /// gathered batch by the writer task.
+    egress: Option<Egress>,
 }
 
 /// What a frame does to the message framing of the stream it joins.
@@ -375,6 +380,7 @@ impl Outbox {
             queue: VecDeque::new(),
             stall: Duration::ZERO,
             waiters: Vec::new(),
+            egress: None,
         })))
     }
 
@@ -391,6 +397,23 @@ impl Outbox {
             g.parked = Some(io);
             g.stall = stall;
             g.fd = Some(fd);
+        }
+        self.kick();
+    }
+
+    /// [`Outbox::attach`] for a session a front speaks for: everything
+    /// the session sends from `first` on (its upgrade's answer) goes to
+    /// `egress`, in the writer's gathered batches, never to the socket (no
+    /// direct sends: `fd` stays unset), so the front reads the session's
+    /// bytes from one place, in order. The socket half is kept, and shut
+    /// down after the close like any other.
+    pub fn attach_egress(&self, io: Writer, egress: Egress, stall: Duration, first: Bytes) {
+        {
+            let mut g = self.0.borrow_mut();
+            g.parked = Some(io);
+            g.stall = stall;
+            g.egress = Some(egress);
+            g.queue_piece(first, false);
         }
         self.kick();
     }
@@ -669,6 +692,7 @@ impl Outbox {
         let mut g = self.0.borrow_mut();
         g.state = State::Done;
         g.parked = None;
+        g.egress = None;
         g.queue.clear();
         g.queued = 0;
         for w in g.waiters.drain(..) {
@@ -696,6 +720,26 @@ impl Outbox {
         Some((batch, last))
     }
 
+    /// Hands one batch to the session's front; `false`: the front is gone,
+    /// or took nothing for `stall`.
+    async fn hand_over(&self, tx: &flume::Sender<Batch>, batch: Batch, stall: Duration) -> bool {
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
+        match monoio::time::timeout(stall, tx.send_async(batch)).await {
+            Ok(Ok(())) => {
+                self.0.borrow_mut().sent(bytes);
+                true
+            }
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::debug!(
+                    stall_ms = stall.as_millis() as u64,
+                    "front stalled; dropping peer"
+                );
+                false
+            }
+        }
+    }
+
     /// Writes queued frames until the queue is empty (then parks the
     /// socket half), the close frame is written, the peer is gone, or a
     /// write makes no progress for `stall`. Frames queued together go out
@@ -709,10 +753,23 @@ impl Outbox {
                 self.kick();
                 return;
             };
-            let mut pending = Gather::new(batch);
             // Once per batch, off the per-frame path: `set_limits` may have
             // changed it since this writer started.
-            let stall = self.0.borrow().stall;
+            let (stall, egress) = {
+                let g = self.0.borrow();
+                (g.stall, g.egress.as_ref().map(|e| e.0.clone()))
+            };
+            if let Some(tx) = egress {
+                if !self.hand_over(&tx, batch, stall).await {
+                    return self.finish();
+                }
+                if last {
+                    let _ = io.shutdown().await;
+                    return self.finish();
+                }
+                continue;
+            }
+            let mut pending = Gather::new(batch);
             while !pending.is_empty() {
                 let (res, g) = match monoio::time::timeout(stall, io.writev(pending)).await {
                     Ok(r) => r,
@@ -838,6 +895,71 @@ mod tests {
         outbox.push(frame(false, Opcode::Binary, b"again")).unwrap();
         outbox.close(frame(true, Opcode::Close, &[0x11, 0x97]));
         assert_eq!(queued(&outbox), 6);
+    }
+
+    /// With an egress, every frame (the upgrade's answer first) reaches the
+    /// front in order through the channel, none through the socket; the
+    /// close ends the channel, and the socket half is shut down after it.
+    #[test]
+    fn an_egress_gets_every_frame_in_order_and_ends_after_the_close() {
+        use crate::wire::frame::{encode_server_frame, Opcode};
+        use crate::wire::test_io::{runtime, socket_pair, within_hung};
+        use monoio::io::{AsyncReadRent, Splitable};
+        within_hung(|| {
+            runtime().block_on(async {
+                let (gw, mut far) = socket_pair().await;
+                let (_rd, wr) = gw.into_split();
+                let (egress, ingress) = crate::wire::egress::channel();
+                let outbox = Outbox::new(64 << 20);
+                let answer = Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+                outbox.attach_egress(wr, egress, Duration::from_secs(5), answer.clone());
+                let mut expect = vec![answer];
+                for i in 0..40u8 {
+                    let f = encode_server_frame(Opcode::Binary, &[i; 3000]);
+                    expect.push(Bytes::from(f.clone()));
+                    outbox.push(f.into()).unwrap();
+                }
+                let close = Bytes::from(encode_server_frame(Opcode::Close, &[0x03, 0xE8]));
+                expect.push(close.clone());
+                outbox.close(close);
+                let mut got = Vec::new();
+                while let Ok(batch) = ingress.recv_async().await {
+                    got.extend(batch);
+                }
+                assert_eq!(got, expect);
+                outbox.finished().await;
+                let (r, _) = far.read(Vec::with_capacity(64)).await;
+                assert_eq!(r.unwrap(), 0, "nothing on the socket, then its end");
+            })
+        });
+    }
+
+    /// A front that stops taking frames is dropped after the stall, as a
+    /// socket that stops draining is: the outbox does not wait forever.
+    #[test]
+    fn a_front_that_takes_nothing_is_dropped_after_the_stall() {
+        use crate::wire::frame::{encode_server_frame, Opcode};
+        use crate::wire::test_io::{runtime, socket_pair, within_hung};
+        use monoio::io::Splitable;
+        within_hung(|| {
+            runtime().block_on(async {
+                let (gw, _far) = socket_pair().await;
+                let (_rd, wr) = gw.into_split();
+                let (egress, ingress) = crate::wire::egress::channel();
+                let outbox = Outbox::new(64 << 20);
+                outbox.attach_egress(wr, egress, Duration::from_millis(100), Bytes::new());
+                for _ in 0..64 {
+                    let f = encode_server_frame(Opcode::Binary, &[7; 1 << 16]);
+                    if outbox.push(f.into()).is_err() {
+                        break;
+                    }
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                }
+                outbox.finished().await;
+                assert!(!outbox.is_open());
+                drop(ingress);
+            })
+        });
     }
 
     /// Frames that arrived together go out together: in order, whole, in

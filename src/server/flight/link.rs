@@ -12,8 +12,7 @@ use sluice_protocol::browser::{BrowserAction, ServerEvent};
 
 use crate::auth::edge_auth::Transport;
 use crate::ids::SessionId;
-use crate::server::pair::{Message, Pair, PairError, Role};
-use crate::shard::metrics::Front;
+use crate::server::pair::{Message, Pair, PairError, Speaker};
 use crate::shard::Shared;
 use crate::wire::frame::{CloseStatus, Opcode};
 use crate::wire::message::{close, ErrorCode, Refusal};
@@ -64,8 +63,7 @@ impl Link {
             transport,
             &format!("/stream/{sid}"),
             &[("Authorization", &bearer)],
-            Role::Browser,
-            Front::Flight,
+            Speaker::FLIGHT,
         )
         .await?;
         Ok(Link { pair, said: None })

@@ -30,8 +30,7 @@ use tonic::Status;
 use super::out::Out;
 use super::routes::{Kind, Owner, Route, Routes};
 use crate::server::h2_front::FrontInfo;
-use crate::server::pair::{Message, Pair, PairError, Role};
-use crate::shard::metrics::Front;
+use crate::server::pair::{Message, Pair, PairError, Speaker};
 use crate::shard::Shared;
 use crate::wire::frame::Opcode;
 
@@ -57,8 +56,7 @@ pub async fn open(shared: &Shared, id: &Identity, target: usize) -> Result<Pair,
         id.front.transport(),
         "/ws/connect",
         &headers,
-        Role::FastConnector,
-        Front::Grpc,
+        Speaker::TUNNEL,
     )
     .await
     .map_err(|e| match e {

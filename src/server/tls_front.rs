@@ -8,7 +8,10 @@
 //! hands the shard one end of a Unix socket pair carrying the plaintext,
 //! with what the handshake proved passed beside it ([`Transport`]), never
 //! in a header a client could forge. From there on the connection is an
-//! ordinary one: same routes, limits, close codes and handoffs.
+//! ordinary one: same routes, limits, close codes and handoffs. A browser
+//! session's frames come back in process instead of through the pair
+//! ([`crate::wire::egress`]), so the bulk direction crosses no socket
+//! between the shard and the encryption.
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -28,6 +31,7 @@ use crate::auth::edge_auth::Transport;
 use crate::server::front;
 use crate::shard::metrics::Front;
 use crate::shard::{ShardMsg, Shared};
+use crate::wire::egress::{self, Ingress};
 use crate::wire::handoff::Detached;
 use crate::wire::http::{self, HttpError};
 
@@ -118,6 +122,7 @@ async fn serve(
     };
     let n = shared.shard_count();
     let target = next.fetch_add(1, Relaxed) % n;
+    let (egress, ingress) = egress::channel();
     let msg = ShardMsg::AdoptFronted {
         sock: Detached {
             fd: theirs,
@@ -127,7 +132,7 @@ async fn serve(
             client,
             peer: Some(peer.ip()),
         },
-        egress: None,
+        egress: Some(egress),
     };
     if front::hand_off(shared, target, msg, Front::Wss).is_err() {
         let busy = HttpError::new(503, "gateway busy; retry").retry_after(1);
@@ -137,7 +142,7 @@ async fn serve(
     }
     stats.active.fetch_add(1, Relaxed);
     let linger = Duration::from_millis(shared.cfg.timeouts.shutdown_ms);
-    pump(tls, ours, shared.cfg.tls.buffer_bytes, linger).await;
+    pump(tls, ours, ingress, shared.cfg.tls.buffer_bytes, linger).await;
     stats.active.fetch_sub(1, Relaxed);
 }
 
@@ -150,19 +155,51 @@ fn pair() -> std::io::Result<(UnixStream, OwnedFd)> {
 /// Copies both ways. When one side finishes, the other gets `linger` to
 /// finish too (the close handshake), so a peer that never closes cannot
 /// hold the connection open.
-async fn pump<T>(tls: T, plain: UnixStream, buf: usize, linger: Duration)
+async fn pump<T>(tls: T, plain: UnixStream, ingress: Ingress, buf: usize, linger: Duration)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let (tls_r, tls_w) = tokio::io::split(tls);
     let (plain_r, plain_w) = plain.into_split();
     let up = one_way(tls_r, plain_w, buf);
-    let down = one_way(plain_r, tls_w, buf);
+    let down = down(plain_r, ingress, tls_w, buf);
     tokio::pin!(up, down);
     tokio::select! {
         _ = &mut up => { let _ = tokio::time::timeout(linger, down).await; }
         _ = &mut down => { let _ = tokio::time::timeout(linger, up).await; }
     }
+}
+
+/// What the shard sends the client. A browser session hands its bytes
+/// over in process (its upgrade's answer first, then every frame, the
+/// same `Bytes`: `wire::egress`), so they are encrypted straight from the
+/// shard's buffers; every other route, and a refusal before an upgrade,
+/// answers on the socket and drops the egress unused. Whichever comes
+/// first decides: nothing is written to the socket after an upgrade.
+async fn down<R, W>(plain: R, ingress: Ingress, mut w: W, max: usize)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Ok(mut batch) = ingress.recv_async().await else {
+        return one_way(plain, w, max).await;
+    };
+    loop {
+        for piece in batch {
+            if w.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+        // The TLS writer keeps what the socket did not take until flushed.
+        if w.flush().await.is_err() {
+            return;
+        }
+        match ingress.recv_async().await {
+            Ok(b) => batch = b,
+            Err(_) => break,
+        }
+    }
+    let _ = w.shutdown().await;
 }
 
 /// Copies until EOF, then shuts the writer. The buffer starts at 1 KiB and

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -191,6 +191,7 @@ pub struct Conn {
     auth: Arc<ConnAuth>,
     /// Until a call authenticates: when the connection is closed.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    out: Coalesce,
     _place: OwnedSemaphorePermit,
 }
 
@@ -218,6 +219,7 @@ impl Conn {
             info,
             auth,
             deadline: Some(Box::pin(tokio::time::sleep(preauth.deadline))),
+            out: Coalesce::default(),
             _place: place,
         }
     }
@@ -284,20 +286,111 @@ impl AsyncRead for Conn {
     }
 }
 
+/// Writes h2 would make one HTTP/2 frame at a time, gathered into one
+/// system call.
+///
+/// h2 writes each DATA frame (at most the client's `SETTINGS_MAX_FRAME_SIZE`,
+/// 16 KiB for gRPC's own clients) and flushes before buffering the next, so
+/// a `DoGet` cost one `writev` — and one loopback or NIC packet's worth of
+/// kernel work — per 16 KiB. Here a frame is copied into `buf` and the
+/// flush is deferred by yielding (the task wakes itself at once) while h2
+/// still has frames queued, up to [`Coalesce::FLUSH_AT`] bytes or
+/// [`Coalesce::MAX_YIELDS`] deferrals; a flush that finds nothing new
+/// behind it writes what is held. One copy in user space buys three times
+/// fewer writes (Flight `DoGet`: 78 → 27 syscalls per MB, 0.80 → 0.73–0.76
+/// gateway CPU-s per GiB, `sluice-loadtest flight`), and the bytes reach
+/// the socket no later than the end of the connection task's next turn.
+/// (Before `DoGet`'s bytes came back in process the socket pair cost more
+/// than this saved, and it measured no gain.)
+#[derive(Default)]
+struct Coalesce {
+    buf: bytes::BytesMut,
+    yields: u8,
+}
+
+impl Coalesce {
+    /// Held bytes written at the latest once this many are gathered.
+    const FLUSH_AT: usize = 128 * 1024;
+    /// Flushes deferred in a row before the held bytes are written anyway.
+    const MAX_YIELDS: u8 = 16;
+    /// A single write this large goes to the socket without being copied.
+    const DIRECT: usize = 64 * 1024;
+}
+
+impl Conn {
+    fn io_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    /// Writes every held byte.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        use bytes::Buf;
+        while !self.out.buf.is_empty() {
+            let held = &self.out.buf[..];
+            let n = ready!(match &mut self.io {
+                Io::Plain(t) => Pin::new(t).poll_write(cx, held),
+                Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, held),
+            })?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.out.buf.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn gather(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.out.buf.len() + total > Coalesce::FLUSH_AT {
+            ready!(self.drain(cx))?;
+        }
+        if self.out.buf.is_empty() && total >= Coalesce::DIRECT {
+            return self.io_write_vectored(cx, bufs);
+        }
+        self.out.buf.reserve(total);
+        for b in bufs {
+            self.out.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn flush_gathered(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.out.buf.is_empty() {
+            if self.out.buf.len() < Coalesce::FLUSH_AT && self.out.yields < Coalesce::MAX_YIELDS {
+                self.out.yields += 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            ready!(self.drain(cx))?;
+            // An idle connection holds no write buffer.
+            self.out.buf = bytes::BytesMut::new();
+        }
+        self.out.yields = 0;
+        match &mut self.io {
+            Io::Plain(t) => Pin::new(t).poll_flush(cx),
+            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+}
+
 impl AsyncWrite for Conn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(e) = this.refused(cx) {
-            return Poll::Ready(Err(e));
-        }
-        match &mut this.io {
-            Io::Plain(t) => Pin::new(t).poll_write(cx, buf),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
-        }
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -309,28 +402,21 @@ impl AsyncWrite for Conn {
         if let Some(e) = this.refused(cx) {
             return Poll::Ready(Err(e));
         }
-        match &mut this.io {
-            Io::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        this.gather(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.io {
-            Io::Plain(t) => t.is_write_vectored(),
-            Io::Tls(t) => t.is_write_vectored(),
-        }
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(t) => Pin::new(t).poll_flush(cx),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
-        }
+        self.get_mut().flush_gathered(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        ready!(this.drain(cx))?;
+        match &mut this.io {
             Io::Plain(t) => Pin::new(t).poll_shutdown(cx),
             Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
         }

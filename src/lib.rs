@@ -5,15 +5,15 @@
 //! | layer | what it holds |
 //! |---|---|
 //! | [`config`], [`ids`], [`static_files`] | settings, identifiers, the dashboard's files |
-//! | [`wire`] | RFC 6455 frames, the HTTP upgrade, readers, bounded outboxes, socket handoff |
-//! | [`tls`] | certificate material and `sluice certs` |
+//! | [`wire`] | RFC 6455 frames, the HTTP upgrade, readers, bounded outboxes, socket handoff, a fronted session's in-process egress |
+//! | [`tls`] | certificate material, `sluice certs`, whether the kernel offers kTLS |
 //! | [`auth`] | session tokens, JWKS, edge credentials, revoked sessions |
 //! | [`registry`] | edges online, their connections, live feeds, session spend |
 //! | [`shard`] | a shard's state, its mailbox messages, metrics |
 //! | [`edge`] | edge endpoints, the idle pool, leasing a connection to a session |
 //! | [`session`] | the browser session: authenticate, query, fan-out, relay, quota |
 //! | [`cluster`] | Redis links: revocations in; edge registry, session ends and spend out |
-//! | [`server`] | start, accept, route, the TLS front, admin endpoints |
+//! | [`server`] | start, accept, route; the fronts (TLS, Arrow Flight, the gRPC connector tunnel) and what they share; admin endpoints |
 //!
 //! A browser connection goes: `server::accept` → `server::route` →
 //! `session::browser` (handshake, authenticate with `auth::token`) →

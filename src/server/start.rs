@@ -74,9 +74,10 @@ fn bind_as(
     sock.set_reuse_port(reuse_port)?;
     sock.set_nonblocking(true)?;
     if socket_buffer > 0 {
-        // Accepted sockets inherit these. Fixed buffers measured 10-15 %
-        // faster bulk forwarding than autotuning (see README, Benchmarks);
-        // the kernel still caps them at net.core.[rw]mem_max.
+        // Accepted sockets inherit these (`limits.socket_buffer_bytes`;
+        // 0 leaves the kernel's autotuning). Against autotuning, fan-in
+        // measured no difference within the spread (docs/benchmarks.md,
+        // "Socket buffers"); the kernel caps them at net.core.[rw]mem_max.
         sock.set_recv_buffer_size(socket_buffer)?;
         sock.set_send_buffer_size(socket_buffer)?;
     }

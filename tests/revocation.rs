@@ -104,6 +104,14 @@ async fn a_revoked_session_is_closed_at_once_and_cannot_reconnect() {
     expect_error_close(&mut again, "revoked", 4410).await;
     assert!(gw.metric("sluice_revoked_closes_total").await >= 2);
     assert_eq!(gw.metric("sluice_revocations_received_total").await, 1);
+    // The shard's time to act on it is counted once, in a histogram whose
+    // +Inf bucket holds every revocation.
+    assert_eq!(gw.metric("sluice_revocation_seconds_count").await, 1);
+    assert_eq!(
+        gw.metric("sluice_revocation_seconds_bucket{le=\"+Inf\"}")
+            .await,
+        1
+    );
     drop(writer);
 }
 

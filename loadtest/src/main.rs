@@ -331,6 +331,12 @@ fn prepare_gateway(
         Kind::Revoke(r) => {
             gw.env
                 .push(("SLUICE_REVOCATION_REDIS_URL".into(), r.redis.clone()));
+            // Its /metrics: the shard's own share of each revocation. The
+            // admin listener opens only with a token; nothing here uses it.
+            gw.env
+                .push(("SLUICE_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
+            let token = format!("loadtest-admin-{}-{}", std::process::id(), "0".repeat(24));
+            gw.env.push(("SLUICE_ADMIN_TOKEN".into(), token));
             gw.env
                 .push(("SLUICE_REVOCATION_CHANNEL".into(), r.revoke_channel.clone()));
         }
@@ -534,6 +540,7 @@ fn gateway_spec(a: &Common, proxy_cpus: &Option<String>) -> Result<GatewaySpec> 
         tls_addr: None,
         flight_addr: None,
         grpc_addr: None,
+        admin_addr: None,
         pid: a.gateway_pid,
         bin,
         workers: a.workers,

@@ -136,6 +136,8 @@ pub struct GatewaySpec {
     pub flight_addr: Option<SocketAddr>,
     /// The gRPC connector listener, likewise.
     pub grpc_addr: Option<SocketAddr>,
+    /// The admin listener (its `/metrics`), when the loader asked for one.
+    pub admin_addr: Option<SocketAddr>,
     pub pid: Option<u32>,
     pub bin: PathBuf,
     pub workers: usize,
@@ -310,6 +312,7 @@ pub fn start_gateway(spec: &mut GatewaySpec) -> Result<Option<Spawned>> {
     spec.tls_addr = listener("SLUICE_TLS_LISTEN", "sluice tls listening on ")?;
     spec.flight_addr = listener("SLUICE_FLIGHT_LISTEN", "sluice flight listening on ")?;
     spec.grpc_addr = listener("SLUICE_GRPC_LISTEN", "sluice grpc listening on ")?;
+    spec.admin_addr = listener("SLUICE_ADMIN_LISTEN", "sluice admin listening on ")?;
     let addr: SocketAddr = line
         .split_whitespace()
         .nth(3)

@@ -106,21 +106,34 @@ fn resync(shared: &Shared, s: &Settings, cmd: &mut redis::Connection) -> redis::
         .iter::<String>(cmd)?
         .collect::<Result<_, _>>()?;
     let mut n = 0;
-    for key in keys {
-        let Some(sid) = key.strip_prefix(&s.key_prefix).and_then(SessionId::parse) else {
-            continue;
-        };
-        let ttl_ms: i64 = redis::cmd("PTTL").arg(&key).query(cmd)?;
-        let ttl = match ttl_ms {
-            -2 => continue, // expired between SCAN and PTTL
-            -1 => Duration::from_secs(s.default_ttl_s),
-            ms => Duration::from_millis(ms.max(0) as u64),
-        };
-        apply(shared, sid, ttl);
-        n += 1;
+    // One round trip per page of keys, not per key: every ended session is
+    // stored here for its token's life, so a busy deployment holds tens of
+    // thousands, and a PTTL each kept a restarted gateway unready for
+    // seconds (70,000 keys: over 5 s on loopback).
+    for page in keys.chunks(RESYNC_PAGE) {
+        let mut pipe = redis::pipe();
+        for key in page {
+            pipe.cmd("PTTL").arg(key);
+        }
+        let ttls: Vec<i64> = pipe.query(cmd)?;
+        for (key, ttl_ms) in page.iter().zip(ttls) {
+            let Some(sid) = key.strip_prefix(&s.key_prefix).and_then(SessionId::parse) else {
+                continue;
+            };
+            let ttl = match ttl_ms {
+                -2 => continue, // expired between SCAN and PTTL
+                -1 => Duration::from_secs(s.default_ttl_s),
+                ms => Duration::from_millis(ms.max(0) as u64),
+            };
+            apply_stored(shared, sid, ttl);
+            n += 1;
+        }
     }
     Ok(n)
 }
+
+/// Keys whose PTTLs one pipelined round trip asks for.
+const RESYNC_PAGE: usize = 1000;
 
 fn apply_message(shared: &Shared, s: &Settings, payload: &str) {
     match parse(payload, Duration::from_secs(s.default_ttl_s)) {
@@ -137,9 +150,16 @@ fn apply_message(shared: &Shared, s: &Settings, payload: &str) {
 /// already registered when the shard's message arrives. Also the admin
 /// endpoint's path, for a control plane without Redis.
 pub fn apply(shared: &Shared, sid: SessionId, ttl: Duration) {
+    tracing::info!(%sid, "session revoked");
+    apply_stored(shared, sid, ttl);
+}
+
+/// [`apply`] without its log line: a resync applies every stored
+/// revocation and ended session (tens of thousands) and logs their count.
+fn apply_stored(shared: &Shared, sid: SessionId, ttl: Duration) {
+    let at = std::time::Instant::now();
     shared.revocations.insert(sid.clone(), ttl);
     shared.revocations.received.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(%sid, "session revoked");
     let shard = sid.shard(shared.shard_count());
-    let _ = shared.mailboxes[shard].send(ShardMsg::Revoke(sid));
+    let _ = shared.mailboxes[shard].send(ShardMsg::Revoke { sid, at });
 }

@@ -44,7 +44,10 @@ pub async fn run(shard: Rc<Shard>, mailbox: flume::Receiver<ShardMsg>) {
             ShardMsg::Take { conn, reply } => edge::take(&shard, conn, reply),
             ShardMsg::FeedIdle { key } => fanout::on_idle(&key),
             ShardMsg::CloseAll => shard.close_all(),
-            ShardMsg::Revoke(sid) => shard.revoke(&sid),
+            ShardMsg::Revoke { sid, at } => {
+                shard.revoke(&sid);
+                shard.shared.metrics.revocations.record(at.elapsed());
+            }
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub shards: Vec<ShardMetrics>,
     /// Written by the fronts' accept loops and hand-offs, on any thread.
     pub fronts: FrontRefusals,
+    /// Written by the shard that acted on a revocation.
+    pub revocations: RevocationLatency,
 }
 
 /// Gauges owned by other parts (the edge registry), passed in at render time.
@@ -154,6 +156,54 @@ fn series(out: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt
     );
 }
 
+/// How long a shard took to act on a revocation: from the moment the
+/// gateway had it (the Redis link read it, or the admin endpoint took it)
+/// to the moment every connection of the session had its 4410 close
+/// queued, which an idle socket writes at once. With the loader's split
+/// (`sluice-loadtest revoke`: publish → a plain subscriber → the 4410 at
+/// the browser) it says which side a slow revocation was slow on.
+#[derive(Debug, Default)]
+pub struct RevocationLatency {
+    /// Counts at or under each of [`Self::BOUNDS_US`]; the last, +Inf.
+    buckets: [AtomicU64; Self::BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl RevocationLatency {
+    pub const BOUNDS_US: [u64; 10] = [
+        50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000,
+    ];
+
+    pub fn record(&self, took: std::time::Duration) {
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        let i = Self::BOUNDS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(Self::BOUNDS_US.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "sluice_revocation_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} A revocation, from the gateway having it to every connection of the session having its 4410 queued\n# TYPE {name} histogram"
+        );
+        let mut total = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            total += b.load(Relaxed);
+            let le = match Self::BOUNDS_US.get(i) {
+                Some(us) => format!("{}", *us as f64 / 1e6),
+                None => "+Inf".into(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {total}");
+        }
+        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    }
+}
+
 /// A way into the gateway, as the refusal series names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Front {
@@ -241,6 +291,7 @@ impl Metrics {
         Self {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
             fronts: FrontRefusals::default(),
+            revocations: RevocationLatency::default(),
         }
     }
 
@@ -574,6 +625,7 @@ impl Metrics {
             let _ = writeln!(out, "{name}{{reason=\"{}\"}} {total}", e.label());
         }
         self.fronts.render(&mut out);
+        self.revocations.render(&mut out);
         out
     }
 }

@@ -53,5 +53,10 @@ pub enum ShardMsg {
     /// Shutdown: close every session (1001) and connection on this shard.
     CloseAll,
     /// Close every session with this id (4410): it was revoked.
-    Revoke(SessionId),
+    /// Close this session's connections (4410); `at`: when the gateway
+    /// had the revocation, for `sluice_revocation_seconds`.
+    Revoke {
+        sid: SessionId,
+        at: std::time::Instant,
+    },
 }

@@ -63,6 +63,8 @@ fn storm(ctx: &Ctx, d: &Driven, t: usize, p: &Params) -> anyhow::Result<Vec<Outc
     let floor = Floor::spawn(&p.redis_url, &p.channel, &sids, ctx.epoch, cpu)?;
     let publisher = Publisher::spawn(&p.redis_url, &p.channel, sids, period, ctx.epoch, cpu)?;
     let mut o = Outcome::new(d.route.target.name());
+    let admin = d.route.gw.admin_addr;
+    let histogram_before = admin.and_then(shard_histogram);
     let meter = Meter::start(d.proc);
     let start = Instant::now() + Duration::from_millis(50);
     let sched: Vec<u64> = (0..p.sessions)
@@ -107,6 +109,11 @@ fn storm(ctx: &Ctx, d: &Driven, t: usize, p: &Params) -> anyhow::Result<Vec<Outc
         })
         .collect();
     super::fold(shares, &mut share);
+    let histogram_after = admin.and_then(shard_histogram);
+    if let Some(line) = shard_share(histogram_before, histogram_after) {
+        println!("{line}");
+        o.note = Some(format!("{}; {line}", o.note.take().unwrap_or_default()));
+    }
     share.note = Some(
         "per revocation: a plain Redis subscriber in the loader has it -> 4410 at the browser"
             .into(),
@@ -288,4 +295,43 @@ impl Floor {
             .join()
             .map_err(|_| anyhow::anyhow!("floor subscriber panicked"))
     }
+}
+
+/// The gateway's own histogram of the time its shard took to act on each
+/// revocation (`sluice_revocation_seconds` on its admin `/metrics`):
+/// cumulative counts per bound, in order.
+fn shard_histogram(admin: std::net::SocketAddr) -> Option<Vec<(String, u64)>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let buckets: Vec<(String, u64)> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("sluice_revocation_seconds_bucket{le=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .filter_map(|(le, n)| Some((le.to_owned(), n.trim().parse().ok()?)))
+        .collect();
+    (!buckets.is_empty()).then_some(buckets)
+}
+
+/// What the storm added to the gateway's histogram (a gateway that has
+/// just started also counts the stored revocations it resynchronised), as
+/// one line.
+fn shard_share(
+    before: Option<Vec<(String, u64)>>,
+    after: Option<Vec<(String, u64)>>,
+) -> Option<String> {
+    let (before, after) = (before?, after?);
+    let buckets: Vec<String> = after
+        .iter()
+        .zip(&before)
+        .map(|((le, n), (_, was))| format!("≤{le} s: {}", n.saturating_sub(*was)))
+        .collect();
+    Some(format!(
+        "the shard's own share (gateway has it → 4410 queued), cumulative: {}",
+        buckets.join(", ")
+    ))
 }

@@ -176,7 +176,8 @@ async fn wait_for_4410(
 }
 
 /// The loader's publisher: one revocation per period from the instant it
-/// is given, on the loader's CPU; reports when each PUBLISH left.
+/// is given, on the loader's CPU, pipelined; reports when each PUBLISH
+/// left.
 struct Publisher {
     start: mpsc::Sender<Instant>,
     thread: JoinHandle<anyhow::Result<Vec<u64>>>,
@@ -209,10 +210,18 @@ impl Publisher {
                     std::thread::sleep(due - now);
                 }
                 sent.push(epoch.elapsed().as_nanos() as u64);
-                let _: i64 = redis::cmd("PUBLISH")
+                // Sent without waiting for Redis's answer: a publisher that
+                // waits a round trip per revocation falls behind its own
+                // schedule whenever Redis is descheduled for a moment.
+                let publish = redis::cmd("PUBLISH")
                     .arg(&channel)
                     .arg(json!({"sid": sid, "exp": exp}).to_string())
-                    .query(&mut con)?;
+                    .get_packed_command();
+                con.send_packed_command(&publish)?;
+            }
+            // Each answer (a few bytes, waiting in the socket) is checked.
+            for _ in 0..sent.len() {
+                let _: i64 = redis::from_redis_value(con.recv_response()?)?;
             }
             Ok(sent)
         });

@@ -267,6 +267,11 @@ pub struct RevokeArgs {
     /// Revocations per second.
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
+    /// Frames per second of a live feed (1 KiB frames) every session
+    /// watches while the storm revokes it, so the shard is forwarding when
+    /// each revocation arrives; 0: the sessions are idle.
+    #[arg(long, default_value_t = 50)]
+    pub feed_rate: u64,
 }
 
 #[derive(Args, Debug)]

@@ -154,8 +154,10 @@ fn run() -> Result<()> {
                 rate: a.rate,
                 redis_url: a.redis.clone(),
                 channel: a.revoke_channel.clone(),
+                feed_rate: a.feed_rate,
             };
-            let params = json!({"sessions": p.sessions, "revocations_per_s": p.rate});
+            let params = json!({"sessions": p.sessions, "revocations_per_s": p.rate,
+                                "feed_frames_per_s": p.feed_rate});
             Ok(Some(("revoke", params, scenario::revoke::run(ctx, &p))))
         }),
     }

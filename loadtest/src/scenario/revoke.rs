@@ -22,6 +22,10 @@ use sluice::auth::token::Mode;
 use super::{pin_current, sinks, Ctx, Driven, Meter};
 use crate::report::Outcome;
 use crate::sink::{Event, Sink};
+use crate::wire::Encoding;
+use sluice::wire::frame::Opcode;
+use sluice_protocol::browser::BrowserAction;
+use sluice_protocol::connector::Reply;
 
 pub struct Params {
     pub sessions: usize,
@@ -29,6 +33,8 @@ pub struct Params {
     pub rate: u64,
     pub redis_url: String,
     pub channel: String,
+    /// Frames per second of the live feed the sessions watch (0: idle).
+    pub feed_rate: u64,
 }
 
 pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
@@ -53,7 +59,7 @@ pub fn run(ctx: &Ctx, p: &Params) -> Vec<Outcome> {
 
 /// One storm on one gateway: the gateway's row, then the loader's split.
 fn storm(ctx: &Ctx, d: &Driven, t: usize, p: &Params) -> anyhow::Result<Vec<Outcome>> {
-    let (sinks, sids) = open_sessions(ctx, d, t, p)?;
+    let (sinks, sids, feed) = open_sessions(ctx, d, t, p)?;
     let period = Duration::from_nanos(1_000_000_000 / p.rate.max(1));
     let cpu = ctx.layout.load_cpu;
     // Both loader threads are connected before the schedule is set: a
@@ -74,6 +80,9 @@ fn storm(ctx: &Ctx, d: &Driven, t: usize, p: &Params) -> anyhow::Result<Vec<Outc
     let deadline = start + period * p.sessions as u32 + Duration::from_secs(10);
     let closed = ctx.rt.block_on(wait_for_4410(sinks, deadline, ctx.epoch));
     meter.stop(&mut o);
+    if let Some(feed) = feed {
+        feed.stop();
+    }
     let sent = publisher.join()?;
     let floor = floor.join(deadline)?;
     let since = |from: &[u64], to: &[Result<u64, String>]| -> Vec<Result<u64, String>> {
@@ -121,24 +130,74 @@ fn storm(ctx: &Ctx, d: &Driven, t: usize, p: &Params) -> anyhow::Result<Vec<Outc
     Ok(vec![o, lag, redis, share])
 }
 
+/// The storm's sessions, each watching the live feed when there is one.
 fn open_sessions(
     ctx: &Ctx,
     d: &Driven,
     t: usize,
     p: &Params,
-) -> anyhow::Result<(Vec<Sink>, Vec<String>)> {
+) -> anyhow::Result<(Vec<Sink>, Vec<String>, Option<Feed>)> {
+    let mut feed = None;
+    let mut conn = (p.feed_rate > 0)
+        .then(|| d.route.connector(true, &["feed"]))
+        .transpose()?;
     let mut parts = vec![];
     let mut sids = vec![];
     for n in 0..p.sessions {
         let sid = format!("lt-rev-{t}-{n}-{}", std::process::id());
-        let c = d
+        let mut c = d
             .route
             .browser(&sid, Mode::Query)
             .with_context(|| format!("session {n}"))?;
+        if p.feed_rate > 0 {
+            let subscribe = BrowserAction::Subscribe {
+                dataset: "feed".into(),
+            };
+            c.send_json(Encoding::Masked, &subscribe)?;
+            if let Some((mut worker, enc)) = conn.take() {
+                let rid = worker.wait_do_get(Duration::from_secs(10))?;
+                worker.send_json(enc, &Reply::stream_start(&rid, ""))?;
+                feed = Some(Feed::start(worker, enc, p.feed_rate, ctx.layout.load_cpu));
+            }
+            c.wait_stream_start(Duration::from_secs(10))
+                .with_context(|| format!("session {n} subscribing"))?;
+        }
         parts.push(c.into_parts());
         sids.push(sid);
     }
-    Ok((sinks(ctx.rt, parts)?, sids))
+    Ok((sinks(ctx.rt, parts)?, sids, feed))
+}
+
+/// The connector's live feed: 1 KiB frames at a fixed rate until stopped.
+struct Feed {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Feed {
+    fn start(worker: crate::wire::Conn, enc: Encoding, rate: u64, cpu: Option<usize>) -> Feed {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            pin_current(cpu);
+            let (mut s, _) = worker.into_parts();
+            let frame = enc.frame(Opcode::Binary, &[0x5a; 1024]);
+            let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                if s.write_all(&frame).is_err() {
+                    return;
+                }
+                std::thread::sleep(period);
+            }
+        });
+        Feed { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
 }
 
 /// Each session's 4410, in ns since `epoch`; any other ending is an error.
@@ -158,7 +217,10 @@ async fn wait_for_4410(
                         Ok(Err(e)) => return Err(e.to_string()),
                         Ok(Ok(Event::Closed {
                             code: Some(4410), ..
-                        })) => return Ok(epoch.elapsed().as_nanos() as u64),
+                        })) => {
+                            let at = epoch.elapsed().as_nanos() as u64;
+                            return nothing_after_the_close(&mut s).await.map(|()| at);
+                        }
                         Ok(Ok(Event::Closed { code, reason })) => {
                             return Err(format!("closed {code:?} {reason}, not 4410"))
                         }
@@ -173,6 +235,16 @@ async fn wait_for_4410(
         all.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
     }
     all
+}
+
+/// A revoked session reads nothing after its 4410: the connection ends.
+async fn nothing_after_the_close(s: &mut Sink) -> Result<(), String> {
+    match tokio::time::timeout(Duration::from_millis(200), s.next()).await {
+        Ok(Ok(Event::Binary { .. } | Event::Text(_))) => {
+            Err("a frame arrived after the 4410".to_string())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The loader's publisher: one revocation per period from the instant it

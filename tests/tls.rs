@@ -751,3 +751,57 @@ async fn every_front_counts_connections_past_its_limit_in_one_series() {
     let hello = wss(&gw, "/healthz", &[], cfg).await;
     assert!(!is_tls_refusal(&hello), "the TLS front serves again");
 }
+
+/// Issue 35: a `wss://` browser's frames reach the TLS thread in process
+/// (`wire::egress`), not through the socket pair, and the bounds hold the
+/// same: browsers over wss that query 24 MiB and never read again are
+/// ended as slow consumers (4409) and give their connector workers back,
+/// while another browser's fetches over wss arrive whole, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_browsers_that_stop_reading_are_ended_and_others_fetch_whole() {
+    let pki = Pki::new(&["acme"]);
+    let gw = pki.gateway(
+        1,
+        &[
+            ("SLUICE_TIMEOUTS_READER_STALL_MS", "1500"),
+            ("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "1048576"),
+        ],
+    );
+    // 24 MiB a stream: more than the outbox, the egress and the sockets'
+    // buffers hold while the client reads nothing (the streams stall at
+    // about 11 MiB).
+    let data = frames(96, 256 * 1024);
+    let _workers = serving_connectors(&gw, 4, data.clone()).await;
+    assert_eq!(
+        gw.metric_settles("sluice_connector_workers_idle", 4).await,
+        4
+    );
+    let mut stalled = Vec::new();
+    for i in 0..3 {
+        let mut c = claims(&format!("mallory-wss-{i}"));
+        c.sub = "mallory".into();
+        let mut ws = browser_wss(&gw, &pki, &c).await;
+        send_json(&mut ws, json!({"action": "query", "dataset": "d"})).await;
+        stalled.push(ws);
+        // Each stream reaches its stall before the next starts. (Opened
+        // back to back, the first of three 48 MiB streams was forwarded
+        // whole with no reader: not explained yet, and the same before the
+        // egress; see the note of 2026-12-08.)
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
+    for i in 0..3 {
+        let mut ws = browser_wss(&gw, &pki, &claims(&format!("alice-wss-{i}"))).await;
+        let (got, end) = query_all(&mut ws, "d").await;
+        assert_eq!(got.len(), data.len(), "{end}");
+        assert!(got == data, "alice's fetch {i} over wss arrived whole");
+    }
+    for mut ws in stalled {
+        let (code, reason) = close_of(&mut ws).await;
+        assert_eq!(code, 4409, "{reason}");
+        assert!(reason.contains("reader_stall_ms"), "{reason}");
+    }
+    assert_eq!(
+        gw.metric_settles("sluice_connector_workers_idle", 4).await,
+        4
+    );
+}

@@ -326,26 +326,14 @@ async fn a_slow_pinger_that_never_reads_is_closed_by_the_auth_deadline() {
 /// client's fetches keep succeeding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_cannot_starve_an_edge_of_workers() {
-    let gw = Gateway::start(
-        1,
-        &[
-            ("SLUICE_TIMEOUTS_READER_STALL_MS", "1500"),
-            ("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "1048576"),
-        ],
-    );
+    let gw = Gateway::start(1, &STALLED_READER_SETTINGS);
     // 24 MiB a stream: more than the socket buffers and the outbox hold.
     let data = frames(96, 256 * 1024);
-    let _workers = serving_connectors(&gw, 4, data.clone()).await;
-    assert_eq!(
-        gw.metric_settles("sluice_connector_workers_idle", 4).await,
-        4
-    );
+    let _workers = idle_serving_connectors(&gw, 4, data.clone()).await;
     // Four sessions of mallory query and never read again.
     let mut stalled = Vec::new();
     for i in 0..4 {
-        let mut c = claims(&format!("mallory-{i}"));
-        c.sub = "mallory".into();
-        let mut ws = browser(&gw, &c).await;
+        let mut ws = browser(&gw, &mallory(&format!("mallory-{i}"))).await;
         send_json(
             &mut ws,
             serde_json::json!({"action": "query", "dataset": "d"}),

@@ -760,27 +760,15 @@ async fn every_front_counts_connections_past_its_limit_in_one_series() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_browsers_that_stop_reading_are_ended_and_others_fetch_whole() {
     let pki = Pki::new(&["acme"]);
-    let gw = pki.gateway(
-        1,
-        &[
-            ("SLUICE_TIMEOUTS_READER_STALL_MS", "1500"),
-            ("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "1048576"),
-        ],
-    );
+    let gw = pki.gateway(1, &STALLED_READER_SETTINGS);
     // 24 MiB a stream: more than the outbox, the egress and the sockets'
     // buffers hold while the client reads nothing (the streams stall at
     // about 11 MiB).
     let data = frames(96, 256 * 1024);
-    let _workers = serving_connectors(&gw, 4, data.clone()).await;
-    assert_eq!(
-        gw.metric_settles("sluice_connector_workers_idle", 4).await,
-        4
-    );
+    let _workers = idle_serving_connectors(&gw, 4, data.clone()).await;
     let mut stalled = Vec::new();
     for i in 0..3 {
-        let mut c = claims(&format!("mallory-wss-{i}"));
-        c.sub = "mallory".into();
-        let mut ws = browser_wss(&gw, &pki, &c).await;
+        let mut ws = browser_wss(&gw, &pki, &mallory(&format!("mallory-wss-{i}"))).await;
         send_json(&mut ws, json!({"action": "query", "dataset": "d"})).await;
         stalled.push(ws);
         // Each stream reaches its stall before the next starts. (Opened

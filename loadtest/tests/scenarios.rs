@@ -91,6 +91,42 @@ fn loader_with(targets: &str, scenario: &str, args: &[&str], env: &[(&str, &str)
     report
 }
 
+/// Runs a scenario that starts its own gateway (`tls`, `flight`,
+/// `abuse`) with `args`; returns its report and everything it printed,
+/// having failed the test if it failed.
+fn own_gateway(scenario: &str, args: &[&str]) -> (Value, String) {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
+    let out =
+        std::env::temp_dir().join(format!("sluice-lt-test-{scenario}-{}", std::process::id()));
+    let run = Command::new(&bin)
+        .arg(scenario)
+        .args(args)
+        .args(["--no-pin", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run sluice-loadtest");
+    let text =
+        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "sluice-loadtest {scenario} failed:\n{text}"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    (report, text)
+}
+
+/// The report's rows, by target name, in order.
+fn targets(report: &Value) -> Vec<&str> {
+    report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["target"].as_str().unwrap())
+        .collect()
+}
+
 /// The storm's row, then the loader's split of its time.
 const REVOKE_ROWS: [&str; 4] = ["gateway", "publish-lag", "redis-floor", "gateway-share"];
 
@@ -296,13 +332,7 @@ fn revoke_closes_every_session_with_4410() {
     );
     let _ = redis.kill();
     let _ = redis.wait();
-    let names: Vec<&str> = r["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["target"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, REVOKE_ROWS);
+    assert_eq!(targets(&r), REVOKE_ROWS);
     // Every revocation was published, seen by the loader's own subscriber
     // and closed with 4410: each split has all hundred.
     each(&r, |o| {
@@ -316,31 +346,20 @@ fn revoke_closes_every_session_with_4410() {
 /// batch arrives on each, and each has its CPU per GiB.
 #[test]
 fn flight_times_doget_beside_the_fast_path_and_arrows_own_server() {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
-    let out = std::env::temp_dir().join(format!("sluice-lt-test-flight-{}", std::process::id()));
-    let run = Command::new(&bin)
-        .arg("flight")
-        .args(["--frames", "40", "--frame-size", "65536", "--runs", "1"])
-        .args(["--pyarrow", "--no-pin", "--out"])
-        .arg(&out)
-        .output()
-        .expect("run sluice-loadtest");
-    let text =
-        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "sluice-loadtest flight failed:\n{text}"
+    let (report, text) = own_gateway(
+        "flight",
+        &[
+            "--frames",
+            "40",
+            "--frame-size",
+            "65536",
+            "--runs",
+            "1",
+            "--pyarrow",
+        ],
     );
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-    let names: Vec<&str> = report["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["target"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        targets(&report),
         ["gateway", "gateway-flight", "pyarrow-flight-direct"],
         "{text}"
     );
@@ -350,25 +369,23 @@ fn flight_times_doget_beside_the_fast_path_and_arrows_own_server() {
         assert!(o["mb_per_s"].as_f64().unwrap() > 0.0, "{o}");
         assert!(o["proxy_cpu_s"].as_f64().is_some(), "{o}");
     });
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn tls_measures_every_leg_against_plaintext() {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
-    let out = std::env::temp_dir().join(format!("sluice-lt-test-tls-{}", std::process::id()));
-    let run = Command::new(&bin)
-        .arg("tls")
-        .args(["--frames", "200", "--rate", "500", "--duration", "1"])
-        .args(["--sessions", "10", "--no-pin", "--out"])
-        .arg(&out)
-        .output()
-        .expect("run sluice-loadtest");
-    let text =
-        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "sluice-loadtest tls failed:\n{text}");
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let (report, text) = own_gateway(
+        "tls",
+        &[
+            "--frames",
+            "200",
+            "--rate",
+            "500",
+            "--duration",
+            "1",
+            "--sessions",
+            "10",
+        ],
+    );
     let rows = report["rows"].as_array().unwrap();
     let legs: Vec<&str> = rows.iter().map(|r| r["legs"].as_str().unwrap()).collect();
     assert_eq!(
@@ -394,7 +411,6 @@ fn tls_measures_every_leg_against_plaintext() {
     assert!(floor(3) > floor(1) && floor(1) > floor(0), "{rows:?}");
     assert!(text.contains("crypto floor: TLS13_"), "{text}");
     assert!(text.contains("| tls both legs |"), "{text}");
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 /// `abuse` runs the attacks of issue 34 beside a healthy pair and reports
@@ -404,23 +420,10 @@ fn tls_measures_every_leg_against_plaintext() {
 /// nothing.
 #[test]
 fn abuse_reports_each_attack_beside_a_healthy_pair() {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
-    let out = std::env::temp_dir().join(format!("sluice-lt-test-abuse-{}", std::process::id()));
-    let run = Command::new(&bin)
-        .arg("abuse")
-        .args(["--attacks", "admin-tokens,ws-pings", "--duration", "2"])
-        .args(["--no-pin", "--out"])
-        .arg(&out)
-        .output()
-        .expect("run sluice-loadtest");
-    let text =
-        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "sluice-loadtest abuse failed:\n{text}"
+    let (report, _) = own_gateway(
+        "abuse",
+        &["--attacks", "admin-tokens,ws-pings", "--duration", "2"],
     );
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
     let attacks: Vec<&str> = rows.iter().map(|r| r["attack"].as_str().unwrap()).collect();
     assert_eq!(attacks, ["none", "admin-tokens", "ws-pings"]);

@@ -261,6 +261,21 @@ enum Io {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// What both kinds of connection are to [`Conn`].
+trait Stream: AsyncRead + AsyncWrite + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Stream for T {}
+
+impl Io {
+    /// The connection, plain or TLS: the one place the two are told apart.
+    fn stream(&mut self) -> Pin<&mut dyn Stream> {
+        match self {
+            Io::Plain(t) => Pin::new(t),
+            Io::Tls(t) => Pin::new(t.as_mut()),
+        }
+    }
+}
+
 impl Connected for Conn {
     type ConnectInfo = FrontInfo;
 
@@ -279,10 +294,7 @@ impl AsyncRead for Conn {
         if let Some(e) = this.refused(cx) {
             return Poll::Ready(Err(e));
         }
-        match &mut this.io {
-            Io::Plain(t) => Pin::new(t).poll_read(cx, buf),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
-        }
+        this.io.stream().poll_read(cx, buf)
     }
 }
 
@@ -318,26 +330,11 @@ impl Coalesce {
 }
 
 impl Conn {
-    fn io_write_vectored(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match &mut self.io {
-            Io::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
     /// Writes every held byte.
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         use bytes::Buf;
         while !self.out.buf.is_empty() {
-            let held = &self.out.buf[..];
-            let n = ready!(match &mut self.io {
-                Io::Plain(t) => Pin::new(t).poll_write(cx, held),
-                Io::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, held),
-            })?;
+            let n = ready!(self.io.stream().poll_write(cx, &self.out.buf))?;
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
@@ -356,7 +353,7 @@ impl Conn {
             ready!(self.drain(cx))?;
         }
         if self.out.buf.is_empty() && total >= Coalesce::DIRECT {
-            return self.io_write_vectored(cx, bufs);
+            return self.io.stream().poll_write_vectored(cx, bufs);
         }
         self.out.buf.reserve(total);
         for b in bufs {
@@ -377,10 +374,7 @@ impl Conn {
             self.out.buf = bytes::BytesMut::new();
         }
         self.out.yields = 0;
-        match &mut self.io {
-            Io::Plain(t) => Pin::new(t).poll_flush(cx),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
-        }
+        self.io.stream().poll_flush(cx)
     }
 }
 
@@ -416,9 +410,6 @@ impl AsyncWrite for Conn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         ready!(this.drain(cx))?;
-        match &mut this.io {
-            Io::Plain(t) => Pin::new(t).poll_shutdown(cx),
-            Io::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
-        }
+        this.io.stream().poll_shutdown(cx)
     }
 }

@@ -267,9 +267,14 @@ async fn distribute(
         }
         let mut empty = true;
         if let Some(h) = local().hubs.borrow_mut().get_mut(&key) {
-            let dropped: std::collections::HashSet<*const Session> = dropped.into_iter().collect();
-            h.viewers
-                .retain(|w| w.strong_count() > 0 && !dropped.contains(&w.as_ptr()));
+            // Usually none was dropped: then only the gone are let go.
+            if dropped.is_empty() {
+                h.viewers.retain(|w| w.strong_count() > 0);
+            } else {
+                let dropped: std::collections::HashSet<_> = dropped.into_iter().collect();
+                h.viewers
+                    .retain(|w| w.strong_count() > 0 && !dropped.contains(&w.as_ptr()));
+            }
             empty = h.viewers.is_empty();
         }
         if empty {

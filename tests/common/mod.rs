@@ -445,6 +445,34 @@ pub async fn serve_frames(mut ws: Ws, frames: Vec<Vec<u8>>) {
     }
 }
 
+/// [`serving_connectors`], once the gateway counts all `n` idle.
+pub async fn idle_serving_connectors(
+    gw: &Gateway,
+    n: usize,
+    frames: Vec<Vec<u8>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let workers = serving_connectors(gw, n, frames).await;
+    let idle = gw
+        .metric_settles("sluice_connector_workers_idle", n as i64)
+        .await;
+    assert_eq!(idle, n as i64, "every connector worker is idle");
+    workers
+}
+
+/// A gateway's settings for the stalled-reader tests: a client that reads
+/// nothing for 1.5 s is a slow consumer, and a session holds 1 MiB.
+pub const STALLED_READER_SETTINGS: [(&str, &str); 2] = [
+    ("SLUICE_TIMEOUTS_READER_STALL_MS", "1500"),
+    ("SLUICE_LIMITS_SESSION_BUFFER_BYTES", "1048576"),
+];
+
+/// The claims of session `sid` of mallory, the client who stops reading.
+pub fn mallory(sid: &str) -> Claims {
+    let mut c = claims(sid);
+    c.sub = "mallory".into();
+    c
+}
+
 /// `n` connector workers of [`EDGE`] serving dataset `d` with `frames`.
 pub async fn serving_connectors(
     gw: &Gateway,

@@ -195,16 +195,7 @@ fn via_flight(
 /// Reads one `DoGet` to its end as an analytics client would, counting
 /// record batches without decoding them.
 async fn do_get(at: SocketAddr, token: Option<&str>) -> Result<u64> {
-    // Windows as large as gRPC's own clients grow theirs to (BDP
-    // probing) on a fast link: h2's 64 KiB default would measure the
-    // window, not the server.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{at}"))?
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .context("connecting to the Flight listener")?;
+    let channel = super::h2_channel(at, 8 << 20, "the Flight listener").await?;
     let mut client = FlightServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let mut req = tonic::Request::new(Ticket::new("bulk"));
     if let Some(token) = token {

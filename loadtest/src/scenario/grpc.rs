@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use sluice::auth::token::Mode;
 use sluice_protocol::browser::{BrowserAction, QueryMode};
@@ -52,13 +52,7 @@ async fn connector(s: Serving, ready: mpsc::Sender<()>) -> Result<()> {
         batch,
         n,
     } = s;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
-        .initial_stream_window_size(4 << 20)
-        .initial_connection_window_size(16 << 20)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .context("connecting to the gRPC listener")?;
+    let channel = super::h2_channel(grpc, 4 << 20, "the gRPC listener").await?;
     let mut client = ConnectorTunnelClient::new(channel)
         .max_encoding_message_size(64 << 20)
         .max_decoding_message_size(64 << 20);

@@ -526,6 +526,24 @@ pub fn collect(
     kept
 }
 
+/// An HTTP/2 channel to one of the gateway's gRPC fronts (or a server
+/// beside it), with receive windows as large as gRPC's own clients grow
+/// theirs to (BDP probing) on a fast link: h2's 64 KiB default would
+/// measure the window, not the server. `what` names it in errors.
+pub async fn h2_channel(
+    at: std::net::SocketAddr,
+    stream_window: u32,
+    what: &str,
+) -> Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{at}"))?
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(16 << 20)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {what}"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -128,31 +128,8 @@ pub async fn handle_connection(
         },
         p if p.starts_with("/stream/") => match SessionId::parse(&p["/stream/".len()..]) {
             Some(sid) => {
-                let target = sid.shard(shard.shared.shard_count());
-                if target == shard.id {
-                    let session = browser::run(shard, stream, req, buffered, sid, egress);
-                    monoio::spawn(Box::pin(session));
-                } else if shard.shared.mailboxes[target].is_full() {
-                    let front = front_of(&transport);
-                    shard.shared.metrics.fronts.count(front, Refused::ShardBusy);
-                    let e = HttpError::new(503, "gateway busy; retry").retry_after(1);
-                    reject(&shard, stream, &e).await
-                } else {
-                    let msg = ShardMsg::AdoptBrowser {
-                        sock: handoff::detach(stream, buffered),
-                        req: Box::new(req),
-                        sid,
-                        egress,
-                    };
-                    // Filled meanwhile (another task on this shard): the
-                    // socket closes with the message.
-                    if shard.shared.mailboxes[target].try_send(msg).is_err() {
-                        let front = front_of(&transport);
-                        shard.shared.metrics.fronts.count(front, Refused::ShardBusy);
-                        ShardMetrics::inc(&shard.metrics().http_rejections);
-                        tracing::warn!(target, "shard mailbox full; connection dropped");
-                    }
-                }
+                let front = front_of(&transport);
+                to_session(shard, stream, req, buffered, sid, front, egress).await
             }
             None => {
                 reject(
@@ -206,6 +183,43 @@ async fn read_head(
         if let Some(req) = http::parse_request(&buf, max, cfg.limits.max_headers)? {
             let rest = buf.split_off(req.head_len);
             return Ok(Some((req, rest)));
+        }
+    }
+}
+
+/// A browser session's connection goes to the shard that owns its id:
+/// this one, or another through its mailbox (full: 503, counted against
+/// the `front` it came in by).
+async fn to_session(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    req: Request,
+    buffered: BytesMut,
+    sid: SessionId,
+    front: Front,
+    egress: Option<Egress>,
+) {
+    let target = sid.shard(shard.shared.shard_count());
+    if target == shard.id {
+        let session = browser::run(shard, stream, req, buffered, sid, egress);
+        monoio::spawn(Box::pin(session));
+    } else if shard.shared.mailboxes[target].is_full() {
+        shard.shared.metrics.fronts.count(front, Refused::ShardBusy);
+        let e = HttpError::new(503, "gateway busy; retry").retry_after(1);
+        reject(&shard, stream, &e).await
+    } else {
+        let msg = ShardMsg::AdoptBrowser {
+            sock: handoff::detach(stream, buffered),
+            req: Box::new(req),
+            sid,
+            egress,
+        };
+        // Filled meanwhile (another task on this shard): the socket closes
+        // with the message.
+        if shard.shared.mailboxes[target].try_send(msg).is_err() {
+            shard.shared.metrics.fronts.count(front, Refused::ShardBusy);
+            ShardMetrics::inc(&shard.metrics().http_rejections);
+            tracing::warn!(target, "shard mailbox full; connection dropped");
         }
     }
 }
